@@ -1,0 +1,1 @@
+"""fusedrnn benchmark suite (installed as fusedrnn.bench; run: python -m fusedrnn.bench)."""

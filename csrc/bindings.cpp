@@ -1,0 +1,28 @@
+// Python bindings for fusedrnn._C: build metadata, checked at import by fusedrnn/_ext.py.
+// The kernels' ops register themselves with TORCH_LIBRARY in their own translation units.
+#include <torch/extension.h>
+
+#ifndef FUSEDRNN_TORCH_VERSION
+#define FUSEDRNN_TORCH_VERSION "unknown"
+#endif
+#ifndef FUSEDRNN_CUDA_VERSION
+#define FUSEDRNN_CUDA_VERSION "unknown"
+#endif
+#ifndef FUSEDRNN_ARCH_LIST
+#define FUSEDRNN_ARCH_LIST "unknown"
+#endif
+
+namespace {
+pybind11::dict build_info() {
+  pybind11::dict info;
+  info["torch_version"] = FUSEDRNN_TORCH_VERSION;
+  info["cuda_version"] = FUSEDRNN_CUDA_VERSION;
+  info["arch_list"] = FUSEDRNN_ARCH_LIST;
+  return info;
+}
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "fusedrnn CUDA extension";
+  m.def("build_info", &build_info, "torch/CUDA versions and archs this extension was built for");
+}

@@ -1,0 +1,149 @@
+"""The functional seam: one layer, one direction, a whole time-major sequence.
+
+Every backend (cuda, triton, torch, reference) plugs in here, and the modules compose layers,
+directions, dropout, projection, packing and residual stacks from these two calls only.
+
+Shapes: T steps, B batch, I input width, H hidden width, G = 3H (GRU) or 4H (LSTM),
+P = proj_size (LSTM with projection) or H.
+
+Semantics (identical on every backend; fusedrnn.reference is the executable definition):
+- row b is valid for its first ``lengths[b]`` steps (every step when ``lengths`` is None);
+- at a valid step the state advances and ``y[t] = h[t] + residual[t]`` (no add when residual is None);
+- past a row's length its output is 0 and its state is carried unchanged, so the final state is
+  the state at the row's last valid step;
+- ``reverse=True`` runs t = T-1 .. 0; each row starts at its own last valid step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .backends import Problem, select
+
+__all__ = ["gru", "lstm"]
+
+
+def _fail(argname: str, expected: str, got) -> None:
+    raise ValueError(f"{argname}: expected {expected}, got {got}")
+
+
+def _check_tensor(argname: str, t, shape: tuple, ref: Tensor) -> None:
+    if not isinstance(t, Tensor):
+        _fail(argname, "a Tensor", type(t).__name__)
+    if tuple(t.shape) != tuple(shape):
+        _fail(argname, f"shape {tuple(shape)}", tuple(t.shape))
+    if t.dtype != ref.dtype:
+        _fail(argname, f"dtype {ref.dtype} (the dtype of x)", t.dtype)
+    if t.device != ref.device:
+        _fail(argname, f"device {ref.device} (the device of x)", t.device)
+
+
+def _check_lengths(lengths, T: int, B: int) -> None:
+    if lengths is None:
+        return
+    if not isinstance(lengths, Tensor):
+        _fail("lengths", "None or an int64 Tensor of shape (B,)", type(lengths).__name__)
+    if lengths.dtype != torch.int64:
+        _fail("lengths", "dtype torch.int64", lengths.dtype)
+    if tuple(lengths.shape) != (B,):
+        _fail("lengths", f"shape ({B},) (one length per batch row)", tuple(lengths.shape))
+    if B > 0:
+        lo, hi = int(lengths.min()), int(lengths.max())
+        if lo < 1 or hi > T:
+            _fail("lengths", f"values in [1, {T}] (1 <= length <= T)", f"min {lo}, max {hi}")
+
+
+def _problem(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=None, w_hr=None) -> Problem:
+    if not isinstance(x, Tensor):
+        _fail("x", "a Tensor", type(x).__name__)
+    if x.dim() != 3:
+        _fail("x", "a 3-D time-major tensor (T, B, I)", f"{x.dim()}-D")
+    if not x.is_floating_point():
+        _fail("x", "a floating-point dtype", x.dtype)
+    T, B, I = x.shape  # noqa: E741
+    if T == 0:
+        raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+    n_gates = 3 if cell == "gru" else 4
+    if not isinstance(w_hh, Tensor) or w_hh.dim() != 2 or w_hh.shape[0] % n_gates:
+        got = tuple(w_hh.shape) if isinstance(w_hh, Tensor) else type(w_hh).__name__
+        _fail("w_hh", f"a 2-D tensor ({n_gates}*H, P)", got)
+    H = w_hh.shape[0] // n_gates
+    P = w_hh.shape[1]
+    G = n_gates * H
+    if cell == "gru" and P != H:
+        _fail("w_hh", f"shape ({G}, {H}) for a GRU", tuple(w_hh.shape))
+    _check_tensor("w_ih", w_ih, (G, I), x)
+    _check_tensor("w_hh", w_hh, (G, P), x)
+    if (b_ih is None) != (b_hh is None):
+        _fail("b_ih/b_hh", "both tensors or both None", f"{type(b_ih).__name__}/{type(b_hh).__name__}")
+    if b_ih is not None:
+        _check_tensor("b_ih", b_ih, (G,), x)
+        _check_tensor("b_hh", b_hh, (G,), x)
+    if cell == "lstm":
+        if w_hr is not None:
+            if not isinstance(w_hr, Tensor) or w_hr.dim() != 2:
+                _fail("w_hr", "None or a 2-D tensor (P, H)", getattr(w_hr, "shape", type(w_hr).__name__))
+            _check_tensor("w_hr", w_hr, (P, H), x)
+        elif P != H:
+            _fail("w_hh", f"shape ({G}, {H}) when w_hr is None", tuple(w_hh.shape))
+        _check_tensor("c0", c0, (B, H), x)
+    _check_tensor("h0", h0, (B, P), x)
+    if residual is not None:
+        _check_tensor("residual", residual, (T, B, P), x)
+    _check_lengths(lengths, T, B)
+    if not isinstance(reverse, bool):
+        _fail("reverse", "a bool", type(reverse).__name__)
+    return Problem(
+        cell=cell, device=x.device, dtype=x.dtype, T=T, B=B, I=I, H=H, P=P,
+        residual=residual is not None, lengths=lengths is not None, reverse=reverse,
+        proj=w_hr is not None,
+    )
+
+
+def gru(
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None = None,
+    b_hh: Tensor | None = None,
+    *,
+    residual: Tensor | None = None,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """One GRU layer-direction over a whole sequence.
+
+    x (T, B, I), h0 (B, H), w_ih (3H, I), w_hh (3H, H), b_ih/b_hh (3H,) or None (gate rows r|z|n,
+    torch's layout); residual None or (T, B, H); lengths None or int64 (B,) with 1 <= lengths <= T.
+    Returns y (T, B, H) and h_n (B, H).
+    """
+    p = _problem("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+    return select(backend, p).gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+
+
+def lstm(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None = None,
+    b_hh: Tensor | None = None,
+    w_hr: Tensor | None = None,
+    *,
+    residual: Tensor | None = None,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One LSTM layer-direction over a whole sequence.
+
+    x (T, B, I), h0 (B, P), c0 (B, H), w_ih (4H, I), w_hh (4H, P), b_ih/b_hh (4H,) or None (gate
+    rows i|f|g|o), w_hr (P, H) or None; residual None or (T, B, P); lengths None or int64 (B,).
+    Returns y (T, B, P), h_n (B, P) and c_n (B, H).
+    """
+    p = _problem("lstm", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=c0, w_hr=w_hr)
+    return select(backend, p).lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse)

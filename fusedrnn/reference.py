@@ -1,0 +1,136 @@
+"""Pure-PyTorch reference for the functional ops: the oracle every kernel is tested against.
+
+One layer, one direction, a whole time-major sequence, written as the plainest possible time
+loop. Accumulation happens in float32 for float16/bfloat16/float32 inputs and in float64 for
+float64 inputs; results are cast back to the input dtype. Autograd comes from torch itself.
+
+Semantics shared by every backend (see fusedrnn.functional):
+- row b is valid for its first ``lengths[b]`` steps (all T steps when ``lengths`` is None);
+- at a valid step the state advances and ``y[t] = h[t] (+ residual[t])``;
+- at an invalid step the state is carried unchanged and ``y[t] = 0``;
+- ``reverse=True`` walks t = T-1 .. 0; since steps past a row's length are skipped, each row
+  effectively starts at its own last valid step;
+- the final state is the state after the last processed valid step.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the math runs in: float64 stays float64, everything else accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Tensor:
+    # One GEMM for all steps: (T, B, I) @ (I, G) -> (T, B, G).
+    gx = x @ w_ih.t()
+    return gx if b_ih is None else gx + b_ih
+
+
+def _valid_mask(lengths: Tensor | None, t: int, batch: int, device) -> Tensor | None:
+    if lengths is None:
+        return None
+    return (lengths.to(device) > t).view(batch, 1)
+
+
+def _steps(T: int, reverse: bool):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def gru_reference(
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    *,
+    residual: Tensor | None = None,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """GRU over a whole sequence. x (T, B, I), h0 (B, H) -> y (T, B, H), h_n (B, H)."""
+    out_dtype = x.dtype
+    ct = compute_dtype(out_dtype)
+    x, h, w_ih, w_hh = (t.to(ct) for t in (x, h0, w_ih, w_hh))
+    b_ih = None if b_ih is None else b_ih.to(ct)
+    b_hh = None if b_hh is None else b_hh.to(ct)
+    T, B = x.shape[0], x.shape[1]
+    H = w_hh.shape[1]
+
+    gx = _input_projection(x, w_ih, b_ih)
+    ys: list[Tensor | None] = [None] * T
+    for t in _steps(T, reverse):
+        gh = h @ w_hh.t()
+        if b_hh is not None:
+            gh = gh + b_hh
+        gx_r, gx_z, gx_n = gx[t].split(H, dim=1)
+        gh_r, gh_z, gh_n = gh.split(H, dim=1)
+        r = torch.sigmoid(gx_r + gh_r)
+        z = torch.sigmoid(gx_z + gh_z)
+        n = torch.tanh(gx_n + r * gh_n)
+        h_new = (1 - z) * n + z * h
+        y_t = h_new if residual is None else h_new + residual[t].to(ct)
+        valid = _valid_mask(lengths, t, B, x.device)
+        if valid is not None:
+            h_new = torch.where(valid, h_new, h)
+            y_t = torch.where(valid, y_t, torch.zeros_like(y_t))
+        h = h_new
+        ys[t] = y_t
+    y = torch.stack(ys, 0) if T > 0 else x.new_zeros(0, B, H)
+    return y.to(out_dtype), h.to(out_dtype)
+
+
+def lstm_reference(
+    x: Tensor,
+    h0: Tensor,
+    c0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    w_hr: Tensor | None = None,
+    *,
+    residual: Tensor | None = None,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """LSTM over a whole sequence. x (T, B, I), h0 (B, P), c0 (B, H) -> y (T, B, P), h_n, c_n."""
+    out_dtype = x.dtype
+    ct = compute_dtype(out_dtype)
+    x, h, c, w_ih, w_hh = (t.to(ct) for t in (x, h0, c0, w_ih, w_hh))
+    b_ih = None if b_ih is None else b_ih.to(ct)
+    b_hh = None if b_hh is None else b_hh.to(ct)
+    w_hr = None if w_hr is None else w_hr.to(ct)
+    T, B = x.shape[0], x.shape[1]
+    H = c0.shape[1]
+    P = h0.shape[1]
+
+    gx = _input_projection(x, w_ih, b_ih)
+    ys: list[Tensor | None] = [None] * T
+    for t in _steps(T, reverse):
+        gates = gx[t] + h @ w_hh.t()
+        if b_hh is not None:
+            gates = gates + b_hh
+        g_i, g_f, g_g, g_o = gates.split(H, dim=1)
+        i = torch.sigmoid(g_i)
+        f = torch.sigmoid(g_f)
+        g = torch.tanh(g_g)
+        o = torch.sigmoid(g_o)
+        c_new = f * c + i * g
+        h_new = o * torch.tanh(c_new)
+        if w_hr is not None:
+            h_new = h_new @ w_hr.t()
+        y_t = h_new if residual is None else h_new + residual[t].to(ct)
+        valid = _valid_mask(lengths, t, B, x.device)
+        if valid is not None:
+            h_new = torch.where(valid, h_new, h)
+            c_new = torch.where(valid, c_new, c)
+            y_t = torch.where(valid, y_t, torch.zeros_like(y_t))
+        h, c = h_new, c_new
+        ys[t] = y_t
+    y = torch.stack(ys, 0) if T > 0 else x.new_zeros(0, B, P)
+    return y.to(out_dtype), h.to(out_dtype), c.to(out_dtype)

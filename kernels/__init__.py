@@ -1,0 +1,1 @@
+"""Triton kernels for fusedrnn (installed as fusedrnn.kernels)."""
