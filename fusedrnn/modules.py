@@ -1,0 +1,364 @@
+"""Drop-in modules: fusedrnn.GRU / fusedrnn.LSTM subclass torch.nn.GRU / torch.nn.LSTM.
+
+Construction, parameters, initialisation, state_dict, argument checks and the shape of the
+results are torch's own (inherited, or mirrored line by line from torch's forward). Only the
+compute differs: every layer-direction is one call to fusedrnn.functional, and the module composes
+layers, directions, inter-layer dropout, projection, packing and residual adds around it.
+
+Extra keyword-only arguments:
+  residual=False | True | k   y_l = rnn_l(x_l) + x_l for layers k, k+1, ... (True: every layer whose
+                              input width equals its output width D*P). h_n stays the RNN state.
+  backend="auto" | "cuda" | "triton" | "torch" | "reference"
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.nn.utils.rnn import PackedSequence
+
+from . import functional
+from .backends import check_backend_name
+
+__all__ = ["GRU", "LSTM", "convert"]
+
+
+def _residual_layers(residual, num_layers: int, layer_widths: list[tuple[int, int]]) -> tuple[int, ...]:
+    """Which layers get y_l = rnn_l(x_l) + x_l. layer_widths[l] = (input width, output width)."""
+    if isinstance(residual, bool):
+        if not residual:
+            return ()
+        layers = tuple(k for k, (w_in, w_out) in enumerate(layer_widths) if w_in == w_out)
+        if not layers:
+            warnings.warn(
+                "residual=True but no layer has equal input and output widths; no residual adds "
+                f"(layer widths (in, out): {layer_widths})",
+                stacklevel=3,
+            )
+        return layers
+    if not isinstance(residual, int):
+        raise TypeError(f"residual should be a bool or an int layer index, got: {type(residual).__name__}")
+    if not 0 <= residual < num_layers:
+        raise ValueError(f"residual={residual} is not a layer index in [0, {num_layers - 1}] (num_layers={num_layers})")
+    for k in range(residual, num_layers):
+        w_in, w_out = layer_widths[k]
+        if w_in != w_out:
+            raise ValueError(
+                f"residual={residual} asks for a residual add on layer {k}, whose input width {w_in} "
+                f"differs from its output width {w_out}"
+            )
+    return tuple(range(residual, num_layers))
+
+
+class _FusedRNNMixin:
+    """Shared by GRU and LSTM: extra arguments, and the layer/direction stack over the functional op."""
+
+    _cell: str  # "gru" | "lstm"
+
+    def _init_extras(self, residual, backend) -> None:
+        D = 2 if self.bidirectional else 1
+        P = self.proj_size if self.proj_size > 0 else self.hidden_size
+        widths = [(self.input_size if k == 0 else D * P, D * P) for k in range(self.num_layers)]
+        self.residual = residual
+        self._residual_layers = _residual_layers(residual, self.num_layers, widths)
+        self.backend = check_backend_name(backend)
+
+    def extra_repr(self) -> str:
+        s = super().extra_repr()
+        if self.residual is not False:
+            s += f", residual={self.residual}"
+        if self.backend != "auto":
+            s += f", backend={self.backend!r}"
+        return s
+
+    def __setstate__(self, d):
+        super().__setstate__(d)
+        # Modules pickled by an older fusedrnn, or built by torch.nn and re-classed, get defaults.
+        self.__dict__.setdefault("residual", False)
+        self.__dict__.setdefault("_residual_layers", ())
+        self.__dict__.setdefault("backend", "auto")
+
+    def _layer_weights(self, layer: int, direction: int) -> list:
+        per = len(self._flat_weights) // (self.num_layers * (2 if self.bidirectional else 1))
+        start = (layer * (2 if self.bidirectional else 1) + direction) * per
+        return self._flat_weights[start : start + per]
+
+    def _run_stack(self, x: Tensor, states: tuple[Tensor, ...], lengths: Tensor | None):
+        """x (T, B, I) time-major; states: (h0,) or (h0, c0), each (L*D, B, .). -> y, final states."""
+        D = 2 if self.bidirectional else 1
+        finals: list[list[Tensor]] = [[] for _ in states]
+        P = self.proj_size if self.proj_size > 0 else self.hidden_size
+        layer_input = x
+        for layer in range(self.num_layers):
+            residual = layer_input if layer in self._residual_layers else None
+            outputs = []
+            for direction in range(D):
+                idx = layer * D + direction
+                w = self._layer_weights(layer, direction)
+                w_ih, w_hh = w[0], w[1]
+                b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
+                res = None if residual is None else residual[..., direction * P : (direction + 1) * P]
+                kwargs = dict(residual=res, lengths=lengths, reverse=direction == 1, backend=self.backend)
+                if self._cell == "gru":
+                    y, h_n = functional.gru(layer_input, states[0][idx], w_ih, w_hh, b_ih, b_hh, **kwargs)
+                    new_states = (h_n,)
+                else:
+                    w_hr = w[-1] if self.proj_size > 0 else None
+                    y, h_n, c_n = functional.lstm(
+                        layer_input, states[0][idx], states[1][idx], w_ih, w_hh, b_ih, b_hh, w_hr, **kwargs
+                    )
+                    new_states = (h_n, c_n)
+                outputs.append(y)
+                for acc, s in zip(finals, new_states):
+                    acc.append(s)
+            output = outputs[0] if D == 1 else torch.cat(outputs, dim=-1)
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                output = F.dropout(output, p=self.dropout, training=True)
+            layer_input = output
+        return layer_input, tuple(torch.stack(acc, 0) for acc in finals)
+
+    def _compute(self, input: Tensor, hx: tuple[Tensor, ...], batch_sizes: Tensor | None):
+        """Replaces torch's _VF call: input is (T,B,I)/(B,T,I) dense or packed data (N, I)."""
+        if batch_sizes is None:
+            if input.size(0 if not self.batch_first else 1) == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+            x = input.transpose(0, 1) if self.batch_first else input
+            lengths = None
+        else:
+            # Packed data -> time-major padded (T, B, I) in the packed (sorted) order, with lengths.
+            x, lengths = torch.nn.utils.rnn.pad_packed_sequence(PackedSequence(input, batch_sizes))
+        _check_devices(x, hx, self._flat_weights)
+        x, hx, weights_restore = self._autocast_inputs(x, hx)
+        try:
+            y, finals = self._run_stack(x, hx, lengths)
+        finally:
+            weights_restore()
+        if batch_sizes is None:
+            return (y.transpose(0, 1) if self.batch_first else y), finals
+        return torch.nn.utils.rnn.pack_padded_sequence(y, lengths, enforce_sorted=True).data, finals
+
+    def _autocast_inputs(self, x, hx):
+        """Mirror torch's autocast policy for RNNs: CUDA casts input, hx and weights to float16."""
+        device_type = x.device.type
+        if not torch.is_autocast_enabled(device_type):
+            return x, hx, lambda: None
+        if device_type == "cuda":
+            dtype = torch.float16
+        elif device_type == "cpu" and self._cell == "lstm":
+            dtype = torch.get_autocast_dtype("cpu")
+        else:
+            dtype = self._flat_weights[0].dtype
+        if x.dtype == dtype and all(w.dtype == dtype for w in self._flat_weights):
+            return x, hx, lambda: None
+        saved = self._flat_weights
+        self._flat_weights = [w.to(dtype) for w in saved]
+
+        def restore():
+            self._flat_weights = saved
+
+        with torch.autocast(device_type, enabled=False):
+            return x.to(dtype), tuple(h.to(dtype) for h in hx), restore
+
+
+def _check_devices(x: Tensor, hx, weights) -> None:
+    # torch's messages (ATen RNN.cpp check_attributes).
+    for w in weights:
+        if w.device != x.device:
+            raise RuntimeError(
+                "Input and parameter tensors are not at the same device, found input tensor at "
+                f"{x.device} and parameter tensor at {w.device}"
+            )
+    for h in hx:
+        if h.device != x.device:
+            raise RuntimeError(
+                "Input and hidden tensors are not at the same device, found input tensor at "
+                f"{x.device} and hidden tensor at {h.device}"
+            )
+
+
+def _check_hx_dtype(input: Tensor, hx: tuple[Tensor, ...]) -> None:
+    names = ("hx",) if len(hx) == 1 else ("hx[0]", "hx[1]")
+    for name, h in zip(names, hx):
+        if h.dtype != input.dtype:
+            raise ValueError(f"{name}: expected dtype {input.dtype} (the dtype of input), got {h.dtype}")
+
+
+class GRU(_FusedRNNMixin, torch.nn.GRU):
+    __doc__ = (
+        "Drop-in torch.nn.GRU running on fusedrnn's fused kernels.\n\n"
+        "Same arguments, parameters, state_dict, outputs and errors as torch.nn.GRU, plus keyword-only\n"
+        "``residual`` (False | True | first layer index) and ``backend`` (see fusedrnn.modules).\n"
+    )
+    _cell = "gru"
+
+    def __init__(self, *args, residual=False, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_extras(residual, backend)
+
+    def forward(self, input, hx=None):  # mirrors torch.nn.GRU.forward; the _VF call is replaced
+        self._update_flat_weights()
+        orig_input = input
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch_size = int(batch_sizes[0])
+            if hx is None:
+                num_directions = 2 if self.bidirectional else 1
+                hx = torch.zeros(
+                    self.num_layers * num_directions, max_batch_size, self.hidden_size,
+                    dtype=input.dtype, device=input.device,
+                )
+            else:
+                hx = self.permute_hidden(hx, sorted_indices)
+        else:
+            batch_sizes = None
+            if input.dim() not in (2, 3):
+                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+                if hx is not None:
+                    if hx.dim() != 2:
+                        raise RuntimeError(
+                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
+                        )
+                    hx = hx.unsqueeze(1)
+            else:
+                if hx is not None and hx.dim() != 3:
+                    raise RuntimeError(
+                        f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                    )
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            sorted_indices = None
+            unsorted_indices = None
+            if hx is None:
+                num_directions = 2 if self.bidirectional else 1
+                hx = torch.zeros(
+                    self.num_layers * num_directions, max_batch_size, self.hidden_size,
+                    dtype=input.dtype, device=input.device,
+                )
+            else:
+                hx = self.permute_hidden(hx, sorted_indices)
+        self.check_forward_args(input, hx, batch_sizes)
+        if not torch.is_autocast_enabled(input.device.type):
+            _check_hx_dtype(input, (hx,))
+        output, (hidden,) = self._compute(input, (hx,), batch_sizes)
+        if isinstance(orig_input, PackedSequence):
+            output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            return output_packed, self.permute_hidden(hidden, unsorted_indices)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = hidden.squeeze(1)
+        return output, self.permute_hidden(hidden, unsorted_indices)
+
+
+class LSTM(_FusedRNNMixin, torch.nn.LSTM):
+    __doc__ = (
+        "Drop-in torch.nn.LSTM running on fusedrnn's fused kernels.\n\n"
+        "Same arguments (proj_size included), parameters, state_dict, outputs and errors as\n"
+        "torch.nn.LSTM, plus keyword-only ``residual`` and ``backend`` (see fusedrnn.modules).\n"
+        "Unlike torch, PackedSequence input is checked against input_size.\n"
+    )
+    _cell = "lstm"
+
+    def __init__(self, *args, residual=False, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_extras(residual, backend)
+
+    def forward(self, input, hx=None):  # mirrors torch.nn.LSTM.forward; the _VF call is replaced
+        self._update_flat_weights()
+        orig_input = input
+        batch_sizes = None
+        num_directions = 2 if self.bidirectional else 1
+        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch_size = int(batch_sizes[0])
+            if hx is None:
+                hx = self._zero_state(max_batch_size, real_hidden_size, input)
+            else:
+                hx = self.permute_hidden(hx, sorted_indices)
+            # torch skips this check for packed input and computes garbage; fusedrnn checks.
+            self.check_forward_args(input, hx, batch_sizes)
+        else:
+            if input.dim() not in (2, 3):
+                raise ValueError(f"LSTM: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            sorted_indices = None
+            unsorted_indices = None
+            if hx is None:
+                hx = self._zero_state(max_batch_size, real_hidden_size, input)
+                self.check_forward_args(input, hx, batch_sizes)
+            else:
+                if is_batched:
+                    if hx[0].dim() != 3 or hx[1].dim() != 3:
+                        raise RuntimeError(
+                            "For batched 3-D input, hx and cx should "
+                            f"also be 3-D but got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                        )
+                else:
+                    if hx[0].dim() != 2 or hx[1].dim() != 2:
+                        raise RuntimeError(
+                            "For unbatched 2-D input, hx and cx should "
+                            f"also be 2-D but got ({hx[0].dim()}-D, {hx[1].dim()}-D) tensors"
+                        )
+                    hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
+                self.check_forward_args(input, hx, batch_sizes)
+                hx = self.permute_hidden(hx, sorted_indices)
+        if not torch.is_autocast_enabled(input.device.type):
+            _check_hx_dtype(input, tuple(hx))
+        output, hidden = self._compute(input, tuple(hx), batch_sizes)
+        if isinstance(orig_input, PackedSequence):
+            output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            return output_packed, self.permute_hidden(hidden, unsorted_indices)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
+        return output, self.permute_hidden(hidden, unsorted_indices)
+
+    def _zero_state(self, batch: int, real_hidden_size: int, input: Tensor):
+        D = 2 if self.bidirectional else 1
+        h = torch.zeros(self.num_layers * D, batch, real_hidden_size, dtype=input.dtype, device=input.device)
+        c = torch.zeros(self.num_layers * D, batch, self.hidden_size, dtype=input.dtype, device=input.device)
+        return (h, c)
+
+
+def _converted(module: torch.nn.Module) -> torch.nn.Module:
+    """The fusedrnn twin of one torch.nn.GRU/LSTM, sharing its Parameter objects."""
+    if isinstance(module, (GRU, LSTM)):
+        return module
+    cls = LSTM if isinstance(module, torch.nn.LSTM) else GRU
+    kwargs = dict(
+        num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
+        dropout=module.dropout, bidirectional=module.bidirectional,
+    )
+    if cls is LSTM:
+        kwargs["proj_size"] = module.proj_size
+    # Built on the meta device so construction draws no random numbers and allocates nothing;
+    # the original Parameters are then assigned, so optimizers holding them keep working.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the dropout/num_layers warning was already shown once
+        new = cls(module.input_size, module.hidden_size, device="meta", **kwargs)
+    new.load_state_dict(module.state_dict(keep_vars=True), assign=True)
+    new._init_flat_weights()
+    new.train(module.training)
+    return new
+
+
+def convert(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace every torch.nn.GRU / torch.nn.LSTM in ``model`` (or ``model`` itself) with the fusedrnn
+    module holding the same Parameters (same device, dtype and training mode). Returns the model."""
+    if isinstance(model, (torch.nn.GRU, torch.nn.LSTM)):
+        return _converted(model)
+    for name, child in list(model.named_children()):
+        replacement = convert(child)
+        if replacement is not child:
+            setattr(model, name, replacement)
+    return model
