@@ -1,0 +1,185 @@
+"""fusedrnn.GRU / fusedrnn.LSTM against torch.nn itself: the module cross product in float64.
+
+Outputs, h_n/c_n and the gradients of input, hx and every parameter, for
+cell x num_layers x bias x batch_first x bidirectional x proj_size x input kind x residual.
+With residual adds, the reference is torch.nn single-layer modules composed with the same adds.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+
+import fusedrnn
+from helpers import assert_close_all, run_with_grads
+
+DT = torch.float64
+T, B, H = 5, 3, 4
+LENGTHS = [5, 2, 4]  # unsorted on purpose
+
+
+class ComposedTorch(torch.nn.Module):
+    """torch.nn layers, one module per layer, with y_l = layer_l(x_l) + x_l on residual layers."""
+
+    def __init__(self, fmod):
+        super().__init__()
+        cls = torch.nn.LSTM if isinstance(fmod, torch.nn.LSTM) else torch.nn.GRU
+        D = 2 if fmod.bidirectional else 1
+        P = fmod.proj_size if getattr(fmod, "proj_size", 0) else fmod.hidden_size
+        self.residual_layers = fmod._residual_layers
+        self.batch_first = fmod.batch_first
+        self.is_lstm = cls is torch.nn.LSTM
+        self.layers = torch.nn.ModuleList()
+        for layer in range(fmod.num_layers):
+            kw = dict(bias=fmod.bias, batch_first=fmod.batch_first, bidirectional=fmod.bidirectional, dtype=DT)
+            if self.is_lstm:
+                kw["proj_size"] = fmod.proj_size
+            m = cls(fmod.input_size if layer == 0 else D * P, fmod.hidden_size, **kw)
+            with torch.no_grad():
+                for name, p in m.named_parameters():
+                    p.copy_(getattr(fmod, name.replace("_l0", f"_l{layer}")))
+            self.layers.append(m)
+        self.D = D
+
+    def forward(self, x, hx=None):
+        finals = []
+        for layer, m in enumerate(self.layers):
+            sl = slice(layer * self.D, (layer + 1) * self.D)
+            if hx is None:
+                h = None
+            elif self.is_lstm:
+                h = (hx[0][sl], hx[1][sl])
+            else:
+                h = hx[sl]
+            y, state = m(x, h)
+            if layer in self.residual_layers:
+                y = PackedSequence(y.data + x.data, *y[1:]) if isinstance(y, PackedSequence) else y + x
+            finals.append(state)
+            x = y
+        if self.is_lstm:
+            return x, (torch.cat([s[0] for s in finals], 0), torch.cat([s[1] for s in finals], 0))
+        return x, torch.cat(finals, 0)
+
+    def grads_by_fused_name(self):
+        out = {}
+        for layer, m in enumerate(self.layers):
+            for name, p in m.named_parameters():
+                out[name.replace("_l0", f"_l{layer}")] = p.grad
+        return out
+
+
+def make_input(kind, input_size, batch_first):
+    if kind == "unbatched":
+        return torch.randn(T, input_size, dtype=DT, requires_grad=True)
+    shape = (B, T, input_size) if batch_first else (T, B, input_size)
+    return torch.randn(*shape, dtype=DT, requires_grad=True)
+
+
+def wrap(kind, x, batch_first):
+    if kind.startswith("packed"):
+        lengths = torch.tensor(sorted(LENGTHS, reverse=True) if kind == "packed_sorted" else LENGTHS)
+        return pack_padded_sequence(x, lengths, batch_first=batch_first, enforce_sorted=kind == "packed_sorted")
+    return x
+
+
+def make_hx(fmod, kind):
+    D = 2 if fmod.bidirectional else 1
+    P = fmod.proj_size if getattr(fmod, "proj_size", 0) else fmod.hidden_size
+    lead = (fmod.num_layers * D,) if kind == "unbatched" else (fmod.num_layers * D, B)
+    h = torch.randn(*lead, P, dtype=DT, requires_grad=True)
+    if isinstance(fmod, torch.nn.LSTM):
+        return [h, torch.randn(*lead, fmod.hidden_size, dtype=DT, requires_grad=True)]
+    return [h]
+
+
+CASES = []
+for cell, num_layers, bias, batch_first, bidirectional, proj, kind, residual in itertools.product(
+    ["gru", "lstm"], [1, 2, 3], [True, False], [False, True], [False, True], [0, 3],
+    ["dense", "packed_sorted", "packed_unsorted", "unbatched"], [False, True, 1],
+):
+    if cell == "gru" and proj:
+        continue
+    if residual == 1 and num_layers == 1:
+        continue
+    if kind == "unbatched" and batch_first and (bias is False):
+        continue  # batch_first is ignored for unbatched input: one bias setting covers it
+    CASES.append((cell, num_layers, bias, batch_first, bidirectional, proj, kind, residual))
+
+
+def _id(case):
+    cell, L, bias, bf, bi, proj, kind, res = case
+    return f"{cell}-L{L}-{'b' if bias else 'nob'}-{'bf' if bf else 'tf'}-{'bi' if bi else 'uni'}-p{proj}-{kind}-res{res}"
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+def test_module_matches_torch(case):
+    cell, num_layers, bias, batch_first, bidirectional, proj, kind, residual = case
+    D = 2 if bidirectional else 1
+    P = proj or H
+    # With residual=True make layer 0 eligible too (input width == D*P); with residual=1 it is not.
+    input_size = D * P if residual is True else 5
+    kw = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, dtype=DT)
+    if cell == "lstm":
+        kw["proj_size"] = proj
+    fcls = fusedrnn.LSTM if cell == "lstm" else fusedrnn.GRU
+    fmod = fcls(input_size, H, residual=residual, backend="reference", **kw)
+
+    if residual is False:
+        tcls = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
+        tmod = tcls(input_size, H, **kw)
+        tmod.load_state_dict(fmod.state_dict())
+        torch_grads = lambda: {n: p.grad for n, p in tmod.named_parameters()}  # noqa: E731
+    else:
+        assert fmod._residual_layers == (tuple(range(num_layers)) if residual is True else tuple(range(1, num_layers)))
+        tmod = ComposedTorch(fmod)
+        torch_grads = tmod.grads_by_fused_name
+
+    x = make_input(kind, input_size, batch_first)
+    hx = make_hx(fmod, kind)
+    hx_arg = hx[0] if cell == "gru" else tuple(hx)
+
+    f_out, f_in_grads, f_param_grads = run_with_grads(fmod, [x] + hx, lambda: fmod(wrap(kind, x, batch_first), hx_arg))
+    t_out, t_in_grads, _ = run_with_grads(tmod, [x] + hx, lambda: tmod(wrap(kind, x, batch_first), hx_arg))
+    t_param_grads = torch_grads()
+
+    tol = dict(atol=1e-10, rtol=1e-8)
+    assert_close_all(f_out, t_out, what="outputs", **tol)
+    assert_close_all(f_in_grads, t_in_grads, what="input/hx grads", **tol)
+    assert set(f_param_grads) == set(t_param_grads)
+    for name in f_param_grads:
+        torch.testing.assert_close(f_param_grads[name], t_param_grads[name], **tol, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("backend", ["auto", "torch"])
+def test_fast_cpu_path_matches_reference(cell, backend):
+    """auto on CPU uses torch's own op; it must agree with the reference composition, packed and residual."""
+    kw = dict(num_layers=2, bidirectional=True, dtype=DT)
+    fcls = fusedrnn.LSTM if cell == "lstm" else fusedrnn.GRU
+    ref = fcls(8, H, residual=True, backend="reference", **kw)
+    fast = fcls(8, H, residual=True, backend=backend, **kw)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(T, B, 8, dtype=DT, requires_grad=True)
+    for kind in ["dense", "packed_unsorted"]:
+        r = run_with_grads(ref, [x], lambda: ref(wrap(kind, x, False)))
+        f = run_with_grads(fast, [x], lambda: fast(wrap(kind, x, False)))
+        assert_close_all(f[0], r[0], atol=1e-10, rtol=1e-8, what=f"{kind} outputs")
+        assert_close_all(f[1], r[1], atol=1e-10, rtol=1e-8, what=f"{kind} input grads")
+        for name in r[2]:
+            torch.testing.assert_close(f[2][name], r[2][name], atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM])
+def test_float32_default_module(cls):
+    """Default dtype, default backend, the way most users call it."""
+    tcls = torch.nn.LSTM if cls is fusedrnn.LSTM else torch.nn.GRU
+    torch.manual_seed(3)
+    t = tcls(6, 8, num_layers=2)
+    torch.manual_seed(3)
+    f = cls(6, 8, num_layers=2)
+    x = torch.randn(7, 2, 6)
+    a, b = f(x), t(x)
+    torch.testing.assert_close(a[0], b[0], atol=1e-5, rtol=1e-5)
