@@ -11,6 +11,8 @@ own RNN op: the fast path on CPU), reference (pure-PyTorch time loop, serves eve
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 import os
 from dataclasses import dataclass
@@ -54,6 +56,15 @@ def _dtype_reason(dtype: torch.dtype, supported) -> list[str]:
         return []
     names = ", ".join(str(d) for d in supported)
     return [f"dtype={dtype} (supported: {names})"]
+
+
+@functools.lru_cache(maxsize=None)
+def _optional_module(name: str):
+    """(module, None) or (None, reason): imported once per process, so dispatch stays cheap."""
+    try:
+        return importlib.import_module(f"fusedrnn.{name}"), None
+    except Exception as e:  # ImportError, or triton/CUDA failing to initialise
+        return None, f"fusedrnn.{name} cannot be imported ({type(e).__name__}: {e})"
 
 
 class Backend:
@@ -185,11 +196,8 @@ class TritonBackend(Backend):
     description = "fused Triton kernels: whole sequence per launch (CUDA; CPU only under TRITON_INTERPRET=1)"
 
     def unavailable(self):
-        try:
-            from . import triton_ops  # noqa: F401
-        except Exception as e:  # ImportError, or triton failing to initialise
-            return [f"fusedrnn.triton_ops cannot be imported ({type(e).__name__}: {e})"]
-        return []
+        _, reason = _optional_module("triton_ops")
+        return [reason] if reason else []
 
     def reasons(self, p, forced):
         reasons = self.unavailable()
@@ -229,11 +237,8 @@ class CudaBackend(Backend):
     description = "persistent CUDA kernels from csrc/ (fusedrnn._C): one cooperative launch per sequence"
 
     def unavailable(self):
-        try:
-            from . import cuda_ops
-        except Exception as e:
-            return [f"fusedrnn.cuda_ops cannot be imported ({type(e).__name__}: {e})"]
-        return cuda_ops.unavailable()
+        cuda_ops, reason = _optional_module("cuda_ops")
+        return [reason] if reason else cuda_ops.unavailable()
 
     def reasons(self, p, forced):
         reasons = self.unavailable()
