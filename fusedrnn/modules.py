@@ -143,7 +143,7 @@ class _FusedRNNMixin:
     def _autocast_inputs(self, x, hx):
         """Mirror torch's autocast policy for RNNs: CUDA casts input, hx and weights to float16."""
         device_type = x.device.type
-        if not torch.is_autocast_enabled(device_type):
+        if not _autocast_on(device_type):
             return x, hx, lambda: None
         if device_type == "cuda":
             dtype = torch.float16
@@ -161,6 +161,13 @@ class _FusedRNNMixin:
 
         with torch.autocast(device_type, enabled=False):
             return x.to(dtype), tuple(h.to(dtype) for h in hx), restore
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # device types without autocast (meta, ...)
+        return False
 
 
 def _check_devices(x: Tensor, hx, weights) -> None:
@@ -243,7 +250,7 @@ class GRU(_FusedRNNMixin, torch.nn.GRU):
             else:
                 hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(input, hx, batch_sizes)
-        if not torch.is_autocast_enabled(input.device.type):
+        if not _autocast_on(input.device.type):
             _check_hx_dtype(input, (hx,))
         output, (hidden,) = self._compute(input, (hx,), batch_sizes)
         if isinstance(orig_input, PackedSequence):
@@ -312,7 +319,7 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
                     hx = (hx[0].unsqueeze(1), hx[1].unsqueeze(1))
                 self.check_forward_args(input, hx, batch_sizes)
                 hx = self.permute_hidden(hx, sorted_indices)
-        if not torch.is_autocast_enabled(input.device.type):
+        if not _autocast_on(input.device.type):
             _check_hx_dtype(input, tuple(hx))
         output, hidden = self._compute(input, tuple(hx), batch_sizes)
         if isinstance(orig_input, PackedSequence):
