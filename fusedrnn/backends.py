@@ -15,6 +15,7 @@ import functools
 import importlib
 import logging
 import os
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,7 @@ class Problem:
     lengths: bool
     reverse: bool
     proj: bool
+    tracing: bool = False  # under torch.compile: only traceable code paths may be chosen
 
 
 def _interpreter_on() -> bool:
@@ -117,6 +119,8 @@ class TorchBackend(Backend):
     CPU_DTYPES = (torch.float32, torch.float64)
 
     def reasons(self, p, forced):
+        if p.lengths and p.tracing:
+            return ["lengths under torch.compile (torch's packing functions are not traceable)"]
         if p.device.type == "cpu":
             return _dtype_reason(p.dtype, self.CPU_DTYPES)
         if p.device.type == "cuda":
@@ -285,19 +289,27 @@ def select(backend: str, p: Problem) -> Backend:
     check_backend_name(backend)
     if backend == "auto":
         backend = default_backend()
+    if torch.compiler.is_compiling():
+        p = dataclasses.replace(p, tracing=True)
+    return REGISTRY[_choose(backend, *(getattr(p, f) for f in Problem.__dataclass_fields__))]
+
+
+@torch.compiler.assume_constant_result
+def _choose(backend: str, *fields) -> str:
+    # Plain-value arguments and a str result so that torch.compile runs this once at trace time and
+    # bakes in the answer (it imports optional modules and reads the environment: not traceable).
+    p = Problem(*fields)
     if backend != "auto":
-        chosen = REGISTRY[backend]
-        reasons = chosen.reasons(p, forced=True)
+        reasons = REGISTRY[backend].reasons(p, forced=True)
         if reasons:
             raise ValueError(
                 f"fusedrnn backend {backend!r} cannot run this {p.cell.upper()} call: " + "; ".join(reasons)
             )
-        return chosen
+        return backend
     for name in BACKENDS:
-        candidate = REGISTRY[name]
-        reasons = candidate.reasons(p, forced=False)
+        reasons = REGISTRY[name].reasons(p, forced=False)
         if not reasons:
-            return candidate
+            return name
         key = (name, p.cell, p.device.type, p.dtype, tuple(reasons))
         if key not in _logged:
             _logged.add(key)

@@ -1,0 +1,45 @@
+"""torch.compile(fullgraph=True) traces fusedrnn with no graph break (CPU backends here; the Triton
+ops' registration is tested in test_triton.py)."""
+
+import pytest
+import torch
+
+import fusedrnn
+
+
+def _gru_args(T=4, B=2, I=3, H=5):  # noqa: E741
+    return [torch.randn(T, B, I), torch.zeros(B, H), torch.randn(3 * H, I), torch.randn(3 * H, H),
+            torch.randn(3 * H), torch.randn(3 * H)]
+
+
+@pytest.mark.parametrize("backend,use_lengths", [("auto", True), ("reference", True), ("torch", False)])
+def test_functional_compiles_fullgraph(backend, use_lengths):
+    """(auto with lengths picks the reference loop when tracing: torch's packing is not traceable.)"""
+    args = _gru_args()
+    lengths = torch.tensor([4, 2]) if use_lengths else None
+    residual = torch.randn(4, 2, 5)
+
+    def f(x, h0, w_ih, w_hh, b_ih, b_hh):
+        return fusedrnn.functional.gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual=residual, lengths=lengths,
+                                       reverse=True, backend=backend)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    for a, b in zip(compiled(*args), f(*args)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM])
+def test_module_compiles_fullgraph_with_allow_rnn(cls):
+    """Like torch's own RNN modules, ours need torch._dynamo.config.allow_rnn=True to be traced."""
+    m = cls(3, 4, num_layers=2, residual=1, backend="reference")
+    x = torch.randn(5, 2, 3, requires_grad=True)
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(allow_rnn=True):
+        compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
+        out_c = compiled(x)[0]
+    out_e = m(x)[0]
+    torch.testing.assert_close(out_c, out_e)
+    (gc,) = torch.autograd.grad(out_c.sum(), x)
+    (ge,) = torch.autograd.grad(out_e.sum(), x)
+    torch.testing.assert_close(gc, ge)
