@@ -3,12 +3,25 @@
 from __future__ import annotations
 
 import functools
+import importlib.util
+import warnings
 
 import torch
 
 
 class ExtensionError(RuntimeError):
     pass
+
+
+def check_build_info(info: dict) -> None:
+    """Raise ExtensionError if the extension was built for another torch/CUDA than this process has."""
+    built = (str(info["torch_version"]).split("+")[0], str(info["cuda_version"]))
+    have = (torch.__version__.split("+")[0], str(torch.version.cuda))
+    if built != have:
+        raise ExtensionError(
+            f"fusedrnn._C was built for torch {built[0]} / CUDA {built[1]} but this process has torch "
+            f"{have[0]} / CUDA {have[1]}; rebuild it: pip install --no-build-isolation --force-reinstall -e ."
+        )
 
 
 @functools.lru_cache(maxsize=None)
@@ -19,17 +32,10 @@ def load():
     except ImportError as e:
         raise ExtensionError(
             f"the CUDA extension fusedrnn._C is not built or failed to import ({e}); "
-            "reinstall with a CUDA toolkit present: pip install --no-build-isolation . "
+            "reinstall with a CUDA toolkit present: pip install --no-build-isolation -e . "
             "(see python -m fusedrnn.info)"
         ) from e
-    info = _C.build_info()
-    built = (info["torch_version"].split("+")[0], info["cuda_version"])
-    have = (torch.__version__.split("+")[0], str(torch.version.cuda))
-    if built != have:
-        raise ExtensionError(
-            f"fusedrnn._C was built for torch {built[0]} / CUDA {built[1]} but this process has torch "
-            f"{have[0]} / CUDA {have[1]}; rebuild: pip install --no-build-isolation --force-reinstall ."
-        )
+    check_build_info(_C.build_info())
     return _C
 
 
@@ -39,3 +45,14 @@ def build_info() -> dict | str:
         return dict(load().build_info())
     except ExtensionError as e:
         return str(e)
+
+
+def warn_if_mismatched() -> None:
+    """At import: a built extension that does not match the running torch gets one clear warning.
+    (Not built at all is not worth a warning: the Triton and torch backends still work.)"""
+    if importlib.util.find_spec("fusedrnn._C") is None:
+        return
+    try:
+        load()
+    except ExtensionError as e:
+        warnings.warn(f"fusedrnn: the cuda backend is disabled: {e}", RuntimeWarning, stacklevel=3)

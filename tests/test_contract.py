@@ -321,3 +321,29 @@ def test_same_seed_same_weights_as_torch_with_any_extras():
     f = fusedrnn.GRU(4, 4, num_layers=3, residual=True, backend="reference")
     for a, b in zip(f.parameters(), t.parameters()):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("tcls,fcls", PAIRS, ids=IDS)
+def test_cpu_autocast_output_dtype_and_values_like_torch(tcls, fcls):
+    t, f = _modules(tcls, fcls, num_layers=2)
+    x = torch.randn(6, 2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        a, b = f(x), t(x)
+    assert a[0].dtype == b[0].dtype
+    # Both round to bf16 somewhere: judge against fp32 torch, with torch's own bf16 error as the yardstick.
+    ref = t(x)[0]
+    torch_err = (b[0].float() - ref).abs().max()
+    ours_err = (a[0].float() - ref).abs().max()
+    assert ours_err <= 2 * torch_err + 1e-6, (ours_err, torch_err)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tcls,fcls", PAIRS, ids=IDS)
+def test_cuda_autocast_casts_to_float16_like_cudnn(tcls, fcls):
+    t, f = _modules(tcls, fcls, num_layers=2)
+    t, f = t.cuda(), f.cuda()
+    x = torch.randn(6, 2, 3, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        a, b = f(x), t(x)
+    assert a[0].dtype == b[0].dtype == torch.float16
+    torch.testing.assert_close(a[0].float(), b[0].float(), atol=5e-3, rtol=5e-3)

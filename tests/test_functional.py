@@ -232,3 +232,11 @@ def test_reference_functions_are_the_reference_backend():
     b = call("lstm", args, backend="reference")
     for x, y in zip(a, b):
         assert torch.equal(x, y)
+
+
+def test_extension_version_mismatch_is_a_clear_error():
+    from fusedrnn import _ext
+
+    _ext.check_build_info({"torch_version": torch.__version__, "cuda_version": str(torch.version.cuda)})
+    with pytest.raises(_ext.ExtensionError, match=r"built for torch 1.0.0 / CUDA 9.9 but this process has torch"):
+        _ext.check_build_info({"torch_version": "1.0.0+cu99", "cuda_version": "9.9"})
