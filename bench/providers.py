@@ -1,0 +1,267 @@
+"""Providers: the things being timed on one case, all fed the same inputs and weights.
+
+  torch-nn            torch.nn.GRU/LSTM (cuDNN on a GPU, ATen on CPU); the ratio baseline
+  torch-nn-nocudnn    the same inside torch.backends.cudnn.flags(enabled=False) (GPU only)
+  cell-loop           a per-step torch.nn.GRUCell/LSTMCell loop in eager mode
+  cell-loop-compiled  the same loop with the cell step under torch.compile (the step is compiled,
+                      not the T-step loop: unrolling T=1500 steps would take minutes to compile)
+  fusedrnn-triton     fusedrnn.GRU/LSTM(..., backend="triton")
+  fusedrnn-cuda       fusedrnn.GRU/LSTM(..., backend="cuda")
+  fusedrnn-torch      fusedrnn.GRU/LSTM(..., backend="torch")      (CPU demonstration)
+  fusedrnn-reference  fusedrnn.GRU/LSTM(..., backend="reference")  (CPU demonstration)
+
+For residual cases the torch baselines are what a user writes today: one single-layer torch.nn module
+(or cell loop) per layer, plus ``y = rnn(x) + x``; fusedrnn gets ``residual=True``.
+
+``build(case_inputs, provider, mode)`` returns a zero-argument callable doing one timed call: in
+"forward" one inference pass under torch.no_grad(); in "forward+backward" a forward pass and
+``out.backward(dy)`` with a fixed random dy (gradients reset to None first, outside autograd).
+Packed cases pack inside the call (torch.nn.utils.rnn.pack_padded_sequence) for every module
+provider alike; the cell loops mask instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.nn.utils.rnn import pack_padded_sequence
+
+from .cases import Inputs
+
+TORCH_NN = "torch-nn"
+
+
+class Unavailable(Exception):
+    """The provider cannot run this measurement here; the message says why."""
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    label: str
+    devices: tuple[str, ...]  # device types it runs on
+    fused: bool = False
+
+
+PROVIDERS: dict[str, Provider] = {
+    p.name: p
+    for p in (
+        Provider(TORCH_NN, "torch.nn (cuDNN on GPU)", ("cuda", "cpu")),
+        Provider("torch-nn-nocudnn", "torch.nn, cuDNN off", ("cuda",)),
+        Provider("cell-loop", "per-step cell loop, eager", ("cuda", "cpu")),
+        Provider("cell-loop-compiled", "per-step cell loop, torch.compile'd step", ("cuda", "cpu")),
+        Provider("fusedrnn-triton", "fusedrnn triton", ("cuda", "cpu"), fused=True),
+        Provider("fusedrnn-cuda", "fusedrnn cuda", ("cuda",), fused=True),
+        Provider("fusedrnn-torch", "fusedrnn torch backend", ("cuda", "cpu"), fused=True),
+        Provider("fusedrnn-reference", "fusedrnn reference backend", ("cuda", "cpu"), fused=True),
+    )
+}
+GPU_DEFAULT = ("torch-nn", "torch-nn-nocudnn", "cell-loop", "cell-loop-compiled", "fusedrnn-triton", "fusedrnn-cuda")
+CPU_DEMO_DEFAULT = ("torch-nn", "cell-loop", "fusedrnn-torch", "fusedrnn-reference")
+
+
+def _layer_state(sd: dict, layer: int, direction: int, keep_reverse: bool = False) -> dict:
+    """Weights of one layer-direction renamed as layer 0's (``weight_ih_l3_reverse`` ->
+    ``weight_ih_l0_reverse`` with keep_reverse, else ``weight_ih_l0``)."""
+    suffix = f"_l{layer}" + ("_reverse" if direction else "")
+    new = "_l0" + ("_reverse" if direction and keep_reverse else "")
+    return {k.replace(suffix, new): v for k, v in sd.items() if k.endswith(suffix)}
+
+
+def layer_state(sd: dict, layer: int, bidirectional: bool) -> dict:
+    """Both directions of one layer, as a single-layer module's state_dict."""
+    out = _layer_state(sd, layer, 0)
+    if bidirectional:
+        out.update(_layer_state(sd, layer, 1, keep_reverse=True))
+    return out
+
+
+def _rnn_cls(cell: str, fused_backend: str | None):
+    if fused_backend is None:
+        return torch.nn.GRU if cell == "gru" else torch.nn.LSTM
+    try:
+        import fusedrnn
+    except Exception as e:  # noqa: BLE001 - any import failure is a reason, not a crash
+        raise Unavailable(f"import fusedrnn failed ({type(e).__name__}: {e})") from e
+    cls = getattr(fusedrnn, "GRU" if cell == "gru" else "LSTM", None)
+    if cls is None:
+        raise Unavailable("fusedrnn.GRU/LSTM not present in this checkout")
+    return cls
+
+
+def _module_model(inp: Inputs, fused_backend: str | None):
+    """(forward(x) -> out, params) for torch.nn or fusedrnn modules."""
+    case = inp.case
+    dtype, device = inp.x.dtype, inp.x.device
+    cls = _rnn_cls(case.cell, fused_backend)
+    kw = {} if fused_backend is None else {"backend": fused_backend}
+    if case.residual and fused_backend is None:
+        # torch baseline for a residual stack: one single-layer module per layer, then the add.
+        mods = []
+        for k, width in enumerate(case.layer_inputs()):
+            m = cls(width, case.H, bidirectional=case.bidirectional)
+            m.load_state_dict(layer_state(inp.state_dict, k, case.bidirectional))
+            mods.append(m.to(device=device, dtype=dtype))
+        modules = torch.nn.ModuleList(mods)
+
+        def stack(seq):
+            for m in modules:
+                seq = m(seq)[0] + seq
+            return seq
+
+        run = stack
+    else:
+        extra = dict(kw, residual=True) if case.residual else kw
+        modules = cls(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional, **extra)
+        modules.load_state_dict(inp.state_dict)
+        modules = modules.to(device=device, dtype=dtype)
+
+        def run(seq):
+            return modules(seq)[0]
+
+    if case.packed:
+        if case.residual:
+            raise Unavailable("packed + residual is not a benchmark case")
+        lengths = inp.lengths
+
+        def forward(x):
+            packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+            return run(packed).data
+    else:
+        forward = run
+    return forward, list(modules.parameters())
+
+
+# --- the per-step cell loop -------------------------------------------------------------------------
+
+def _gru_step(x_t, h, w_ih, w_hh, b_ih, b_hh):
+    return torch.gru_cell(x_t, h, w_ih, w_hh, b_ih, b_hh)
+
+
+def _lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh):
+    return torch.lstm_cell(x_t, (h, c), w_ih, w_hh, b_ih, b_hh)
+
+
+def _compiled_step(cell: str):
+    # Weights are arguments, so layers of equal shapes share one compiled graph. Dynamo's caches
+    # are reset first: each case brings new shapes, and past its recompile limit dynamo would
+    # silently run the step eagerly.
+    torch._dynamo.reset()
+    return torch.compile(_gru_step if cell == "gru" else _lstm_step, dynamic=False)
+
+
+def _cell_loop_model(inp: Inputs, compiled: bool):
+    """The loop users write: torch.nn.GRUCell/LSTMCell per step, per layer, per direction.
+
+    Variable lengths: a row's state is frozen and its output zeroed past its length (torch.where),
+    which also gives the reverse direction its packed-sequence meaning."""
+    case = inp.case
+    dtype, device = inp.x.dtype, inp.x.device
+    cells = []  # cells[layer][direction]
+    for k, width in enumerate(case.layer_inputs()):
+        row = []
+        for d in range(case.D):
+            c = (torch.nn.GRUCell if case.cell == "gru" else torch.nn.LSTMCell)(width, case.H)
+            w = _layer_state(inp.state_dict, k, d)
+            c.load_state_dict({name.replace("_l0", ""): v for name, v in w.items()})
+            row.append(c.to(device=device, dtype=dtype))
+        cells.append(row)
+    params = [p for row in cells for c in row for p in c.parameters()]
+    T, B, H = case.T, case.B, case.H
+    valid = None
+    if inp.lengths is not None:
+        valid = (torch.arange(T).view(T, 1) < inp.lengths.view(1, B)).to(device).unsqueeze(-1)  # (T, B, 1)
+    step = _compiled_step(case.cell) if compiled else None
+
+    def direction(cell, seq, reverse):
+        h = seq.new_zeros(B, H)
+        c = seq.new_zeros(B, H) if case.cell == "lstm" else None
+        ys = [None] * T
+        for t in (range(T - 1, -1, -1) if reverse else range(T)):
+            if case.cell == "gru":
+                h_new = step(seq[t], h, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh) if step else cell(seq[t], h)
+                c_new = None
+            else:
+                args = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+                h_new, c_new = step(seq[t], h, c, *args) if step else cell(seq[t], (h, c))
+            if valid is not None:
+                h_new = torch.where(valid[t], h_new, h)
+                if c_new is not None:
+                    c_new = torch.where(valid[t], c_new, c)
+                ys[t] = h_new * valid[t]
+            else:
+                ys[t] = h_new
+            h, c = h_new, c_new
+        return torch.stack(ys, 0)
+
+    def forward(x):
+        seq = x
+        for k in range(case.layers):
+            outs = [direction(cells[k][d], seq, reverse=d == 1) for d in range(case.D)]
+            y = outs[0] if case.D == 1 else torch.cat(outs, -1)
+            seq = y + seq if case.residual else y
+        return seq
+
+    return forward, params, valid
+
+
+# --- build ---------------------------------------------------------------------------------------
+
+def check_device(provider: str, device) -> None:
+    p = PROVIDERS.get(provider)
+    if p is None:
+        raise ValueError(f"unknown provider {provider!r}; providers: {', '.join(PROVIDERS)}")
+    dev = torch.device(device).type
+    if dev not in p.devices:
+        raise Unavailable(f"{provider} runs on {', '.join(p.devices)} only (this run: {dev})")
+
+
+def build(inp: Inputs, provider: str, mode: str) -> Callable[[], None]:
+    """A zero-argument callable doing one call of ``provider`` on ``inp`` in ``mode``.
+
+    Raises Unavailable when the provider cannot serve here (missing module, backend refusing with
+    its reasons); the first call inside build() also catches a backend's ValueError at dispatch."""
+    check_device(provider, inp.x.device)
+    case = inp.case
+    ctx: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+    mask = None
+    if provider in (TORCH_NN, "torch-nn-nocudnn"):
+        forward, params = _module_model(inp, None)
+        if provider == "torch-nn-nocudnn":
+            def ctx():
+                return torch.backends.cudnn.flags(enabled=False)
+    elif provider in ("cell-loop", "cell-loop-compiled"):
+        forward, params, mask = _cell_loop_model(inp, compiled=provider == "cell-loop-compiled")
+    else:
+        forward, params = _module_model(inp, provider.split("-", 1)[1])
+
+    if mode == "forward":
+        def call():
+            with ctx(), torch.no_grad():
+                forward(inp.x)
+    elif mode == "forward+backward":
+        x = inp.x.detach().clone().requires_grad_()
+        dy = inp.dy
+        if case.packed:
+            dy = pack_padded_sequence(dy, inp.lengths, enforce_sorted=False).data if mask is None else dy * mask
+
+        def call():
+            x.grad = None
+            for p in params:
+                p.grad = None
+            with ctx():
+                out = forward(x)
+                out.backward(dy)
+    else:
+        raise ValueError(f"unknown mode {mode!r}")
+
+    try:
+        call()  # first call: dispatch checks, compilation, autotuning all happen here, untimed
+    except ValueError as e:  # a forced fusedrnn backend that cannot serve explains itself this way
+        raise Unavailable(str(e)) from e
+    except NotImplementedError as e:
+        raise Unavailable(f"not implemented: {e}") from e
+    return call
