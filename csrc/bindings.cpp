@@ -1,5 +1,6 @@
 // Python bindings for fusedrnn._C: build metadata, checked at import by fusedrnn/_ext.py.
-// The kernels' ops register themselves with TORCH_LIBRARY in their own translation units.
+// The recurrence kernels' functions come from csrc/rnn_ops.cpp (register_rnn); fusedrnn/cuda_ops.py
+// wraps them in torch.library custom ops.
 #include <torch/extension.h>
 
 #ifndef FUSEDRNN_TORCH_VERSION
@@ -11,6 +12,10 @@
 #ifndef FUSEDRNN_ARCH_LIST
 #define FUSEDRNN_ARCH_LIST "unknown"
 #endif
+
+namespace fusedrnn {
+void register_rnn(pybind11::module_& m);  // csrc/rnn_ops.cpp
+}  // namespace fusedrnn
 
 namespace {
 pybind11::dict build_info() {
@@ -25,4 +30,5 @@ pybind11::dict build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "fusedrnn CUDA extension";
   m.def("build_info", &build_info, "torch/CUDA versions and archs this extension was built for");
+  fusedrnn::register_rnn(m);
 }

@@ -1,0 +1,270 @@
+// Torch-facing glue of the persistent recurrence kernels: named input checks, buffer allocation,
+// dtype dispatch, launch on the current CUDA stream. fusedrnn/cuda_ops.py wraps these in
+// torch.library custom ops with fake implementations and autograd; the input projection
+// (x·W_ihᵀ + b_ih) and the weight/input gradients are torch GEMMs there.
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/extension.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "rnn_launch.h"
+
+namespace fusedrnn {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+DType dtype_of(at::ScalarType s) {
+  switch (s) {
+    case at::kHalf: return DType::F16;
+    case at::kBFloat16: return DType::BF16;
+    case at::kFloat: return DType::F32;
+    default: TORCH_CHECK(false, "fusedrnn cuda: dtype ", s, " is not supported (float16, bfloat16, float32)");
+  }
+}
+
+DType dtype_from_name(const std::string& name) {
+  if (name == "float16" || name == "torch.float16") return DType::F16;
+  if (name == "bfloat16" || name == "torch.bfloat16") return DType::BF16;
+  if (name == "float32" || name == "torch.float32") return DType::F32;
+  TORCH_CHECK(false, "fusedrnn cuda: dtype ", name, " is not supported (float16, bfloat16, float32)");
+}
+
+Cell cell_of(int64_t cell) {
+  TORCH_CHECK(cell == 0 || cell == 1, "fusedrnn cuda: cell must be 0 (GRU) or 1 (LSTM), got ", cell);
+  return static_cast<Cell>(cell);
+}
+
+void check_arg(const Tensor& t, const char* name, const Tensor& ref, at::IntArrayRef shape) {
+  TORCH_CHECK(t.is_cuda(), "fusedrnn cuda: ", name, " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK(t.device() == ref.device(), "fusedrnn cuda: ", name, " is on ", t.device(), " but gx is on ", ref.device());
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "fusedrnn cuda: ", name, " has dtype ", t.scalar_type(),
+              " but gx has dtype ", ref.scalar_type());
+  TORCH_CHECK(t.sizes() == shape, "fusedrnn cuda: ", name, " must have shape ", shape, ", got ", t.sizes());
+}
+
+void check_float_arg(const Tensor& t, const char* name, const Tensor& ref, at::IntArrayRef shape) {
+  TORCH_CHECK(t.device() == ref.device() && t.scalar_type() == at::kFloat && t.sizes() == shape, "fusedrnn cuda: ",
+              name, " must be a float32 tensor of shape ", shape, " on ", ref.device(), ", got ", t.scalar_type(),
+              " ", t.sizes(), " on ", t.device());
+}
+
+// lengths: int64 (B,) on any device; moved to the kernel's device.
+Tensor lengths_on(const OptTensor& lengths, const Tensor& ref, int64_t B) {
+  if (!lengths.has_value()) return Tensor();
+  const Tensor& l = *lengths;
+  TORCH_CHECK(l.scalar_type() == at::kLong && l.dim() == 1 && l.size(0) == B,
+              "fusedrnn cuda: lengths must be an int64 tensor of shape (", B, "), got ", l.scalar_type(), " ",
+              l.sizes());
+  return l.to(ref.device(), at::kLong).contiguous();
+}
+
+void check_launch(cudaError_t err, const LaunchPlan* plan_or_null, const char* what) {
+  if (err == cudaErrorCooperativeLaunchTooLarge) {
+    TORCH_CHECK(false, "fusedrnn cuda: ", what, " cannot be launched: its grid of CTAs is not co-resident on this "
+                "GPU (shared memory or SM count); cuda_ops.limits() should have rejected this problem");
+  }
+  C10_CUDA_CHECK(err);
+}
+
+// gx (T,B,G), h0 (B,H), c0 (B,H) for LSTM, w_hh (G,H), b_hh (G,), residual (T,B,H), lengths (B,).
+// Returns {y, h_n, c_n (LSTM; else undefined), hist, saved (empty unless save)}.
+std::vector<Tensor> rnn_fwd(int64_t cell_id, const Tensor& gx, const Tensor& h0, const OptTensor& c0,
+                            const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& residual,
+                            const OptTensor& lengths, bool reverse, bool save, bool allow_tf32) {
+  const Cell cell = cell_of(cell_id);
+  TORCH_CHECK(gx.is_cuda() && gx.dim() == 3, "fusedrnn cuda: gx must be a 3-D CUDA tensor (T, B, G), got ",
+              gx.sizes(), " on ", gx.device());
+  const DType dt = dtype_of(gx.scalar_type());
+  const int ng = n_gates((int)cell);
+  const int64_t T = gx.size(0), B = gx.size(1), G = gx.size(2);
+  TORCH_CHECK(G % ng == 0, "fusedrnn cuda: gx's last dim ", G, " is not a multiple of ", ng);
+  const int64_t H = G / ng;
+  TORCH_CHECK(T >= 1, "fusedrnn cuda: T must be >= 1");
+  check_arg(h0, "h0", gx, {B, H});
+  check_arg(w_hh, "w_hh", gx, {G, H});
+  if (b_hh) check_arg(*b_hh, "b_hh", gx, {G});
+  if (residual) check_arg(*residual, "residual", gx, {T, B, H});
+  const bool is_lstm = cell == Cell::LSTM;
+  TORCH_CHECK(is_lstm == c0.has_value(), "fusedrnn cuda: c0 is required for an LSTM and not accepted for a GRU");
+  if (c0) check_arg(*c0, "c0", gx, {B, H});
+  TORCH_CHECK(T * B * std::max<int64_t>(G, 5 * H) < (int64_t(1) << 62), "fusedrnn cuda: problem too large");
+
+  c10::cuda::CUDAGuard guard(gx.device());
+  const auto opts = gx.options();
+  const auto fopts = opts.dtype(at::kFloat);
+  Tensor y = at::empty({T, B, H}, opts);
+  Tensor hist = at::empty({T, B, H}, opts);
+  Tensor saved = save ? at::empty({T, B, n_saved((int)cell) * H}, fopts) : at::empty({0}, fopts);
+  Tensor h_state = at::empty({B, H}, fopts);
+  h_state.copy_(h0);  // a copy also for fp32: the kernel updates it in place
+  Tensor c_state;
+  if (is_lstm) {
+    c_state = at::empty({B, H}, fopts);
+    c_state.copy_(*c0);
+  }
+  if (B == 0) return {y, h0.clone(), is_lstm ? c0->clone() : Tensor(), hist, saved};
+  hist.select(0, reverse ? T - 1 : 0).copy_(h0);
+
+  const Tensor gx_c = gx.contiguous(), w_c = w_hh.contiguous();
+  const Tensor b_c = b_hh ? b_hh->contiguous() : Tensor();
+  const Tensor r_c = residual ? residual->contiguous() : Tensor();
+  const Tensor len = lengths_on(lengths, gx, B);
+
+  FwdParams p{};
+  p.T = (int)T;
+  p.B = (int)B;
+  p.H = (int)H;
+  p.reverse = reverse;
+  p.gx = gx_c.data_ptr();
+  p.w_hh = w_c.data_ptr();
+  p.b_hh = b_hh ? b_c.data_ptr() : nullptr;
+  p.residual = residual ? r_c.data_ptr() : nullptr;
+  p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  p.y = y.data_ptr();
+  p.hist = hist.data_ptr();
+  p.h_state = h_state.data_ptr<float>();
+  p.c_state = is_lstm ? c_state.data_ptr<float>() : nullptr;
+  p.saved = save ? saved.data_ptr<float>() : nullptr;
+
+  const bool tf32 = allow_tf32 && dt == DType::F32;
+  const SmemLayout L = layout_for(cell, false, dt, tf32, (int)H);
+  check_launch(launch_cooperative(rnn_kernel(cell, false, dt, tf32), L.bytes, grid_for((int)H), &p,
+                                  c10::cuda::getCurrentCUDAStream()),
+               nullptr, "the forward kernel");
+  return {y, h_state.to(gx.scalar_type()), is_lstm ? c_state.to(gx.scalar_type()) : Tensor(), hist, saved};
+}
+
+// dy (T,B,H) and dh_n (B,H) in the input dtype, dc_n (B,H) for LSTM; hist/saved from rnn_fwd.
+// Returns {dgh (T,B,G), dgx_n (T,B,H) for GRU (else undefined), dh0, dc0 (LSTM; else undefined)}.
+std::vector<Tensor> rnn_bwd(int64_t cell_id, const Tensor& dy, const Tensor& dh_n, const OptTensor& dc_n,
+                            const Tensor& w_hh, const Tensor& hist, const Tensor& saved, const OptTensor& lengths,
+                            bool reverse, bool allow_tf32) {
+  const Cell cell = cell_of(cell_id);
+  TORCH_CHECK(dy.is_cuda() && dy.dim() == 3, "fusedrnn cuda: dy must be a 3-D CUDA tensor (T, B, H), got ",
+              dy.sizes(), " on ", dy.device());
+  const DType dt = dtype_of(dy.scalar_type());
+  const int ng = n_gates((int)cell);
+  const int64_t T = dy.size(0), B = dy.size(1), H = dy.size(2), G = ng * H;
+  check_arg(dh_n, "dh_n", dy, {B, H});
+  check_arg(w_hh, "w_hh", dy, {G, H});
+  check_arg(hist, "hist", dy, {T, B, H});
+  check_float_arg(saved, "saved (the forward was run without saving for backward?)", dy,
+                  {T, B, n_saved((int)cell) * H});
+  const bool is_lstm = cell == Cell::LSTM;
+  TORCH_CHECK(is_lstm == dc_n.has_value(), "fusedrnn cuda: dc_n is required for an LSTM and not accepted for a GRU");
+  if (dc_n) check_arg(*dc_n, "dc_n", dy, {B, H});
+
+  c10::cuda::CUDAGuard guard(dy.device());
+  const auto opts = dy.options();
+  const auto fopts = opts.dtype(at::kFloat);
+  Tensor dgh = at::empty({T, B, G}, opts);
+  Tensor dgx_n = is_lstm ? Tensor() : at::empty({T, B, H}, opts);
+  Tensor dh = at::empty({B, H}, fopts);
+  dh.copy_(dh_n);
+  Tensor dc;
+  if (is_lstm) {
+    dc = at::empty({B, H}, fopts);
+    dc.copy_(*dc_n);
+  }
+  if (B == 0) return {dgh, dgx_n, dh.to(dy.scalar_type()), is_lstm ? dc.to(dy.scalar_type()) : Tensor()};
+
+  const Tensor dy_c = dy.contiguous(), w_c = w_hh.contiguous(), hist_c = hist.contiguous(), saved_c = saved.contiguous();
+  const Tensor len = lengths_on(lengths, dy, B);
+
+  BwdParams p{};
+  p.T = (int)T;
+  p.B = (int)B;
+  p.H = (int)H;
+  p.reverse = reverse;
+  p.w_hh = w_c.data_ptr();
+  p.dy = dy_c.data_ptr();
+  p.hist = hist_c.data_ptr();
+  p.saved = saved_c.data_ptr<float>();
+  p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
+  p.dgh = dgh.data_ptr();
+  p.dgx_n = is_lstm ? nullptr : dgx_n.data_ptr();
+  p.dh = dh.data_ptr<float>();
+  p.dc = is_lstm ? dc.data_ptr<float>() : nullptr;
+
+  const bool tf32 = allow_tf32 && dt == DType::F32;
+  const SmemLayout L = layout_for(cell, true, dt, tf32, (int)H);
+  check_launch(launch_cooperative(rnn_kernel(cell, true, dt, tf32), L.bytes, grid_for((int)H), &p,
+                                  c10::cuda::getCurrentCUDAStream()),
+               nullptr, "the backward kernel");
+  return {dgh, dgx_n, dh.to(dy.scalar_type()), is_lstm ? dc.to(dy.scalar_type()) : Tensor()};
+}
+
+// Shared memory per CTA and grid size: pure arithmetic, no GPU needed.
+pybind11::dict launch_shape(int64_t cell, bool backward, const std::string& dtype, bool tf32, int64_t H) {
+  const DType dt = dtype_from_name(dtype);
+  const SmemLayout L = layout_for(cell_of(cell), backward, dt, tf32 && dt == DType::F32, (int)H);
+  pybind11::dict d;
+  d["grid"] = grid_for((int)H);
+  d["smem"] = (int64_t)L.bytes;
+  d["threads"] = kThreads;
+  d["units_per_cta"] = kUnits;
+  return d;
+}
+
+// launch_shape plus what the device allows: co-resident CTAs per SM at that shared memory, SMs,
+// the opt-in shared-memory limit, cooperative-launch support.
+pybind11::dict plan(int64_t cell, bool backward, const std::string& dtype, bool tf32, int64_t H, int64_t device) {
+  const DType dt = dtype_from_name(dtype);
+  const bool t = tf32 && dt == DType::F32;
+  const Cell c = cell_of(cell);
+  c10::cuda::CUDAGuard guard((c10::DeviceIndex)device);
+  const SmemLayout L = layout_for(c, backward, dt, t, (int)H);
+  LaunchPlan lp;
+  C10_CUDA_CHECK(plan_launch(rnn_kernel(c, backward, dt, t), L.bytes, grid_for((int)H), &lp));
+  pybind11::dict d;
+  d["grid"] = lp.grid;
+  d["smem"] = (int64_t)lp.smem;
+  d["blocks_per_sm"] = lp.blocks_per_sm;
+  d["num_sms"] = lp.num_sms;
+  d["max_smem_optin"] = lp.max_smem_optin;
+  d["cooperative"] = lp.cooperative;
+  d["fits"] = lp.fits();
+  return d;
+}
+
+double barrier_floor_ms(int64_t T, int64_t grid) {
+  TORCH_CHECK(T >= 0, "fusedrnn cuda: barrier_floor: T must be >= 0, got ", T);
+  const int device = (int)c10::cuda::current_device();
+  int sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  if (grid <= 0) grid = sms;
+  TORCH_CHECK(grid <= sms, "fusedrnn cuda: barrier_floor: grid ", grid, " exceeds the ", sms,
+              " SMs (one CTA per SM keeps every CTA co-resident)");
+  float ms = 0.f;
+  C10_CUDA_CHECK(barrier_floor((int)T, (int)grid, c10::cuda::getCurrentCUDAStream(), &ms));
+  return ms;
+}
+
+}  // namespace
+
+void register_rnn(pybind11::module_& m) {
+  namespace py = pybind11;
+  m.def("rnn_fwd", &rnn_fwd, "persistent recurrence forward (cell 0 = GRU, 1 = LSTM)", py::arg("cell"),
+        py::arg("gx"), py::arg("h0"), py::arg("c0"), py::arg("w_hh"), py::arg("b_hh"), py::arg("residual"),
+        py::arg("lengths"), py::arg("reverse"), py::arg("save"), py::arg("allow_tf32"));
+  m.def("rnn_bwd", &rnn_bwd, "persistent recurrence backward (cell 0 = GRU, 1 = LSTM)", py::arg("cell"),
+        py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"), py::arg("hist"), py::arg("saved"),
+        py::arg("lengths"), py::arg("reverse"), py::arg("allow_tf32"));
+  m.def("launch_shape", &launch_shape, "grid and shared memory of a persistent kernel (no GPU needed)",
+        py::arg("cell"), py::arg("backward"), py::arg("dtype"), py::arg("tf32"), py::arg("H"));
+  m.def("plan", &plan, "launch_shape plus the device's occupancy for it", py::arg("cell"), py::arg("backward"),
+        py::arg("dtype"), py::arg("tf32"), py::arg("H"), py::arg("device"));
+  m.def("barrier_floor", &barrier_floor_ms,
+        "time (ms, CUDA events) of a persistent kernel doing T grid barriers and nothing else; grid <= 0: one CTA "
+        "per SM",
+        py::arg("T"), py::arg("grid") = 0);
+  m.attr("UNITS_PER_CTA") = kUnits;
+}
+
+}  // namespace fusedrnn

@@ -1,0 +1,317 @@
+"""The cuda backend: persistent cooperative GRU/LSTM kernels from csrc/ (built into fusedrnn._C).
+
+Per call (one layer, one direction, whole sequence):
+  gx = x·W_ihᵀ + b_ih                   one torch GEMM for all steps (cuBLAS)
+  y, h_n[, c_n] = recurrence(gx, ...)    one cooperative kernel launch, one grid barrier per step
+and for the backward:
+  dgh[, dgx_n], dh0[, dc0] = recurrence_backward(...)   one cooperative launch, reverse time
+  dW_hh = dghᵀ·h_prev, db_hh = Σ dgh, dresidual = dy masked to valid steps   torch GEMMs/reductions
+  dx, dW_ih, db_ih                       autograd of the input-projection GEMM.
+
+The recurrences are torch.library custom ops (``fusedrnn::cuda_gru_recurrence`` ...) with fake
+implementations and registered autograd, so torch.compile traces them. Kernel design, numerics and
+limits: csrc/README.md.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._ext import ExtensionError, load
+
+__all__ = ["VALIDATED_ON_GPU", "unavailable", "limits", "gru", "lstm"]
+
+# Flipped to True by a GPU session once tests/test_cuda_gpu.py and the sanitizer cases pass; until
+# then ``auto`` dispatch never picks these kernels (forcing backend="cuda" still runs them).
+VALIDATED_ON_GPU = False
+NOT_VALIDATED = "the CUDA kernels have not yet been validated on a GPU (force backend='cuda' to use them)"
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MIN_CAPABILITY = (8, 0)
+_CELL_ID = {"gru": 0, "lstm": 1}
+_N_GATES = {"gru": 3, "lstm": 4}
+_N_SAVED = {"gru": 4, "lstm": 5}  # fp32 values per (t, b, unit) kept for the backward
+_DTYPE_NAME = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+_REQUIRED = ("rnn_fwd", "rnn_bwd", "plan", "launch_shape", "barrier_floor")
+
+
+def _ext():
+    return load()
+
+
+def unavailable() -> list[str]:
+    """Reasons the backend cannot serve anything in this process."""
+    reasons = []
+    try:
+        ext = _ext()
+        missing = [name for name in _REQUIRED if not hasattr(ext, name)]
+        if missing:
+            reasons.append(
+                f"fusedrnn._C lacks {', '.join(missing)} (built from an older checkout); "
+                "rebuild: pip install --no-build-isolation -e ."
+            )
+    except ExtensionError as e:
+        reasons.append(str(e))
+    if not torch.cuda.is_available():
+        reasons.append("no CUDA device (torch.cuda.is_available() is False)")
+    return reasons
+
+
+def allow_tf32() -> bool:
+    """fp32 inputs use TF32 tensor cores when torch allows them for matmuls, else exact fp32 FMA."""
+    return bool(torch.backends.cuda.matmul.allow_tf32)
+
+
+@functools.lru_cache(maxsize=None)
+def _plan(cell: str, backward: bool, dtype_name: str, tf32: bool, H: int, device_index: int) -> dict:
+    return dict(_ext().plan(_CELL_ID[cell], backward, dtype_name, tf32, H, device_index))
+
+
+def _fits(cell: str, dtype_name: str, tf32: bool, H: int, device_index: int) -> bool:
+    return all(_plan(cell, bwd, dtype_name, tf32, H, device_index)["fits"] for bwd in (False, True))
+
+
+@functools.lru_cache(maxsize=None)
+def max_hidden_size(cell: str, dtype: torch.dtype, tf32: bool, device_index: int) -> int:
+    """The largest H whose forward and backward grids fit on the device (0 if none does)."""
+    name = _DTYPE_NAME[dtype]
+    sms = _plan(cell, False, name, tf32, 16, device_index)["num_sms"]
+    lo, hi = 0, 16 * sms * 8  # fits(H) is monotone: shared memory and grid size grow with H
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _fits(cell, name, tf32, mid, device_index):
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def limits(p, forced: bool) -> list[str]:
+    """Reasons the kernels cannot serve Problem ``p`` on its (CUDA) device; empty when they can."""
+    reasons = []
+    if p.dtype not in SUPPORTED_DTYPES:
+        names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
+        reasons.append(f"dtype={p.dtype} (supported: {names}; float64 has no tensor-core path here)")
+    if p.proj:
+        reasons.append("proj_size (LSTM with w_hr) is not supported by the CUDA kernels")
+    index = p.device.index if p.device.index is not None else torch.cuda.current_device()
+    major, minor = torch.cuda.get_device_capability(index)
+    if (major, minor) < MIN_CAPABILITY:
+        reasons.append(f"compute capability {major}.{minor} (needs >= 8.0)")
+    if not reasons:
+        name = _DTYPE_NAME[p.dtype]
+        tf32 = p.dtype == torch.float32 and allow_tf32()
+        for backward in (False, True):
+            d = _plan(p.cell, backward, name, tf32, p.H, index)
+            if d["fits"]:
+                continue
+            kind = "backward" if backward else "forward"
+            hmax = max_hidden_size(p.cell, p.dtype, tf32, index)
+            tail = f"the largest H for a {p.cell.upper()} in {p.dtype} on this GPU is {hmax}"
+            if not d["cooperative"]:
+                reasons.append("this GPU does not support cooperative launches")
+            elif d["smem"] > d["max_smem_optin"]:
+                reasons.append(
+                    f"hidden size H={p.H}: the {kind} kernel keeps a {d['smem'] // 1024} KiB W_hh slice and "
+                    f"buffers per CTA in shared memory, this GPU allows {d['max_smem_optin'] // 1024} KiB ({tail})"
+                )
+            else:
+                reasons.append(
+                    f"hidden size H={p.H}: the {kind} kernel needs {d['grid']} co-resident CTAs, this GPU holds "
+                    f"{d['blocks_per_sm'] * d['num_sms']} at that shared-memory size ({tail})"
+                )
+            break
+    if not forced and not VALIDATED_ON_GPU:
+        reasons.append(NOT_VALIDATED)
+    return reasons
+
+
+# ---------------------------------------------------------------------------------------------
+# Custom ops: the recurrences (the extension's functions), their fakes and autograd.
+# ---------------------------------------------------------------------------------------------
+
+
+def _saved_shape(cell: str, T: int, B: int, H: int, save: bool) -> tuple:
+    return (T, B, _N_SAVED[cell] * H) if save else (0,)
+
+
+@torch.library.custom_op("fusedrnn::cuda_gru_recurrence", mutates_args=())
+def _gru_recurrence(
+    gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], residual: Optional[Tensor],
+    lengths: Optional[Tensor], reverse: bool, save: bool, allow_tf32: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    y, h_n, _, hist, saved = _ext().rnn_fwd(0, gx, h0, None, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32)
+    return y, h_n, hist, saved
+
+
+@_gru_recurrence.register_fake
+def _(gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32):
+    T, B, G = gx.shape
+    H = G // 3
+    saved = gx.new_empty(_saved_shape("gru", T, B, H, save), dtype=torch.float32)
+    return gx.new_empty(T, B, H), gx.new_empty(B, H), gx.new_empty(T, B, H), saved
+
+
+@torch.library.custom_op("fusedrnn::cuda_gru_recurrence_backward", mutates_args=())
+def _gru_recurrence_backward(
+    dy: Tensor, dh_n: Tensor, w_hh: Tensor, hist: Tensor, saved: Tensor, lengths: Optional[Tensor],
+    reverse: bool, allow_tf32: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    dgh, dgx_n, dh0, _ = _ext().rnn_bwd(0, dy, dh_n, None, w_hh, hist, saved, lengths, reverse, allow_tf32)
+    return dgh, dgx_n, dh0
+
+
+@_gru_recurrence_backward.register_fake
+def _(dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32):
+    T, B, H = dy.shape
+    return dy.new_empty(T, B, 3 * H), dy.new_empty(T, B, H), dy.new_empty(B, H)
+
+
+@torch.library.custom_op("fusedrnn::cuda_lstm_recurrence", mutates_args=())
+def _lstm_recurrence(
+    gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], residual: Optional[Tensor],
+    lengths: Optional[Tensor], reverse: bool, save: bool, allow_tf32: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    return tuple(_ext().rnn_fwd(1, gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32))
+
+
+@_lstm_recurrence.register_fake
+def _(gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32):
+    T, B, G = gx.shape
+    H = G // 4
+    saved = gx.new_empty(_saved_shape("lstm", T, B, H, save), dtype=torch.float32)
+    return gx.new_empty(T, B, H), gx.new_empty(B, H), gx.new_empty(B, H), gx.new_empty(T, B, H), saved
+
+
+@torch.library.custom_op("fusedrnn::cuda_lstm_recurrence_backward", mutates_args=())
+def _lstm_recurrence_backward(
+    dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, hist: Tensor, saved: Tensor,
+    lengths: Optional[Tensor], reverse: bool, allow_tf32: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    dgh, _, dh0, dc0 = _ext().rnn_bwd(1, dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32)
+    return dgh, dh0, dc0
+
+
+@_lstm_recurrence_backward.register_fake
+def _(dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32):
+    T, B, H = dy.shape
+    return dy.new_empty(T, B, 4 * H), dy.new_empty(B, H), dy.new_empty(B, H)
+
+
+def _grad_or_zeros(grad: Tensor | None, like: Tensor) -> Tensor:
+    return torch.zeros_like(like) if grad is None else grad.contiguous()
+
+
+def _valid_steps(lengths: Tensor | None, T: int, device) -> Tensor | None:
+    """(T, B, 1) bool: step t of row b is valid; None when every step is."""
+    if lengths is None:
+        return None
+    t = torch.arange(T, device=device).view(T, 1)
+    return (t < lengths.to(device).view(1, -1)).unsqueeze(-1)
+
+
+def _recurrent_weight_grads(ctx, w_idx: int, b_idx: int, dgh: Tensor, hist: Tensor):
+    """dW_hh = Σ_t dgh_tᵀ h_{t-1} (h_{t-1} = hist[t]) and db_hh = Σ dgh: one GEMM and one reduction."""
+    G, H = dgh.shape[-1], hist.shape[-1]
+    dw_hh = dgh.reshape(-1, G).t().mm(hist.reshape(-1, H)) if ctx.needs_input_grad[w_idx] else None
+    db_hh = None
+    if ctx.needs_input_grad[b_idx]:
+        db_hh = dgh.sum(dim=(0, 1), dtype=torch.float32).to(dgh.dtype)
+    return dw_hh, db_hh
+
+
+def _residual_grad(ctx, r_idx: int, dy: Tensor, lengths: Tensor | None):
+    if not ctx.needs_input_grad[r_idx]:
+        return None
+    valid = _valid_steps(lengths, dy.shape[0], dy.device)
+    return dy.clone() if valid is None else dy * valid.to(dy.dtype)
+
+
+def _gru_setup_context(ctx, inputs, output):
+    gx, h0, w_hh, b_hh, residual, lengths, reverse, save, tf32 = inputs
+    y, h_n, hist, saved = output
+    ctx.mark_non_differentiable(hist, saved)
+    ctx.save_for_backward(w_hh, hist, saved, lengths)
+    ctx.reverse, ctx.tf32 = reverse, tf32
+
+
+def _gru_backward(ctx, dy, dh_n, _dhist, _dsaved):
+    w_hh, hist, saved, lengths = ctx.saved_tensors
+    dy = _grad_or_zeros(dy, hist)
+    dh_n = _grad_or_zeros(dh_n, hist[0])
+    dgh, dgx_n, dh0 = _gru_recurrence_backward(dy, dh_n, w_hh, hist, saved, lengths, ctx.reverse, ctx.tf32)
+    H = hist.shape[-1]
+    dgx = torch.cat([dgh[..., : 2 * H], dgx_n], dim=-1) if ctx.needs_input_grad[0] else None
+    dw_hh, db_hh = _recurrent_weight_grads(ctx, 2, 3, dgh, hist)
+    dres = _residual_grad(ctx, 4, dy, lengths)
+    return dgx, dh0, dw_hh, db_hh, dres, None, None, None, None
+
+
+def _lstm_setup_context(ctx, inputs, output):
+    gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, tf32 = inputs
+    y, h_n, c_n, hist, saved = output
+    ctx.mark_non_differentiable(hist, saved)
+    ctx.save_for_backward(w_hh, hist, saved, lengths)
+    ctx.reverse, ctx.tf32 = reverse, tf32
+
+
+def _lstm_backward(ctx, dy, dh_n, dc_n, _dhist, _dsaved):
+    w_hh, hist, saved, lengths = ctx.saved_tensors
+    dy = _grad_or_zeros(dy, hist)
+    dh_n = _grad_or_zeros(dh_n, hist[0])
+    dc_n = _grad_or_zeros(dc_n, hist[0])
+    dgh, dh0, dc0 = _lstm_recurrence_backward(dy, dh_n, dc_n, w_hh, hist, saved, lengths, ctx.reverse, ctx.tf32)
+    dw_hh, db_hh = _recurrent_weight_grads(ctx, 3, 4, dgh, hist)
+    dres = _residual_grad(ctx, 5, dy, lengths)
+    return dgh, dh0, dc0, dw_hh, db_hh, dres, None, None, None, None
+
+
+torch.library.register_autograd(
+    "fusedrnn::cuda_gru_recurrence", _gru_backward, setup_context=_gru_setup_context
+)
+torch.library.register_autograd(
+    "fusedrnn::cuda_lstm_recurrence", _lstm_backward, setup_context=_lstm_setup_context
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# Backend entry points (called by backends.CudaBackend with arguments validated by functional.py)
+# ---------------------------------------------------------------------------------------------
+
+
+def _needs_save(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Tensor:
+    # Autocast would change gx's dtype away from the weights' and states': keep the caller's dtype.
+    with torch.autocast(device_type="cuda", enabled=False):
+        return F.linear(x, w_ih, b_ih)
+
+
+def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+    gx = _input_projection(x, w_ih, b_ih)
+    save = _needs_save(x, h0, w_ih, w_hh, b_ih, b_hh, residual)
+    tf32 = x.dtype == torch.float32 and allow_tf32()
+    y, h_n, _, _ = _gru_recurrence(gx, h0, w_hh, b_hh, residual, lengths, reverse, save, tf32)
+    return y, h_n
+
+
+def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
+    if w_hr is not None:
+        raise ValueError("fusedrnn cuda backend: proj_size (w_hr) is not supported")
+    gx = _input_projection(x, w_ih, b_ih)
+    save = _needs_save(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual)
+    tf32 = x.dtype == torch.float32 and allow_tf32()
+    y, h_n, c_n, _, _ = _lstm_recurrence(gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, tf32)
+    return y, h_n, c_n
+
+
+def barrier_floor(T: int, grid: int = 0) -> float:
+    """Milliseconds for a persistent kernel doing T grid barriers and nothing else (grid <= 0: one CTA per SM)."""
+    return float(_ext().barrier_floor(T, grid))
