@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import pytest
@@ -143,17 +144,21 @@ def test_reference_low_precision_accumulates_in_fp32(dtype):
 # ----------------------------------------------------------------------------- validation
 
 
-def _bad(cell, match, **override):
+def _bad_call(cell, match, backend="reference", **override):
     args = make_args(cell)
     kw = {k: override.pop(k) for k in ("residual", "lengths", "reverse", "backend") if k in override}
+    kw.setdefault("backend", backend)
     args.update(override)
     with pytest.raises((ValueError, RuntimeError), match=match):
         call(cell, args, **kw)
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_validation_messages_name_the_argument(cell):
+def test_validation_messages_name_the_argument(cell, backend):
+    """Validation is shared by every backend and runs before dispatch: same messages for each."""
     G = 9 if cell == "gru" else 12
+    _bad = functools.partial(_bad_call, backend=backend)
     _bad(cell, r"^x: expected a 3-D", x=torch.randn(6, 5, dtype=DT))
     _bad(cell, r"^x: expected a floating-point", x=torch.ones(6, 4, 5, dtype=torch.int64))
     _bad(cell, "Expected sequence length to be larger than 0", x=torch.randn(0, 4, 5, dtype=DT))
