@@ -81,6 +81,15 @@ class _FusedRNNMixin:
         self.__dict__.setdefault("_residual_layers", ())
         self.__dict__.setdefault("backend", "auto")
 
+    def _zero_states(self, batch: int, input: Tensor) -> tuple[Tensor, ...]:
+        """Default hx: zeros (L*D, batch, P) (and c0 (L*D, batch, H) for LSTM) in the input's dtype/device."""
+        D = 2 if self.bidirectional else 1
+        P = self.proj_size if self.proj_size > 0 else self.hidden_size
+        widths = (P,) if self._cell == "gru" else (P, self.hidden_size)
+        return tuple(
+            torch.zeros(self.num_layers * D, batch, w, dtype=input.dtype, device=input.device) for w in widths
+        )
+
     def _layer_weights(self, layer: int, direction: int) -> list:
         per = len(self._flat_weights) // (self.num_layers * (2 if self.bidirectional else 1))
         start = (layer * (2 if self.bidirectional else 1) + direction) * per
@@ -212,11 +221,7 @@ class GRU(_FusedRNNMixin, torch.nn.GRU):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             max_batch_size = int(batch_sizes[0])
             if hx is None:
-                num_directions = 2 if self.bidirectional else 1
-                hx = torch.zeros(
-                    self.num_layers * num_directions, max_batch_size, self.hidden_size,
-                    dtype=input.dtype, device=input.device,
-                )
+                (hx,) = self._zero_states(max_batch_size, input)
             else:
                 hx = self.permute_hidden(hx, sorted_indices)
         else:
@@ -242,11 +247,7 @@ class GRU(_FusedRNNMixin, torch.nn.GRU):
             sorted_indices = None
             unsorted_indices = None
             if hx is None:
-                num_directions = 2 if self.bidirectional else 1
-                hx = torch.zeros(
-                    self.num_layers * num_directions, max_batch_size, self.hidden_size,
-                    dtype=input.dtype, device=input.device,
-                )
+                (hx,) = self._zero_states(max_batch_size, input)
             else:
                 hx = self.permute_hidden(hx, sorted_indices)
         self.check_forward_args(input, hx, batch_sizes)
@@ -279,13 +280,11 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
         self._update_flat_weights()
         orig_input = input
         batch_sizes = None
-        num_directions = 2 if self.bidirectional else 1
-        real_hidden_size = self.proj_size if self.proj_size > 0 else self.hidden_size
         if isinstance(orig_input, PackedSequence):
             input, batch_sizes, sorted_indices, unsorted_indices = input
             max_batch_size = int(batch_sizes[0])
             if hx is None:
-                hx = self._zero_state(max_batch_size, real_hidden_size, input)
+                hx = self._zero_states(max_batch_size, input)
             else:
                 hx = self.permute_hidden(hx, sorted_indices)
             # torch skips this check for packed input and computes garbage; fusedrnn checks.
@@ -301,7 +300,7 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
             sorted_indices = None
             unsorted_indices = None
             if hx is None:
-                hx = self._zero_state(max_batch_size, real_hidden_size, input)
+                hx = self._zero_states(max_batch_size, input)
                 self.check_forward_args(input, hx, batch_sizes)
             else:
                 if is_batched:
@@ -329,13 +328,6 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
             output = output.squeeze(batch_dim)
             hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
         return output, self.permute_hidden(hidden, unsorted_indices)
-
-    def _zero_state(self, batch: int, real_hidden_size: int, input: Tensor):
-        D = 2 if self.bidirectional else 1
-        h = torch.zeros(self.num_layers * D, batch, real_hidden_size, dtype=input.dtype, device=input.device)
-        c = torch.zeros(self.num_layers * D, batch, self.hidden_size, dtype=input.dtype, device=input.device)
-        return (h, c)
-
 
 def _converted(module: torch.nn.Module) -> torch.nn.Module:
     """The fusedrnn twin of one torch.nn.GRU/LSTM, sharing its Parameter objects."""

@@ -275,7 +275,10 @@ def rnn_configs(draw):
     num_layers = draw(st.integers(1, 3))
     bidirectional = draw(st.booleans())
     H = draw(st.integers(1, 6))
-    proj = draw(st.integers(0, H - 1)) if cell == "lstm" and H > 1 and draw(st.booleans()) else 0
+    backend = draw(st.sampled_from(CPU_BACKENDS))
+    # The Triton kernels declare proj_size unsupported (a forced backend then raises, by design).
+    proj_ok = cell == "lstm" and H > 1 and backend != "triton"
+    proj = draw(st.integers(0, H - 1)) if proj_ok and draw(st.booleans()) else 0
     D = 2 if bidirectional else 1
     P = proj or H
     residual = draw(st.sampled_from([False, True] + list(range(1, num_layers))))
@@ -284,7 +287,6 @@ def rnn_configs(draw):
     B = draw(st.integers(1, 4))
     packed = draw(st.booleans())
     lengths = draw(st.lists(st.integers(1, T), min_size=B, max_size=B)) if packed else None
-    backend = draw(st.sampled_from(CPU_BACKENDS))
     dtype = draw(st.sampled_from([torch.float64, torch.float32]))
     return dict(cell=cell, num_layers=num_layers, bidirectional=bidirectional, H=H, proj=proj,
                 residual=residual, input_size=input_size, T=T, B=B, lengths=lengths, backend=backend, dtype=dtype)
