@@ -58,7 +58,8 @@ def cuda_extensions():
     except ImportError:
         _say("torch is not importable; install torch first and use `pip install --no-build-isolation .`")
         raise
-    if torch.version.cuda is None or CUDA_HOME is None:
+    has_nvcc = CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
+    if torch.version.cuda is None or not has_nvcc:
         why = "torch is a CPU build" if torch.version.cuda is None else "no CUDA toolkit found (CUDA_HOME/nvcc)"
         _say(f"{why}: installing without the CUDA extension (the cuda backend will be unavailable)")
         return [], {}
