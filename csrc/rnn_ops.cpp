@@ -7,6 +7,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -64,12 +65,32 @@ Tensor lengths_on(const OptTensor& lengths, const Tensor& ref, int64_t B) {
   return l.to(ref.device(), at::kLong).contiguous();
 }
 
+// The kernels are compiled for sm_80+ only; on an older device their body is __trap(), which would
+// poison the whole CUDA context, so refuse before launching (cuda_ops.limits says the same).
+void check_device(const Tensor& ref) {
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ref.device().index()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ref.device().index()));
+  TORCH_CHECK(major >= 8, "fusedrnn cuda: compute capability ", major, ".", minor, " is not supported (needs >= 8.0)");
+}
+
+void check_sizes(int64_t T, int64_t B, int64_t H, int64_t G) {
+  const int64_t int_max = std::numeric_limits<int>::max();
+  TORCH_CHECK(T >= 1, "fusedrnn cuda: T must be >= 1, got ", T);
+  TORCH_CHECK(H >= 1, "fusedrnn cuda: H must be >= 1, got ", H);
+  TORCH_CHECK(T <= int_max && B <= int_max && G <= int_max, "fusedrnn cuda: T, B and the gate width must fit int32");
+}
+
 void check_launch(cudaError_t err, const LaunchPlan* plan_or_null, const char* what) {
+  // A failed launch leaves the error in the runtime's last-error slot, where the next unrelated
+  // C10_CUDA_KERNEL_LAUNCH_CHECK would report it: clear it before raising.
+  if (err != cudaSuccess) (void)cudaGetLastError();
   if (err == cudaErrorCooperativeLaunchTooLarge) {
     TORCH_CHECK(false, "fusedrnn cuda: ", what, " cannot be launched: its grid of CTAs is not co-resident on this "
                 "GPU (shared memory or SM count); cuda_ops.limits() should have rejected this problem");
   }
   C10_CUDA_CHECK(err);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 // gx (T,B,G), h0 (B,H), c0 (B,H) for LSTM, w_hh (G,H), b_hh (G,), residual (T,B,H), lengths (B,).
@@ -85,7 +106,7 @@ std::vector<Tensor> rnn_fwd(int64_t cell_id, const Tensor& gx, const Tensor& h0,
   const int64_t T = gx.size(0), B = gx.size(1), G = gx.size(2);
   TORCH_CHECK(G % ng == 0, "fusedrnn cuda: gx's last dim ", G, " is not a multiple of ", ng);
   const int64_t H = G / ng;
-  TORCH_CHECK(T >= 1, "fusedrnn cuda: T must be >= 1");
+  check_sizes(T, B, H, G);
   check_arg(h0, "h0", gx, {B, H});
   check_arg(w_hh, "w_hh", gx, {G, H});
   if (b_hh) check_arg(*b_hh, "b_hh", gx, {G});
@@ -96,6 +117,7 @@ std::vector<Tensor> rnn_fwd(int64_t cell_id, const Tensor& gx, const Tensor& h0,
   TORCH_CHECK(T * B * std::max<int64_t>(G, 5 * H) < (int64_t(1) << 62), "fusedrnn cuda: problem too large");
 
   c10::cuda::CUDAGuard guard(gx.device());
+  check_device(gx);
   const auto opts = gx.options();
   const auto fopts = opts.dtype(at::kFloat);
   Tensor y = at::empty({T, B, H}, opts);
@@ -151,6 +173,7 @@ std::vector<Tensor> rnn_bwd(int64_t cell_id, const Tensor& dy, const Tensor& dh_
   const DType dt = dtype_of(dy.scalar_type());
   const int ng = n_gates((int)cell);
   const int64_t T = dy.size(0), B = dy.size(1), H = dy.size(2), G = ng * H;
+  check_sizes(T, B, H, G);
   check_arg(dh_n, "dh_n", dy, {B, H});
   check_arg(w_hh, "w_hh", dy, {G, H});
   check_arg(hist, "hist", dy, {T, B, H});
@@ -161,6 +184,7 @@ std::vector<Tensor> rnn_bwd(int64_t cell_id, const Tensor& dy, const Tensor& dh_
   if (dc_n) check_arg(*dc_n, "dc_n", dy, {B, H});
 
   c10::cuda::CUDAGuard guard(dy.device());
+  check_device(dy);
   const auto opts = dy.options();
   const auto fopts = opts.dtype(at::kFloat);
   Tensor dgh = at::empty({T, B, G}, opts);

@@ -102,6 +102,8 @@ CASES = [  # (T, B, I, H, bias, residual, lengths, reverse)
     (33, 17, 64, 256, False, False, True, False),  # two batch tiles, no bias
     (17, 33, 32, 128, True, True, False, True),    # three batch tiles
     (9, 1, 24, 520, True, False, False, False),    # B=1, H not a multiple of 16 * CTAs
+    (1, 2, 8, 8, True, True, True, True),          # T=1 (no grid barrier at all), H < 16 (one partial CTA)
+    (4, 16, 8, 17, True, False, True, False),      # B = exactly one tile; last CTA owns 1 unit; scalar staging
 ]
 
 
@@ -136,9 +138,10 @@ def test_long_sequence(cell, dtype):
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_tf32_path(cell):
+@pytest.mark.parametrize("B,H", [(5, 256), (17, 520)])  # 520: K chunks of 512 and a partial CTA under TF32
+def test_tf32_path(cell, B, H):
     torch.backends.cuda.matmul.allow_tf32 = True
-    d = make_inputs(cell, 20, 5, 48, 256, lengths=True, seed=3)
+    d = make_inputs(cell, 20, B, 48, H, lengths=True, seed=3)
     oracle = run(cell, d, torch.float64, "reference")
     ours = run(cell, d, torch.float32, "cuda")
     for name, ref in oracle.items():
@@ -253,3 +256,106 @@ def test_modules_forced_cuda_match_torch():
     ours.load_state_dict(ref.state_dict())
     x = torch.randn(20, 3, 64, device=DEV)
     torch.testing.assert_close(ours(x)[0], ref(x)[0], atol=2e-5, rtol=2e-5)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_final_state_grads_only_with_lengths(cell, reverse):
+    """Only h_n (and c_n) carry gradient, rows of different lengths: checks that the backward starts
+    each row at its own last valid step (dh/dc pass through invalid steps) in both directions."""
+    d = make_inputs(cell, 13, 20, 16, 40, lengths=True, seed=21)
+    d["up"][0] = torch.zeros_like(d["up"][0])
+    ref = run(cell, d, torch.float32, "reference", reverse=reverse)
+    ours = run(cell, d, torch.float32, "cuda", reverse=reverse)
+    for name in ref:
+        torch.testing.assert_close(ours[name], ref[name], atol=2e-5, rtol=2e-5, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_lengths_on_device_same_as_on_cpu(cell):
+    d = make_inputs(cell, 9, 18, 16, 48, lengths=True, residual=True, seed=8)
+    a = run(cell, d, torch.bfloat16, "cuda", reverse=True)
+    b = run(cell, dict(d, lengths=d["lengths"].to(DEV)), torch.bfloat16, "cuda", reverse=True)
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("reverse", [False, True])
+def test_hist_slots_and_saved_activations(cell, dtype, reverse):
+    """The extension's raw outputs, to localise a failure: hist[t] is the state before time t (the
+    exchange buffer), and the saved activations are the gate values recomputed here in fp64 from
+    gx, hist and W_hh. A wrong slot index, MMA layout or K-split sum shows up here directly."""
+    from fusedrnn import _ext
+
+    ext = _ext.load()
+    T, B, H = 7, 19, 40
+    ng = 3 if cell == "gru" else 4
+    g = torch.Generator().manual_seed(31)
+    gx = (torch.randn(T, B, ng * H, generator=g) * 0.5).to(DEV, dtype)
+    h0 = (torch.randn(B, H, generator=g) * 0.5).to(DEV, dtype)
+    c0 = (torch.randn(B, H, generator=g) * 0.5).to(DEV, dtype) if cell == "lstm" else None
+    w_hh = ((torch.rand(ng * H, H, generator=g) * 2 - 1) / math.sqrt(H)).to(DEV, dtype)
+    b_hh = (torch.randn(ng * H, generator=g) * 0.1).to(DEV, dtype)
+    y, h_n, c_n, hist, saved = ext.rnn_fwd(ng - 3, gx, h0, c0, w_hh, b_hh, None, None, reverse, True, False)
+    order = list(range(T - 1, -1, -1)) if reverse else list(range(T))
+    assert torch.equal(hist[order[0]], h0)
+    for prev, t in zip(order, order[1:]):
+        assert torch.equal(hist[t], y[prev]), f"hist[{t}] is not y[{prev}]"
+    # The kernel's MMA operands are exactly these values (fp32 accumulate): only summation order differs.
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-4, rtol=1e-4)
+    gh = torch.einsum("tbk,gk->tbg", hist.double(), w_hh.double()) + b_hh.double()
+    pre = gx.double() + gh
+    if cell == "gru":
+        r = torch.sigmoid(pre[..., :H])
+        z = torch.sigmoid(pre[..., H:2 * H])
+        n = torch.tanh(gx.double()[..., 2 * H:] + r * gh[..., 2 * H:])
+        want = torch.cat([r, z, n, gh[..., 2 * H:]], -1)
+    else:
+        i, f, gg, o = (pre[..., k * H:(k + 1) * H] for k in range(4))
+        want = torch.cat([torch.sigmoid(i), torch.sigmoid(f), torch.tanh(gg), torch.sigmoid(o)], -1)
+    torch.testing.assert_close(saved[..., : want.shape[-1]].double(), want, **tol)
+    torch.testing.assert_close(h_n, y[order[-1]])
+    if cell == "lstm":
+        assert torch.equal(saved[order[0]][:, 4 * H:], c0.float())  # c_prev of the first step is c0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_offsets_past_int32(cell):
+    """T*B*G > 2^31 elements: every (t, b, gate) offset into gx/saved/dgh must be 64-bit. Checked on
+    the last steps (forward) and on dx of the last steps (backward) against cuDNN with the suite's rule."""
+    B, H, I = 128, 1024, 8
+    G = (3 if cell == "gru" else 4) * H
+    T = (1 << 31) // (B * G) + 16
+    g = torch.Generator().manual_seed(1)
+    k = 1 / math.sqrt(H)
+    x = torch.randn(T, B, I, generator=g)
+    w = dict(w_ih=(torch.rand(G, I, generator=g) * 2 - 1) * k, w_hh=(torch.rand(G, H, generator=g) * 2 - 1) * k,
+             b_ih=(torch.rand(G, generator=g) * 2 - 1) * k, b_hh=(torch.rand(G, generator=g) * 2 - 1) * k)
+    h0 = torch.randn(B, H, generator=g) * 0.5
+    c0 = torch.randn(B, H, generator=g) * 0.5
+    up = torch.randn(8, B, H, generator=g)
+
+    def go(dtype, backend):
+        lv = {n: t.to(DEV, dtype).requires_grad_() for n, t in w.items()}
+        xs = x.to(DEV, dtype).requires_grad_()
+        states = (h0.to(DEV, dtype),) + ((c0.to(DEV, dtype),) if cell == "lstm" else ())
+        fn = Fn.gru if cell == "gru" else Fn.lstm
+        outs = fn(xs, *states, lv["w_ih"], lv["w_hh"], lv["b_ih"], lv["b_hh"], backend=backend)
+        loss = (outs[0][-8:].float() * up.to(DEV)).sum()
+        (dx,) = torch.autograd.grad(loss, [xs])
+        res = {"y": outs[0][-8:].double().cpu(), "h_n": outs[1].double().cpu(), "dx": dx[-8:].double().cpu()}
+        del outs, dx, loss
+        torch.cuda.empty_cache()
+        return res
+
+    oracle = go(torch.float32, "torch")
+    theirs = go(torch.bfloat16, "torch")
+    ours = go(torch.bfloat16, "cuda")
+    for name, ref in oracle.items():
+        e_ours = (ours[name] - ref).abs().max().item()
+        e_torch = (theirs[name] - ref).abs().max().item()
+        bound = K[torch.bfloat16] * e_torch + FLOOR[torch.bfloat16] * (1 + ref.abs().max().item())
+        assert e_ours <= bound, f"{name}: ours {e_ours:.3g} > {bound:.3g} (torch {e_torch:.3g})"
