@@ -19,6 +19,8 @@ import functools
 from typing import Optional
 
 import torch
+
+from ._precision import cuda_matmul_allows_tf32
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -64,7 +66,7 @@ def unavailable() -> list[str]:
 
 def allow_tf32() -> bool:
     """fp32 inputs use TF32 tensor cores when torch allows them for matmuls, else exact fp32 FMA."""
-    return bool(torch.backends.cuda.matmul.allow_tf32)
+    return cuda_matmul_allows_tf32()
 
 
 @functools.lru_cache(maxsize=None)

@@ -117,7 +117,8 @@ def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, *, strategy: 
     """One GRU layer-direction (see fusedrnn.functional.gru). ``strategy`` forces "persistent" or
     "batch_tile" (tests, benchmarks); None picks by shape (kernels/common.py: choose_strategy)."""
     if lengths is not None:
-        lengths = lengths.to(device=x.device)
+        # torch keeps lengths on the CPU; non_blocking avoids a stream sync for the copy
+        lengths = lengths.to(device=x.device, non_blocking=True)
     save = _needs_save(x, h0, w_ih, w_hh, b_ih, b_hh, residual)
     y, h_n, _, _ = _gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy or "")
     return y, h_n
@@ -202,7 +203,8 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, *,
     if w_hr is not None:
         raise ValueError("fusedrnn triton backend: " + limits_reason_proj())
     if lengths is not None:
-        lengths = lengths.to(device=x.device)
+        # torch keeps lengths on the CPU; non_blocking avoids a stream sync for the copy
+        lengths = lengths.to(device=x.device, non_blocking=True)
     save = _needs_save(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual)
     y, h_n, c_n, _, _, _ = _lstm_fwd(
         x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy or "")

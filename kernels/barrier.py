@@ -10,6 +10,8 @@ count. tests/test_triton_gpu.py runs that under contention (many programs, many 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import triton
 import triton.language as tl
@@ -57,9 +59,15 @@ def barrier_floor(T: int, n_programs: int | None = None, device="cuda", check: b
     counter = torch.zeros(1, dtype=torch.int32, device=device)
     slots = torch.full((2, n_programs), -1, dtype=torch.int32, device=device)
     errors = torch.zeros(n_programs, dtype=torch.int32, device=device)
-    barrier_floor_kernel[(n_programs,)](
-        counter, slots, errors, T, n_programs, CHECK=check,
-        BLOCK=max(16, triton.next_power_of_2(n_programs)), num_warps=num_warps)
+    opts = dict(num_warps=num_warps)
+    on_gpu = device.type == "cuda" and not interpreter_on()
+    if on_gpu:
+        # cooperative launch: co-residency guaranteed, or a launch error instead of a hang
+        opts["launch_cooperative_grid"] = True
+    with torch.cuda.device(device) if on_gpu else contextlib.nullcontext():
+        barrier_floor_kernel[(n_programs,)](
+            counter, slots, errors, T, n_programs, CHECK=check,
+            BLOCK=max(16, triton.next_power_of_2(n_programs)), **opts)
     if check:
         return errors
     return None

@@ -6,7 +6,8 @@ Strategies (one launch per layer-direction for all T steps on a GPU; see kernels
   hidden units [j*BLOCK_H, (j+1)*BLOCK_H) of every gate (and, when it fits, keeps that slice of
   W_hh on chip for all steps). h_t is exchanged through a global buffer and the programs of one
   batch tile meet at a grid barrier once per step. All programs must be co-resident, so the grid
-  is kept <= the SM count.
+  is kept <= the SM count (make_plan) and the launch is cooperative (launch_steps): a grid that
+  cannot be co-resident fails at launch instead of hanging.
 - ``batch_tile``: one program per batch tile computes every hidden unit itself (looping over the
   unit blocks), so a CTA barrier (``tl.debug_barrier``) is all the synchronisation a step needs.
 
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from fusedrnn._precision import cuda_matmul_allows_tf32
 import triton
 import triton.language as tl
 
@@ -61,10 +63,18 @@ def grid_barrier(counter_ptr, target):
     """Wait until ``*counter_ptr`` (incremented once per program per step) reaches ``target``.
 
     The counter only grows (target = (step + 1) * programs), so it never needs a reset inside a
-    launch. The CTA barrier before the release makes every thread's stores of this step part of
-    what the release publishes (cumulativity: the same pattern as cooperative groups' grid.sync);
-    the acquire-loads in the spin make the other programs' stores visible to this one. Readers
-    must still bypass L1 (cache_modifier=".cg"), since L1 is not coherent across SMs.
+    launch (launch_steps zeroes it per launch). The CTA barrier before the release makes every
+    thread's stores of this step part of what the release publishes (cumulativity: the same
+    pattern as cooperative groups' grid.sync); the acquire-loads in the spin make the other
+    programs' stores visible to this one. Readers must still bypass L1 (cache_modifier=".cg"),
+    since L1 is not coherent across SMs.
+
+    Lowering (checked in the sm_90 PTX, Triton 3.8): a scalar atomic is executed by one thread
+    per program (predicated on thread 0), and its result is broadcast to all threads through
+    shared memory with a bar.sync, so the loop condition is uniform; the Membar pass puts a
+    bar.sync at the top of each spin iteration, so thread 0 never overwrites the broadcast slot
+    while others still read it. Triton 3.8 turns the add-0 acquire into ld.acquire.gpu; older
+    Tritons keep atom.acquire.add (same semantics, an L2 RMW per spin).
     """
     tl.debug_barrier()
     tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
@@ -109,7 +119,15 @@ NUM_WARPS = 8
 
 
 def interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether the kernels run in Triton's interpreter. Decided by what @triton.jit produced when
+    this module was imported (TRITON_INTERPRET at that time), not by the environment now: a later
+    change of the variable must not pick interpreter-only paths (the "upcast" dot, a launch per
+    step) for compiled kernels, nor a spin barrier for interpreted ones."""
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover
+        return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    return isinstance(sigmoid, InterpretedFunction)
 
 
 def next_pow2(n: int) -> int:
@@ -182,14 +200,28 @@ def make_plan(n_gates: int, B: int, H: int, elem_bytes: int, n_sm: int, strategy
 
 def dot_precision(dtype, device) -> str:
     """tl.dot input precision: exact fp32 unless torch allows TF32 for matmuls on this device;
-    "upcast" for bf16 under the interpreter (see mma)."""
+    "upcast" for bf16 under the interpreter only (see mma): never on a real GPU, since the
+    interpreter is what runs the kernel whenever interpreter_on()."""
     import torch
 
     if dtype == torch.bfloat16 and interpreter_on():
         return "upcast"
-    if dtype == torch.float32 and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+    if dtype == torch.float32 and device.type == "cuda" and not interpreter_on() and cuda_matmul_allows_tf32():
         return "tf32"
     return "ieee"
+
+
+def lowp_torch_gemms(t) -> bool:
+    """Whether the torch GEMMs around the kernels (input projection, dx/dW in the backward) run in
+    the input dtype: on a GPU for fp16/bf16 (tensor cores, fp32 accumulation, one rounding of the
+    result, as cuDNN does); elsewhere (CPU, the interpreter) in fp32 as before."""
+    import torch
+
+    return LOWP_TORCH_GEMMS and t.is_cuda and not interpreter_on() and t.dtype in (torch.float16, torch.bfloat16)
+
+
+# Switch for lowp_torch_gemms (a GPU run can turn it off to compare accuracy/speed).
+LOWP_TORCH_GEMMS = True
 
 
 def launch_steps(kernel, plan: Plan, T: int, args: tuple, kwargs: dict, force_grid_barrier=None):
@@ -198,18 +230,37 @@ def launch_steps(kernel, plan: Plan, T: int, args: tuple, kwargs: dict, force_gr
 
     ``kwargs`` holds the constexprs; the kernel's trailing runtime arguments are (t_begin, n_steps)
     followed by USE_GRID_BARRIER and the constexprs.
+
+    On a GPU a grid-barrier launch is a cooperative launch (``launch_cooperative_grid``): the driver
+    either makes every program co-resident or fails the launch with an error, so a grid that
+    cannot be co-resident (another persistent kernel on another stream, MPS limits, a plan bug)
+    raises instead of spinning forever. No host sync is involved.
     """
+    import contextlib
+
     import torch
 
     use_barrier = plan.grid_barrier if force_grid_barrier is None else force_grid_barrier
     device = args[0].device
-    per_step = use_barrier and interpreter_on() and plan.nprog_h > 1
-    if not per_step:
-        counter = torch.zeros(plan.n_btiles, dtype=torch.int32, device=device)
-        kernel[plan.grid](*args, counter, 0, T, USE_GRID_BARRIER=use_barrier,
-                          num_warps=plan.num_warps, num_stages=NUM_STAGES, **kwargs)
-        return
-    counter = torch.zeros(plan.n_btiles, dtype=torch.int32, device=device)
-    for k in range(T):  # the kernel boundary is the barrier
-        kernel[plan.grid](*args, counter, k, 1, USE_GRID_BARRIER=False, num_warps=plan.num_warps,
-                          num_stages=NUM_STAGES, **kwargs)
+    interp = interpreter_on()
+    per_step = use_barrier and interp and plan.nprog_h > 1
+    # The barrier counter must start at zero in every launch (targets are (step + 1) * programs);
+    # allocated with the launch, so it is stream- and CUDA-graph-safe. Unused without a barrier.
+    alloc = torch.zeros if use_barrier else torch.empty
+    counter = alloc(plan.n_btiles, dtype=torch.int32, device=device)
+    launch_opts = dict(num_warps=plan.num_warps, num_stages=NUM_STAGES)
+    on_gpu = device.type == "cuda" and not interp
+    if use_barrier and on_gpu:
+        n_sm = sm_count(device)
+        if plan.nprog_h * plan.n_btiles > n_sm:
+            raise RuntimeError(f"fusedrnn: grid-barrier launch of {plan.nprog_h} x {plan.n_btiles} programs "
+                               f"exceeds the {n_sm} SMs of {device}: the programs could not all be co-resident")
+        launch_opts["launch_cooperative_grid"] = True
+    # Triton launches on the *current* CUDA device: make it the tensors' device.
+    guard = torch.cuda.device(device) if on_gpu else contextlib.nullcontext()
+    with guard:
+        if not per_step:
+            kernel[plan.grid](*args, counter, 0, T, USE_GRID_BARRIER=use_barrier, **launch_opts, **kwargs)
+            return
+        for k in range(T):  # the kernel boundary is the barrier
+            kernel[plan.grid](*args, counter, k, 1, USE_GRID_BARRIER=False, **launch_opts, **kwargs)

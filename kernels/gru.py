@@ -23,7 +23,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import Plan, dot_precision, launch_steps, make_plan, mma, sigmoid, sm_count, step_barrier, tanh
+from .common import (
+    Plan, dot_precision, launch_steps, lowp_torch_gemms, make_plan, mma, sigmoid, sm_count, step_barrier, tanh,
+)
 
 
 @triton.jit(do_not_specialize=["T", "t_begin", "n_steps"])
@@ -280,9 +282,19 @@ def acc_dtype_for(dtype: torch.dtype) -> torch.dtype:
 
 
 def input_projection(x, w_ih, b_ih, acc):
-    """gx = x W_ihᵀ (+ b_ih) for all steps: one torch GEMM in the accumulation dtype, (T, B, G)."""
+    """gx = x W_ihᵀ (+ b_ih) for all steps, (T, B, G) in the accumulation dtype: one torch GEMM.
+
+    fp16/bf16 on a GPU (lowp_torch_gemms): the GEMM runs in the input dtype on tensor cores with
+    fp32 accumulation and its result is rounded once to that dtype, as in cuDNN; the upcast and the
+    bias (added in fp32) are one elementwise kernel. Elsewhere (CPU, the interpreter, fp32/fp64):
+    the GEMM in the accumulation dtype."""
     T, B, I = x.shape  # noqa: E741
-    gx = x.reshape(T * B, I).to(acc) @ w_ih.to(acc).t()
+    x2 = x.reshape(T * B, I)
+    if lowp_torch_gemms(x):
+        g = x2 @ w_ih.t()
+        gx = torch.add(g, b_ih.to(acc)) if b_ih is not None else g.to(acc)  # promotes to acc
+        return gx.view(T, B, -1)
+    gx = x2.to(acc) @ w_ih.to(acc).t()
     if b_ih is not None:
         gx += b_ih.to(acc)
     return gx.view(T, B, -1)
@@ -335,19 +347,35 @@ def valid_mask(lengths, T, B, device):
 
 def recurrent_grads(dgx, dgh, x, w_ih, hseq, reverse, needs):
     """The GEMMs and reductions after the reverse-time kernel: dx, dW_ih, dW_hh, db_ih, db_hh.
-    ``needs`` = (x, w_ih, w_hh, b_ih, b_hh) flags; skipped grads are None."""
+    ``needs`` = (x, w_ih, w_hh, b_ih, b_hh) flags; skipped grads are None.
+
+    fp16/bf16 on a GPU (lowp_torch_gemms): the three GEMMs take their operands rounded to the
+    input dtype (tensor cores, fp32 accumulation; the grads are returned in that dtype anyway), as
+    cuDNN does; the bias reductions stay in the accumulation dtype."""
     T, B, G = dgx.shape
     I = x.shape[2]  # noqa: E741
     acc = dgx.dtype
     need_x, need_w_ih, need_w_hh, need_b_ih, need_b_hh = needs
     dgx2 = dgx.view(T * B, G)
-    dx = (dgx2 @ w_ih.to(acc)).view(T, B, I) if need_x else None
-    dw_ih = dgx2.t() @ x.reshape(T * B, I).to(acc) if need_w_ih else None
-    dw_hh = None
+    x2 = x.reshape(T * B, I)
+    h_prev = None
     if need_w_hh:
-        # hseq is in processing order: h_{t-1} of step k is hseq[k]; dgh is by time.
-        dgh_k = dgh.flip(0) if reverse else dgh
-        dw_hh = dgh_k.reshape(T * B, G).t() @ hseq[:T].reshape(T * B, -1)
+        # hseq is in processing order (h_{t-1} of step k is hseq[k]), dgh by time: bring the
+        # (smaller) h sequence into time order.
+        h_prev = (hseq[:T].flip(0) if reverse else hseq[:T]).reshape(T * B, -1)
+    if lowp_torch_gemms(x):
+        lp = x.dtype
+        dgx_lp = dgx2.to(lp) if (need_x or need_w_ih or (need_w_hh and dgh is dgx)) else None
+        dx = (dgx_lp @ w_ih).view(T, B, I) if need_x else None
+        dw_ih = dgx_lp.t() @ x2 if need_w_ih else None
+        dw_hh = None
+        if need_w_hh:
+            dgh_lp = dgx_lp if dgh is dgx else dgh.reshape(T * B, G).to(lp)
+            dw_hh = dgh_lp.t() @ h_prev.to(lp)
+    else:
+        dx = (dgx2 @ w_ih.to(acc)).view(T, B, I) if need_x else None
+        dw_ih = dgx2.t() @ x2.to(acc) if need_w_ih else None
+        dw_hh = dgh.reshape(T * B, G).t() @ h_prev if need_w_hh else None
     db_ih = dgx2.sum(0) if need_b_ih else None
     db_hh = dgh.reshape(T * B, G).sum(0) if need_b_hh else None
     return dx, dw_ih, dw_hh, db_ih, db_hh
@@ -364,7 +392,7 @@ def gru_backward(dy, dh_n, x, w_ih, w_hh, lengths, hseq, act, reverse, needs,
     need_x, need_h0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, need_res = needs
     dgx = torch.empty(T, B, G, dtype=acc, device=x.device)
     dgh = torch.empty(T, B, G, dtype=acc, device=x.device)
-    dh = dh_n.to(acc).contiguous().clone() if dh_n is not None else hseq.new_zeros(B, H)
+    dh = hseq.new_empty(B, H).copy_(dh_n) if dh_n is not None else hseq.new_zeros(B, H)  # one copy
     w_hh = w_hh.contiguous()
     plan = plan_for(3, x, w_hh, strategy)
     args = (

@@ -317,8 +317,8 @@ def lstm_backward(dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, rever
     acc = hseq.dtype
     need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, need_res = needs
     dg = torch.empty(T, B, 4 * H, dtype=acc, device=x.device)
-    dh = dh_n.to(acc).contiguous().clone() if dh_n is not None else hseq.new_zeros(B, H)
-    dc = dc_n.to(acc).contiguous().clone() if dc_n is not None else hseq.new_zeros(B, H)
+    dh = hseq.new_empty(B, H).copy_(dh_n) if dh_n is not None else hseq.new_zeros(B, H)  # one copy
+    dc = hseq.new_empty(B, H).copy_(dc_n) if dc_n is not None else hseq.new_zeros(B, H)
     w_hh = w_hh.contiguous()
     plan = plan_for(4, x, w_hh, strategy)
     args = (

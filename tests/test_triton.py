@@ -295,3 +295,34 @@ def test_torch_compile_fullgraph(cell, compile_backend):
         results.append([loss.detach()] + [t.grad for t in leaves])
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_tf32_switch_read_with_either_torch_api():
+    """torch >= 2.9 raises on reading the legacy allow_tf32 once the new fp32_precision API was
+    used; dot_precision's switch must read both (in a subprocess: the setting is process-global)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch\n"
+        "from fusedrnn.kernels import common\n"
+        "m = torch.backends.cuda.matmul\n"
+        "assert common.cuda_matmul_allows_tf32() is False\n"
+        "m.allow_tf32 = True; assert common.cuda_matmul_allows_tf32() is True\n"
+        "m.allow_tf32 = False; assert common.cuda_matmul_allows_tf32() is False\n"
+        "if hasattr(m, 'fp32_precision'):\n"
+        "    m.fp32_precision = 'tf32'; assert common.cuda_matmul_allows_tf32() is True\n"
+        "    m.fp32_precision = 'ieee'; assert common.cuda_matmul_allows_tf32() is False\n"
+    )
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_gpu_only_paths_stay_off_under_the_interpreter():
+    """Interpreter-only choices follow the kernels actually in use, and GPU-only ones never apply
+    on the CPU: low-precision torch GEMMs, TF32, the cooperative grid barrier."""
+    assert common.interpreter_on()
+    for dtype in (torch.float16, torch.bfloat16, torch.float32):
+        assert not common.lowp_torch_gemms(torch.empty(1, dtype=dtype))
+    assert common.dot_precision(torch.bfloat16, torch.device("cpu")) == "upcast"
+    assert common.dot_precision(torch.float32, torch.device("cpu")) == "ieee"

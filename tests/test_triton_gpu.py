@@ -203,3 +203,72 @@ def test_one_launch_per_layer_direction(cell, strategy):
     names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert sum(f"{cell}_fwd_kernel" in n for n in names) == 1, names
     assert sum(f"{cell}_bwd_kernel" in n for n in names) == 1, names
+
+
+_COOP_SCRIPT = textwrap.dedent("""
+    import sys, torch
+    from fusedrnn.kernels.barrier import barrier_floor
+    n_sm = torch.cuda.get_device_properties(0).multi_processor_count
+    try:  # more programs than can ever be co-resident (H100: at most 32 CTAs per SM)
+        barrier_floor(10, 64 * n_sm, device="cuda", check=False, num_warps=1)
+        torch.cuda.synchronize()
+    except RuntimeError as e:
+        print("refused:", str(e)[:200], flush=True)
+        sys.exit(0)
+    sys.exit(3)
+""")
+
+
+def test_grid_too_large_for_co_residency_fails_instead_of_hanging():
+    """The grid-barrier launches are cooperative: the driver refuses a grid that cannot be
+    co-resident (an error at launch) rather than letting the spin barrier deadlock."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    try:
+        res = subprocess.run([sys.executable, "-c", _COOP_SCRIPT], env=env, capture_output=True, text=True,
+                             timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("an oversized grid-barrier launch hung instead of failing")
+    assert res.returncode == 0, f"rc={res.returncode}\n{res.stdout}\n{res.stderr[-3000:]}"
+
+
+_TWO_STREAMS_SCRIPT = textwrap.dedent("""
+    import torch
+    import fusedrnn.functional as F
+    from fusedrnn.kernels import common
+    n_sm = torch.cuda.get_device_properties(0).multi_processor_count
+    T, B, H = 64, 64, 2048
+    plan = common.make_plan(3, B, H, 2, n_sm, "persistent")
+    assert plan.grid_barrier and 2 * plan.nprog_h * plan.n_btiles > n_sm, plan  # together: too many
+    g = torch.Generator(device="cuda").manual_seed(0)
+    def args():
+        r = lambda *s: (torch.randn(*s, device="cuda", generator=g) * H ** -0.5).bfloat16()
+        return [r(T, B, H), r(B, H), r(3 * H, H), r(3 * H, H), r(3 * H), r(3 * H)]
+    inputs = [args(), args()]
+    with torch.no_grad():
+        want = [F.gru(*a, backend="triton") for a in inputs]
+        torch.cuda.synchronize()
+        streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+        got = [None, None]
+        for _ in range(20):
+            for i, (s, a) in enumerate(zip(streams, inputs)):
+                s.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(s):
+                    got[i] = F.gru(*a, backend="triton")
+        torch.cuda.synchronize()
+    for g_, w in zip(got, want):
+        for x, y in zip(g_, w):
+            assert torch.equal(x, y)
+    print("ok", plan, flush=True)
+""")
+
+
+def test_two_streams_of_persistent_kernels_larger_than_the_gpu_together():
+    """Two persistent launches on two streams whose grids together exceed the SM count: with
+    plain launches their programs could interleave and deadlock; cooperative launches cannot."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    try:
+        res = subprocess.run([sys.executable, "-c", _TWO_STREAMS_SCRIPT], env=env, capture_output=True,
+                             text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        pytest.fail("two concurrent persistent kernels deadlocked")
+    assert res.returncode == 0, f"{res.stdout}\n{res.stderr[-3000:]}"
