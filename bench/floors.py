@@ -122,13 +122,13 @@ def measured_ceilings(device) -> dict:
         a @ b
         t = measure(lambda: a @ b, device, warmup_ms=50, rep_ms=200)
         out["bf16_matmul_tflops"] = 2 * 8192**3 / (t.median_ms * 1e-3) / 1e12
-        del a, b
+        a = b = None  # free before the copy test
         src = torch.randn(2**28, device=device)  # 1 GiB of fp32
         dst = torch.empty_like(src)
         dst.copy_(src)
         t = measure(lambda: dst.copy_(src), device, warmup_ms=50, rep_ms=200)
         out["copy_tbytes_per_s"] = 2 * src.numel() * 4 / (t.median_ms * 1e-3) / 1e12
-        del src, dst
+        src = dst = None
     except Exception as e:  # noqa: BLE001
         out["error"] = f"{type(e).__name__}: {e}"
     torch.cuda.empty_cache()

@@ -47,11 +47,6 @@ def _pair(tcls, fcls, *args, backend="auto", **kw):
     return t, f
 
 
-def _dtype_for(backend):
-    # torch's CPU op serves float32/float64; every backend serves float64 for tight comparisons.
-    return torch.float64
-
-
 # ----------------------------------------------------------------------------- 1. bad input
 
 
