@@ -150,7 +150,8 @@ class _FusedRNNMixin:
         return torch.nn.utils.rnn.pack_padded_sequence(y, lengths, enforce_sorted=True).data, finals
 
     def _autocast_inputs(self, x, hx):
-        """Mirror torch's autocast policy for RNNs: CUDA casts input, hx and weights to float16."""
+        """Mirror torch's autocast policy for RNNs: CUDA casts input, hx and weights to float16; CPU
+        casts them to the autocast dtype for LSTM, and to the input's dtype for GRU."""
         device_type = x.device.type
         if not _autocast_on(device_type):
             return x, hx, lambda: None
@@ -159,7 +160,7 @@ class _FusedRNNMixin:
         elif device_type == "cpu" and self._cell == "lstm":
             dtype = torch.get_autocast_dtype("cpu")
         else:
-            dtype = self._flat_weights[0].dtype
+            dtype = x.dtype  # CPU GRU: torch runs in the input's dtype, weights cast to it
         if x.dtype == dtype and all(w.dtype == dtype for w in self._flat_weights):
             return x, hx, lambda: None
         saved = self._flat_weights

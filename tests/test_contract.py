@@ -324,14 +324,15 @@ def test_same_seed_same_weights_as_torch_with_any_extras():
 
 
 @pytest.mark.parametrize("tcls,fcls", PAIRS, ids=IDS)
-def test_cpu_autocast_output_dtype_and_values_like_torch(tcls, fcls):
+@pytest.mark.parametrize("in_dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cpu_autocast_output_dtype_and_values_like_torch(tcls, fcls, in_dtype):
     t, f = _modules(tcls, fcls, num_layers=2)
-    x = torch.randn(6, 2, 3)
+    x = torch.randn(6, 2, 3).to(in_dtype)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         a, b = f(x), t(x)
     assert a[0].dtype == b[0].dtype
     # Both round to bf16 somewhere: judge against fp32 torch, with torch's own bf16 error as the yardstick.
-    ref = t(x)[0]
+    ref = t(x.float())[0]
     torch_err = (b[0].float() - ref).abs().max()
     ours_err = (a[0].float() - ref).abs().max()
     assert ours_err <= 2 * torch_err + 1e-6, (ours_err, torch_err)
