@@ -23,7 +23,7 @@ def run_with_grads(module, inputs: list[torch.Tensor], call, upstream_seed: int 
     module.zero_grad(set_to_none=True)
     outs = flat_outputs(call())
     gen = torch.Generator().manual_seed(upstream_seed)
-    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() for o in outs)
+    loss = sum((o * torch.randn(o.shape, generator=gen, dtype=o.dtype).to(o.device)).sum() for o in outs)
     loss.backward()
     input_grads = [t.grad for t in inputs]
     param_grads = {n: p.grad for n, p in module.named_parameters()}
