@@ -46,7 +46,7 @@ class Problem:
     lengths: bool
     reverse: bool
     proj: bool
-    tracing: bool = False  # under torch.compile: only traceable code paths may be chosen
+    tracing: bool = False  # under torch.compile: traceable paths only, and T, B, I are 0 (unknown)
 
 
 def _interpreter_on() -> bool:
@@ -290,7 +290,10 @@ def select(backend: str, p: Problem) -> Backend:
     if backend == "auto":
         backend = default_backend()
     if torch.compiler.is_compiling():
-        p = dataclasses.replace(p, tracing=True)
+        # Traced once per graph. T, B and I vary between calls (automatic dynamic shapes makes them
+        # symbolic) and no backend decides on them: blanked. H and P come from the weights, which
+        # are static (parameters) unless compiled with dynamic=True over plain weight tensors.
+        p = dataclasses.replace(p, tracing=True, T=0, B=0, I=0)
     return REGISTRY[_choose(backend, *(getattr(p, f) for f in Problem.__dataclass_fields__))]
 
 

@@ -43,3 +43,18 @@ def test_module_compiles_fullgraph_with_allow_rnn(cls):
     (gc,) = torch.autograd.grad(out_c.sum(), x)
     (ge,) = torch.autograd.grad(out_e.sum(), x)
     torch.testing.assert_close(gc, ge)
+
+
+def test_varying_sequence_and_batch_sizes_do_not_break_the_graph():
+    """Automatic dynamic shapes make T and B symbolic after the first change; dispatch must not care."""
+    w = [torch.randn(15, 3), torch.randn(15, 5), torch.randn(15), torch.randn(15)]
+
+    def f(x, h0):
+        return fusedrnn.functional.gru(x, h0, *w)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True, backend="eager")
+    for T, B in [(4, 2), (6, 3), (9, 5)]:
+        x, h0 = torch.randn(T, B, 3), torch.zeros(B, 5)
+        for a, b in zip(compiled(x, h0), f(x, h0)):
+            torch.testing.assert_close(a, b)
