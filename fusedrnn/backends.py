@@ -121,6 +121,10 @@ class TorchBackend(Backend):
     def reasons(self, p, forced):
         if p.lengths and p.tracing:
             return ["lengths under torch.compile (torch's packing functions are not traceable)"]
+        if p.tracing and p.cell == "lstm" and p.device.type == "cpu":
+            return ["LSTM on CPU under torch.compile (torch's mkldnn LSTM op does not trace through AOT autograd)"]
+        if p.proj and p.P == p.H:
+            return ["w_hr of shape (H, H): torch's op treats P == H as no projection"]
         if p.device.type == "cpu":
             return _dtype_reason(p.dtype, self.CPU_DTYPES)
         if p.device.type == "cuda":
@@ -294,20 +298,22 @@ def select(backend: str, p: Problem) -> Backend:
         # symbolic) and no backend decides on them: blanked. H and P come from the weights, which
         # are static (parameters) unless compiled with dynamic=True over plain weight tensors.
         p = dataclasses.replace(p, tracing=True, T=0, B=0, I=0)
-    return REGISTRY[_choose(backend, *(getattr(p, f) for f in Problem.__dataclass_fields__))]
+    choice = _choose(backend, *(getattr(p, f) for f in Problem.__dataclass_fields__))
+    if choice not in REGISTRY:  # an explanation, raised here so torch.compile shows it as it is
+        raise ValueError(choice)
+    return REGISTRY[choice]
 
 
 @torch.compiler.assume_constant_result
 def _choose(backend: str, *fields) -> str:
-    # Plain-value arguments and a str result so that torch.compile runs this once at trace time and
-    # bakes in the answer (it imports optional modules and reads the environment: not traceable).
+    # Plain-value arguments and a str result (a backend name, or why the forced one cannot serve) so
+    # that torch.compile runs this once at trace time and bakes in the answer (it imports optional
+    # modules and reads the environment: not traceable).
     p = Problem(*fields)
     if backend != "auto":
         reasons = REGISTRY[backend].reasons(p, forced=True)
         if reasons:
-            raise ValueError(
-                f"fusedrnn backend {backend!r} cannot run this {p.cell.upper()} call: " + "; ".join(reasons)
-            )
+            return f"fusedrnn backend {backend!r} cannot run this {p.cell.upper()} call: " + "; ".join(reasons)
         return backend
     for name in BACKENDS:
         reasons = REGISTRY[name].reasons(p, forced=False)

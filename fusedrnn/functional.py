@@ -48,7 +48,7 @@ def _check_lengths(lengths, T: int, B: int) -> None:
         _fail("lengths", "dtype torch.int64", lengths.dtype)
     if tuple(lengths.shape) != (B,):
         _fail("lengths", f"shape ({B},) (one length per batch row)", tuple(lengths.shape))
-    if B > 0 and not torch.compiler.is_compiling():  # value checks need a sync; skipped when tracing
+    if B > 0 and lengths.device.type != "meta" and not torch.compiler.is_compiling():  # values need a sync
         lo, hi = int(lengths.min()), int(lengths.max())
         if lo < 1 or hi > T:
             _fail("lengths", f"values in [1, {T}] (1 <= length <= T)", f"min {lo}, max {hi}")
@@ -70,6 +70,8 @@ def _problem(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0
         _fail("w_hh", f"a 2-D tensor ({n_gates}*H, P)", got)
     H = w_hh.shape[0] // n_gates
     P = w_hh.shape[1]
+    if H < 1 or P < 1:
+        _fail("w_hh", f"a non-empty ({n_gates}*H, P) tensor with H >= 1, P >= 1", tuple(w_hh.shape))
     G = n_gates * H
     if cell == "gru" and P != H:
         _fail("w_hh", f"shape ({G}, {H}) for a GRU", tuple(w_hh.shape))

@@ -13,6 +13,7 @@ Extra keyword-only arguments:
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 
 import torch
@@ -36,7 +37,7 @@ def _residual_layers(residual, num_layers: int, layer_widths: list[tuple[int, in
             warnings.warn(
                 "residual=True but no layer has equal input and output widths; no residual adds "
                 f"(layer widths (in, out): {layer_widths})",
-                stacklevel=3,
+                stacklevel=4,  # the user's constructor call
             )
         return layers
     if not isinstance(residual, int):
@@ -90,13 +91,24 @@ class _FusedRNNMixin:
             torch.zeros(self.num_layers * D, batch, w, dtype=input.dtype, device=input.device) for w in widths
         )
 
-    def _layer_weights(self, layer: int, direction: int) -> list:
-        per = len(self._flat_weights) // (self.num_layers * (2 if self.bidirectional else 1))
-        start = (layer * (2 if self.bidirectional else 1) + direction) * per
-        return self._flat_weights[start : start + per]
+    def _layer_weights(self, weights: list, layer: int, direction: int) -> list:
+        D = 2 if self.bidirectional else 1
+        per = len(weights) // (self.num_layers * D)
+        start = (layer * D + direction) * per
+        return weights[start : start + per]
 
-    def _run_stack(self, x: Tensor, states: tuple[Tensor, ...], lengths: Tensor | None):
-        """x (T, B, I) time-major; states: (h0,) or (h0, c0), each (L*D, B, .). -> y, final states."""
+    def _dropout_between_layers(self, output: Tensor, lengths: Tensor | None) -> Tensor:
+        if lengths is None:
+            return F.dropout(output, p=self.dropout, training=True)
+        # torch drops out the packed data (valid steps only): same shape, same random draws.
+        packed = torch.nn.utils.rnn.pack_padded_sequence(output, lengths, enforce_sorted=True)
+        dropped = PackedSequence(F.dropout(packed.data, p=self.dropout, training=True), packed.batch_sizes)
+        return torch.nn.utils.rnn.pad_packed_sequence(dropped, total_length=output.shape[0])[0]
+
+    def _run_stack(self, x: Tensor, states: tuple[Tensor, ...], lengths: Tensor | None, weights: list):
+        """x (T, B, I) time-major; states: (h0,) or (h0, c0), each (L*D, B, .); weights: the flat list
+        in torch's order (passed in, never swapped on self, so concurrent calls cannot see each
+        other's casts). -> y, final states."""
         D = 2 if self.bidirectional else 1
         finals: list[list[Tensor]] = [[] for _ in states]
         P = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -106,7 +118,7 @@ class _FusedRNNMixin:
             outputs = []
             for direction in range(D):
                 idx = layer * D + direction
-                w = self._layer_weights(layer, direction)
+                w = self._layer_weights(weights, layer, direction)
                 w_ih, w_hh = w[0], w[1]
                 b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
                 res = None if residual is None else residual[..., direction * P : (direction + 1) * P]
@@ -125,7 +137,7 @@ class _FusedRNNMixin:
                     acc.append(s)
             output = outputs[0] if D == 1 else torch.cat(outputs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                output = F.dropout(output, p=self.dropout, training=True)
+                output = self._dropout_between_layers(output, lengths)
             layer_input = output
         return layer_input, tuple(torch.stack(acc, 0) for acc in finals)
 
@@ -139,38 +151,30 @@ class _FusedRNNMixin:
         else:
             # Packed data -> time-major padded (T, B, I) in the packed (sorted) order, with lengths.
             x, lengths = torch.nn.utils.rnn.pad_packed_sequence(PackedSequence(input, batch_sizes))
-        _check_devices(x, hx, self._flat_weights)
-        x, hx, weights_restore = self._autocast_inputs(x, hx)
-        try:
-            y, finals = self._run_stack(x, hx, lengths)
-        finally:
-            weights_restore()
+        weights = self._flat_weights
+        _check_devices(x, hx, weights)
+        dtype = self._autocast_dtype(x, packed=batch_sizes is not None)
+        # Autocast is handled here once, as torch's RNN ops do; inside, the stack runs in `dtype`.
+        with torch.autocast(x.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
+            if dtype is not None:
+                x, hx, weights = x.to(dtype), tuple(h.to(dtype) for h in hx), [w.to(dtype) for w in weights]
+            y, finals = self._run_stack(x, hx, lengths, weights)
         if batch_sizes is None:
             return (y.transpose(0, 1) if self.batch_first else y), finals
         return torch.nn.utils.rnn.pack_padded_sequence(y, lengths, enforce_sorted=True).data, finals
 
-    def _autocast_inputs(self, x, hx):
-        """Mirror torch's autocast policy for RNNs: CUDA casts input, hx and weights to float16; CPU
-        casts them to the autocast dtype for LSTM, and to the input's dtype for GRU."""
+    def _autocast_dtype(self, x: Tensor, packed: bool):
+        """The dtype torch's RNN op would run in under autocast, or None when autocast is off.
+        CUDA: float16 for everything (cuDNN's policy, even when bf16 was asked). CPU: LSTM in the
+        autocast dtype, except packed input, which torch leaves alone; GRU in the input's dtype."""
         device_type = x.device.type
         if not _autocast_on(device_type):
-            return x, hx, lambda: None
+            return None
         if device_type == "cuda":
-            dtype = torch.float16
-        elif device_type == "cpu" and self._cell == "lstm":
-            dtype = torch.get_autocast_dtype("cpu")
-        else:
-            dtype = x.dtype  # CPU GRU: torch runs in the input's dtype, weights cast to it
-        if x.dtype == dtype and all(w.dtype == dtype for w in self._flat_weights):
-            return x, hx, lambda: None
-        saved = self._flat_weights
-        self._flat_weights = [w.to(dtype) for w in saved]
-
-        def restore():
-            self._flat_weights = saved
-
-        with torch.autocast(device_type, enabled=False):
-            return x.to(dtype), tuple(h.to(dtype) for h in hx), restore
+            return torch.float16
+        if device_type == "cpu" and self._cell == "lstm" and not packed:
+            return torch.get_autocast_dtype("cpu")
+        return x.dtype
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -194,6 +198,11 @@ def _check_devices(x: Tensor, hx, weights) -> None:
                 "Input and hidden tensors are not at the same device, found input tensor at "
                 f"{x.device} and hidden tensor at {h.device}"
             )
+
+
+def _check_lstm_hx_pair(hx) -> None:
+    if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+        raise RuntimeError("lstm expects two hidden states")
 
 
 def _check_hx_dtype(input: Tensor, hx: tuple[Tensor, ...]) -> None:
@@ -287,6 +296,7 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
             if hx is None:
                 hx = self._zero_states(max_batch_size, input)
             else:
+                _check_lstm_hx_pair(hx)
                 hx = self.permute_hidden(hx, sorted_indices)
             # torch skips this check for packed input and computes garbage; fusedrnn checks.
             self.check_forward_args(input, hx, batch_sizes)
@@ -304,6 +314,7 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
                 hx = self._zero_states(max_batch_size, input)
                 self.check_forward_args(input, hx, batch_sizes)
             else:
+                _check_lstm_hx_pair(hx)
                 if is_batched:
                     if hx[0].dim() != 3 or hx[1].dim() != 3:
                         raise RuntimeError(
@@ -330,35 +341,29 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
             hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
         return output, self.permute_hidden(hidden, unsorted_indices)
 
-def _converted(module: torch.nn.Module) -> torch.nn.Module:
-    """The fusedrnn twin of one torch.nn.GRU/LSTM, sharing its Parameter objects."""
-    if isinstance(module, (GRU, LSTM)):
-        return module
-    cls = LSTM if isinstance(module, torch.nn.LSTM) else GRU
-    kwargs = dict(
-        num_layers=module.num_layers, bias=module.bias, batch_first=module.batch_first,
-        dropout=module.dropout, bidirectional=module.bidirectional,
-    )
-    if cls is LSTM:
-        kwargs["proj_size"] = module.proj_size
-    # Built on the meta device so construction draws no random numbers and allocates nothing;
-    # the original Parameters are then assigned, so optimizers holding them keep working.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the dropout/num_layers warning was already shown once
-        new = cls(module.input_size, module.hidden_size, device="meta", **kwargs)
-    new.load_state_dict(module.state_dict(keep_vars=True), assign=True)
-    new._init_flat_weights()
-    new.train(module.training)
-    return new
+_TWINS = {torch.nn.GRU: GRU, torch.nn.LSTM: LSTM}
 
 
 def convert(model: torch.nn.Module) -> torch.nn.Module:
-    """Replace every torch.nn.GRU / torch.nn.LSTM in ``model`` (or ``model`` itself) with the fusedrnn
-    module holding the same Parameters (same device, dtype and training mode). Returns the model."""
-    if isinstance(model, (torch.nn.GRU, torch.nn.LSTM)):
-        return _converted(model)
-    for name, child in list(model.named_children()):
-        replacement = convert(child)
-        if replacement is not child:
-            setattr(model, name, replacement)
+    """Turn every torch.nn.GRU / torch.nn.LSTM in ``model`` (or ``model`` itself) into its fusedrnn
+    twin, in place, and return the model.
+
+    The module object stays the same and only its class changes, so everything it holds is kept:
+    the Parameter objects (optimizers holding them keep working), device, dtype, training mode,
+    hooks, extra attributes, weight_norm, and sharing (a module used twice stays one module). No
+    random numbers are drawn. Subclasses of torch's modules (their own forward) and modules under
+    torch.nn.utils.parametrize are left as they are, with a warning: converting them would change
+    what they compute or drop their parametrizations.
+    """
+    for module in list(model.modules()):
+        cls = type(module)
+        if cls in _TWINS:
+            module.__class__ = _TWINS[cls]
+            module._init_extras(False, "auto")
+        elif isinstance(module, (torch.nn.GRU, torch.nn.LSTM)) and not isinstance(module, (GRU, LSTM)):
+            warnings.warn(
+                f"fusedrnn.convert: left {cls.__name__} unconverted (a subclass or parametrized "
+                "module: converting would change its forward or drop its parametrizations)",
+                stacklevel=2,
+            )
     return model

@@ -29,10 +29,12 @@ def test_functional_compiles_fullgraph(backend, use_lengths):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("backend", ["reference", "auto"])
 @pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM])
-def test_module_compiles_fullgraph_with_allow_rnn(cls):
-    """Like torch's own RNN modules, ours need torch._dynamo.config.allow_rnn=True to be traced."""
-    m = cls(3, 4, num_layers=2, residual=1, backend="reference")
+def test_module_compiles_fullgraph_with_allow_rnn(cls, backend):
+    """Like torch's own RNN modules, ours need torch._dynamo.config.allow_rnn=True to be traced.
+    (auto: torch's CPU LSTM op does not go through AOT autograd, so auto picks the reference loop.)"""
+    m = cls(3, 4, num_layers=2, residual=1, backend=backend)
     x = torch.randn(5, 2, 3, requires_grad=True)
     torch._dynamo.reset()
     with torch._dynamo.config.patch(allow_rnn=True):

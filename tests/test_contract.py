@@ -348,3 +348,73 @@ def test_cuda_autocast_casts_to_float16_like_cudnn(tcls, fcls):
         a, b = f(x), t(x)
     assert a[0].dtype == b[0].dtype == torch.float16
     torch.testing.assert_close(a[0].float(), b[0].float(), atol=5e-3, rtol=5e-3)
+
+
+def test_lstm_hx_must_be_a_pair_like_torch():
+    t, f = _modules(torch.nn.LSTM, fusedrnn.LSTM)
+    h = torch.zeros(1, 2, 4)
+    assert same_error(lambda: t(torch.randn(5, 2, 3), (h, h, h)), lambda: f(torch.randn(5, 2, 3), (h, h, h))) == (
+        "lstm expects two hidden states"
+    )
+
+
+@pytest.mark.parametrize("tcls,fcls", PAIRS, ids=IDS)
+def test_packed_dropout_draws_like_torch(tcls, fcls):
+    """torch drops out the packed data between layers; same seed -> same output and same RNG state after."""
+    t, f = _modules(tcls, fcls, num_layers=3, bidirectional=True, dropout=0.4)
+    t.train()
+    f.train()
+    x = torch.randn(6, 4, 3)
+    packed = pack_padded_sequence(x, torch.tensor([2, 6, 3, 5]), enforce_sorted=False)
+    torch.manual_seed(5)
+    a = f(packed)
+    after_f = torch.rand(3)
+    torch.manual_seed(5)
+    b = t(packed)
+    after_t = torch.rand(3)
+    torch.testing.assert_close(a[0].data, b[0].data)
+    assert torch.equal(after_f, after_t), "the global random stream must advance exactly as torch's"
+
+
+def test_convert_keeps_hooks_attributes_sharing_and_skips_subclasses():
+    class MyGRU(torch.nn.GRU):
+        def forward(self, x, hx=None):
+            return super().forward(x, hx)[0] * 0 + 7, None
+
+    shared = torch.nn.GRU(3, 3)
+    shared.my_attr = "kept"
+    calls = []
+    shared.register_forward_hook(lambda m, i, o: calls.append(type(m).__name__))
+    mine = MyGRU(3, 3)
+    model = torch.nn.Sequential(shared, torch.nn.Identity(), mine)
+    model.extra = shared
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        wn = torch.nn.utils.weight_norm(torch.nn.LSTM(3, 4), "weight_hh_l0")
+    model.wn = wn
+    x = torch.randn(4, 2, 3)
+    want_wn = wn(x)[0]
+    with pytest.warns(UserWarning, match="left MyGRU unconverted"):
+        fusedrnn.convert(model)
+    assert type(model[0]) is fusedrnn.GRU and model.extra is model[0], "a shared module stays one module"
+    assert model[0].my_attr == "kept"
+    model[0](x)
+    assert calls == ["GRU"], "forward hooks survive"
+    assert type(model[2]) is MyGRU and torch.all(model[2](x)[0] == 7)
+    assert type(model.wn) is fusedrnn.LSTM
+    torch.testing.assert_close(model.wn(x)[0], want_wn)
+
+
+@pytest.mark.parametrize("tcls,fcls", PAIRS, ids=IDS)
+def test_outputs_final_states_and_batch_zero_grads(tcls, fcls):
+    t, f = _modules(tcls, fcls, num_layers=2, bidirectional=True)
+    x = torch.randn(5, 3, 3)
+    a, b = f(x), t(x)
+    for p, q in zip([a[0]] + list(a[1] if isinstance(a[1], tuple) else (a[1],)),
+                    [b[0]] + list(b[1] if isinstance(b[1], tuple) else (b[1],))):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5)
+    x0 = torch.randn(5, 0, 3, requires_grad=True)
+    a0 = f(x0)
+    loss = a0[0].sum() + sum(h.sum() for h in (a0[1] if isinstance(a0[1], tuple) else (a0[1],)))
+    loss.backward()
+    assert x0.grad.shape == x0.shape and all(p.grad is not None and p.grad.abs().sum() == 0 for p in f.parameters())

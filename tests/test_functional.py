@@ -198,7 +198,8 @@ def test_batch_zero_and_noncontiguous():
 # ----------------------------------------------------------------------------- dispatch
 
 
-def test_auto_on_cpu_picks_torch_for_fp32_and_reference_for_half(caplog):
+def test_auto_on_cpu_picks_torch_for_fp32_and_reference_for_half(caplog, monkeypatch):
+    monkeypatch.setattr(backends, "_logged", set())  # what earlier tests logged must not hide this
     p32 = backends.Problem("gru", torch.device("cpu"), torch.float32, 2, 2, 2, 2, 2, False, False, False, False)
     p16 = backends.Problem("gru", torch.device("cpu"), torch.float16, 2, 2, 2, 2, 2, False, False, False, False)
     with caplog.at_level(logging.DEBUG, logger="fusedrnn"):
@@ -206,6 +207,11 @@ def test_auto_on_cpu_picks_torch_for_fp32_and_reference_for_half(caplog):
         assert backends.select("auto", p16).name == "reference"
     skipped = [r.getMessage() for r in caplog.records if "skipping backend" in r.getMessage()]
     assert any("'cuda'" in m for m in skipped) and any("'triton'" in m for m in skipped)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="fusedrnn"):
+        backends.select("auto", p32)
+        backends.select("auto", p16)
+    assert not [r for r in caplog.records if "skipping backend" in r.getMessage()], "logged once, not per call"
 
 
 def test_forced_backend_that_cannot_serve_raises_with_reasons():
@@ -245,3 +251,33 @@ def test_extension_version_mismatch_is_a_clear_error():
     _ext.check_build_info({"torch_version": torch.__version__, "cuda_version": str(torch.version.cuda)})
     with pytest.raises(_ext.ExtensionError, match=r"built for torch 1.0.0 / CUDA 9.9 but this process has torch"):
         _ext.check_build_info({"torch_version": "1.0.0+cu99", "cuda_version": "9.9"})
+
+
+def test_empty_hidden_size_and_square_projection():
+    args = make_args("gru")
+    with pytest.raises(ValueError, match=r"^w_hh: expected a non-empty"):
+        call("gru", {**args, "w_ih": torch.zeros(0, 5, dtype=DT), "w_hh": torch.zeros(0, 0, dtype=DT),
+                     "b_ih": None, "b_hh": None}, backend="reference")
+    # w_hr of shape (H, H) is a valid projection for the reference; torch's op would misread it, so the
+    # torch backend declines and auto falls back.
+    args = make_args("lstm")
+    args["w_hr"] = torch.randn(3, 3, dtype=DT)
+    want = call("lstm", args, backend="reference")
+    for a, b in zip(call("lstm", args), want):
+        torch.testing.assert_close(a, b)
+    with pytest.raises(ValueError, match="P == H"):
+        call("lstm", args, backend="torch")
+
+
+def test_forced_backend_error_under_compile_is_a_valueerror():
+    args = make_args("gru", dtype=torch.float16)
+
+    def f(*tensors):
+        return F.gru(*tensors, backend="torch")
+
+    torch._dynamo.reset()
+    with pytest.raises(ValueError, match="backend 'torch' cannot run this GRU call"):
+        torch.compile(f, backend="eager")(*args.values())
+    torch._dynamo.reset()  # fullgraph: dynamo reports it as its own error, with our message inside
+    with pytest.raises(Exception, match="backend 'torch' cannot run this GRU call"):
+        torch.compile(f, fullgraph=True, backend="eager")(*args.values())

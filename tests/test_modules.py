@@ -114,8 +114,10 @@ def _id(case):
     return f"{cell}-L{L}-{'b' if bias else 'nob'}-{'bf' if bf else 'tf'}-{'bi' if bi else 'uni'}-p{proj}-{kind}-res{res}"
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch"])
 @pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
-def test_module_matches_torch(case):
+def test_module_matches_torch(case, backend):
+    """backend='reference' is the oracle composition; 'torch' is what auto runs on CPU."""
     cell, num_layers, bias, batch_first, bidirectional, proj, kind, residual = case
     D = 2 if bidirectional else 1
     P = proj or H
@@ -125,7 +127,7 @@ def test_module_matches_torch(case):
     if cell == "lstm":
         kw["proj_size"] = proj
     fcls = fusedrnn.LSTM if cell == "lstm" else fusedrnn.GRU
-    fmod = fcls(input_size, H, residual=residual, backend="reference", **kw)
+    fmod = fcls(input_size, H, residual=residual, backend=backend, **kw)
 
     if residual is False:
         tcls = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU

@@ -315,3 +315,30 @@ def test_fuzz_modules_against_torch(cfg):
     hb = out_t[1] if isinstance(out_t[1], tuple) else (out_t[1],)
     for p, q in zip(ha, hb):
         torch.testing.assert_close(p, q, **tol)
+
+
+def test_autocast_in_one_thread_does_not_leak_into_another():
+    """Casting for autocast must not be visible to a concurrent call without autocast."""
+    f = fusedrnn.LSTM(4, 6, num_layers=2)
+    x = torch.randn(5, 3, 4)
+    want = f(x)[0]
+    stop = threading.Event()
+    errors = []
+
+    def autocast_loop():
+        while not stop.is_set():
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                f(x)
+
+    th = threading.Thread(target=autocast_loop)
+    th.start()
+    try:
+        for _ in range(40):
+            try:
+                assert torch.equal(f(x)[0], want)
+            except Exception as e:  # noqa: BLE001 - collected and reported below
+                errors.append(e)
+    finally:
+        stop.set()
+        th.join()
+    assert not errors, errors[:3]
