@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import fusedrnn.functional as F
 from fusedrnn import backends, triton_ops
+from helpers import run_cell_with_grads as _run
 from fusedrnn.kernels import barrier, common
 from fusedrnn.kernels import gru as kgru
 from fusedrnn.kernels import lstm as klstm
@@ -45,23 +46,6 @@ def _inputs(cell, T, B, I, H, dtype, bias=True, residual=False, lengths=False, s
     return d, lens
 
 
-def _run(cell, call, d, lens, reverse, dtype=None, seed=1):
-    """Call ``call`` on copies of ``d`` (cast to ``dtype``) that require grad; backprop random
-    upstream grads into every output; return outputs + grads of every tensor input, in float64."""
-    leaves = {k: (v.to(dtype) if dtype else v).clone().requires_grad_() for k, v in d.items() if v is not None}
-    a = {k: leaves.get(k) for k in d}
-    if cell == "gru":
-        outs = call(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["residual"], lens, reverse)
-    else:
-        outs = call(a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], None, a["residual"],
-                    lens, reverse)
-    g = torch.Generator().manual_seed(seed)
-    loss = sum((o.double() * torch.randn(o.shape, generator=g, dtype=torch.float64)).sum() for o in outs)
-    names = sorted(leaves)
-    grads = torch.autograd.grad(loss, [leaves[k] for k in names])
-    res = {f"out{i}": o.detach().double() for i, o in enumerate(outs)}
-    res.update({f"d_{k}": gr.double() for k, gr in zip(names, grads)})
-    return res
 
 
 def _functional(backend):

@@ -20,6 +20,7 @@ import torch
 
 import fusedrnn.functional as F
 from fusedrnn import backends, triton_ops
+from helpers import run_cell_with_grads as _run
 from fusedrnn.kernels import common
 
 pytestmark = pytest.mark.gpu
@@ -48,21 +49,6 @@ def _inputs(cell, T, B, I, H, seed=0, lengths=True, residual=True):  # noqa: E74
     return d, lens
 
 
-def _run(cell, call, d, lens, reverse, dtype):
-    leaves = {k: v.to(dtype).clone().requires_grad_() for k, v in d.items() if v is not None}
-    a = {k: leaves.get(k) for k in d}
-    if cell == "gru":
-        outs = call(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["residual"], lens, reverse)
-    else:
-        outs = call(a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], None, a["residual"],
-                    lens, reverse)
-    g = torch.Generator(device=DEV).manual_seed(1)
-    loss = sum((o.double() * torch.randn(o.shape, generator=g, device=DEV, dtype=torch.float64)).sum() for o in outs)
-    names = sorted(leaves)
-    grads = torch.autograd.grad(loss, [leaves[k] for k in names])
-    res = {f"out{i}": o.detach().double() for i, o in enumerate(outs)}
-    res.update({f"d_{k}": gr.double() for k, gr in zip(names, grads)})
-    return res
 
 
 def _err(got, want):
