@@ -12,10 +12,23 @@
 // Math follows fusedrnn/reference.py line by line; see csrc/README.md.
 #pragma once
 
+#if defined(FUSEDRNN_EMULATE)
+// Host build for the CPU emulator (csrc/emu/): the same source, run by csrc/emu/runtime.cpp.
+#include "emu/cuda_emu.h"
+#define FUSEDRNN_KERNEL_BODY 1
+#define FUSEDRNN_DYNAMIC_SMEM(name) unsigned char* name = ::fusedrnn_emu::dynamic_smem()
+#else
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <mma.h>
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define FUSEDRNN_KERNEL_BODY 1
+#else
+#define FUSEDRNN_KERNEL_BODY 0
+#endif
+#define FUSEDRNN_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
 
 #include "rnn_launch.h"
 
@@ -194,13 +207,13 @@ __device__ __forceinline__ bool vec_loads_ok(const void* base, int K) {
 // ---------------------------------------------------------------------------------------------
 template <int CELL, typename T, int MODE>
 __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const FwdParams p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if FUSEDRNN_KERNEL_BODY
   constexpr int NG = CELL == 0 ? 3 : 4;
   constexpr int NS = CELL == 0 ? 4 : 5;
   constexpr int MROWS = NG * kUnits;
   using R = RecProduct<T, MODE, MROWS>;
 
-  extern __shared__ __align__(128) unsigned char smem[];
+  FUSEDRNN_DYNAMIC_SMEM(smem);
   const SmemLayout L = make_layout(MROWS, p.H, sizeof(T), MODE);
   T* A = reinterpret_cast<T*>(smem + L.a_off);
   T* stage = reinterpret_cast<T*>(smem + L.stage_off);
@@ -245,8 +258,12 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const F
       const bool valid = p.lengths == nullptr || t < p.lengths[b];
       const float h_prev = p.h_state[bj];
       float h_new = h_prev;
+      float* sv = p.saved != nullptr ? p.saved + row * (NS * H) : nullptr;
+      if (!valid && sv) {  // nothing to save past a row's length: zeros, so the op's output is defined
+#pragma unroll
+        for (int g = 0; g < NS; ++g) sv[g * H + j] = 0.f;
+      }
       if (valid) {
-        float* sv = p.saved != nullptr ? p.saved + row * (NS * H) : nullptr;
         if constexpr (CELL == 0) {
           // r = σ(gx_r + gh_r), z = σ(gx_z + gh_z), n = tanh(gx_n + r * gh_n), h = (1-z) n + z h_prev
           const float r = sigmoid_f(to_f(gx_row[j]) + gh[0]);
@@ -295,12 +312,12 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const F
 // ---------------------------------------------------------------------------------------------
 template <int CELL, typename T, int MODE>
 __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const BwdParams p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if FUSEDRNN_KERNEL_BODY
   constexpr int NG = CELL == 0 ? 3 : 4;
   constexpr int NS = CELL == 0 ? 4 : 5;
   using R = RecProduct<T, MODE, kUnits>;
 
-  extern __shared__ __align__(128) unsigned char smem[];
+  FUSEDRNN_DYNAMIC_SMEM(smem);
   const int H = p.H, B = p.B, steps = p.T, G = NG * H;
   const SmemLayout L = make_layout(kUnits, G, sizeof(T), MODE);
   T* A = reinterpret_cast<T*>(smem + L.a_off);
@@ -381,8 +398,23 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
 #endif
 }
 
+#if defined(FUSEDRNN_EMULATE)
+// The emulator runs a kernel through one signature: entry(&params).
+template <int CELL, bool BWD, typename T, int MODE>
+void emu_entry(const void* params) {
+  if constexpr (BWD) {
+    rnn_bwd_persistent_kernel<CELL, T, MODE>(*static_cast<const BwdParams*>(params));
+  } else {
+    rnn_fwd_persistent_kernel<CELL, T, MODE>(*static_cast<const FwdParams*>(params));
+  }
+}
+#endif
+
 template <int CELL, bool BWD, typename T, int MODE>
 const void* kernel_ptr() {
+#if defined(FUSEDRNN_EMULATE)
+  return reinterpret_cast<const void*>(&emu_entry<CELL, BWD, T, MODE>);
+#endif
   if constexpr (BWD) {
     return reinterpret_cast<const void*>(&rnn_bwd_persistent_kernel<CELL, T, MODE>);
   } else {

@@ -2,9 +2,6 @@
 // dtype dispatch, launch on the current CUDA stream. fusedrnn/cuda_ops.py wraps these in
 // torch.library custom ops with fake implementations and autograd; the input projection
 // (x·W_ihᵀ + b_ih) and the weight/input gradients are torch GEMMs there.
-#include <c10/cuda/CUDAStream.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
 #include <limits>
@@ -14,11 +11,92 @@
 
 #include "rnn_launch.h"
 
+#if defined(FUSEDRNN_EMULATE)
+#include "emu/runtime.h"
+#else
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
 namespace fusedrnn {
 namespace {
 
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
+
+// ---------------------------------------------------------------------------------------------
+// Where the kernels run. The CUDA build (setup.py) launches on the current CUDA stream; the CPU
+// emulator build (csrc/emu/, tests/test_cuda_emu.py, -DFUSEDRNN_EMULATE) runs the same kernels on
+// CPU tensors, with every buffer the kernel touches between guard zones and its outputs filled
+// with NaN, so that an out-of-bounds write or a read of an unwritten element shows.
+// ---------------------------------------------------------------------------------------------
+#if defined(FUSEDRNN_EMULATE)
+constexpr const char* kDeviceKind = "CPU (emulator)";
+bool on_kernel_device(const Tensor& t) { return t.is_cpu(); }
+struct DeviceScope {  // guard zones belong to one call
+  explicit DeviceScope(const Tensor&) { fusedrnn_emu::clear_guards(); }
+  ~DeviceScope() { fusedrnn_emu::clear_guards(); }
+};
+void check_device(const Tensor&) {}
+cudaStream_t current_stream() { return nullptr; }
+constexpr int64_t kGuardBytes = 256;
+Tensor kernel_buffer(at::IntArrayRef shape, const at::TensorOptions& opts, const char* name) {
+  const int64_t esize = (int64_t)c10::elementSize(c10::typeMetaToScalarType(opts.dtype()));
+  const int64_t pad = kGuardBytes / esize, numel = c10::multiply_integers(shape);
+  Tensor storage = at::empty({numel + 2 * pad}, opts);
+  storage.view(at::kByte).fill_(0xFF);  // guard zones and NaN contents (fp16, bf16, fp32), int64 -1
+  auto* base = static_cast<unsigned char*>(storage.data_ptr());
+  fusedrnn_emu::add_guard(base, kGuardBytes, std::string(name) + " (before)");
+  fusedrnn_emu::add_guard(base + (pad + numel) * esize, kGuardBytes, std::string(name) + " (after)");
+  return storage.narrow(0, pad, numel).view(shape);
+}
+// A kernel input: a guarded contiguous copy.
+Tensor kernel_input(const Tensor& t, const char* name) {
+  return kernel_buffer(t.sizes(), t.options(), name).copy_(t);
+}
+void check_launch(cudaError_t err, const char* what) {
+  TORCH_CHECK(err == cudaSuccess, "fusedrnn emulator: ", what, " failed: ", fusedrnn_emu::last_error());
+}
+// Returned tensors get their own storage (not views into a guarded buffer), like at::empty's.
+std::vector<Tensor> outputs(std::vector<Tensor> v) {
+  for (Tensor& t : v)
+    if (t.defined()) t = t.clone();
+  return v;
+}
+#else
+constexpr const char* kDeviceKind = "CUDA";
+bool on_kernel_device(const Tensor& t) { return t.is_cuda(); }
+struct DeviceScope {  // the tensor's device is current for the call
+  explicit DeviceScope(const Tensor& t) : guard(t.device()) {}
+  c10::cuda::CUDAGuard guard;
+};
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
+Tensor kernel_buffer(at::IntArrayRef shape, const at::TensorOptions& opts, const char*) { return at::empty(shape, opts); }
+Tensor kernel_input(const Tensor& t, const char*) { return t.contiguous(); }
+std::vector<Tensor> outputs(std::vector<Tensor> v) { return v; }
+
+// The kernels are compiled for sm_80+ only; on an older device their body is __trap(), which would
+// poison the whole CUDA context, so refuse before launching (cuda_ops.limits says the same).
+void check_device(const Tensor& ref) {
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ref.device().index()));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ref.device().index()));
+  TORCH_CHECK(major >= 8, "fusedrnn cuda: compute capability ", major, ".", minor, " is not supported (needs >= 8.0)");
+}
+
+void check_launch(cudaError_t err, const char* what) {
+  // A failed launch leaves the error in the runtime's last-error slot, where the next unrelated
+  // C10_CUDA_KERNEL_LAUNCH_CHECK would report it: clear it before raising.
+  if (err != cudaSuccess) (void)cudaGetLastError();
+  if (err == cudaErrorCooperativeLaunchTooLarge) {
+    TORCH_CHECK(false, "fusedrnn cuda: ", what, " cannot be launched: its grid of CTAs is not co-resident on this "
+                "GPU (shared memory or SM count); cuda_ops.limits() should have rejected this problem");
+  }
+  C10_CUDA_CHECK(err);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+#endif
 
 DType dtype_of(at::ScalarType s) {
   switch (s) {
@@ -42,7 +120,7 @@ Cell cell_of(int64_t cell) {
 }
 
 void check_arg(const Tensor& t, const char* name, const Tensor& ref, at::IntArrayRef shape) {
-  TORCH_CHECK(t.is_cuda(), "fusedrnn cuda: ", name, " must be a CUDA tensor, got device ", t.device());
+  TORCH_CHECK(on_kernel_device(t), "fusedrnn cuda: ", name, " must be a ", kDeviceKind, " tensor, got device ", t.device());
   TORCH_CHECK(t.device() == ref.device(), "fusedrnn cuda: ", name, " is on ", t.device(), " but gx is on ", ref.device());
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), "fusedrnn cuda: ", name, " has dtype ", t.scalar_type(),
               " but gx has dtype ", ref.scalar_type());
@@ -65,14 +143,6 @@ Tensor lengths_on(const OptTensor& lengths, const Tensor& ref, int64_t B) {
   return l.to(ref.device(), at::kLong).contiguous();
 }
 
-// The kernels are compiled for sm_80+ only; on an older device their body is __trap(), which would
-// poison the whole CUDA context, so refuse before launching (cuda_ops.limits says the same).
-void check_device(const Tensor& ref) {
-  int major = 0, minor = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ref.device().index()));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, ref.device().index()));
-  TORCH_CHECK(major >= 8, "fusedrnn cuda: compute capability ", major, ".", minor, " is not supported (needs >= 8.0)");
-}
 
 void check_sizes(int64_t T, int64_t B, int64_t H, int64_t G) {
   const int64_t int_max = std::numeric_limits<int>::max();
@@ -81,17 +151,6 @@ void check_sizes(int64_t T, int64_t B, int64_t H, int64_t G) {
   TORCH_CHECK(T <= int_max && B <= int_max && G <= int_max, "fusedrnn cuda: T, B and the gate width must fit int32");
 }
 
-void check_launch(cudaError_t err, const LaunchPlan* plan_or_null, const char* what) {
-  // A failed launch leaves the error in the runtime's last-error slot, where the next unrelated
-  // C10_CUDA_KERNEL_LAUNCH_CHECK would report it: clear it before raising.
-  if (err != cudaSuccess) (void)cudaGetLastError();
-  if (err == cudaErrorCooperativeLaunchTooLarge) {
-    TORCH_CHECK(false, "fusedrnn cuda: ", what, " cannot be launched: its grid of CTAs is not co-resident on this "
-                "GPU (shared memory or SM count); cuda_ops.limits() should have rejected this problem");
-  }
-  C10_CUDA_CHECK(err);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
 
 // gx (T,B,G), h0 (B,H), c0 (B,H) for LSTM, w_hh (G,H), b_hh (G,), residual (T,B,H), lengths (B,).
 // Returns {y, h_n, c_n (LSTM; else undefined), hist, saved (empty unless save)}.
@@ -99,8 +158,8 @@ std::vector<Tensor> rnn_fwd(int64_t cell_id, const Tensor& gx, const Tensor& h0,
                             const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& residual,
                             const OptTensor& lengths, bool reverse, bool save, bool allow_tf32) {
   const Cell cell = cell_of(cell_id);
-  TORCH_CHECK(gx.is_cuda() && gx.dim() == 3, "fusedrnn cuda: gx must be a 3-D CUDA tensor (T, B, G), got ",
-              gx.sizes(), " on ", gx.device());
+  TORCH_CHECK(on_kernel_device(gx) && gx.dim() == 3, "fusedrnn cuda: gx must be a 3-D ", kDeviceKind,
+              " tensor (T, B, G), got ", gx.sizes(), " on ", gx.device());
   const DType dt = dtype_of(gx.scalar_type());
   const int ng = n_gates((int)cell);
   const int64_t T = gx.size(0), B = gx.size(1), G = gx.size(2);
@@ -116,27 +175,27 @@ std::vector<Tensor> rnn_fwd(int64_t cell_id, const Tensor& gx, const Tensor& h0,
   if (c0) check_arg(*c0, "c0", gx, {B, H});
   TORCH_CHECK(T * B * std::max<int64_t>(G, 5 * H) < (int64_t(1) << 62), "fusedrnn cuda: problem too large");
 
-  c10::cuda::CUDAGuard guard(gx.device());
+  DeviceScope scope(gx);
   check_device(gx);
   const auto opts = gx.options();
   const auto fopts = opts.dtype(at::kFloat);
-  Tensor y = at::empty({T, B, H}, opts);
-  Tensor hist = at::empty({T, B, H}, opts);
-  Tensor saved = save ? at::empty({T, B, n_saved((int)cell) * H}, fopts) : at::empty({0}, fopts);
-  Tensor h_state = at::empty({B, H}, fopts);
+  Tensor y = kernel_buffer({T, B, H}, opts, "y");
+  Tensor hist = kernel_buffer({T, B, H}, opts, "hist");
+  Tensor saved = save ? kernel_buffer({T, B, n_saved((int)cell) * H}, fopts, "saved") : at::empty({0}, fopts);
+  Tensor h_state = kernel_buffer({B, H}, fopts, "h_state");
   h_state.copy_(h0);  // a copy also for fp32: the kernel updates it in place
   Tensor c_state;
   if (is_lstm) {
-    c_state = at::empty({B, H}, fopts);
+    c_state = kernel_buffer({B, H}, fopts, "c_state");
     c_state.copy_(*c0);
   }
   if (B == 0) return {y, h0.clone(), is_lstm ? c0->clone() : Tensor(), hist, saved};
   hist.select(0, reverse ? T - 1 : 0).copy_(h0);
 
-  const Tensor gx_c = gx.contiguous(), w_c = w_hh.contiguous();
-  const Tensor b_c = b_hh ? b_hh->contiguous() : Tensor();
-  const Tensor r_c = residual ? residual->contiguous() : Tensor();
-  const Tensor len = lengths_on(lengths, gx, B);
+  const Tensor gx_c = kernel_input(gx, "gx"), w_c = kernel_input(w_hh, "w_hh");
+  const Tensor b_c = b_hh ? kernel_input(*b_hh, "b_hh") : Tensor();
+  const Tensor r_c = residual ? kernel_input(*residual, "residual") : Tensor();
+  const Tensor len = lengths.has_value() ? kernel_input(lengths_on(lengths, gx, B), "lengths") : Tensor();
 
   FwdParams p{};
   p.T = (int)T;
@@ -156,10 +215,9 @@ std::vector<Tensor> rnn_fwd(int64_t cell_id, const Tensor& gx, const Tensor& h0,
 
   const bool tf32 = allow_tf32 && dt == DType::F32;
   const SmemLayout L = layout_for(cell, false, dt, tf32, (int)H);
-  check_launch(launch_cooperative(rnn_kernel(cell, false, dt, tf32), L.bytes, grid_for((int)H), &p,
-                                  c10::cuda::getCurrentCUDAStream()),
-               nullptr, "the forward kernel");
-  return {y, h_state.to(gx.scalar_type()), is_lstm ? c_state.to(gx.scalar_type()) : Tensor(), hist, saved};
+  check_launch(launch_cooperative(rnn_kernel(cell, false, dt, tf32), L.bytes, grid_for((int)H), &p, current_stream()),
+               "the forward kernel");
+  return outputs({y, h_state.to(gx.scalar_type()), is_lstm ? c_state.to(gx.scalar_type()) : Tensor(), hist, saved});
 }
 
 // dy (T,B,H) and dh_n (B,H) in the input dtype, dc_n (B,H) for LSTM; hist/saved from rnn_fwd.
@@ -168,8 +226,8 @@ std::vector<Tensor> rnn_bwd(int64_t cell_id, const Tensor& dy, const Tensor& dh_
                             const Tensor& w_hh, const Tensor& hist, const Tensor& saved, const OptTensor& lengths,
                             bool reverse, bool allow_tf32) {
   const Cell cell = cell_of(cell_id);
-  TORCH_CHECK(dy.is_cuda() && dy.dim() == 3, "fusedrnn cuda: dy must be a 3-D CUDA tensor (T, B, H), got ",
-              dy.sizes(), " on ", dy.device());
+  TORCH_CHECK(on_kernel_device(dy) && dy.dim() == 3, "fusedrnn cuda: dy must be a 3-D ", kDeviceKind,
+              " tensor (T, B, H), got ", dy.sizes(), " on ", dy.device());
   const DType dt = dtype_of(dy.scalar_type());
   const int ng = n_gates((int)cell);
   const int64_t T = dy.size(0), B = dy.size(1), H = dy.size(2), G = ng * H;
@@ -183,23 +241,24 @@ std::vector<Tensor> rnn_bwd(int64_t cell_id, const Tensor& dy, const Tensor& dh_
   TORCH_CHECK(is_lstm == dc_n.has_value(), "fusedrnn cuda: dc_n is required for an LSTM and not accepted for a GRU");
   if (dc_n) check_arg(*dc_n, "dc_n", dy, {B, H});
 
-  c10::cuda::CUDAGuard guard(dy.device());
+  DeviceScope scope(dy);
   check_device(dy);
   const auto opts = dy.options();
   const auto fopts = opts.dtype(at::kFloat);
-  Tensor dgh = at::empty({T, B, G}, opts);
-  Tensor dgx_n = is_lstm ? Tensor() : at::empty({T, B, H}, opts);
-  Tensor dh = at::empty({B, H}, fopts);
+  Tensor dgh = kernel_buffer({T, B, G}, opts, "dgh");
+  Tensor dgx_n = is_lstm ? Tensor() : kernel_buffer({T, B, H}, opts, "dgx_n");
+  Tensor dh = kernel_buffer({B, H}, fopts, "dh");
   dh.copy_(dh_n);
   Tensor dc;
   if (is_lstm) {
-    dc = at::empty({B, H}, fopts);
+    dc = kernel_buffer({B, H}, fopts, "dc");
     dc.copy_(*dc_n);
   }
   if (B == 0) return {dgh, dgx_n, dh.to(dy.scalar_type()), is_lstm ? dc.to(dy.scalar_type()) : Tensor()};
 
-  const Tensor dy_c = dy.contiguous(), w_c = w_hh.contiguous(), hist_c = hist.contiguous(), saved_c = saved.contiguous();
-  const Tensor len = lengths_on(lengths, dy, B);
+  const Tensor dy_c = kernel_input(dy, "dy"), w_c = kernel_input(w_hh, "w_hh");
+  const Tensor hist_c = kernel_input(hist, "hist"), saved_c = kernel_input(saved, "saved");
+  const Tensor len = lengths.has_value() ? kernel_input(lengths_on(lengths, dy, B), "lengths") : Tensor();
 
   BwdParams p{};
   p.T = (int)T;
@@ -218,10 +277,9 @@ std::vector<Tensor> rnn_bwd(int64_t cell_id, const Tensor& dy, const Tensor& dh_
 
   const bool tf32 = allow_tf32 && dt == DType::F32;
   const SmemLayout L = layout_for(cell, true, dt, tf32, (int)H);
-  check_launch(launch_cooperative(rnn_kernel(cell, true, dt, tf32), L.bytes, grid_for((int)H), &p,
-                                  c10::cuda::getCurrentCUDAStream()),
-               nullptr, "the backward kernel");
-  return {dgh, dgx_n, dh.to(dy.scalar_type()), is_lstm ? dc.to(dy.scalar_type()) : Tensor()};
+  check_launch(launch_cooperative(rnn_kernel(cell, true, dt, tf32), L.bytes, grid_for((int)H), &p, current_stream()),
+               "the backward kernel");
+  return outputs({dgh, dgx_n, dh.to(dy.scalar_type()), is_lstm ? dc.to(dy.scalar_type()) : Tensor()});
 }
 
 // Shared memory per CTA and grid size: pure arithmetic, no GPU needed.
@@ -236,6 +294,7 @@ pybind11::dict launch_shape(int64_t cell, bool backward, const std::string& dtyp
   return d;
 }
 
+#if !defined(FUSEDRNN_EMULATE)
 // launch_shape plus what the device allows: co-resident CTAs per SM at that shared memory, SMs,
 // the opt-in shared-memory limit, cooperative-launch support.
 pybind11::dict plan(int64_t cell, bool backward, const std::string& dtype, bool tf32, int64_t H, int64_t device) {
@@ -269,6 +328,7 @@ double barrier_floor_ms(int64_t T, int64_t grid) {
   C10_CUDA_CHECK(barrier_floor((int)T, (int)grid, c10::cuda::getCurrentCUDAStream(), &ms));
   return ms;
 }
+#endif  // !FUSEDRNN_EMULATE
 
 }  // namespace
 
@@ -282,12 +342,14 @@ void register_rnn(pybind11::module_& m) {
         py::arg("lengths"), py::arg("reverse"), py::arg("allow_tf32"));
   m.def("launch_shape", &launch_shape, "grid and shared memory of a persistent kernel (no GPU needed)",
         py::arg("cell"), py::arg("backward"), py::arg("dtype"), py::arg("tf32"), py::arg("H"));
+#if !defined(FUSEDRNN_EMULATE)
   m.def("plan", &plan, "launch_shape plus the device's occupancy for it", py::arg("cell"), py::arg("backward"),
         py::arg("dtype"), py::arg("tf32"), py::arg("H"), py::arg("device"));
   m.def("barrier_floor", &barrier_floor_ms,
         "time (ms, CUDA events) of a persistent kernel doing T grid barriers and nothing else; grid <= 0: one CTA "
         "per SM",
         py::arg("T"), py::arg("grid") = 0);
+#endif
   m.attr("UNITS_PER_CTA") = kUnits;
 }
 

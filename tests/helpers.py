@@ -1,9 +1,15 @@
-"""Shared test helpers: run a module with random upstream gradients and collect everything."""
+"""Shared test helpers: run a module or one cell call with random upstream gradients and collect
+everything; the accuracy rules the cell-level tests (Triton, CUDA emulator) share."""
 
 from __future__ import annotations
 
 import torch
 from torch.nn.utils.rnn import PackedSequence
+
+import fusedrnn.functional as F
+
+FP32_TOL = 2e-5  # fp32: max abs error / max(1, max |reference|)
+K_LOWP = 2.0  # fp16/bf16: error vs the fp64 oracle <= K_LOWP x the larger of torch's and the reference's
 
 
 def flat_outputs(out) -> list[torch.Tensor]:
@@ -59,3 +65,71 @@ def run_cell_with_grads(cell, call, d, lens, reverse, dtype=None, seed=1):
     res = {f"out{i}": o.detach().double() for i, o in enumerate(outs)}
     res.update({f"d_{k}": gr.double() for k, gr in zip(names, grads)})
     return res
+
+
+def make_cell_inputs(cell, T, B, I, H, dtype, bias=True, residual=False, lengths=False, seed=0):  # noqa: E741
+    """One layer-direction's tensors (the functional signature's names) and, optionally, lengths
+    with one full-length row."""
+    g = torch.Generator().manual_seed(seed)
+    n = 3 if cell == "gru" else 4
+    scale = H ** -0.5
+
+    def rnd(*shape, s=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * s).to(dtype)
+
+    d = dict(
+        x=rnd(T, B, I), h0=rnd(B, H, s=0.5), w_ih=rnd(n * H, I, s=scale), w_hh=rnd(n * H, H, s=scale),
+        b_ih=rnd(n * H, s=0.3) if bias else None, b_hh=rnd(n * H, s=0.3) if bias else None,
+        residual=rnd(T, B, H) if residual else None,
+    )
+    if cell == "lstm":
+        d["c0"] = rnd(B, H, s=0.5)
+    lens = torch.randint(1, T + 1, (B,), generator=g) if lengths else None
+    if lengths and B > 1:
+        lens[0] = T  # one full-length row and (very likely) shorter ones
+    return d, lens
+
+
+def functional_call(backend):
+    """{cell: call with the backends' positional signature} through fusedrnn.functional."""
+
+    def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+        return F.gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual=residual, lengths=lengths, reverse=reverse,
+                     backend=backend)
+
+    def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
+        return F.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual=residual, lengths=lengths,
+                      reverse=reverse, backend=backend)
+
+    return {"gru": gru, "lstm": lstm}
+
+
+def rel_err(got, want):
+    return (got - want).abs().max().item() / max(1.0, want.abs().max().item())
+
+
+def assert_fp32_close(got, want, what, tol=FP32_TOL):
+    assert got.keys() == want.keys()
+    for k in want:
+        assert got[k].shape == want[k].shape, f"{what} {k}: shape {got[k].shape} vs {want[k].shape}"
+        e = rel_err(got[k], want[k])
+        assert e <= tol, f"{what} {k}: relative max error {e:.2e} > {tol:.0e}"  # also fails on NaN
+
+
+def assert_lowp_within_baselines(cell, got, d, lens, reverse, dtype, k=K_LOWP):
+    """``got`` (run_cell_with_grads of the op under test in ``dtype`` on fp64 inputs ``d``) is within
+    k x the error vs the fp64 oracle of torch's own op or of the reference in that dtype, whichever
+    is larger, for every output and gradient."""
+    from fusedrnn import backends
+
+    ref = functional_call("reference")[cell]
+    oracle = run_cell_with_grads(cell, ref, d, lens, reverse)
+    torch_backend = backends.REGISTRY["torch"]  # called directly: dispatch offers it fp32/fp64 only on CPU
+    torch_call = torch_backend.gru if cell == "gru" else torch_backend.lstm
+    base_torch = run_cell_with_grads(cell, torch_call, d, lens, reverse, dtype=dtype)
+    base_ref = run_cell_with_grads(cell, ref, d, lens, reverse, dtype=dtype)
+    assert got.keys() == oracle.keys()
+    for name in oracle:
+        e = rel_err(got[name], oracle[name])
+        allowed = k * max(rel_err(base_torch[name], oracle[name]), rel_err(base_ref[name], oracle[name]))
+        assert e <= allowed, f"{cell} {dtype} {name}: error {e:.2e} > {k} x torch/reference's {allowed / k:.2e}"

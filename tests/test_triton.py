@@ -11,53 +11,20 @@ from __future__ import annotations
 
 import pytest
 import torch
+from fusedrnn.kernels import barrier, common
+from fusedrnn.kernels import gru as kgru
+from fusedrnn.kernels import lstm as klstm
+from helpers import FP32_TOL, assert_lowp_within_baselines
+from helpers import assert_fp32_close as _assert_fp32_close
+from helpers import functional_call as _functional
+from helpers import make_cell_inputs as _inputs
+from helpers import rel_err as _err
+from helpers import run_cell_with_grads as _run
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fusedrnn.functional as F
 from fusedrnn import backends, triton_ops
-from helpers import run_cell_with_grads as _run
-from fusedrnn.kernels import barrier, common
-from fusedrnn.kernels import gru as kgru
-from fusedrnn.kernels import lstm as klstm
-
-FP32_TOL = 2e-5  # max abs error / max(1, max |reference|)
-K_LOWP = 2.0
-
-
-def _inputs(cell, T, B, I, H, dtype, bias=True, residual=False, lengths=False, seed=0):  # noqa: E741
-    g = torch.Generator().manual_seed(seed)
-    n = 3 if cell == "gru" else 4
-    scale = H ** -0.5
-
-    def rnd(*shape, s=1.0):
-        return (torch.randn(*shape, generator=g, dtype=torch.float64) * s).to(dtype)
-
-    d = dict(
-        x=rnd(T, B, I), h0=rnd(B, H, s=0.5), w_ih=rnd(n * H, I, s=scale), w_hh=rnd(n * H, H, s=scale),
-        b_ih=rnd(n * H, s=0.3) if bias else None, b_hh=rnd(n * H, s=0.3) if bias else None,
-        residual=rnd(T, B, H) if residual else None,
-    )
-    if cell == "lstm":
-        d["c0"] = rnd(B, H, s=0.5)
-    lens = torch.randint(1, T + 1, (B,), generator=g) if lengths else None
-    if lengths and B > 1:
-        lens[0] = T  # one full-length row and (very likely) shorter ones
-    return d, lens
-
-
-
-
-def _functional(backend):
-    def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
-        return F.gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual=residual, lengths=lengths, reverse=reverse,
-                     backend=backend)
-
-    def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
-        return F.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual=residual, lengths=lengths,
-                      reverse=reverse, backend=backend)
-
-    return {"gru": gru, "lstm": lstm}
 
 
 def _triton_strategy(strategy):
@@ -65,18 +32,6 @@ def _triton_strategy(strategy):
         "gru": lambda *a: triton_ops.gru(*a, strategy=strategy),
         "lstm": lambda *a: triton_ops.lstm(*a, strategy=strategy),
     }
-
-
-def _err(got, want):
-    return (got - want).abs().max().item() / max(1.0, want.abs().max().item())
-
-
-def _assert_fp32_close(got, want, what):
-    assert got.keys() == want.keys()
-    for k in want:
-        assert got[k].shape == want[k].shape, f"{what} {k}: shape {got[k].shape} vs {want[k].shape}"
-        e = _err(got[k], want[k])
-        assert e <= FP32_TOL, f"{what} {k}: relative max error {e:.2e} > {FP32_TOL:.0e}"
 
 
 # A covering subset of cell x residual x lengths x reverse x bias x shape (H in {1, 3, 100, 257},
@@ -117,17 +72,8 @@ def test_low_precision_error_within_torch_error(cell, strategy, dtype):
     T, B, I, H = 24, 5, 8, 40  # noqa: E741
     d, lens = _inputs(cell, T, B, I, H, torch.float64, residual=True, lengths=True, seed=3)
     reverse = strategy == "persistent"
-    oracle = _run(cell, _functional("reference")[cell], d, lens, reverse)
     got = _run(cell, _triton_strategy(strategy)[cell], d, lens, reverse, dtype=dtype)
-    # torch's own op in this dtype (called directly: the dispatcher only offers it fp32/fp64 on CPU)
-    torch_backend = backends.REGISTRY["torch"]
-    torch_call = torch_backend.gru if cell == "gru" else torch_backend.lstm
-    base_torch = _run(cell, torch_call, d, lens, reverse, dtype=dtype)
-    base_ref = _run(cell, _functional("reference")[cell], d, lens, reverse, dtype=dtype)
-    for k in oracle:
-        e = _err(got[k], oracle[k])
-        allowed = K_LOWP * max(_err(base_torch[k], oracle[k]), _err(base_ref[k], oracle[k]))
-        assert e <= allowed, f"{cell} {dtype} {k}: error {e:.2e} > {K_LOWP} x torch/reference's {allowed / K_LOWP:.2e}"
+    assert_lowp_within_baselines(cell, got, d, lens, reverse, dtype)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

@@ -1,0 +1,202 @@
+// CPU emulation of the part of the CUDA execution model that csrc/rnn_kernels.cuh uses, so that the
+// kernels' own source runs on a machine without a GPU (tests/test_cuda_emu.py). Compiled with g++
+// and -DFUSEDRNN_EMULATE; rnn_kernels.cuh then includes this header instead of
+// <cooperative_groups.h> and <mma.h>.
+//
+// What is emulated (see csrc/emu/README.md for what is not):
+// - every thread of every CTA is a coroutine (runtime.cpp); a thread runs until it reaches a
+//   barrier: __syncthreads() (its CTA), grid.sync() (the whole grid) or a warp-collective wmma op
+//   (its warp). A barrier is released when every thread of its scope has arrived; a thread that
+//   waits for threads that exited, or at a different kind of barrier, is reported as a deadlock.
+// - the order in which ready threads run is a policy (in order, reversed, shuffled): a kernel whose
+//   result depends on it has a missing barrier.
+// - wmma fragments follow the documented semantics (matrix_a row/col-major M x K, matrix_b K x N,
+//   accumulator M x N, fp32 accumulation), with the elements spread over the 32 lanes of the warp
+//   (lane l holds elements l*ne .. l*ne+ne-1 of the row-major logical matrix), so elementwise
+//   fragment code sees only its lane's share, and mma_sync needs all 32 lanes. Pointer alignment
+//   (32 bytes) and ldm rules are checked.
+// - dynamic shared memory is a per-CTA buffer of exactly the launch's size between guard zones,
+//   filled with 0xFF bytes (NaN in fp16, bf16 and fp32) so that reading what nobody wrote shows.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace fusedrnn_emu {
+
+uint3 thread_idx();
+uint3 block_idx();
+unsigned lane_id();
+unsigned char* dynamic_smem();
+void syncthreads();
+void grid_sync();
+// Warp rendezvous: every lane publishes `mine` (n pointers) and waits for all 32 lanes; returns the
+// warp's table, row l = lane l's pointers. Valid until the warp's next rendezvous.
+void* const* warp_exchange(void* const* mine, int n);
+void warp_sync();
+[[noreturn]] void fail(const char* what);
+
+template <typename T>
+inline T ldcg(const T* p) {
+  return *p;
+}
+
+}  // namespace fusedrnn_emu
+
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+#define threadIdx (::fusedrnn_emu::thread_idx())
+#define blockIdx (::fusedrnn_emu::block_idx())
+#define __syncthreads() ::fusedrnn_emu::syncthreads()
+#define __trap() ::fusedrnn_emu::fail("__trap() reached")
+
+template <typename T>
+inline T __ldcg(const T* p) {
+  return fusedrnn_emu::ldcg(p);
+}
+inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
+inline float __fmul_rn(float a, float b) {
+  volatile float r = a * b;  // one rounding, never contracted into a later add
+  return r;
+}
+inline int min(int a, int b) { return a < b ? a : b; }
+
+// ---------------------------------------------------------------------------------------------
+// cooperative_groups: this_grid().sync()
+// ---------------------------------------------------------------------------------------------
+namespace cooperative_groups {
+struct grid_group {
+  void sync() const { fusedrnn_emu::grid_sync(); }
+};
+inline grid_group this_grid() { return {}; }
+}  // namespace cooperative_groups
+
+// ---------------------------------------------------------------------------------------------
+// nvcuda::wmma: the fragment types and the five operations the kernels use
+// ---------------------------------------------------------------------------------------------
+namespace nvcuda {
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+namespace precision {
+struct tf32 {};
+}  // namespace precision
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename T> struct storage { using type = T; };
+template <> struct storage<precision::tf32> { using type = float; };
+
+template <typename Use, int M, int N, int K> struct dims;
+template <int M, int N, int K> struct dims<matrix_a, M, N, K> { static constexpr int rows = M, cols = K; };
+template <int M, int N, int K> struct dims<matrix_b, M, N, K> { static constexpr int rows = K, cols = N; };
+template <int M, int N, int K> struct dims<accumulator, M, N, K> { static constexpr int rows = M, cols = N; };
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void>
+struct fragment {
+  using element_type = T;
+  using storage_element_type = typename storage<T>::type;
+  static constexpr int rows = dims<Use, M, N, K>::rows, cols = dims<Use, M, N, K>::cols;
+  static constexpr int num_elements = rows * cols / 32;
+  static_assert(rows * cols % 32 == 0, "fragment elements must spread evenly over a warp");
+  storage_element_type x[num_elements];
+  // (row, col) of this lane's element e in the logical matrix.
+  static int row_of(unsigned lane, int e) { return ((int)lane * num_elements + e) / cols; }
+  static int col_of(unsigned lane, int e) { return ((int)lane * num_elements + e) % cols; }
+};
+
+inline float __float_to_tf32(float f) {
+  // cvt.rna.tf32.f32: round to nearest (ties away from zero) to a 10-bit mantissa, kept as fp32.
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+namespace detail {
+inline float to_float(float v) { return v; }
+inline float to_float(__half v) { return __half2float(v); }
+inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+// The documented load/store requirements: a 256-bit aligned pointer; ldm a multiple of 16 bytes.
+inline void check_ptr(const void* p, unsigned ldm, size_t elem, const char* op) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) fusedrnn_emu::fail(op);
+  if ((ldm * elem) % 16 != 0) fusedrnn_emu::fail(op);
+}
+}  // namespace detail
+
+template <typename Use, int M, int N, int K, typename T, typename L>
+inline void fill_fragment(fragment<Use, M, N, K, T, L>& f, float v) {
+  for (int e = 0; e < f.num_elements; ++e) f.x[e] = static_cast<typename fragment<Use, M, N, K, T, L>::storage_element_type>(v);
+}
+
+// matrix_a / matrix_b with the memory layout in the type.
+template <typename Use, int M, int N, int K, typename T, typename L, typename P>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const P* p, unsigned ldm) {
+  using F = fragment<Use, M, N, K, T, L>;
+  detail::check_ptr(p, ldm, sizeof(P), "wmma::load_matrix_sync: pointer not 32-byte aligned or ldm not a multiple of 16 bytes");
+  const unsigned lane = fusedrnn_emu::lane_id();
+  for (int e = 0; e < F::num_elements; ++e) {
+    const int r = F::row_of(lane, e), c = F::col_of(lane, e);
+    const size_t off = std::is_same<L, row_major>::value ? (size_t)r * ldm + c : (size_t)c * ldm + r;
+    f.x[e] = static_cast<typename F::storage_element_type>(p[off]);
+  }
+  fusedrnn_emu::warp_sync();
+}
+
+template <int M, int N, int K>
+inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
+  using F = fragment<accumulator, M, N, K, float>;
+  detail::check_ptr(p, ldm, sizeof(float), "wmma::store_matrix_sync: pointer not 32-byte aligned or ldm not a multiple of 16 bytes");
+  const unsigned lane = fusedrnn_emu::lane_id();
+  for (int e = 0; e < F::num_elements; ++e) {
+    const int r = F::row_of(lane, e), c = F::col_of(lane, e);
+    p[layout == mem_row_major ? (size_t)r * ldm + c : (size_t)c * ldm + r] = f.x[e];
+  }
+  fusedrnn_emu::warp_sync();
+}
+
+// D = A·B + C over the whole warp: products and sums in fp32 (the tensor cores' products of
+// fp16/bf16/tf32 operands are exact in fp32; their summation order is unspecified).
+template <int M, int N, int K, typename TA, typename TB, typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
+                     const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
+  using FA = fragment<matrix_a, M, N, K, TA, LA>;
+  using FB = fragment<matrix_b, M, N, K, TB, LB>;
+  using FC = fragment<accumulator, M, N, K, float>;
+  void* mine[2] = {const_cast<FA*>(&a), const_cast<FB*>(&b)};
+  void* const* table = fusedrnn_emu::warp_exchange(mine, 2);
+  auto A = [&](int m, int k) {
+    const int idx = m * FA::cols + k;
+    return detail::to_float(static_cast<const FA*>(table[2 * (idx / FA::num_elements)])->x[idx % FA::num_elements]);
+  };
+  auto Bv = [&](int k, int n) {
+    const int idx = k * FB::cols + n;
+    return detail::to_float(static_cast<const FB*>(table[2 * (idx / FB::num_elements) + 1])->x[idx % FB::num_elements]);
+  };
+  const unsigned lane = fusedrnn_emu::lane_id();
+  float out[FC::num_elements];
+  for (int e = 0; e < FC::num_elements; ++e) {
+    const int m = FC::row_of(lane, e), n = FC::col_of(lane, e);
+    float s = c.x[e];
+    for (int k = 0; k < K; ++k) s += A(m, k) * Bv(k, n);
+    out[e] = s;
+  }
+  fusedrnn_emu::warp_sync();  // every lane has read every other lane's a and b
+  for (int e = 0; e < FC::num_elements; ++e) d.x[e] = out[e];
+}
+
+}  // namespace wmma
+}  // namespace nvcuda

@@ -1,0 +1,297 @@
+// The emulator's scheduler: runs a cooperative launch of a csrc/ kernel on the CPU, one coroutine
+// (ucontext) per CUDA thread, all on the calling OS thread. See cuda_emu.h for the model.
+#include "runtime.h"
+
+#include <ucontext.h>
+
+#include <algorithm>
+#include <deque>
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../rnn_launch.h"
+#include "cuda_emu.h"
+
+namespace fusedrnn_emu {
+namespace {
+
+constexpr size_t kStackBytes = 64 * 1024;
+constexpr size_t kSmemGuard = 256;  // bytes of 0xFF on each side of every CTA's shared memory
+constexpr int kWarpLanes = 32;
+constexpr int kExchangeSlots = 4;
+
+enum class St : unsigned char { Ready, AtBlock, AtGrid, AtWarp, Done, Failed };
+
+struct Thread {
+  ucontext_t ctx;
+  St st = St::Ready;
+  int block = 0, tid = 0;
+};
+
+struct Launch {
+  void (*entry)(const void*) = nullptr;
+  const void* params = nullptr;
+  int grid = 0, threads = 0;
+  size_t smem = 0, smem_stride = 0;
+  std::vector<Thread> th;
+  std::unique_ptr<char[]> stacks;
+  std::vector<unsigned char> smem_mem;
+  unsigned char* smem_base = nullptr;  // 128-byte aligned start of block 0's guard zone
+  std::vector<void*> exchange;  // (block, warp, lane, slot)
+  ucontext_t sched;
+  Thread* cur = nullptr;
+  std::string error;
+};
+
+Launch* g_launch = nullptr;
+Schedule g_schedule = Schedule::InOrder;
+uint64_t g_seed = 0;
+Stats g_stats;
+std::string g_last_error;
+
+struct Guard {
+  const unsigned char* p;
+  size_t n;
+  std::string name;
+};
+std::vector<Guard> g_guards;
+
+void yield(St st) {
+  Launch& L = *g_launch;
+  L.cur->st = st;
+  swapcontext(&L.cur->ctx, &L.sched);
+}
+
+void thread_main() {
+  Launch& L = *g_launch;
+  L.entry(L.params);
+  L.cur->st = St::Done;  // returning resumes the scheduler (uc_link)
+}
+
+std::string describe(const Launch& L) {
+  std::ostringstream os;
+  int shown = 0;
+  for (int b = 0; b < L.grid && shown < 4; ++b) {
+    int n[6] = {0, 0, 0, 0, 0, 0};
+    for (int t = 0; t < L.threads; ++t) n[(int)L.th[(size_t)b * L.threads + t].st]++;
+    if (n[(int)St::AtGrid] == L.threads) continue;
+    os << " block " << b << ": " << n[(int)St::AtBlock] << " at __syncthreads, " << n[(int)St::AtGrid]
+       << " at grid.sync, " << n[(int)St::AtWarp] << " at a warp-collective op, " << n[(int)St::Done] << " exited;";
+    ++shown;
+  }
+  return os.str();
+}
+
+// Orders a group of threads that became ready together (the launch's threads, or the participants
+// of a barrier that just completed) and queues them: at the back (breadth-first: everybody advances
+// one barrier interval at a time) or, for the eager schedules, at the front (depth-first: the released
+// threads run ahead as far as they can before anybody else moves, which exposes a missing barrier as a
+// read of memory that is not written yet).
+void enqueue(std::deque<Thread*>& q, std::vector<Thread*>& group, std::mt19937_64& rng) {
+  const bool reversed = g_schedule == Schedule::Reversed;
+  const bool shuffled = g_schedule == Schedule::Shuffled || g_schedule == Schedule::EagerShuffled;
+  const bool eager = g_schedule == Schedule::Eager || g_schedule == Schedule::EagerShuffled;
+  for (Thread* t : group) t->st = St::Ready;
+  if (reversed) std::reverse(group.begin(), group.end());
+  if (shuffled) std::shuffle(group.begin(), group.end(), rng);
+  if (eager) {
+    q.insert(q.begin(), group.begin(), group.end());
+  } else {
+    q.insert(q.end(), group.begin(), group.end());
+  }
+  group.clear();
+}
+
+// Runs threads until all have exited; a barrier is released the moment its last participant arrives.
+bool run(Launch& L) {
+  std::mt19937_64 rng(g_seed);
+  const int warps = L.threads / kWarpLanes;
+  const size_t total = L.th.size();
+  std::vector<int> at_block(L.grid, 0), at_warp((size_t)L.grid * warps, 0);
+  size_t at_grid = 0, done = 0;
+  std::deque<Thread*> q;
+  std::vector<Thread*> group;
+  for (auto& t : L.th) group.push_back(&t);
+  enqueue(q, group, rng);
+  while (!q.empty()) {
+    Thread* t = q.front();
+    q.pop_front();
+    L.cur = t;
+    swapcontext(&L.sched, &t->ctx);
+    g_stats.switches++;
+    Thread* blk = &L.th[(size_t)t->block * L.threads];
+    switch (t->st) {
+      case St::Failed:
+        return false;
+      case St::Done:
+        ++done;
+        break;
+      case St::AtBlock:
+        if (++at_block[t->block] == L.threads) {
+          at_block[t->block] = 0;
+          for (int i = 0; i < L.threads; ++i) group.push_back(blk + i);
+          enqueue(q, group, rng);
+          g_stats.block_barriers++;
+        }
+        break;
+      case St::AtWarp: {
+        const int w = t->tid / kWarpLanes;
+        if (++at_warp[(size_t)t->block * warps + w] == kWarpLanes) {
+          at_warp[(size_t)t->block * warps + w] = 0;
+          for (int l = 0; l < kWarpLanes; ++l) group.push_back(blk + w * kWarpLanes + l);
+          enqueue(q, group, rng);
+          g_stats.warp_barriers++;
+        }
+        break;
+      }
+      case St::AtGrid:
+        if (++at_grid == total) {
+          at_grid = 0;
+          for (auto& th : L.th) group.push_back(&th);
+          enqueue(q, group, rng);
+          g_stats.grid_barriers++;
+        }
+        break;
+      case St::Ready:
+        L.error = "internal: a thread yielded without a reason";
+        return false;
+    }
+  }
+  if (done == total) return true;
+  L.error = "deadlock: threads wait at barriers that the others never reach;" + describe(L);
+  return false;
+}
+
+bool check_guards(const Launch& L) {
+  for (int b = 0; b < L.grid; ++b) {
+    const unsigned char* base = L.smem_base + (size_t)b * L.smem_stride;
+    const unsigned char* zones[2] = {base, base + kSmemGuard + L.smem};
+    for (const unsigned char* z : zones)
+      for (size_t i = 0; i < kSmemGuard; ++i)
+        if (z[i] != 0xFF) {
+          g_last_error = "shared memory written out of bounds in block " + std::to_string(b) +
+                         (z == base ? " (before the buffer)" : " (past the end of the buffer)");
+          return false;
+        }
+  }
+  for (const Guard& g : g_guards)
+    for (size_t i = 0; i < g.n; ++i)
+      if (g.p[i] != 0xFF) {
+        g_last_error = "global buffer written out of bounds: " + g.name;
+        return false;
+      }
+  return true;
+}
+
+}  // namespace
+
+uint3 thread_idx() { return make_uint3((unsigned)g_launch->cur->tid, 0, 0); }
+uint3 block_idx() { return make_uint3((unsigned)g_launch->cur->block, 0, 0); }
+unsigned lane_id() { return (unsigned)g_launch->cur->tid % kWarpLanes; }
+
+unsigned char* dynamic_smem() {
+  Launch& L = *g_launch;
+  return L.smem_base + (size_t)L.cur->block * L.smem_stride + kSmemGuard;
+}
+
+void syncthreads() { yield(St::AtBlock); }
+void grid_sync() { yield(St::AtGrid); }
+void warp_sync() { yield(St::AtWarp); }
+
+void* const* warp_exchange(void* const* mine, int n) {
+  Launch& L = *g_launch;
+  if (n > kExchangeSlots) fail("warp_exchange: too many pointers");
+  const int warp = L.cur->tid / kWarpLanes;
+  void** table = L.exchange.data() + ((size_t)L.cur->block * (L.threads / kWarpLanes) + warp) * kWarpLanes * kExchangeSlots;
+  // Rows packed with stride n: lane l's pointers are table[l * n .. l * n + n - 1].
+  for (int i = 0; i < n; ++i) table[lane_id() * n + i] = mine[i];
+  warp_sync();
+  return table;
+}
+
+void fail(const char* what) {
+  if (g_launch == nullptr || g_launch->cur == nullptr) {
+    std::fprintf(stderr, "fusedrnn emulator: %s outside a launch\n", what);
+    std::abort();
+  }
+  Launch& L = *g_launch;
+  std::ostringstream os;
+  os << what << " (block " << L.cur->block << ", thread " << L.cur->tid << ")";
+  L.error = os.str();
+  yield(St::Failed);
+  std::abort();  // never resumed
+}
+
+void set_schedule(Schedule s, uint64_t seed) {
+  g_schedule = s;
+  g_seed = seed;
+}
+Stats stats() { return g_stats; }
+void reset_stats() { g_stats = Stats{}; }
+const std::string& last_error() { return g_last_error; }
+
+void add_guard(const void* p, size_t bytes, const std::string& name) {
+  g_guards.push_back({static_cast<const unsigned char*>(p), bytes, name});
+}
+void clear_guards() { g_guards.clear(); }
+
+bool launch(void (*entry)(const void*), const void* params, int grid, int threads, size_t smem) {
+  if (g_launch != nullptr) {
+    g_last_error = "nested launch";
+    return false;
+  }
+  if (grid <= 0 || threads <= 0 || threads % kWarpLanes != 0) {
+    g_last_error = "invalid launch configuration";
+    return false;
+  }
+  Launch L;
+  L.entry = entry;
+  L.params = params;
+  L.grid = grid;
+  L.threads = threads;
+  L.smem = smem;
+  L.smem_stride = (2 * kSmemGuard + smem + 127) / 128 * 128;
+  // 128-byte aligned CTA buffers, like extern __shared__ __align__(128).
+  L.smem_mem.assign(L.smem_stride * grid + 128, 0xFF);
+  L.smem_base = L.smem_mem.data() + (128 - reinterpret_cast<uintptr_t>(L.smem_mem.data()) % 128) % 128;
+  const size_t total = (size_t)grid * threads;
+  L.th.resize(total);
+  L.stacks.reset(new char[total * kStackBytes]);
+  L.exchange.assign((size_t)grid * (threads / kWarpLanes) * kWarpLanes * kExchangeSlots, nullptr);
+  for (size_t i = 0; i < total; ++i) {
+    Thread& t = L.th[i];
+    t.block = (int)(i / threads);
+    t.tid = (int)(i % threads);
+    getcontext(&t.ctx);
+    t.ctx.uc_stack.ss_sp = L.stacks.get() + i * kStackBytes;
+    t.ctx.uc_stack.ss_size = kStackBytes;
+    t.ctx.uc_link = &L.sched;
+    makecontext(&t.ctx, thread_main, 0);
+  }
+  g_launch = &L;
+  const bool ok = run(L);
+  g_launch = nullptr;
+  g_stats.launches++;
+  if (!ok) {
+    g_last_error = L.error;
+    return false;
+  }
+  return check_guards(L);
+}
+
+}  // namespace fusedrnn_emu
+
+// The launch entry point rnn_ops.cpp calls, in place of launch.cu's cudaLaunchCooperativeKernel.
+namespace fusedrnn {
+
+cudaError_t launch_cooperative(const void* kernel, size_t smem, int grid, void* params, cudaStream_t) {
+  auto entry = reinterpret_cast<void (*)(const void*)>(const_cast<void*>(kernel));
+  return fusedrnn_emu::launch(entry, params, grid, kThreads, smem) ? cudaSuccess : cudaErrorLaunchFailure;
+}
+
+}  // namespace fusedrnn

@@ -1,0 +1,74 @@
+"""Builds and loads the CPU emulator of the CUDA kernels (csrc/emu/, see its README).
+
+The emulator module has the same ``rnn_fwd`` / ``rnn_bwd`` / ``launch_shape`` as fusedrnn._C, built
+from the same csrc/ sources with -DFUSEDRNN_EMULATE by the host compiler, and takes CPU tensors.
+``use_emulator(monkeypatch)`` points fusedrnn.cuda_ops at it, so the cuda backend's custom ops and
+autograd run unchanged on the CPU.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import pathlib
+import shutil
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CSRC = ROOT / "csrc"
+SOURCES = [CSRC / "rnn_ops.cpp"]
+SOURCES += [CSRC / "emu" / f for f in ("bindings.cpp", "runtime.cpp", "kernels.cpp", "selftest.cpp")]
+
+
+def cuda_include_dir() -> pathlib.Path | None:
+    """A directory with cuda_fp16.h / cuda_runtime.h (host-usable headers), or None."""
+    candidates = []
+    from torch.utils import cpp_extension
+
+    if cpp_extension.CUDA_HOME:
+        candidates.append(pathlib.Path(cpp_extension.CUDA_HOME) / "include")
+    candidates.append(pathlib.Path("/usr/local/cuda/include"))
+    for c in candidates:
+        if (c / "cuda_fp16.h").is_file() and (c / "cuda_runtime.h").is_file():
+            return c
+    return None
+
+
+def unavailable_reason() -> str | None:
+    if cuda_include_dir() is None:
+        return "no CUDA headers (cuda_fp16.h) for the emulator build: install the CUDA toolkit"
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        return "no C++ compiler for the emulator build"
+    return None
+
+
+def _digest() -> str:
+    h = hashlib.sha256()
+    for p in sorted(CSRC.rglob("*")):
+        if p.suffix in (".cpp", ".cu", ".cuh", ".h"):
+            h.update(p.relative_to(CSRC).as_posix().encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+@functools.cache
+def load():
+    """Build (once per source version; cached by torch's extension builder) and import the emulator."""
+    from torch.utils import cpp_extension
+
+    inc = cuda_include_dir()
+    return cpp_extension.load(
+        name=f"fusedrnn_emu_{_digest()}",  # any change under csrc/ is a new module: no stale builds
+        sources=[str(s) for s in SOURCES],
+        extra_cflags=["-O2", "-DFUSEDRNN_EMULATE", f"-I{inc}", f"-I{CSRC}"],
+        verbose=False,
+    )
+
+
+def use_emulator(monkeypatch):
+    """Make fusedrnn.cuda_ops call the emulator instead of fusedrnn._C; returns the emulator module."""
+    from fusedrnn import cuda_ops
+
+    emu = load()
+    monkeypatch.setattr(cuda_ops, "_ext", lambda: emu)
+    return emu
