@@ -40,20 +40,26 @@ struct DeviceScope {  // guard zones belong to one call
 };
 void check_device(const Tensor&) {}
 cudaStream_t current_stream() { return nullptr; }
-constexpr int64_t kGuardBytes = 256;
-Tensor kernel_buffer(at::IntArrayRef shape, const at::TensorOptions& opts, const char* name) {
+// A buffer of `shape` whose data starts `misalign` bytes past a 64-byte boundary, between guard zones
+// at least as large as itself (0xFD bytes, checked after the launch), its contents 0xFF bytes (NaN in
+// fp16/bf16/fp32: an element the kernel should have written and did not shows).
+Tensor kernel_buffer(at::IntArrayRef shape, const at::TensorOptions& opts, const char* name, int64_t misalign = 0) {
   const int64_t esize = (int64_t)c10::elementSize(c10::typeMetaToScalarType(opts.dtype()));
-  const int64_t pad = kGuardBytes / esize, numel = c10::multiply_integers(shape);
-  Tensor storage = at::empty({numel + 2 * pad}, opts);
-  storage.view(at::kByte).fill_(0xFF);  // guard zones and NaN contents (fp16, bf16, fp32), int64 -1
+  const int64_t numel = c10::multiply_integers(shape), nbytes = numel * esize;
+  const int64_t guard = std::max<int64_t>(256, (nbytes + 63) / 64 * 64) + misalign;
+  Tensor storage = at::empty({(2 * guard + nbytes + esize - 1) / esize}, opts);  // 64-byte aligned (CPU allocator)
+  auto bytes = storage.view(at::kByte);
+  bytes.fill_(fusedrnn_emu::kGuardByte);
+  bytes.narrow(0, guard, nbytes).fill_(fusedrnn_emu::kUnwrittenByte);
   auto* base = static_cast<unsigned char*>(storage.data_ptr());
-  fusedrnn_emu::add_guard(base, kGuardBytes, std::string(name) + " (before)");
-  fusedrnn_emu::add_guard(base + (pad + numel) * esize, kGuardBytes, std::string(name) + " (after)");
-  return storage.narrow(0, pad, numel).view(shape);
+  fusedrnn_emu::add_guard(base, guard, std::string(name) + " (before)");
+  fusedrnn_emu::add_guard(base + guard + nbytes, storage.numel() * esize - guard - nbytes, std::string(name) + " (after)");
+  return storage.narrow(0, guard / esize, numel).view(shape);
 }
-// A kernel input: a guarded contiguous copy.
+// A kernel input: a guarded contiguous copy, as misaligned (mod 64 bytes) as the caller's tensor.
 Tensor kernel_input(const Tensor& t, const char* name) {
-  return kernel_buffer(t.sizes(), t.options(), name).copy_(t);
+  const int64_t misalign = (int64_t)(reinterpret_cast<uintptr_t>(t.data_ptr()) % 64);
+  return kernel_buffer(t.sizes(), t.options(), name, misalign).copy_(t);
 }
 void check_launch(cudaError_t err, const char* what) {
   TORCH_CHECK(err == cudaSuccess, "fusedrnn emulator: ", what, " failed: ", fusedrnn_emu::last_error());

@@ -329,12 +329,22 @@ def test_cpu_autocast_output_dtype_and_values_like_torch(tcls, fcls, in_dtype):
     t, f = _modules(tcls, fcls, num_layers=2)
     x = torch.randn(6, 2, 3).to(in_dtype)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        a, b = f(x), t(x)
+        a = f(x)
+        try:
+            b = t(x)
+        except RuntimeError as e:  # torch's oneDNN LSTM has no bf16 primitive on some CPUs (seen on AMD EPYC)
+            if "primitive descriptor" not in str(e):
+                raise
+            b = None
+    ref = t(x.float())[0]
+    ours_err = (a[0].float() - ref).abs().max()
+    if b is None:  # torch cannot run it here: its documented cast (LSTM runs in bf16) and a bf16-sized error
+        assert a[0].dtype == torch.bfloat16
+        assert ours_err <= 4 * 2.0**-8, ours_err
+        return
     assert a[0].dtype == b[0].dtype
     # Both round to bf16 somewhere: judge against fp32 torch, with torch's own bf16 error as the yardstick.
-    ref = t(x.float())[0]
     torch_err = (b[0].float() - ref).abs().max()
-    ours_err = (a[0].float() - ref).abs().max()
     assert ours_err <= 2 * torch_err + 1e-6, (ours_err, torch_err)
 
 

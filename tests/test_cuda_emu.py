@@ -1,9 +1,10 @@
 """The cuda backend's kernels (csrc/) executed on the CPU by the emulator (csrc/emu/, tests/cuda_emu.py).
 
 The kernel source is the same as the GPU build's; the emulator runs every CUDA thread as a coroutine
-with __syncthreads / grid.sync / warp-collective wmma as real barriers, checks wmma's documented
-pointer rules, puts guard zones around shared memory and every global buffer, and fills outputs and
-shared memory with NaN first. The cuda backend's Python side (fusedrnn.cuda_ops: custom ops,
+with __syncthreads / grid.sync / warp-collective wmma as real barriers (released the moment they
+complete; the default "eager" schedule lets released threads run ahead, so a missing barrier reads
+unwritten memory), checks wmma's documented argument rules, puts guard zones around shared memory and
+every global buffer, and fills outputs and shared memory with NaN first. The cuda backend's Python side (fusedrnn.cuda_ops: custom ops,
 autograd, weight-gradient GEMMs) runs unchanged, pointed at the emulator instead of fusedrnn._C.
 
 What passing here does NOT show (csrc/emu/README.md): memory ordering and visibility between CTAs
@@ -222,16 +223,21 @@ def test_one_launch_and_one_grid_barrier_per_step(emu, cell, T):
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_results_do_not_depend_on_thread_order(emu, cell, dtype):
+@pytest.mark.parametrize("dtype", [torch.float32, "tf32", torch.bfloat16, torch.float16], ids=str)
+def test_results_do_not_depend_on_thread_order(emu, monkeypatch, cell, dtype):
     """Threads run breadth-first (in order, reversed, shuffled) and depth-first (eager, eager shuffled):
-    bitwise the same outputs and gradients. A read of a value another thread writes in the same barrier
-    interval (a missing __syncthreads or grid.sync) would make them differ."""
-    d, lens = make_cell_inputs(cell, 4, 18, 6, 40, torch.float32, residual=True, lengths=True, seed=12)
+    bitwise the same outputs and gradients, on every MMA path, with several batch tiles and (backward)
+    several staged K chunks. A value read before its writer reached it (missing barrier) would differ."""
+    from fusedrnn import cuda_ops
+
+    d, lens = make_cell_inputs(cell, 3, 18, 6, 176, torch.float32, residual=True, lengths=True, seed=12)
+    if dtype == "tf32":
+        monkeypatch.setattr(cuda_ops, "allow_tf32", lambda: True)
+    dt = torch.float32 if dtype == "tf32" else dtype
     results = []
     for mode, seed in [("eager", 0), ("in_order", 0), ("reversed", 0), ("shuffled", 1), ("eager_shuffled", 2)]:
         emu.set_schedule(mode, seed)
-        results.append(run_cell_with_grads(cell, _cuda_call(cell), d, lens, True, dtype=dtype))
+        results.append(run_cell_with_grads(cell, _cuda_call(cell), d, lens, True, dtype=dt))
     for other in results[1:]:
         for k in results[0]:
             assert torch.equal(results[0][k], other[k]), k
@@ -280,6 +286,8 @@ def test_emulator_missing_barrier_changes_the_result(emu):
     ("grid_barrier", "deadlock"),
     ("wmma", "not 32-byte aligned"),
     ("global_oob", "global buffer written out of bounds"),
+    ("warp_args", "different warp-collective operations, or called one with different pointers"),
+    ("barrier_sites", "different __syncthreads"),
 ])
 def test_emulator_reports_broken_kernels(emu, name, message):
     g = torch.Generator().manual_seed(0)
@@ -308,7 +316,9 @@ def test_emulator_wmma_semantics(emu):
 
 
 def test_outputs_fully_written(emu):
-    """The glue fills the kernel's outputs with NaN before the launch: every element is written."""
+    """The glue fills y, hist (past its first slot, which holds h0), saved, dgh and dgx_n with NaN
+    before the launch: the kernels write every element, saved included at padded steps (zeros).
+    (h_n, c_n, dh0, dc0 start as the caller's states: their correctness is the other tests' job.)"""
     for cell in ("gru", "lstm"):
         ng, gx, h0, c0, w_hh, b_hh = _raw_inputs(cell, 3, 5, 24, torch.bfloat16)
         lengths = torch.tensor([3, 1, 2, 3, 0])  # padded steps too: saved is zero there, not unwritten

@@ -14,9 +14,10 @@
 //   accumulator M x N, fp32 accumulation), with the elements spread over the 32 lanes of the warp
 //   (lane l holds elements l*ne .. l*ne+ne-1 of the row-major logical matrix), so elementwise
 //   fragment code sees only its lane's share, and mma_sync needs all 32 lanes. Pointer alignment
-//   (32 bytes) and ldm rules are checked.
-// - dynamic shared memory is a per-CTA buffer of exactly the launch's size between guard zones,
-//   filled with 0xFF bytes (NaN in fp16, bf16 and fp32) so that reading what nobody wrote shows.
+//   (32 bytes), ldm, and all lanes calling the same operation with the same arguments are checked.
+// - dynamic shared memory is a per-CTA buffer of exactly the launch's size between guard zones (0xFD
+//   bytes, at least as large as the buffer), filled with 0xFF bytes (NaN in fp16, bf16 and fp32) so
+//   that reading what nobody wrote shows.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -27,6 +28,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <source_location>
 #include <type_traits>
 
 namespace fusedrnn_emu {
@@ -35,16 +37,32 @@ uint3 thread_idx();
 uint3 block_idx();
 unsigned lane_id();
 unsigned char* dynamic_smem();
-void syncthreads();
-void grid_sync();
+// A barrier is identified by its source line (not its machine call site: the host compiler may
+// duplicate a call, e.g. when it unswitches a loop on a per-thread condition, which nvcc never does
+// to a barrier).
+void syncthreads(const char* file, int line);
+void grid_sync(const char* file, int line);
+
+// A warp-collective operation as the lanes called it: the CUDA guide requires every lane of the warp
+// to call the same operation with the same pointer, ldm and layout; the runtime checks that all 32
+// lanes agree before releasing the warp.
+struct WarpOp {
+  int kind;  // 1 load_matrix_sync, 2 store_matrix_sync, 3 mma_sync (operands published), 4 mma_sync (done)
+  const void* ptr;
+  unsigned ldm;
+  int layout;
+  bool operator==(const WarpOp& o) const { return kind == o.kind && ptr == o.ptr && ldm == o.ldm && layout == o.layout; }
+};
+void warp_sync(const WarpOp& op);
 // Warp rendezvous: every lane publishes `mine` (n pointers) and waits for all 32 lanes; returns the
-// warp's table, row l = lane l's pointers. Valid until the warp's next rendezvous.
-void* const* warp_exchange(void* const* mine, int n);
-void warp_sync();
+// warp's table (lane l's pointers at [l*n, l*n+n)). Valid until the warp's next rendezvous.
+void* const* warp_exchange(void* const* mine, int n, const WarpOp& op);
 [[noreturn]] void fail(const char* what);
 
+// Global loads (__ldcg): the address must be aligned to the access size, as on the GPU.
 template <typename T>
 inline T ldcg(const T* p) {
+  if (reinterpret_cast<uintptr_t>(p) % sizeof(T) != 0) fail("__ldcg: address not aligned to the access size");
   return *p;
 }
 
@@ -55,7 +73,7 @@ inline T ldcg(const T* p) {
 #endif
 #define threadIdx (::fusedrnn_emu::thread_idx())
 #define blockIdx (::fusedrnn_emu::block_idx())
-#define __syncthreads() ::fusedrnn_emu::syncthreads()
+#define __syncthreads() ::fusedrnn_emu::syncthreads(__FILE__, __LINE__)
 #define __trap() ::fusedrnn_emu::fail("__trap() reached")
 
 template <typename T>
@@ -74,7 +92,9 @@ inline int min(int a, int b) { return a < b ? a : b; }
 // ---------------------------------------------------------------------------------------------
 namespace cooperative_groups {
 struct grid_group {
-  void sync() const { fusedrnn_emu::grid_sync(); }
+  void sync(std::source_location at = std::source_location::current()) const {
+    fusedrnn_emu::grid_sync(at.file_name(), (int)at.line());
+  }
 };
 inline grid_group this_grid() { return {}; }
 }  // namespace cooperative_groups
@@ -129,6 +149,20 @@ namespace detail {
 inline float to_float(float v) { return v; }
 inline float to_float(__half v) { return __half2float(v); }
 inline float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+// An MMA operand as the tensor cores read it.
+template <typename T, typename S>
+inline float operand(S v) {
+  if constexpr (std::is_same<T, precision::tf32>::value) {
+    uint32_t bits;
+    float f = v;
+    std::memcpy(&bits, &f, 4);
+    bits &= 0xffffe000u;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  } else {
+    return to_float(v);
+  }
+}
 
 // The documented load/store requirements: a 256-bit aligned pointer; ldm a multiple of 16 bytes.
 inline void check_ptr(const void* p, unsigned ldm, size_t elem, const char* op) {
@@ -147,29 +181,31 @@ template <typename Use, int M, int N, int K, typename T, typename L, typename P>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, L>& f, const P* p, unsigned ldm) {
   using F = fragment<Use, M, N, K, T, L>;
   detail::check_ptr(p, ldm, sizeof(P), "wmma::load_matrix_sync: pointer not 32-byte aligned or ldm not a multiple of 16 bytes");
+  constexpr bool row = std::is_same<L, row_major>::value;
+  fusedrnn_emu::warp_sync({1, p, ldm, row ? 0 : 1});  // all lanes agree on the arguments
   const unsigned lane = fusedrnn_emu::lane_id();
   for (int e = 0; e < F::num_elements; ++e) {
     const int r = F::row_of(lane, e), c = F::col_of(lane, e);
-    const size_t off = std::is_same<L, row_major>::value ? (size_t)r * ldm + c : (size_t)c * ldm + r;
+    const size_t off = row ? (size_t)r * ldm + c : (size_t)c * ldm + r;
     f.x[e] = static_cast<typename F::storage_element_type>(p[off]);
   }
-  fusedrnn_emu::warp_sync();
 }
 
 template <int M, int N, int K>
 inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ldm, layout_t layout) {
   using F = fragment<accumulator, M, N, K, float>;
   detail::check_ptr(p, ldm, sizeof(float), "wmma::store_matrix_sync: pointer not 32-byte aligned or ldm not a multiple of 16 bytes");
+  fusedrnn_emu::warp_sync({2, p, ldm, (int)layout});
   const unsigned lane = fusedrnn_emu::lane_id();
   for (int e = 0; e < F::num_elements; ++e) {
     const int r = F::row_of(lane, e), c = F::col_of(lane, e);
     p[layout == mem_row_major ? (size_t)r * ldm + c : (size_t)c * ldm + r] = f.x[e];
   }
-  fusedrnn_emu::warp_sync();
 }
 
 // D = A·B + C over the whole warp: products and sums in fp32 (the tensor cores' products of
-// fp16/bf16/tf32 operands are exact in fp32; their summation order is unspecified).
+// fp16/bf16/tf32 operands are exact in fp32; their summation order is unspecified). TF32 operands
+// are read as the hardware reads them: the low 13 mantissa bits of the fp32 value are ignored.
 template <int M, int N, int K, typename TA, typename TB, typename LA, typename LB>
 inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, TA, LA>& a,
                      const fragment<matrix_b, M, N, K, TB, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
@@ -177,14 +213,14 @@ inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<ma
   using FB = fragment<matrix_b, M, N, K, TB, LB>;
   using FC = fragment<accumulator, M, N, K, float>;
   void* mine[2] = {const_cast<FA*>(&a), const_cast<FB*>(&b)};
-  void* const* table = fusedrnn_emu::warp_exchange(mine, 2);
+  void* const* table = fusedrnn_emu::warp_exchange(mine, 2, {3, nullptr, 0, 0});
   auto A = [&](int m, int k) {
     const int idx = m * FA::cols + k;
-    return detail::to_float(static_cast<const FA*>(table[2 * (idx / FA::num_elements)])->x[idx % FA::num_elements]);
+    return detail::operand<TA>(static_cast<const FA*>(table[2 * (idx / FA::num_elements)])->x[idx % FA::num_elements]);
   };
   auto Bv = [&](int k, int n) {
     const int idx = k * FB::cols + n;
-    return detail::to_float(static_cast<const FB*>(table[2 * (idx / FB::num_elements) + 1])->x[idx % FB::num_elements]);
+    return detail::operand<TB>(static_cast<const FB*>(table[2 * (idx / FB::num_elements) + 1])->x[idx % FB::num_elements]);
   };
   const unsigned lane = fusedrnn_emu::lane_id();
   float out[FC::num_elements];
@@ -194,7 +230,7 @@ inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<ma
     for (int k = 0; k < K; ++k) s += A(m, k) * Bv(k, n);
     out[e] = s;
   }
-  fusedrnn_emu::warp_sync();  // every lane has read every other lane's a and b
+  fusedrnn_emu::warp_sync({4, nullptr, 0, 0});  // every lane has read every other lane's a and b
   for (int e = 0; e < FC::num_elements; ++e) d.x[e] = out[e];
 }
 

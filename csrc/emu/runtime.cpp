@@ -8,6 +8,7 @@
 #include <deque>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -21,7 +22,6 @@ namespace fusedrnn_emu {
 namespace {
 
 constexpr size_t kStackBytes = 64 * 1024;
-constexpr size_t kSmemGuard = 256;  // bytes of 0xFF on each side of every CTA's shared memory
 constexpr int kWarpLanes = 32;
 constexpr int kExchangeSlots = 4;
 
@@ -31,17 +31,20 @@ struct Thread {
   ucontext_t ctx;
   St st = St::Ready;
   int block = 0, tid = 0;
+  const char* site_file = nullptr;  // the __syncthreads() / grid.sync() it waits at
+  int site_line = 0;
+  WarpOp op{};                 // the warp-collective operation it waits at
 };
 
 struct Launch {
   void (*entry)(const void*) = nullptr;
   const void* params = nullptr;
   int grid = 0, threads = 0;
-  size_t smem = 0, smem_stride = 0;
+  size_t smem = 0, smem_guard = 0, smem_stride = 0;  // CTA region: [guard][smem][guard + padding]
   std::vector<Thread> th;
   std::unique_ptr<char[]> stacks;
   std::vector<unsigned char> smem_mem;
-  unsigned char* smem_base = nullptr;  // 128-byte aligned start of block 0's guard zone
+  unsigned char* smem_base = nullptr;  // 128-byte aligned start of block 0's region
   std::vector<void*> exchange;  // (block, warp, lane, slot)
   ucontext_t sched;
   Thread* cur = nullptr;
@@ -60,6 +63,10 @@ struct Guard {
   std::string name;
 };
 std::vector<Guard> g_guards;
+
+bool same_site(const Thread& a, const Thread& b) {
+  return a.site_line == b.site_line && std::strcmp(a.site_file, b.site_file) == 0;
+}
 
 void yield(St st) {
   Launch& L = *g_launch;
@@ -134,6 +141,12 @@ bool run(Launch& L) {
       case St::AtBlock:
         if (++at_block[t->block] == L.threads) {
           at_block[t->block] = 0;
+          for (int i = 1; i < L.threads; ++i)
+            if (!same_site(blk[i], blk[0])) {
+              L.error = "block " + std::to_string(t->block) +
+                        ": threads are waiting at different __syncthreads() calls (a barrier in divergent code)";
+              return false;
+            }
           for (int i = 0; i < L.threads; ++i) group.push_back(blk + i);
           enqueue(q, group, rng);
           g_stats.block_barriers++;
@@ -143,6 +156,14 @@ bool run(Launch& L) {
         const int w = t->tid / kWarpLanes;
         if (++at_warp[(size_t)t->block * warps + w] == kWarpLanes) {
           at_warp[(size_t)t->block * warps + w] = 0;
+          const Thread* lanes = blk + w * kWarpLanes;
+          for (int l = 1; l < kWarpLanes; ++l)
+            if (!(lanes[l].op == lanes[0].op)) {
+              L.error = "block " + std::to_string(t->block) + ", warp " + std::to_string(w) +
+                        ": lanes are in different warp-collective operations, or called one with different "
+                        "pointers/ldm/layout";
+              return false;
+            }
           for (int l = 0; l < kWarpLanes; ++l) group.push_back(blk + w * kWarpLanes + l);
           enqueue(q, group, rng);
           g_stats.warp_barriers++;
@@ -152,6 +173,11 @@ bool run(Launch& L) {
       case St::AtGrid:
         if (++at_grid == total) {
           at_grid = 0;
+          for (const auto& th : L.th)
+            if (!same_site(th, L.th[0])) {
+              L.error = "threads are waiting at different grid.sync() calls";
+              return false;
+            }
           for (auto& th : L.th) group.push_back(&th);
           enqueue(q, group, rng);
           g_stats.grid_barriers++;
@@ -170,18 +196,18 @@ bool run(Launch& L) {
 bool check_guards(const Launch& L) {
   for (int b = 0; b < L.grid; ++b) {
     const unsigned char* base = L.smem_base + (size_t)b * L.smem_stride;
-    const unsigned char* zones[2] = {base, base + kSmemGuard + L.smem};
-    for (const unsigned char* z : zones)
-      for (size_t i = 0; i < kSmemGuard; ++i)
-        if (z[i] != 0xFF) {
-          g_last_error = "shared memory written out of bounds in block " + std::to_string(b) +
-                         (z == base ? " (before the buffer)" : " (past the end of the buffer)");
-          return false;
-        }
+    for (size_t i = 0; i < L.smem_stride; ++i) {
+      if (i >= L.smem_guard && i < L.smem_guard + L.smem) continue;
+      if (base[i] != kGuardByte) {
+        g_last_error = "shared memory written out of bounds in block " + std::to_string(b) +
+                       (i < L.smem_guard ? " (before the buffer)" : " (past the end of the buffer)");
+        return false;
+      }
+    }
   }
   for (const Guard& g : g_guards)
     for (size_t i = 0; i < g.n; ++i)
-      if (g.p[i] != 0xFF) {
+      if (g.p[i] != kGuardByte) {
         g_last_error = "global buffer written out of bounds: " + g.name;
         return false;
       }
@@ -196,21 +222,32 @@ unsigned lane_id() { return (unsigned)g_launch->cur->tid % kWarpLanes; }
 
 unsigned char* dynamic_smem() {
   Launch& L = *g_launch;
-  return L.smem_base + (size_t)L.cur->block * L.smem_stride + kSmemGuard;
+  return L.smem_base + (size_t)L.cur->block * L.smem_stride + L.smem_guard;
 }
 
-void syncthreads() { yield(St::AtBlock); }
-void grid_sync() { yield(St::AtGrid); }
-void warp_sync() { yield(St::AtWarp); }
+void syncthreads(const char* file, int line) {
+  g_launch->cur->site_file = file;
+  g_launch->cur->site_line = line;
+  yield(St::AtBlock);
+}
+void grid_sync(const char* file, int line) {
+  g_launch->cur->site_file = file;
+  g_launch->cur->site_line = line;
+  yield(St::AtGrid);
+}
+void warp_sync(const WarpOp& op) {
+  g_launch->cur->op = op;
+  yield(St::AtWarp);
+}
 
-void* const* warp_exchange(void* const* mine, int n) {
+void* const* warp_exchange(void* const* mine, int n, const WarpOp& op) {
   Launch& L = *g_launch;
   if (n > kExchangeSlots) fail("warp_exchange: too many pointers");
   const int warp = L.cur->tid / kWarpLanes;
   void** table = L.exchange.data() + ((size_t)L.cur->block * (L.threads / kWarpLanes) + warp) * kWarpLanes * kExchangeSlots;
   // Rows packed with stride n: lane l's pointers are table[l * n .. l * n + n - 1].
   for (int i = 0; i < n; ++i) table[lane_id() * n + i] = mine[i];
-  warp_sync();
+  warp_sync(op);
   return table;
 }
 
@@ -220,9 +257,10 @@ void fail(const char* what) {
     std::abort();
   }
   Launch& L = *g_launch;
-  std::ostringstream os;
-  os << what << " (block " << L.cur->block << ", thread " << L.cur->tid << ")";
-  L.error = os.str();
+  char where[64];  // no heap object may live on this stack: it is abandoned, never unwound
+  std::snprintf(where, sizeof where, " (block %d, thread %d)", L.cur->block, L.cur->tid);
+  L.error.assign(what);
+  L.error.append(where);
   yield(St::Failed);
   std::abort();  // never resumed
 }
@@ -255,10 +293,15 @@ bool launch(void (*entry)(const void*), const void* params, int grid, int thread
   L.grid = grid;
   L.threads = threads;
   L.smem = smem;
-  L.smem_stride = (2 * kSmemGuard + smem + 127) / 128 * 128;
-  // 128-byte aligned CTA buffers, like extern __shared__ __align__(128).
-  L.smem_mem.assign(L.smem_stride * grid + 128, 0xFF);
+  // 128-byte aligned CTA buffers, like extern __shared__ __align__(128), each between guard zones at
+  // least as large as itself (an access up to one buffer length out of bounds lands in a guard).
+  const size_t rounded = (smem + 127) / 128 * 128;
+  L.smem_guard = std::max<size_t>(256, rounded);
+  L.smem_stride = 2 * L.smem_guard + rounded;
+  L.smem_mem.assign(L.smem_stride * grid + 128, kGuardByte);
   L.smem_base = L.smem_mem.data() + (128 - reinterpret_cast<uintptr_t>(L.smem_mem.data()) % 128) % 128;
+  for (int b = 0; b < grid; ++b)
+    std::memset(L.smem_base + (size_t)b * L.smem_stride + L.smem_guard, kUnwrittenByte, smem);
   const size_t total = (size_t)grid * threads;
   L.th.resize(total);
   L.stacks.reset(new char[total * kStackBytes]);

@@ -26,7 +26,9 @@ void set_schedule(Schedule s, uint64_t seed);
 Stats stats();
 void reset_stats();
 
-// Global buffers: guard zones registered by the glue, checked (all bytes still 0xFF) after each launch.
+// Global buffers: guard zones registered by the glue (filled with kGuardByte), checked after each launch.
+constexpr unsigned char kGuardByte = 0xFD;      // guard zones
+constexpr unsigned char kUnwrittenByte = 0xFF;  // memory nobody has written yet: NaN in fp16, bf16, fp32
 void add_guard(const void* p, size_t bytes, const std::string& name);
 void clear_guards();
 

@@ -47,6 +47,33 @@ void global_oob_kernel(const void* p) {
   if (threadIdx.x == 0) a.out[a.n - 1 + a.variant] = 1.f;
 }
 
+// Lanes of warp 0 call load_matrix_sync with different pointers (variant 1: lane 5 uses another row).
+void warp_args_kernel(const void* p) {
+  const Args& a = *static_cast<const Args*>(p);
+  auto* s = reinterpret_cast<__half*>(dynamic_smem());
+  for (int i = threadIdx.x; i < 512; i += kThreads) s[i] = __float2half_rn(a.in[i]);
+  __syncthreads();
+  if (threadIdx.x < 32) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
+    const int row = (a.variant == 1 && threadIdx.x == 5) ? 16 : 0;
+    wmma::load_matrix_sync(fa, s + row * 16, 16);
+    a.out[threadIdx.x] = __half2float(fa.x[0]);
+  }
+}
+
+// Threads of one CTA meet at two different __syncthreads() calls (variant 1: even and odd threads).
+void barrier_sites_kernel(const void* p) {
+  const Args& a = *static_cast<const Args*>(p);
+  if (a.variant == 1 && threadIdx.x % 2 == 1) {
+    a.out[threadIdx.x] = 2.f;
+    __syncthreads();
+    a.out[threadIdx.x] += 1.f;
+  } else {
+    __syncthreads();
+    a.out[threadIdx.x] = 1.f;
+  }
+}
+
 // Half of the CTA leaves before a __syncthreads() that the other half waits at (variant 1).
 void divergent_barrier_kernel(const void* p) {
   const Args& a = *static_cast<const Args*>(p);
@@ -101,10 +128,14 @@ torch::Tensor selftest(const std::string& name, int64_t variant, const torch::Te
     entry = smem_oob_kernel, a.n = 64, smem = 64 * sizeof(float), out = torch::zeros({1});
   } else if (name == "global_oob") {  // 64 floats between guard zones, as rnn_ops.cpp allocates them
     torch::Tensor storage = torch::empty({64 + 2 * 64});
-    storage.view(at::kByte).fill_(0xFF);
+    storage.view(at::kByte).fill_(kGuardByte);
     add_guard(storage.data_ptr<float>(), 64 * sizeof(float), "selftest (before)");
     add_guard(storage.data_ptr<float>() + 128, 64 * sizeof(float), "selftest (after)");
     entry = global_oob_kernel, a.n = 64, out = storage.narrow(0, 64, 64);
+  } else if (name == "warp_args") {
+    entry = warp_args_kernel, smem = 512 * sizeof(__half), out = torch::zeros({32});
+  } else if (name == "barrier_sites") {
+    entry = barrier_sites_kernel, out = torch::zeros({kThreads});
   } else if (name == "divergent_barrier") {
     entry = divergent_barrier_kernel, grid = 2, out = torch::zeros({2 * kThreads});
   } else if (name == "grid_barrier") {
