@@ -115,6 +115,30 @@ def test_forward_k_chunks(emu, cell, dtype):
         assert_lowp_within_baselines(cell, got, d, lens, True, dtype)
 
 
+def _h100_max_hidden(emu, cell, dtype_name):
+    """The largest H whose forward and backward launches fit an H100 SXM (132 SMs, 227 KiB of shared
+    memory per CTA, one CTA per SM), from the kernels' own launch arithmetic (csrc/README.md's table)."""
+    def fits(H):
+        shapes = [emu.launch_shape(0 if cell == "gru" else 1, bwd, dtype_name, False, H) for bwd in (False, True)]
+        return all(s["smem"] <= 227 * 1024 and s["grid"] <= 132 for s in shapes)
+
+    H = 16
+    while fits(H + 1):
+        H += 1
+    return H
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_hidden_size_at_the_h100_limit(emu, cell):
+    """The largest declared H on an H100 (GRU 2112: 132 CTAs; LSTM 1600: the largest shared-memory
+    layouts), bf16, with lengths, reverse and residual: indexing across many K chunks and CTAs."""
+    H = _h100_max_hidden(emu, cell, "bfloat16")
+    assert H == {"gru": 2112, "lstm": 1600}[cell]  # csrc/README.md's table
+    d, lens = make_cell_inputs(cell, 2, 2, 8, H, torch.float64, residual=True, lengths=True, seed=1)
+    got = run_cell_with_grads(cell, _cuda_call(cell), d, lens, True, dtype=torch.bfloat16)
+    assert_lowp_within_baselines(cell, got, d, lens, True, torch.bfloat16)
+
+
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("B,H", [(5, 48), (17, 100)])
 def test_tf32_path(emu, monkeypatch, cell, B, H):
