@@ -133,3 +133,49 @@ def assert_lowp_within_baselines(cell, got, d, lens, reverse, dtype, k=K_LOWP):
         e = rel_err(got[name], oracle[name])
         allowed = k * max(rel_err(base_torch[name], oracle[name]), rel_err(base_ref[name], oracle[name]))
         assert e <= allowed, f"{cell} {dtype} {name}: error {e:.2e} > {k} x torch/reference's {allowed / k:.2e}"
+
+
+def raw_recurrence_inputs(cell, T, B, H, dtype, device="cpu", seed=31):
+    """(n_gates, gx, h0, c0 or None, w_hh, b_hh) for the cuda backend's raw rnn_fwd."""
+    import math
+
+    ng = 3 if cell == "gru" else 4
+    g = torch.Generator().manual_seed(seed)
+    gx = (torch.randn(T, B, ng * H, generator=g) * 0.5).to(device, dtype)
+    h0 = (torch.randn(B, H, generator=g) * 0.5).to(device, dtype)
+    c0 = (torch.randn(B, H, generator=g) * 0.5).to(device, dtype) if cell == "lstm" else None
+    w_hh = ((torch.rand(ng * H, H, generator=g) * 2 - 1) / math.sqrt(H)).to(device, dtype)
+    b_hh = (torch.randn(ng * H, generator=g) * 0.1).to(device, dtype)
+    return ng, gx, h0, c0, w_hh, b_hh
+
+
+def check_raw_recurrence_forward(ext, cell, dtype, reverse, device, T=7, B=19, H=40, seed=31):
+    """The cuda backend's raw ``rnn_fwd`` (of fusedrnn._C on a GPU, or of the CPU emulator): hist[t] is
+    the state before time t (the exchange buffer), and the saved activations equal the gate values
+    recomputed here in fp64 from gx, hist and W_hh (the kernel's MMA operands are exactly these values,
+    fp32 accumulation: only the summation order differs). A wrong slot index, MMA layout or K-split sum
+    shows here directly."""
+    import itertools
+
+    ng, gx, h0, c0, w_hh, b_hh = raw_recurrence_inputs(cell, T, B, H, dtype, device, seed)
+    y, h_n, c_n, hist, saved = ext.rnn_fwd(ng - 3, gx, h0, c0, w_hh, b_hh, None, None, reverse, True, False)
+    order = list(range(T - 1, -1, -1)) if reverse else list(range(T))
+    assert torch.equal(hist[order[0]], h0)
+    for prev, t in itertools.pairwise(order):
+        assert torch.equal(hist[t], y[prev]), f"hist[{t}] is not y[{prev}]"
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-4, "rtol": 1e-4}
+    gh = torch.einsum("tbk,gk->tbg", hist.double(), w_hh.double()) + b_hh.double()
+    pre = gx.double() + gh
+    if cell == "gru":
+        r = torch.sigmoid(pre[..., :H])
+        z = torch.sigmoid(pre[..., H:2 * H])
+        n = torch.tanh(gx.double()[..., 2 * H:] + r * gh[..., 2 * H:])
+        want = torch.cat([r, z, n, gh[..., 2 * H:]], -1)
+    else:
+        i, f, gg, o = (pre[..., k * H:(k + 1) * H] for k in range(4))
+        want = torch.cat([torch.sigmoid(i), torch.sigmoid(f), torch.tanh(gg), torch.sigmoid(o)], -1)
+    torch.testing.assert_close(saved[..., : want.shape[-1]].double(), want, **tol)
+    torch.testing.assert_close(h_n, y[order[-1]])
+    if cell == "lstm":
+        assert torch.equal(saved[order[0]][:, 4 * H:], c0.float())  # c_prev of the first step is c0
+        assert c_n.shape == (B, H)

@@ -14,17 +14,16 @@ contraction, occupancy and co-residency, speed. tests/test_cuda_gpu.py checks th
 
 from __future__ import annotations
 
-import itertools
-import math
-
 import cuda_emu
 import pytest
 import torch
 from helpers import (
     assert_fp32_close,
     assert_lowp_within_baselines,
+    check_raw_recurrence_forward,
     functional_call,
     make_cell_inputs,
+    raw_recurrence_inputs,
     rel_err,
     run_cell_with_grads,
 )
@@ -182,47 +181,12 @@ def test_final_state_grads_only_with_lengths(emu, cell, reverse):
 # ---------------------------------------------------------------------------------------------
 
 
-def _raw_inputs(cell, T, B, H, dtype, seed=31):
-    ng = 3 if cell == "gru" else 4
-    g = torch.Generator().manual_seed(seed)
-    gx = (torch.randn(T, B, ng * H, generator=g) * 0.5).to(dtype)
-    h0 = (torch.randn(B, H, generator=g) * 0.5).to(dtype)
-    c0 = (torch.randn(B, H, generator=g) * 0.5).to(dtype) if cell == "lstm" else None
-    w_hh = ((torch.rand(ng * H, H, generator=g) * 2 - 1) / math.sqrt(H)).to(dtype)
-    b_hh = (torch.randn(ng * H, generator=g) * 0.1).to(dtype)
-    return ng, gx, h0, c0, w_hh, b_hh
-
-
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("reverse", [False, True])
 def test_hist_slots_and_saved_activations(emu, cell, dtype, reverse):
-    """hist[t] is the state before time t (the exchange buffer), and the saved activations are the
-    gate values recomputed here in fp64 from gx, hist and W_hh (tests/test_cuda_gpu.py has the same
-    check for the GPU)."""
-    T, B, H = 7, 19, 40
-    ng, gx, h0, c0, w_hh, b_hh = _raw_inputs(cell, T, B, H, dtype)
-    y, h_n, c_n, hist, saved = emu.rnn_fwd(ng - 3, gx, h0, c0, w_hh, b_hh, None, None, reverse, True, False)
-    order = list(range(T - 1, -1, -1)) if reverse else list(range(T))
-    assert torch.equal(hist[order[0]], h0)
-    for prev, t in itertools.pairwise(order):
-        assert torch.equal(hist[t], y[prev]), f"hist[{t}] is not y[{prev}]"
-    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-4, "rtol": 1e-4}
-    gh = torch.einsum("tbk,gk->tbg", hist.double(), w_hh.double()) + b_hh.double()
-    pre = gx.double() + gh
-    if cell == "gru":
-        r = torch.sigmoid(pre[..., :H])
-        z = torch.sigmoid(pre[..., H:2 * H])
-        n = torch.tanh(gx.double()[..., 2 * H:] + r * gh[..., 2 * H:])
-        want = torch.cat([r, z, n, gh[..., 2 * H:]], -1)
-    else:
-        i, f, gg, o = (pre[..., k * H:(k + 1) * H] for k in range(4))
-        want = torch.cat([torch.sigmoid(i), torch.sigmoid(f), torch.tanh(gg), torch.sigmoid(o)], -1)
-    torch.testing.assert_close(saved[..., : want.shape[-1]].double(), want, **tol)
-    torch.testing.assert_close(h_n, y[order[-1]])
-    if cell == "lstm":
-        assert torch.equal(saved[order[0]][:, 4 * H:], c0.float())  # c_prev of the first step is c0
-        assert c_n.shape == (B, H)
+    """The raw outputs: exchange-buffer slots and saved gates (tests/test_cuda_gpu.py runs the same on a GPU)."""
+    check_raw_recurrence_forward(emu, cell, dtype, reverse, "cpu")
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -269,7 +233,7 @@ def test_results_do_not_depend_on_thread_order(emu, monkeypatch, cell, dtype):
 
 def test_input_checks_name_the_argument(emu):
     """rnn_ops.cpp's checks, which the GPU build shares, on CPU tensors."""
-    _, gx, h0, _, w_hh, b_hh = _raw_inputs("gru", 3, 2, 8, torch.float32)
+    _, gx, h0, _, w_hh, b_hh = raw_recurrence_inputs("gru", 3, 2, 8, torch.float32)
     with pytest.raises(RuntimeError, match="h0 must have shape"):
         emu.rnn_fwd(0, gx, h0[:1], None, w_hh, b_hh, None, None, False, False, False)
     with pytest.raises(RuntimeError, match="w_hh has dtype"):
@@ -344,7 +308,7 @@ def test_outputs_fully_written(emu):
     before the launch: the kernels write every element, saved included at padded steps (zeros).
     (h_n, c_n, dh0, dc0 start as the caller's states: their correctness is the other tests' job.)"""
     for cell in ("gru", "lstm"):
-        ng, gx, h0, c0, w_hh, b_hh = _raw_inputs(cell, 3, 5, 24, torch.bfloat16)
+        ng, gx, h0, c0, w_hh, b_hh = raw_recurrence_inputs(cell, 3, 5, 24, torch.bfloat16)
         lengths = torch.tensor([3, 1, 2, 3, 0])  # padded steps too: saved is zero there, not unwritten
         outs = emu.rnn_fwd(ng - 3, gx, h0, c0, w_hh, b_hh, gx[..., :24], lengths, True, True, False)
         y, _, _, hist, saved = outs

@@ -15,6 +15,7 @@ import math
 
 import pytest
 import torch
+from helpers import check_raw_recurrence_forward
 
 import fusedrnn
 from fusedrnn import functional as Fn
@@ -285,40 +286,11 @@ def test_lengths_on_device_same_as_on_cpu(cell):
 @pytest.mark.parametrize("reverse", [False, True])
 def test_hist_slots_and_saved_activations(cell, dtype, reverse):
     """The extension's raw outputs, to localise a failure: hist[t] is the state before time t (the
-    exchange buffer), and the saved activations are the gate values recomputed here in fp64 from
-    gx, hist and W_hh. A wrong slot index, MMA layout or K-split sum shows up here directly."""
+    exchange buffer), and the saved activations are the gate values recomputed in fp64 from gx, hist
+    and W_hh. A wrong slot index, MMA layout or K-split sum shows up here directly."""
     from fusedrnn import _ext
 
-    ext = _ext.load()
-    T, B, H = 7, 19, 40
-    ng = 3 if cell == "gru" else 4
-    g = torch.Generator().manual_seed(31)
-    gx = (torch.randn(T, B, ng * H, generator=g) * 0.5).to(DEV, dtype)
-    h0 = (torch.randn(B, H, generator=g) * 0.5).to(DEV, dtype)
-    c0 = (torch.randn(B, H, generator=g) * 0.5).to(DEV, dtype) if cell == "lstm" else None
-    w_hh = ((torch.rand(ng * H, H, generator=g) * 2 - 1) / math.sqrt(H)).to(DEV, dtype)
-    b_hh = (torch.randn(ng * H, generator=g) * 0.1).to(DEV, dtype)
-    y, h_n, c_n, hist, saved = ext.rnn_fwd(ng - 3, gx, h0, c0, w_hh, b_hh, None, None, reverse, True, False)
-    order = list(range(T - 1, -1, -1)) if reverse else list(range(T))
-    assert torch.equal(hist[order[0]], h0)
-    for prev, t in zip(order, order[1:]):
-        assert torch.equal(hist[t], y[prev]), f"hist[{t}] is not y[{prev}]"
-    # The kernel's MMA operands are exactly these values (fp32 accumulate): only summation order differs.
-    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else dict(atol=1e-4, rtol=1e-4)
-    gh = torch.einsum("tbk,gk->tbg", hist.double(), w_hh.double()) + b_hh.double()
-    pre = gx.double() + gh
-    if cell == "gru":
-        r = torch.sigmoid(pre[..., :H])
-        z = torch.sigmoid(pre[..., H:2 * H])
-        n = torch.tanh(gx.double()[..., 2 * H:] + r * gh[..., 2 * H:])
-        want = torch.cat([r, z, n, gh[..., 2 * H:]], -1)
-    else:
-        i, f, gg, o = (pre[..., k * H:(k + 1) * H] for k in range(4))
-        want = torch.cat([torch.sigmoid(i), torch.sigmoid(f), torch.tanh(gg), torch.sigmoid(o)], -1)
-    torch.testing.assert_close(saved[..., : want.shape[-1]].double(), want, **tol)
-    torch.testing.assert_close(h_n, y[order[-1]])
-    if cell == "lstm":
-        assert torch.equal(saved[order[0]][:, 4 * H:], c0.float())  # c_prev of the first step is c0
+    check_raw_recurrence_forward(_ext.load(), cell, dtype, reverse, DEV)
 
 
 @pytest.mark.slow
