@@ -97,6 +97,12 @@ def assert_within_torch_error(cell, d, dtype, reverse=False, grads=True, k=None)
     assert not bad, f"{cell} {dtype}: " + "; ".join(bad)
 
 
+def _assert_fp32_tight(ours, ref):
+    """fp32 (TF32 off) against the fp32 reference: the same operands, only summation order differs."""
+    for name in ref:
+        torch.testing.assert_close(ours[name], ref[name], atol=2e-5, rtol=2e-5, msg=lambda m: f"{name}: {m}")  # noqa: B023
+
+
 CASES = [  # (T, B, I, H, bias, residual, lengths, reverse)
     (5, 3, 7, 16, True, False, False, False),
     (63, 3, 40, 500, True, True, True, True),      # odd sizes, every feature
@@ -155,8 +161,7 @@ def test_matches_fp32_reference_tightly(cell):
     d = make_inputs(cell, 40, 6, 24, 96, residual=True, lengths=True, seed=11)
     ref = run(cell, d, torch.float32, "reference", reverse=True)
     ours = run(cell, d, torch.float32, "cuda", reverse=True)
-    for name in ref:
-        torch.testing.assert_close(ours[name], ref[name], atol=2e-5, rtol=2e-5, msg=lambda m: f"{name}: {m}")
+    _assert_fp32_tight(ours, ref)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -180,8 +185,7 @@ def test_final_state_grad_only_and_noncontiguous(cell):
     x = d["x"].transpose(0, 1).contiguous().transpose(0, 1)  # same values, (B, T, I) memory order
     d2 = dict(d, x=x, w_hh=d["w_hh"].t().contiguous().t())
     ours = run(cell, d2, torch.float32, "cuda")
-    for name in ref:
-        torch.testing.assert_close(ours[name], ref[name], atol=2e-5, rtol=2e-5, msg=lambda m: f"{name}: {m}")
+    _assert_fp32_tight(ours, ref)
 
 
 def _count_kernels(fn, needle):
@@ -268,8 +272,7 @@ def test_final_state_grads_only_with_lengths(cell, reverse):
     d["up"][0] = torch.zeros_like(d["up"][0])
     ref = run(cell, d, torch.float32, "reference", reverse=reverse)
     ours = run(cell, d, torch.float32, "cuda", reverse=reverse)
-    for name in ref:
-        torch.testing.assert_close(ours[name], ref[name], atol=2e-5, rtol=2e-5, msg=lambda m: f"{name}: {m}")
+    _assert_fp32_tight(ours, ref)
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
