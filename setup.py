@@ -13,6 +13,7 @@ Environment switches:
 """
 
 import glob
+import hashlib
 import os
 import sys
 
@@ -47,6 +48,16 @@ def _find_cuda_home() -> None:
             return
 
 
+def source_hash(paths) -> str:
+    """The kernel fingerprint of csrc/ (fusedrnn.evidence: GPU validation vouches for one fingerprint)."""
+    h = hashlib.sha256()
+    for p in sorted(paths, key=os.path.basename):
+        h.update(os.path.basename(p).encode())
+        with open(p, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()[:16]
+
+
 def cuda_extensions():
     if os.environ.get("FUSEDRNN_SKIP_CUDA_BUILD", "0") == "1":
         _say("FUSEDRNN_SKIP_CUDA_BUILD=1: installing without the CUDA extension")
@@ -71,6 +82,7 @@ def cuda_extensions():
         f'-DFUSEDRNN_TORCH_VERSION="{torch.__version__}"',
         f'-DFUSEDRNN_CUDA_VERSION="{torch.version.cuda}"',
         f'-DFUSEDRNN_ARCH_LIST="{os.environ["TORCH_CUDA_ARCH_LIST"]}"',
+        f'-DFUSEDRNN_SOURCE_HASH="{source_hash(sources + glob.glob("csrc/*.h") + glob.glob("csrc/*.cuh"))}"',
     ]
     nvcc_flags = [
         "-O3",
@@ -98,8 +110,9 @@ def cuda_extensions():
 ext_modules, cmdclass = cuda_extensions()
 
 setup(
-    packages=["fusedrnn", "fusedrnn.kernels", "fusedrnn.bench"],
+    packages=["fusedrnn", "fusedrnn.backends", "fusedrnn.kernels", "fusedrnn.bench"],
     package_dir={"fusedrnn": "fusedrnn", "fusedrnn.kernels": "kernels", "fusedrnn.bench": "bench"},
+    package_data={"fusedrnn": ["gpu_records/*.json"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -199,8 +199,8 @@ def triton_reasons() -> str:
     try:
         from fusedrnn import backends
 
-        p = backends.Problem("gru", torch.device("cpu"), torch.float32, 8, 2, 16, 16, 16, False, False, False, False)
-        return "; ".join(backends.REGISTRY["triton"].reasons(p, forced=True))
+        p = backends.CallSpec("gru", torch.device("cpu"), torch.float32, 8, 2, 16, 16, 16, False, False, False, False)
+        return "; ".join(backends.get("triton").reasons(p, forced=True))
     except Exception as e:  # noqa: BLE001
         return f"could not ask the triton backend ({type(e).__name__}: {e})"
 

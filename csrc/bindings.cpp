@@ -12,6 +12,9 @@
 #ifndef FUSEDRNN_ARCH_LIST
 #define FUSEDRNN_ARCH_LIST "unknown"
 #endif
+#ifndef FUSEDRNN_SOURCE_HASH
+#define FUSEDRNN_SOURCE_HASH "unknown"
+#endif
 
 namespace fusedrnn {
 void register_rnn(pybind11::module_& m);  // csrc/rnn_ops.cpp
@@ -23,6 +26,7 @@ pybind11::dict build_info() {
   info["torch_version"] = FUSEDRNN_TORCH_VERSION;
   info["cuda_version"] = FUSEDRNN_CUDA_VERSION;
   info["arch_list"] = FUSEDRNN_ARCH_LIST;
+  info["source_hash"] = FUSEDRNN_SOURCE_HASH;  // the kernel fingerprint GPU validation records refer to
   return info;
 }
 }  // namespace

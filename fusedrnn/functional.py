@@ -19,7 +19,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backends import Problem, select
+from .backends import CallSpec
+from .dispatch import choose
 
 __all__ = ["gru", "lstm"]
 
@@ -54,7 +55,7 @@ def _check_lengths(lengths, T: int, B: int) -> None:
             _fail("lengths", f"values in [1, {T}] (1 <= length <= T)", f"min {lo}, max {hi}")
 
 
-def _problem(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=None, w_hr=None) -> Problem:
+def _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=None, w_hr=None) -> CallSpec:
     if not isinstance(x, Tensor):
         _fail("x", "a Tensor", type(x).__name__)
     if x.dim() != 3:
@@ -96,10 +97,13 @@ def _problem(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0
     _check_lengths(lengths, T, B)
     if not isinstance(reverse, bool):
         _fail("reverse", "a bool", type(reverse).__name__)
-    return Problem(
+    needs_grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual)
+    )
+    return CallSpec(
         cell=cell, device=x.device, dtype=x.dtype, T=T, B=B, I=I, H=H, P=P,
-        residual=residual is not None, lengths=lengths is not None, reverse=reverse,
-        proj=w_hr is not None,
+        has_residual=residual is not None, has_lengths=lengths is not None, reverse=reverse,
+        has_proj=w_hr is not None, needs_grad=needs_grad,
     )
 
 
@@ -122,8 +126,8 @@ def gru(
     torch's layout); residual None or (T, B, H); lengths None or int64 (B,) with 1 <= lengths <= T.
     Returns y (T, B, H) and h_n (B, H).
     """
-    p = _problem("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
-    return select(backend, p).gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+    spec = _spec("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+    return choose(backend, spec).gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
 
 
 def lstm(
@@ -147,5 +151,5 @@ def lstm(
     rows i|f|g|o), w_hr (P, H) or None; residual None or (T, B, P); lengths None or int64 (B,).
     Returns y (T, B, P), h_n (B, P) and c_n (B, H).
     """
-    p = _problem("lstm", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=c0, w_hr=w_hr)
-    return select(backend, p).lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse)
+    spec = _spec("lstm", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=c0, w_hr=w_hr)
+    return choose(backend, spec).lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse)

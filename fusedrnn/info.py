@@ -1,5 +1,6 @@
-"""`python -m fusedrnn.info`: versions, devices, the built extension, and per backend whether it can
-serve a typical call here, or why not."""
+"""`python -m fusedrnn.info`: versions, devices, the built extension, the GPU records shipped in the
+package (validation evidence, measured dispatch tables), and, per backend, whether `auto` would
+use it for a typical call here, or why not."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ import platform
 
 import torch
 
-from . import _ext, backends
+from . import _ext, dispatch, evidence
+from .backends import NAMES, CallSpec, get
 from .version import __version__
 
 
@@ -20,35 +22,64 @@ def _triton_version() -> str:
         return f"not importable ({type(e).__name__}: {e})"
 
 
+def _records_lines(family: str | None) -> list[str]:
+    lines = [f"GPU validation records ({evidence.RECORDS_DIR.name}/{evidence.VALIDATED_FILE}):"]
+    records = evidence.validation_records()
+    if not records:
+        lines.append("  none: no GPU run has validated the fused kernels, so `auto` uses torch (cuDNN) on GPUs")
+    for r in records:
+        covered = "; ".join(f"{c.upper()} {', '.join(d) or 'none'}" for c, d in r.get("passed", {}).items())
+        lines.append(f"  {r.get('backend')} on {r.get('family')} ({r.get('gpu')}), kernels {r.get('fingerprint')}, "
+                     f"commit {r.get('commit')}, {r.get('date')}: {covered}")
+    for backend in ("cuda", "triton"):
+        lines.append(f"  this installation's {backend} kernel fingerprint: {evidence.kernel_fingerprint(backend)}")
+    tables = sorted(p.name for p in evidence.RECORDS_DIR.glob("dispatch_*.json"))
+    lines.append(f"measured dispatch tables: {', '.join(tables) if tables else 'none'}")
+    if family is not None:
+        table = evidence.dispatch_table(family)
+        if table is None:
+            lines.append(f"  dispatch table for this GPU ({family}): none; where validated kernels exist, "
+                         "`auto` still uses torch unless torch.backends.cudnn.benchmark is on")
+        else:
+            prov = table.get("provenance", {})
+            lines.append(f"  dispatch table in use: dispatch_{family}.json, {len(table.get('rows', []))} rows, measured "
+                         f"on {prov.get('gpu')} (torch {prov.get('torch')}, triton {prov.get('triton')}, commit "
+                         f"{prov.get('commit')}, {prov.get('date')})")
+    return lines
+
+
 def report() -> str:
     lines = [
         f"fusedrnn {__version__}",
         f"python {platform.python_version()}, torch {torch.__version__} (CUDA {torch.version.cuda}), "
         f"triton {_triton_version()}",
     ]
+    family = None
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             cap = torch.cuda.get_device_capability(i)
             props = torch.cuda.get_device_properties(i)
             lines.append(f"cuda:{i} {props.name}, compute capability {cap[0]}.{cap[1]}, {props.multi_processor_count} SMs")
         device = torch.device("cuda", torch.cuda.current_device())
+        family = evidence.device_family(device)
     else:
         lines.append("no CUDA device visible")
         device = torch.device("cpu")
-    info = _ext.build_info()
-    lines.append(f"extension fusedrnn._C: {info}")
-    lines.append(f"default backend: {backends.default_backend()} (FUSEDRNN_BACKEND)")
-    lines.append(f"backends, for a float32 GRU/LSTM (T=128, B=16, H=256) on {device}:")
-    for name in backends.BACKENDS:
-        b = backends.REGISTRY[name]
-        verdicts = []
+    lines.append(f"extension fusedrnn._C: {_ext.build_info()}")
+    lines += _records_lines(family)
+    lines.append(f"default backend: {dispatch.default_backend()} (FUSEDRNN_BACKEND)")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    lines.append(f"backends under `auto`, for a {dtype} GRU/LSTM (T=128, B=16, H=256) on {device}:")
+    explained = {}
+    for cell in ("gru", "lstm"):
+        spec = CallSpec(cell, device, dtype, 128, 16, 256, 256, 256, False, False, False, False)
+        explained[cell] = (dict(dispatch.explain(spec)), dispatch.choose("auto", spec).name)
+    for name in NAMES:
+        lines.append(f"  {name:<9} {get(name).description}")
         for cell in ("gru", "lstm"):
-            p = backends.Problem(cell, device, torch.float32, 128, 16, 256, 256, 256, False, False, False, False)
-            reasons = b.reasons(p, forced=False)
-            verdicts.append(f"{cell}: " + ("available" if not reasons else "; ".join(reasons)))
-        lines.append(f"  {name:<9} {b.description}")
-        for v in verdicts:
-            lines.append(f"            {v}")
+            reasons, chosen = explained[cell]
+            verdict = "chosen" if chosen == name else ("can serve" if not reasons[name] else "; ".join(reasons[name]))
+            lines.append(f"            {cell}: {verdict}")
     return "\n".join(lines)
 
 

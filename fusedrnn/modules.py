@@ -1,9 +1,13 @@
 """Drop-in modules: fusedrnn.GRU / fusedrnn.LSTM subclass torch.nn.GRU / torch.nn.LSTM.
 
 Construction, parameters, initialisation, state_dict, argument checks and the shape of the
-results are torch's own (inherited, or mirrored line by line from torch's forward). Only the
-compute differs: every layer-direction is one call to fusedrnn.functional, and the module composes
-layers, directions, inter-layer dropout, projection, packing and residual adds around it.
+results are torch's own (inherited, or mirrored line by line from torch's forward). Each forward
+asks fusedrnn.dispatch once for a plan: a backend per layer-direction. Then:
+- every layer-direction on torch's op and no residual: torch.nn's own forward runs (same op, same
+  dropout draws, bitwise the same results; nothing is added but the plan lookup);
+- every layer-direction on torch's op, with residual adds: torch's op layer by layer plus the adds;
+- otherwise the module composes layers, directions, inter-layer dropout, packing and residual adds
+  around the planned backends' one-layer-direction calls.
 
 Extra keyword-only arguments:
   residual=False | True | k   y_l = rnn_l(x_l) + x_l for layers k, k+1, ... (True: every layer whose
@@ -21,8 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
-from . import functional
-from .backends import check_backend_name
+from . import dispatch
+from .backends import native
+from .dispatch import check_backend_name
 
 __all__ = ["GRU", "LSTM", "convert"]
 
@@ -105,10 +110,68 @@ class _FusedRNNMixin:
         dropped = PackedSequence(F.dropout(packed.data, p=self.dropout, training=True), packed.batch_sizes)
         return torch.nn.utils.rnn.pad_packed_sequence(dropped, total_length=output.shape[0])[0]
 
-    def _run_stack(self, x: Tensor, states: tuple[Tensor, ...], lengths: Tensor | None, weights: list):
+    def _plan(self, input, hx) -> dispatch.StackPlan | None:
+        """The backends of this call (fusedrnn.dispatch.plan_module), or None when the input is
+        malformed (the checks of the full path then raise torch's error)."""
+        if isinstance(input, PackedSequence):
+            data, batch_sizes = input.data, input.batch_sizes
+            if data.dim() != 2 or batch_sizes.numel() == 0:
+                return None
+            T, B, x, packed = batch_sizes.numel(), int(batch_sizes[0]), data, True
+        else:
+            if not isinstance(input, Tensor) or input.dim() not in (2, 3):
+                return None
+            if input.dim() == 2:
+                T, B = input.shape[0], 1
+            else:
+                T, B = (input.shape[1], input.shape[0]) if self.batch_first else (input.shape[0], input.shape[1])
+            x, packed = input, False
+        device = x.device
+        dtype = self._autocast_dtype(x, packed) or x.dtype
+        needs_grad = False
+        if device.type == "cuda":  # only the GPU's measured choices depend on it
+            needs_grad = torch.is_grad_enabled() and (
+                x.requires_grad or any(w.requires_grad for w in self._flat_weights)
+                or any(h.requires_grad for h in _as_tuple(hx))
+            )
+        return dispatch.plan_module(
+            self.backend, self._cell, device, dtype, T, B, self.input_size, self.hidden_size, self.proj_size,
+            self.num_layers, self.bidirectional, self._residual_layers, packed, needs_grad,
+        )
+
+    def _checks_torch_skips(self, input, hx) -> None:
+        """Before torch.nn's own forward runs the call: the checks fusedrnn makes that torch does not
+        (hx dtype named in a ValueError; an LSTM's PackedSequence input width)."""
+        data = input.data if isinstance(input, PackedSequence) else input
+        if hx is not None and not _autocast_on(data.device.type):
+            if self._cell == "lstm":
+                _check_lstm_hx_pair(hx)
+            _check_hx_dtype(data, _as_tuple(hx))
+        if self._cell == "lstm" and isinstance(input, PackedSequence):
+            self.check_input(data, input.batch_sizes)
+
+    def _check_weights(self, weights: list) -> None:
+        """The flat weights still have the shapes torch.nn gave them (a replaced parameter could
+        have another): torch's op would fail on them, so the planned backends must too."""
+        D = 2 if self.bidirectional else 1
+        G = (3 if self._cell == "gru" else 4) * self.hidden_size
+        P = self.proj_size if self.proj_size > 0 else self.hidden_size
+        names = self._flat_weights_names
+        for name, w in zip(names, weights):
+            layer = int(name.split("_l")[1].split("_")[0])
+            kind = name.split("_l")[0]
+            in_width = self.input_size if layer == 0 else D * P
+            want = {"weight_ih": (G, in_width), "weight_hh": (G, P), "bias_ih": (G,), "bias_hh": (G,),
+                    "weight_hr": (P, self.hidden_size)}[kind]
+            if w is None or tuple(w.shape) != want:
+                got = None if w is None else tuple(w.shape)
+                raise RuntimeError(f"{self._cell.upper()}: parameter {name} has shape {got}, expected {want}")
+
+    def _run_stack(self, x: Tensor, states: tuple[Tensor, ...], lengths: Tensor | None, weights: list,
+                   plan: dispatch.StackPlan):
         """x (T, B, I) time-major; states: (h0,) or (h0, c0), each (L*D, B, .); weights: the flat list
         in torch's order (passed in, never swapped on self, so concurrent calls cannot see each
-        other's casts). -> y, final states."""
+        other's casts). Each layer-direction runs on its planned backend. -> y, final states."""
         D = 2 if self.bidirectional else 1
         finals: list[list[Tensor]] = [[] for _ in states]
         P = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -118,19 +181,18 @@ class _FusedRNNMixin:
             outputs = []
             for direction in range(D):
                 idx = layer * D + direction
+                backend = plan.backends[idx]
                 w = self._layer_weights(weights, layer, direction)
                 w_ih, w_hh = w[0], w[1]
                 b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
                 res = None if residual is None else residual[..., direction * P : (direction + 1) * P]
-                kwargs = dict(residual=res, lengths=lengths, reverse=direction == 1, backend=self.backend)
                 if self._cell == "gru":
-                    y, h_n = functional.gru(layer_input, states[0][idx], w_ih, w_hh, b_ih, b_hh, **kwargs)
+                    y, h_n = backend.gru(layer_input, states[0][idx], w_ih, w_hh, b_ih, b_hh, res, lengths, direction == 1)
                     new_states = (h_n,)
                 else:
                     w_hr = w[-1] if self.proj_size > 0 else None
-                    y, h_n, c_n = functional.lstm(
-                        layer_input, states[0][idx], states[1][idx], w_ih, w_hh, b_ih, b_hh, w_hr, **kwargs
-                    )
+                    y, h_n, c_n = backend.lstm(layer_input, states[0][idx], states[1][idx], w_ih, w_hh, b_ih, b_hh,
+                                               w_hr, res, lengths, direction == 1)
                     new_states = (h_n, c_n)
                 outputs.append(y)
                 for acc, s in zip(finals, new_states):
@@ -141,24 +203,50 @@ class _FusedRNNMixin:
             layer_input = output
         return layer_input, tuple(torch.stack(acc, 0) for acc in finals)
 
-    def _compute(self, input: Tensor, hx: tuple[Tensor, ...], batch_sizes: Tensor | None):
+    def _run_torch_layers(self, x: Tensor, batch_sizes: Tensor | None, states: tuple[Tensor, ...], weights: list):
+        """Every layer on torch's op (both directions in one call, as torch.nn runs a layer), with
+        the residual adds between layers: the stack a user would write from torch.nn layers. x is
+        dense in the module's layout or packed data; -> output in the same layout, final states."""
+        D = 2 if self.bidirectional else 1
+        per_layer = len(weights) // self.num_layers
+        finals: list[list[Tensor]] = [[] for _ in states]
+        layer_input = x
+        for layer in range(self.num_layers):
+            hx = tuple(s[layer * D : (layer + 1) * D] for s in states)
+            params = weights[layer * per_layer : (layer + 1) * per_layer]
+            output, layer_finals = native.layer(self._cell, layer_input, batch_sizes, hx, params, self.bias,
+                                                self.bidirectional, self.batch_first)
+            if layer in self._residual_layers:
+                output = output + layer_input
+            if self.dropout > 0 and self.training and layer < self.num_layers - 1:
+                output = F.dropout(output, p=self.dropout, training=True)
+            for acc, s in zip(finals, layer_finals):
+                acc.append(s)
+            layer_input = output
+        return layer_input, tuple(torch.cat(acc, 0) for acc in finals)
+
+    def _compute(self, input: Tensor, hx: tuple[Tensor, ...], batch_sizes: Tensor | None, plan: dispatch.StackPlan):
         """Replaces torch's _VF call: input is (T,B,I)/(B,T,I) dense or packed data (N, I)."""
-        if batch_sizes is None:
-            if input.size(0 if not self.batch_first else 1) == 0:
-                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-            x = input.transpose(0, 1) if self.batch_first else input
-            lengths = None
-        else:
-            # Packed data -> time-major padded (T, B, I) in the packed (sorted) order, with lengths.
-            x, lengths = torch.nn.utils.rnn.pad_packed_sequence(PackedSequence(input, batch_sizes))
+        if batch_sizes is None and input.size(0 if not self.batch_first else 1) == 0:
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         weights = self._flat_weights
-        _check_devices(x, hx, weights)
-        dtype = self._autocast_dtype(x, packed=batch_sizes is not None)
+        _check_devices(input, hx, weights)
+        self._check_weights(weights)
+        if batch_sizes is not None:
+            _check_batch_sizes(batch_sizes)
+        dtype = self._autocast_dtype(input, packed=batch_sizes is not None)
         # Autocast is handled here once, as torch's RNN ops do; inside, the stack runs in `dtype`.
-        with torch.autocast(x.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
+        with torch.autocast(input.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
             if dtype is not None:
-                x, hx, weights = x.to(dtype), tuple(h.to(dtype) for h in hx), [w.to(dtype) for w in weights]
-            y, finals = self._run_stack(x, hx, lengths, weights)
+                input, hx, weights = input.to(dtype), tuple(h.to(dtype) for h in hx), [w.to(dtype) for w in weights]
+            if plan.on_torch:
+                return self._run_torch_layers(input, batch_sizes, hx, weights)
+            if batch_sizes is None:
+                x, lengths = (input.transpose(0, 1) if self.batch_first else input), None
+            else:
+                # Packed data -> time-major padded (T, B, I) in the packed (sorted) order, with lengths.
+                x, lengths = torch.nn.utils.rnn.pad_packed_sequence(PackedSequence(input, batch_sizes))
+            y, finals = self._run_stack(x, hx, lengths, weights, plan)
         if batch_sizes is None:
             return (y.transpose(0, 1) if self.batch_first else y), finals
         return torch.nn.utils.rnn.pack_padded_sequence(y, lengths, enforce_sorted=True).data, finals
@@ -175,6 +263,22 @@ class _FusedRNNMixin:
         if device_type == "cpu" and self._cell == "lstm" and not packed:
             return torch.get_autocast_dtype("cpu")
         return x.dtype
+
+
+def _as_tuple(hx) -> tuple:
+    if hx is None:
+        return ()
+    return tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+
+
+def _check_batch_sizes(batch_sizes: Tensor) -> None:
+    """A PackedSequence's batch sizes (on the CPU, as torch keeps them): positive, non-increasing."""
+    if batch_sizes.dim() != 1 or batch_sizes.device.type != "cpu" or batch_sizes.dtype != torch.int64:
+        raise ValueError(f"PackedSequence.batch_sizes: expected a 1-D int64 CPU tensor, got "
+                         f"{batch_sizes.dim()}-D {batch_sizes.dtype} on {batch_sizes.device}")
+    if batch_sizes.numel() and (int(batch_sizes[-1]) < 1 or bool((batch_sizes[1:] > batch_sizes[:-1]).any())):
+        raise ValueError("PackedSequence.batch_sizes: expected positive, non-increasing batch sizes, got "
+                         f"{batch_sizes.tolist()}")
 
 
 def _autocast_on(device_type: str) -> bool:
@@ -225,6 +329,10 @@ class GRU(_FusedRNNMixin, torch.nn.GRU):
         self._init_extras(residual, backend)
 
     def forward(self, input, hx=None):  # mirrors torch.nn.GRU.forward; the _VF call is replaced
+        plan = self._plan(input, hx)
+        if plan is not None and plan.on_torch and not self._residual_layers:
+            self._checks_torch_skips(input, hx)
+            return super().forward(input, hx)
         self._update_flat_weights()
         orig_input = input
         if isinstance(orig_input, PackedSequence):
@@ -263,7 +371,7 @@ class GRU(_FusedRNNMixin, torch.nn.GRU):
         self.check_forward_args(input, hx, batch_sizes)
         if not _autocast_on(input.device.type):
             _check_hx_dtype(input, (hx,))
-        output, (hidden,) = self._compute(input, (hx,), batch_sizes)
+        output, (hidden,) = self._compute(input, (hx,), batch_sizes, plan)
         if isinstance(orig_input, PackedSequence):
             output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
             return output_packed, self.permute_hidden(hidden, unsorted_indices)
@@ -287,6 +395,10 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
         self._init_extras(residual, backend)
 
     def forward(self, input, hx=None):  # mirrors torch.nn.LSTM.forward; the _VF call is replaced
+        plan = self._plan(input, hx)
+        if plan is not None and plan.on_torch and not self._residual_layers:
+            self._checks_torch_skips(input, hx)
+            return super().forward(input, hx)
         self._update_flat_weights()
         orig_input = input
         batch_sizes = None
@@ -332,7 +444,7 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
                 hx = self.permute_hidden(hx, sorted_indices)
         if not _autocast_on(input.device.type):
             _check_hx_dtype(input, tuple(hx))
-        output, hidden = self._compute(input, tuple(hx), batch_sizes)
+        output, hidden = self._compute(input, tuple(hx), batch_sizes, plan)
         if isinstance(orig_input, PackedSequence):
             output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
             return output_packed, self.permute_hidden(hidden, unsorted_indices)

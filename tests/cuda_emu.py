@@ -67,7 +67,7 @@ def load():
 
 def use_emulator(monkeypatch):
     """Make fusedrnn.cuda_ops call the emulator instead of fusedrnn._C; returns the emulator module."""
-    from fusedrnn import cuda_ops
+    from fusedrnn.backends import cuda as cuda_ops
 
     emu = load()
     monkeypatch.setattr(cuda_ops, "_ext", lambda: emu)

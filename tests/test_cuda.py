@@ -8,11 +8,15 @@ import pytest
 import torch
 
 import fusedrnn
-from fusedrnn import _ext, backends
-from fusedrnn.backends import Problem
+from fusedrnn import _ext, backends, dispatch
+from fusedrnn.backends import CallSpec
 
-cuda_ops, _import_reason = backends._optional_module("cuda_ops")
-needs_cuda_ops = pytest.mark.skipif(cuda_ops is None, reason=f"fusedrnn.cuda_ops: {_import_reason}")
+try:
+    from fusedrnn.backends import cuda as cuda_ops
+    _import_reason = ""
+except Exception as e:  # noqa: BLE001
+    cuda_ops, _import_reason = None, f"{type(e).__name__}: {e}"
+needs_cuda_ops = pytest.mark.skipif(cuda_ops is None, reason=f"fusedrnn.backends.cuda: {_import_reason}")
 
 
 def _ext_or_none():
@@ -27,8 +31,8 @@ needs_ext = pytest.mark.skipif(EXT is None or not hasattr(EXT, "rnn_fwd"), reaso
 
 
 def _problem(cell="lstm", dtype=torch.bfloat16, H=256, proj=False, device="cuda:0"):
-    return Problem(cell=cell, device=torch.device(device), dtype=dtype, T=8, B=2, I=H, H=H, P=H,
-                   residual=False, lengths=False, reverse=False, proj=proj)
+    return CallSpec(cell=cell, device=torch.device(device), dtype=dtype, T=8, B=2, I=H, H=H, P=H,
+                    has_residual=False, has_lengths=False, reverse=False, has_proj=proj)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -54,8 +58,8 @@ def test_forced_cuda_on_cpu_raises_with_reasons():
 
 def test_auto_does_not_pick_cuda_on_cpu():
     p = _problem(device="cpu", dtype=torch.float32)
-    assert backends.select("auto", p).name != "cuda"
-    assert backends.REGISTRY["cuda"].reasons(p, forced=False)
+    assert dispatch.choose("auto", p).name != "cuda"
+    assert backends.get("cuda").reasons(p, forced=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -86,15 +90,6 @@ def fake_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     yield state
     cuda_ops.max_hidden_size.cache_clear()
-
-
-@needs_cuda_ops
-def test_not_validated_reason_only_when_not_forced(fake_gpu, monkeypatch):
-    monkeypatch.setattr(cuda_ops, "VALIDATED_ON_GPU", False)
-    assert cuda_ops.limits(_problem(), forced=True) == []
-    assert cuda_ops.limits(_problem(), forced=False) == [cuda_ops.NOT_VALIDATED]
-    monkeypatch.setattr(cuda_ops, "VALIDATED_ON_GPU", True)
-    assert cuda_ops.limits(_problem(), forced=False) == []
 
 
 @needs_cuda_ops

@@ -43,7 +43,7 @@ def emu_module():
 
 @pytest.fixture
 def emu(emu_module, monkeypatch):
-    from fusedrnn import cuda_ops
+    from fusedrnn.backends import cuda as cuda_ops
 
     cuda_emu.use_emulator(monkeypatch)
     monkeypatch.setattr(cuda_ops, "allow_tf32", lambda: False)  # exact fp32 path unless a test says otherwise
@@ -54,7 +54,7 @@ def emu(emu_module, monkeypatch):
 
 
 def _cuda_call(cell):
-    from fusedrnn import cuda_ops
+    from fusedrnn.backends import cuda as cuda_ops
 
     return cuda_ops.gru if cell == "gru" else cuda_ops.lstm
 
@@ -143,7 +143,7 @@ def test_hidden_size_at_the_h100_limit(emu, cell):
 def test_tf32_path(emu, monkeypatch, cell, B, H):
     """fp32 with TF32 allowed: the wmma 16x16x8 TF32 kernels. Within TF32's error, and really a
     different path from the exact one."""
-    from fusedrnn import cuda_ops
+    from fusedrnn.backends import cuda as cuda_ops
 
     d, lens = make_cell_inputs(cell, 6, B, 12, H, torch.float32, residual=True, lengths=True, seed=3)
     want = run_cell_with_grads(cell, _ref_call(cell), d, lens, False)
@@ -216,7 +216,7 @@ def test_results_do_not_depend_on_thread_order(emu, monkeypatch, cell, dtype):
     """Threads run breadth-first (in order, reversed, shuffled) and depth-first (eager, eager shuffled):
     bitwise the same outputs and gradients, on every MMA path, with several batch tiles and (backward)
     several staged K chunks. A value read before its writer reached it (missing barrier) would differ."""
-    from fusedrnn import cuda_ops
+    from fusedrnn.backends import cuda as cuda_ops
 
     d, lens = make_cell_inputs(cell, 3, 18, 6, 176, torch.float32, residual=True, lengths=True, seed=12)
     if dtype == "tf32":
@@ -333,7 +333,7 @@ def test_custom_ops_opcheck(emu, cell):
     schemas, the fake implementations against the real outputs, the autograd registration."""
     import torch.nn.functional as tnf
 
-    from fusedrnn import cuda_ops
+    from fusedrnn.backends import cuda as cuda_ops
 
     d, lens = make_cell_inputs(cell, 4, 3, 5, 20, torch.float32, residual=True, lengths=True, seed=2)
     gx = tnf.linear(d["x"], d["w_ih"], d["b_ih"])

@@ -37,7 +37,7 @@ def _exact_fp32():
     torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
-def make_inputs(cell, T, B, I, H, *, bias=True, residual=False, lengths=False, seed=0):
+def make_inputs(cell, T, B, I, H, *, bias=True, has_residual=False, has_lengths=False, seed=0):
     """fp64 CPU tensors shaped like torch's parameters (uniform ±1/sqrt(H)) plus states and upstream grads."""
     g = torch.Generator().manual_seed(seed)
     G = (3 if cell == "gru" else 4) * H
@@ -126,11 +126,11 @@ def test_forward_and_all_grads_vs_fp64(cell, dtype, case):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_hidden_size_at_declared_limit(cell, dtype):
-    from fusedrnn import cuda_ops
+    from fusedrnn.backends import cuda as cuda_ops
 
     hmax = cuda_ops.max_hidden_size(cell, dtype, False, torch.cuda.current_device())
     assert hmax >= 256
-    d = make_inputs(cell, 6, 3, 32, hmax, residual=True, lengths=True, seed=hmax)
+    d = make_inputs(cell, 6, 3, 32, hmax, has_residual=True, has_lengths=True, seed=hmax)
     assert_within_torch_error(cell, d, dtype, reverse=True)
     with pytest.raises(ValueError, match=f"H={hmax + 1}"):
         run(cell, make_inputs(cell, 2, 1, 8, hmax + 1), dtype, "cuda", grads=False)
@@ -158,7 +158,7 @@ def test_tf32_path(cell, B, H):
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_matches_fp32_reference_tightly(cell):
-    d = make_inputs(cell, 40, 6, 24, 96, residual=True, lengths=True, seed=11)
+    d = make_inputs(cell, 40, 6, 24, 96, has_residual=True, has_lengths=True, seed=11)
     ref = run(cell, d, torch.float32, "reference", reverse=True)
     ours = run(cell, d, torch.float32, "cuda", reverse=True)
     _assert_fp32_tight(ours, ref)
@@ -224,14 +224,13 @@ def test_barrier_floor():
 
 
 def test_auto_skips_unvalidated_kernels_and_rejects_fp64():
-    from fusedrnn import backends, cuda_ops
+    from fusedrnn import backends, dispatch
 
-    p = backends.Problem(cell="gru", device=torch.device(DEV), dtype=torch.bfloat16, T=4, B=2, I=8, H=64, P=64,
-                         residual=False, lengths=False, reverse=False, proj=False)
-    if not cuda_ops.VALIDATED_ON_GPU:
-        assert cuda_ops.NOT_VALIDATED in backends.REGISTRY["cuda"].reasons(p, forced=False)
-        assert backends.select("auto", p).name != "cuda"
-    assert backends.REGISTRY["cuda"].reasons(p, forced=True) == []
+    p = backends.CallSpec(cell="gru", device=torch.device(DEV), dtype=torch.bfloat16, T=4, B=2, I=8, H=64, P=64,
+                         has_residual=False, has_lengths=False, reverse=False, has_proj=False)
+    if dispatch.gate_reasons("cuda", p):
+        assert dispatch.choose("auto", p).name != "cuda"
+    assert backends.get("cuda").reasons(p, forced=True) == []
     d = make_inputs("gru", 3, 2, 8, 16)
     with pytest.raises(ValueError, match="dtype=torch.float64"):
         run("gru", d, torch.float64, "cuda", grads=False)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import fusedrnn.functional as F
-from fusedrnn import backends
+from fusedrnn import backends, dispatch
 from fusedrnn.reference import gru_reference, lstm_reference
 
 DT = torch.float64
@@ -196,40 +196,6 @@ def test_batch_zero_and_noncontiguous():
 
 
 # ----------------------------------------------------------------------------- dispatch
-
-
-def test_auto_on_cpu_picks_torch_for_fp32_and_reference_for_half(caplog, monkeypatch):
-    monkeypatch.setattr(backends, "_logged", set())  # what earlier tests logged must not hide this
-    p32 = backends.Problem("gru", torch.device("cpu"), torch.float32, 2, 2, 2, 2, 2, False, False, False, False)
-    p16 = backends.Problem("gru", torch.device("cpu"), torch.float16, 2, 2, 2, 2, 2, False, False, False, False)
-    with caplog.at_level(logging.DEBUG, logger="fusedrnn"):
-        assert backends.select("auto", p32).name == "torch"
-        assert backends.select("auto", p16).name == "reference"
-    skipped = [r.getMessage() for r in caplog.records if "skipping backend" in r.getMessage()]
-    assert any("'cuda'" in m for m in skipped) and any("'triton'" in m for m in skipped)
-    caplog.clear()
-    with caplog.at_level(logging.DEBUG, logger="fusedrnn"):
-        backends.select("auto", p32)
-        backends.select("auto", p16)
-    assert not [r for r in caplog.records if "skipping backend" in r.getMessage()], "logged once, not per call"
-
-
-def test_forced_backend_that_cannot_serve_raises_with_reasons():
-    p = backends.Problem("lstm", torch.device("cpu"), torch.float16, 2, 2, 2, 2, 2, False, False, False, False)
-    with pytest.raises(ValueError, match=r"backend 'torch' cannot run this LSTM call: dtype=torch.float16"):
-        backends.select("torch", p)
-    with pytest.raises(ValueError, match=r"backend 'cuda' cannot run"):
-        backends.select("cuda", p)
-
-
-def test_env_var_overrides_default(monkeypatch):
-    p = backends.Problem("gru", torch.device("cpu"), torch.float32, 2, 2, 2, 2, 2, False, False, False, False)
-    monkeypatch.setenv("FUSEDRNN_BACKEND", "reference")
-    assert backends.select("auto", p).name == "reference"
-    assert backends.select("torch", p).name == "torch"  # an explicit choice wins over the env var
-    monkeypatch.setenv("FUSEDRNN_BACKEND", "nonsense")
-    with pytest.raises(ValueError, match="FUSEDRNN_BACKEND='nonsense'"):
-        backends.select("auto", p)
 
 
 def test_reference_functions_are_the_reference_backend():

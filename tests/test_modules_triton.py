@@ -11,7 +11,7 @@ import fusedrnn
 from fusedrnn import backends
 from helpers import assert_close_all, run_with_grads
 
-_why = backends.REGISTRY["triton"].unavailable()
+_why = backends.get("triton").unavailable()
 pytestmark = pytest.mark.skipif(bool(_why), reason="; ".join(_why) or "available")
 
 

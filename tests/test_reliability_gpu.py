@@ -34,10 +34,10 @@ def _call(cell, args, backend, **kw):
 
 
 def _skip_unavailable(backend, cell, dtype):
-    from fusedrnn.backends import REGISTRY, Problem
+    from fusedrnn.backends import CallSpec as Problem, get
 
     p = Problem(cell, torch.device("cuda"), dtype, 8, 4, 64, 64, 64, False, False, False, False)
-    why = REGISTRY[backend].reasons(p, forced=True)
+    why = get(backend).reasons(p, forced=True)
     if why:
         pytest.skip(f"{backend} cannot run here: {'; '.join(why)}")
 

@@ -24,7 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fusedrnn.functional as F
-from fusedrnn import backends, triton_ops
+from fusedrnn import backends
+from fusedrnn.backends import triton as triton_ops
 
 
 def _triton_strategy(strategy):
@@ -70,7 +71,7 @@ def test_fp32_matches_reference(cell, T, B, I, H, residual, lengths, reverse, bi
                                            ("gru", "batch_tile"), ("lstm", "persistent")])
 def test_low_precision_error_within_torch_error(cell, strategy, dtype):
     T, B, I, H = 24, 5, 8, 40  # noqa: E741
-    d, lens = _inputs(cell, T, B, I, H, torch.float64, residual=True, lengths=True, seed=3)
+    d, lens = _inputs(cell, T, B, I, H, torch.float64, has_residual=True, has_lengths=True, seed=3)
     reverse = strategy == "persistent"
     got = _run(cell, _triton_strategy(strategy)[cell], d, lens, reverse, dtype=dtype)
     assert_lowp_within_baselines(cell, got, d, lens, reverse, dtype)
@@ -79,7 +80,7 @@ def test_low_precision_error_within_torch_error(cell, strategy, dtype):
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_fp64_gradcheck(cell):
     T, B, I, H = 3, 2, 2, 3  # noqa: E741
-    d, lens = _inputs(cell, T, B, I, H, torch.float64, residual=True, lengths=True, seed=5)
+    d, lens = _inputs(cell, T, B, I, H, torch.float64, has_residual=True, has_lengths=True, seed=5)
     names = [k for k, v in d.items() if v is not None]
     fn = _functional("triton")[cell]
 
@@ -129,7 +130,7 @@ def test_grid_barrier_code_path_under_interpreter(cell):
     """With one program per batch tile the spin barrier completes in the interpreter too: the
     USE_GRID_BARRIER=True kernels (forward and backward) give the same numbers as the CTA-barrier ones."""
     T, B, I, H = 5, 20, 3, 16  # noqa: E741  (H=16: one unit block; B=20: two batch tiles)
-    d, lens = _inputs(cell, T, B, I, H, torch.float32, residual=True, lengths=True, seed=7)
+    d, lens = _inputs(cell, T, B, I, H, torch.float32, has_residual=True, has_lengths=True, seed=7)
     fwd = kgru.gru_forward if cell == "gru" else klstm.lstm_forward
     bwd = kgru.gru_backward if cell == "gru" else klstm.lstm_backward
     if cell == "gru":
@@ -160,7 +161,7 @@ def test_barrier_floor_single_program_under_interpreter():
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_inference_matches_training_forward(cell):
     """No grad needed: the forward keeps only two h/c slots (ping-pong) and saves nothing."""
-    d, lens = _inputs(cell, 9, 5, 4, 40, torch.float32, residual=True, lengths=True, seed=11)
+    d, lens = _inputs(cell, 9, 5, 4, 40, torch.float32, has_residual=True, has_lengths=True, seed=11)
     args = [d["x"], d["h0"]] + ([d["c0"]] if cell == "lstm" else []) + [d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"]]
     fn = F.gru if cell == "gru" else F.lstm
     for strategy_reverse in (False, True):
@@ -190,12 +191,12 @@ def test_partial_upstream_and_partial_requires_grad(cell):
 
 
 def test_limits_explain_projection():
-    p = backends.Problem(cell="lstm", device=torch.device("cpu"), dtype=torch.float32, T=2, B=1, I=2, H=4, P=2,
-                         residual=False, lengths=False, reverse=False, proj=True)
+    p = backends.CallSpec(cell="lstm", device=torch.device("cpu"), dtype=torch.float32, T=2, B=1, I=2, H=4, P=2,
+                         has_residual=False, has_lengths=False, reverse=False, has_proj=True)
     assert any("proj_size" in r for r in triton_ops.limits(p))
-    assert triton_ops.limits(backends.Problem(cell="gru", device=torch.device("cpu"), dtype=torch.float64,
-                                              T=2, B=1, I=2, H=4, P=4, residual=True, lengths=True,
-                                              reverse=True, proj=False)) == []
+    assert triton_ops.limits(backends.CallSpec(cell="gru", device=torch.device("cpu"), dtype=torch.float64,
+                                              T=2, B=1, I=2, H=4, P=4, has_residual=True, has_lengths=True,
+                                              reverse=True, has_proj=False)) == []
     x = torch.randn(2, 1, 2)
     with pytest.raises(ValueError, match="proj_size"):
         F.lstm(x, torch.zeros(1, 2), torch.zeros(1, 4), torch.randn(16, 2), torch.randn(16, 2), None, None,
@@ -204,7 +205,7 @@ def test_limits_explain_projection():
 
 @pytest.mark.parametrize("cell,compile_backend", [("gru", "inductor"), ("lstm", "aot_eager")])
 def test_torch_compile_fullgraph(cell, compile_backend):
-    d, lens = _inputs(cell, 4, 3, 5, 8, torch.float32, residual=True, lengths=True, seed=17)
+    d, lens = _inputs(cell, 4, 3, 5, 8, torch.float32, has_residual=True, has_lengths=True, seed=17)
     fn = F.gru if cell == "gru" else F.lstm
     extra = ["c0"] if cell == "lstm" else []
     names = ["x", "h0"] + extra + ["w_ih", "w_hh", "b_ih", "b_hh", "residual"]

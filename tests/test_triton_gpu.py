@@ -19,7 +19,8 @@ import pytest
 import torch
 
 import fusedrnn.functional as F
-from fusedrnn import backends, triton_ops
+from fusedrnn import backends
+from fusedrnn.backends import triton as triton_ops
 from helpers import run_cell_with_grads as _run
 from fusedrnn.kernels import common
 
@@ -56,12 +57,12 @@ def _err(got, want):
 
 
 def _ref(cell):
-    b = backends.REGISTRY["reference"]
+    b = backends.get("reference")
     return b.gru if cell == "gru" else b.lstm
 
 
 def _torch(cell):
-    b = backends.REGISTRY["torch"]
+    b = backends.get("torch")
     return b.gru if cell == "gru" else b.lstm
 
 

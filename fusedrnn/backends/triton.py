@@ -19,14 +19,17 @@ from torch import Tensor
 
 from fusedrnn.kernels import gru as _gru
 from fusedrnn.kernels import lstm as _lstm
+from fusedrnn.kernels.common import interpreter_on
 
-__all__ = ["gru", "lstm", "limits"]
+from . import FLOAT_DTYPES, Backend, dtype_reasons
+
+__all__ = ["BACKEND", "gru", "lstm", "limits"]
 
 
 def limits(p) -> list[str]:
     """Readable reasons the Triton kernels cannot serve Problem ``p`` (empty: they can)."""
     reasons = []
-    if p.proj:
+    if p.has_proj:
         reasons.append(limits_reason_proj())
     return reasons
 
@@ -213,3 +216,41 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, *,
 
 def limits_reason_proj() -> str:
     return "proj_size>0 (w_hr) is not supported by the Triton kernels"
+
+
+# ------------------------------------------------------------------------------------------------
+# The backend (fusedrnn/backends/__init__.py's interface)
+# ------------------------------------------------------------------------------------------------
+
+
+class TritonBackend(Backend):
+    name = "triton"
+    description = "fused Triton kernels: whole sequence per launch (CUDA; CPU only under TRITON_INTERPRET=1)"
+
+    def reasons(self, spec, forced):
+        reasons = []
+        interpreted = interpreter_on()
+        if spec.device.type == "cuda":
+            if not interpreted:
+                major, minor = torch.cuda.get_device_capability(spec.device)
+                if major < 8:
+                    reasons.append(f"compute capability {major}.{minor} (needs >= 8.0)")
+        elif spec.device.type == "cpu":
+            if not interpreted:
+                reasons.append("device=cpu: Triton kernels run on CUDA, or on CPU only under TRITON_INTERPRET=1")
+            elif not forced:
+                reasons.append("device=cpu: the Triton interpreter is for tests; force backend='triton' to use it")
+        else:
+            reasons.append(f"device={spec.device.type} (supported: cuda)")
+        reasons += dtype_reasons(spec.dtype, FLOAT_DTYPES)
+        reasons += limits(spec)
+        return reasons
+
+    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+        return gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+
+    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
+        return lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse)
+
+
+BACKEND = TritonBackend()

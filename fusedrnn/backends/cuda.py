@@ -20,18 +20,14 @@ from typing import Optional
 
 import torch
 
-from ._precision import cuda_matmul_allows_tf32
+from .._precision import cuda_matmul_allows_tf32
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._ext import ExtensionError, load
+from .._ext import ExtensionError, load
+from . import Backend
 
-__all__ = ["VALIDATED_ON_GPU", "unavailable", "limits", "gru", "lstm"]
-
-# Flipped to True by a GPU session once tests/test_cuda_gpu.py and the sanitizer cases pass; until
-# then ``auto`` dispatch never picks these kernels (forcing backend="cuda" still runs them).
-VALIDATED_ON_GPU = False
-NOT_VALIDATED = "the CUDA kernels have not yet been validated on a GPU (force backend='cuda' to use them)"
+__all__ = ["BACKEND", "unavailable", "limits", "gru", "lstm"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_CAPABILITY = (8, 0)
@@ -99,7 +95,7 @@ def limits(p, forced: bool) -> list[str]:
     if p.dtype not in SUPPORTED_DTYPES:
         names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
         reasons.append(f"dtype={p.dtype} (supported: {names}; float64 has no tensor-core path here)")
-    if p.proj:
+    if p.has_proj:
         reasons.append("proj_size (LSTM with w_hr) is not supported by the CUDA kernels")
     index = p.device.index if p.device.index is not None else torch.cuda.current_device()
     major, minor = torch.cuda.get_device_capability(index)
@@ -128,8 +124,6 @@ def limits(p, forced: bool) -> list[str]:
                     f"{d['blocks_per_sm'] * d['num_sms']} at that shared-memory size ({tail})"
                 )
             break
-    if not forced and not VALIDATED_ON_GPU:
-        reasons.append(NOT_VALIDATED)
     return reasons
 
 
@@ -317,3 +311,33 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
 def barrier_floor(T: int, grid: int = 0) -> float:
     """Milliseconds for a persistent kernel doing T grid barriers and nothing else (grid <= 0: one CTA per SM)."""
     return float(_ext().barrier_floor(T, grid))
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend (fusedrnn/backends/__init__.py's interface)
+# ---------------------------------------------------------------------------------------------
+
+
+class CudaBackend(Backend):
+    name = "cuda"
+    description = "persistent CUDA kernels from csrc/ (fusedrnn._C): one cooperative launch per sequence"
+
+    def unavailable(self):
+        return unavailable()
+
+    def reasons(self, spec, forced):
+        reasons = self.unavailable()
+        if reasons:
+            return reasons
+        if spec.device.type != "cuda":
+            return [f"device={spec.device.type} (supported: cuda)"]
+        return limits(spec, forced)
+
+    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+        return gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+
+    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
+        return lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse)
+
+
+BACKEND = CudaBackend()

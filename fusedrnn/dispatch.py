@@ -1,0 +1,320 @@
+"""Which backend runs a call: the one place that decides.
+
+``choose(backend, spec)`` serves fusedrnn.functional (one layer-direction); ``plan(...)`` serves the
+modules (every layer-direction of one forward, decided once). Both follow the same rules:
+
+- a forced backend (``backend="cuda"`` etc.) runs if it can serve the call, else ValueError with
+  its reasons; forcing a fused backend onto a GPU where no recorded GPU run validated it works,
+  with a one-time warning naming what is unverified;
+- ``auto`` (the default, or ``FUSEDRNN_BACKEND``) considers cuda, triton, torch, reference:
+  - a fused backend (cuda, triton) qualifies on a GPU only if it can serve the call **and** a GPU
+    test run recorded in the package validated its kernels for this cell, dtype and GPU family
+    (fusedrnn/evidence.py); on the CPU the fused kernels never run under ``auto``;
+  - among the qualifying fused backends and torch (cuDNN), on a GPU: with
+    ``torch.backends.cudnn.benchmark`` on, each candidate is timed once per call shape and the
+    fastest kept for the process; otherwise the measured dispatch table of this GPU family picks
+    the fastest; where no row applies, torch;
+  - elsewhere the first that can serve: torch (CPU float32/float64), then the reference.
+- while exporting (``torch.onnx.export``, ``torch.export``), torch's op, so the graph holds the
+  RNN ops torch.nn exports.
+Every skipped backend is logged once, at debug level, with its reasons (logger ``fusedrnn``);
+``python -m fusedrnn.info`` prints the same reasons.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import os
+import warnings
+
+import torch
+
+from . import evidence
+from ._precision import cuda_matmul_allows_tf32
+from .backends import FUSED, NAMES, Backend, CallSpec, get
+
+__all__ = ["CHOICES", "CallSpec", "StackPlan", "choose", "plan", "plan_module", "check_backend_name", "default_backend",
+           "explain", "clear_caches"]
+
+logger = logging.getLogger("fusedrnn")
+
+CHOICES = ("auto",) + NAMES
+_logged: set = set()
+_warned: set = set()
+_autotuned: dict = {}
+_SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(CallSpec))
+
+
+def default_backend() -> str:
+    name = os.environ.get("FUSEDRNN_BACKEND", "auto") or "auto"
+    if name not in CHOICES:
+        raise ValueError(f"FUSEDRNN_BACKEND={name!r} is not one of {', '.join(CHOICES)}")
+    return name
+
+
+def check_backend_name(backend: str, argname: str = "backend") -> str:
+    if not isinstance(backend, str) or backend not in CHOICES:
+        raise ValueError(f"{argname} must be one of {', '.join(repr(c) for c in CHOICES)}, got {backend!r}")
+    return backend
+
+
+def clear_caches() -> None:
+    """Forget cached decisions, autotuned winners and logged reasons (tests; after changing records)."""
+    _decide.cache_clear()
+    _cached_module_plan.cache_clear()
+    _autotuned.clear()
+    _logged.clear()
+    _warned.clear()
+    evidence.clear_caches()
+
+
+# --- the gate: fused kernels on a GPU only where a GPU run validated them -----------------------
+
+
+def gate_reasons(name: str, spec: CallSpec) -> list[str]:
+    """Why ``auto`` may not use fused backend ``name`` for ``spec`` (empty: validated)."""
+    if spec.device.type != "cuda":
+        return []
+    return evidence.validation_reasons(name, spec.cell, spec.dtype, evidence.device_family(spec.device))
+
+
+def _warn_unvalidated(name: str, spec: CallSpec) -> None:
+    reasons = gate_reasons(name, spec)
+    key = (name, spec.cell, spec.dtype, spec.device.type)
+    if reasons and key not in _warned:
+        _warned.add(key)
+        warnings.warn(
+            f"fusedrnn: backend={name!r} runs kernels that no recorded GPU run validated for this "
+            f"{spec.cell.upper()} {spec.dtype} call ({'; '.join(reasons)}); backend='auto' would use torch (cuDNN)",
+            RuntimeWarning, stacklevel=4,
+        )
+
+
+# --- choosing among validated candidates on a GPU -------------------------------------------------
+
+
+def _table_choice(spec: CallSpec, candidates: list[str]) -> tuple[str, str]:
+    """(backend, why) from the measured dispatch table of this GPU family."""
+    family = evidence.device_family(spec.device)
+    table = evidence.dispatch_table(family)
+    if table is None:
+        return "torch", f"no measured dispatch table for {family}"
+    row = evidence.table_row(table, spec.cell, spec.dtype, spec.needs_grad, spec.H, spec.B, spec.T)
+    if row is None:
+        return "torch", f"no row of the {family} dispatch table holds this shape"
+    fingerprints = table.get("provenance", {}).get("fingerprints", {})
+    times = {}
+    for name in candidates:
+        ms = row.get("ms", {}).get(name)
+        if ms is None:
+            continue
+        if name in FUSED and fingerprints.get(name) != evidence.kernel_fingerprint(name):
+            continue  # measured with other kernel sources: says nothing about these
+        times[name] = ms
+    if not times:
+        return "torch", "the table measured none of the validated candidates for this shape"
+    best = min(times, key=times.get)
+    return best, f"{family} dispatch table: " + ", ".join(f"{n} {t:.3f} ms" for n, t in sorted(times.items()))
+
+
+def time_candidate(name: str, spec: CallSpec) -> float:
+    """Milliseconds for one call of ``spec`` on backend ``name``, on random inputs of its shape
+    (forward, and backward when the call will need one), median of a few runs after a warm-up."""
+    from . import functional
+
+    dev, dt = spec.device, spec.dtype
+    g = 4 if spec.cell == "lstm" else 3
+    rnd = functools.partial(torch.randn, device=dev, dtype=dt)
+    x = rnd(spec.T, spec.B, spec.I, requires_grad=spec.needs_grad)
+    weights = [rnd(g * spec.H, spec.I) / spec.H**0.5, rnd(g * spec.H, spec.P) / spec.H**0.5, rnd(g * spec.H), rnd(g * spec.H)]
+    kw = dict(residual=rnd(spec.T, spec.B, spec.P) if spec.has_residual else None, reverse=spec.reverse, backend=name,
+              lengths=torch.full((spec.B,), spec.T, dtype=torch.int64) if spec.has_lengths else None)
+    h0 = rnd(spec.B, spec.P)
+    if spec.cell == "gru":
+        def call():
+            return functional.gru(x, h0, *weights, **kw)
+    else:
+        c0 = rnd(spec.B, spec.H)
+        w_hr = rnd(spec.P, spec.H) if spec.has_proj else None
+
+        def call():
+            return functional.lstm(x, h0, c0, *weights, w_hr, **kw)
+
+    def once():
+        with torch.set_grad_enabled(spec.needs_grad):
+            y = call()[0]
+            if spec.needs_grad:
+                y.sum().backward()
+
+    once()
+    times = []
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        once()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def _autotune(spec: CallSpec, candidates: list[str]) -> tuple[str, str]:
+    if spec not in _autotuned:
+        times = {}
+        for name in candidates:
+            try:
+                times[name] = time_candidate(name, spec)
+            except Exception as e:  # noqa: BLE001 - a candidate that fails is not chosen
+                logger.debug("fusedrnn: autotune: %s failed on %s (%s: %s)", name, spec, type(e).__name__, e)
+        best = min(times, key=times.get) if times else "torch"
+        _autotuned[spec] = best
+        logger.debug("fusedrnn: autotune (torch.backends.cudnn.benchmark) for %s: %s -> %s", spec,
+                     ", ".join(f"{n} {t:.3f} ms" for n, t in times.items()), best)
+    return _autotuned[spec], "timed on first use (torch.backends.cudnn.benchmark)"
+
+
+# --- the decision ----------------------------------------------------------------------------------
+
+
+def _log_skip(name: str, spec: CallSpec, reasons: list[str]) -> None:
+    key = (name, spec.cell, spec.device.type, spec.dtype, tuple(reasons))
+    if key not in _logged:
+        _logged.add(key)
+        logger.debug("fusedrnn: skipping backend %r: %s", name, "; ".join(reasons))
+
+
+def explain(spec: CallSpec) -> list[tuple[str, list[str]]]:
+    """For ``auto``: each backend with the reasons it cannot serve ``spec`` (gate included)."""
+    out = []
+    for name in NAMES:
+        reasons = get(name).reasons(spec, forced=False)
+        if not reasons and name in FUSED:
+            reasons = gate_reasons(name, spec)
+        out.append((name, reasons))
+    return out
+
+
+@functools.lru_cache(maxsize=4096)
+def _decide(backend: str, spec: CallSpec, benchmark: bool, tf32: bool) -> str:
+    """A backend name, or (starting with "fusedrnn backend") why the forced one cannot serve.
+    Cached: the answer depends only on the arguments (``benchmark`` and ``tf32`` are there to key
+    the cache on the switches that change it) and on the records, which only tests change."""
+    if backend != "auto":
+        reasons = get(backend).reasons(spec, forced=True)
+        if reasons:
+            return f"fusedrnn backend {backend!r} cannot run this {spec.cell.upper()} call: " + "; ".join(reasons)
+        return backend
+    servable = []
+    for name, reasons in explain(spec):
+        if reasons:
+            _log_skip(name, spec, reasons)
+        else:
+            servable.append(name)
+    fused = [n for n in servable if n in FUSED]
+    if spec.device.type == "cuda" and fused and "torch" in servable:
+        candidates = fused + ["torch"]
+        if benchmark and not spec.tracing:
+            return _autotune(spec, candidates)[0]
+        name, why = _table_choice(spec, candidates)
+        logger.debug("fusedrnn: %s for %s (%s)", name, spec, why)
+        return name
+    return servable[0]
+
+
+def _switches(spec: CallSpec) -> tuple[bool, bool]:
+    if spec.device.type != "cuda":
+        return False, False
+    return bool(torch.backends.cudnn.benchmark), cuda_matmul_allows_tf32()
+
+
+@torch.compiler.assume_constant_result
+def _decide_traced(backend: str, *fields) -> str:
+    # Plain-value arguments and a str result, so torch.compile runs this once at trace time and
+    # bakes the answer in (it imports optional modules and reads files: not traceable).
+    spec = CallSpec(*fields)
+    return _decide(backend, spec, *_switches(spec))
+
+
+def _resolve(backend: str, spec: CallSpec) -> str:
+    if torch.compiler.is_exporting():
+        # The exported graph should hold torch's RNN ops (as torch.nn exports), whatever runs eagerly.
+        return "torch"
+    if torch.compiler.is_compiling():
+        # T, B and I vary between calls (automatic dynamic shapes makes them symbolic) and only the
+        # measured table decides on them: blanked, so one graph serves every shape.
+        spec = dataclasses.replace(spec, tracing=True, T=0, B=0, I=0)
+        return _decide_traced(backend, *(getattr(spec, f) for f in _SPEC_FIELDS))
+    return _decide(backend, spec, *_switches(spec))
+
+
+def _backend_for(backend: str, spec: CallSpec) -> Backend:
+    if backend == "auto":
+        backend = default_backend()
+    name = _resolve(backend, spec)
+    if name not in NAMES:  # an explanation, raised here so torch.compile shows it as it is
+        raise ValueError(name)
+    if name in FUSED and not torch.compiler.is_compiling():
+        _warn_unvalidated(name, spec)
+    return get(name)
+
+
+def choose(backend: str, spec: CallSpec) -> Backend:
+    """The backend that runs one layer-direction call ``spec``."""
+    check_backend_name(backend)
+    return _backend_for(backend, spec)
+
+
+def plan(backend: str, specs: tuple[CallSpec, ...]) -> tuple[Backend, ...]:
+    """The backends for several layer-direction calls decided together (a module's stack)."""
+    check_backend_name(backend)
+    return tuple(_backend_for(backend, spec) for spec in specs)
+
+
+@dataclasses.dataclass(frozen=True)
+class StackPlan:
+    """The backends of one module call, one per layer-direction (index layer * D + direction)."""
+
+    backends: tuple[Backend, ...]
+    on_torch: bool  # every layer-direction runs torch's op: the stack can run as torch.nn runs it
+
+
+def plan_module(backend: str, cell: str, device: torch.device, dtype: torch.dtype, T: int, B: int,
+                input_size: int, hidden_size: int, proj_size: int, num_layers: int, bidirectional: bool,
+                residual_layers: tuple[int, ...], packed: bool, needs_grad: bool) -> StackPlan:
+    """The plan for one call of a fusedrnn.GRU/LSTM: decided once per forward from plain values
+    (cached on them, so a repeated call shape costs a dictionary lookup)."""
+    if backend == "auto":
+        backend = default_backend()
+    if torch.compiler.is_exporting() or torch.compiler.is_compiling():
+        return _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
+                            bidirectional, residual_layers, packed, needs_grad)
+    if device.type == "cuda":
+        switches = (bool(torch.backends.cudnn.benchmark), cuda_matmul_allows_tf32())
+    else:
+        switches = (False, False)
+    return _cached_module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
+                               bidirectional, residual_layers, packed, needs_grad, switches)
+
+
+def _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
+                 bidirectional, residual_layers, packed, needs_grad) -> StackPlan:
+    check_backend_name(backend)
+    D = 2 if bidirectional else 1
+    P = proj_size if proj_size > 0 else hidden_size
+    specs = tuple(
+        CallSpec(cell=cell, device=device, dtype=dtype, T=T, B=B, I=input_size if layer == 0 else D * P,
+                 H=hidden_size, P=P, has_residual=layer in residual_layers, has_lengths=packed,
+                 reverse=direction == 1, has_proj=proj_size > 0, needs_grad=needs_grad)
+        for layer in range(num_layers) for direction in range(D)
+    )
+    backends = plan(backend, specs)
+    return StackPlan(backends, all(b.name == "torch" for b in backends))
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
+                        bidirectional, residual_layers, packed, needs_grad, switches) -> StackPlan:
+    return _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
+                        bidirectional, residual_layers, packed, needs_grad)
