@@ -5,6 +5,8 @@
     python -m fusedrnn.bench --cases flashrnn,stream-gru --providers torch-nn,fusedrnn-cuda \\
                              --dtypes bf16 --modes forward --out /tmp/run
     python -m fusedrnn.bench --list                # the cases and providers
+    python -m fusedrnn.bench --model               # the per-step latency model (no GPU needed)
+    python -m fusedrnn.bench --write-dispatch      # GPU: measure and write the dispatch table
 
 Without a GPU the Triton kernels can only run under the Triton interpreter, which must be switched
 on before triton is imported. ``python -m fusedrnn.bench`` imports the fusedrnn package first, and
@@ -70,6 +72,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                     help="GPU: start no new measurement after this many seconds (the rest is marked skipped)")
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--list", action="store_true", help="print the cases and providers, then exit")
+    ap.add_argument("--write-dispatch", action="store_true",
+                    help="GPU: measure the dispatch sweep and write fusedrnn/gpu_records/dispatch_<family>.json "
+                         "(bench/dispatch_sweep.py); --budget-s bounds it, --dtypes picks the dtypes")
+    ap.add_argument("--model", action="store_true",
+                    help="print the per-step latency model (a MODEL, not a measurement) and exit; no GPU needed")
     return ap.parse_args(argv)
 
 
@@ -116,11 +123,41 @@ def run_gpu(args) -> int:
     return 0
 
 
+def write_dispatch(args) -> int:
+    from . import dispatch_sweep
+
+    device = torch.device("cuda", torch.cuda.current_device())
+    dtypes = args.dtypes or ["bf16", "fp16"]
+    budget = args.budget_s if args.budget_s is not None else 300.0
+    print(f"dispatch sweep on {torch.cuda.get_device_name(device)}: dtypes {', '.join(dtypes)}, budget {budget:.0f} s",
+          flush=True)
+    rows, path = dispatch_sweep.sweep(device, dtypes=dtypes, budget_s=budget,
+                                      out_dir=args.out, log=lambda m: print(m, flush=True))
+    print(f"wrote {path} ({len(rows)} rows)")
+    return 0 if rows else 1
+
+
+def print_model(args) -> int:
+    from . import perf_model
+
+    selected = [cases_mod.get(c) for c in args.cases] if args.cases else list(cases_mod.CASES)
+    dtypes = args.dtypes or list(cases_mod.DTYPES)
+    print(perf_model.format_table(perf_model.table(selected, dtypes), phases=True))
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.list:
         print(list_cases())
         return 0
+    if args.model:
+        return print_model(args)
+    if args.write_dispatch:
+        if not torch.cuda.is_available():
+            print("--write-dispatch measures on a GPU; no CUDA device is visible")
+            return 1
+        return write_dispatch(args)
     if torch.cuda.is_available():
         return run_gpu(args)
     from . import demo

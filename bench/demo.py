@@ -23,6 +23,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 from . import cases as cases_mod
 from . import providers, runner
+from .composed import ComposedTorch
 
 K, FLOOR = 10.0, 1e-5
 DEMO_LABEL = "CPU demonstration (no GPU: CPU timings only, not GPU results)"
@@ -33,42 +34,6 @@ def _rel(got: torch.Tensor, want: torch.Tensor) -> float:
     if not torch.isfinite(got).all():
         return float("inf")
     return float((got - want).norm() / want.norm().clamp_min(1e-30))
-
-
-class _Composed(torch.nn.Module):
-    """torch.nn per layer with ``y = rnn(x) + x`` where the widths match: the residual oracle."""
-
-    def __init__(self, cell: str, I: int, H: int, layers: int, bidirectional: bool):  # noqa: E741
-        super().__init__()
-        D = 2 if bidirectional else 1
-        cls = torch.nn.GRU if cell == "gru" else torch.nn.LSTM
-        self.cell, self.D = cell, D
-        self.layers = torch.nn.ModuleList(cls(I if k == 0 else D * H, H, bidirectional=bidirectional)
-                                          for k in range(layers))
-        self.adds = [(I if k == 0 else D * H) == D * H for k in range(layers)]
-
-    def load_from(self, sd: dict) -> None:
-        for k, m in enumerate(self.layers):
-            m.load_state_dict(providers.layer_state(sd, k, self.D == 2))
-
-    def grads_as_stack(self) -> dict:
-        out = {}
-        for k, m in enumerate(self.layers):
-            for name, p in m.named_parameters():
-                out[name.replace("_l0", f"_l{k}")] = p.grad
-        return out
-
-    def forward(self, x, hx):
-        finals = []
-        for k, m in enumerate(self.layers):
-            sl = slice(k * self.D, (k + 1) * self.D)
-            h = hx[sl] if self.cell == "gru" else (hx[0][sl], hx[1][sl])
-            y, state = m(x, h)
-            finals.append(state)
-            x = y + x if self.adds[k] else y
-        if self.cell == "gru":
-            return x, torch.cat(finals, 0)
-        return x, (torch.cat([s[0] for s in finals], 0), torch.cat([s[1] for s in finals], 0))
 
 
 def _run(module, x, hx, lengths, upstream, dtype):
@@ -90,7 +55,7 @@ def _run(module, x, hx, lengths, upstream, dtype):
     res["dx"] = x.grad
     for i, h in enumerate([hx] if isinstance(hx, torch.Tensor) else hx):
         res[f"dstate{i}"] = h.grad
-    grads = module.grads_as_stack() if isinstance(module, _Composed) else {n: p.grad for n, p in module.named_parameters()}
+    grads = module.grads_by_fused_name() if isinstance(module, ComposedTorch) else {n: p.grad for n, p in module.named_parameters()}
     res.update({f"d{n}": g for n, g in grads.items()})
     return res
 
@@ -105,12 +70,6 @@ def check_module(cell: str, backend: str, *, T: int, B: int, H: int, layers: int
     D = 2 if bidirectional else 1
     g = torch.Generator().manual_seed(seed)
     oracle_cls = (torch.nn.GRU if cell == "gru" else torch.nn.LSTM)
-    if residual:
-        def make():
-            return _Composed(cell, I, H, layers, bidirectional)
-    else:
-        def make():
-            return oracle_cls(I, H, num_layers=layers, bidirectional=bidirectional)
     proto = oracle_cls(I, H, num_layers=layers, bidirectional=bidirectional)
     with torch.no_grad():
         for p in proto.parameters():
@@ -133,11 +92,10 @@ def check_module(cell: str, backend: str, *, T: int, B: int, H: int, layers: int
     fused.load_state_dict(sd)
 
     def oracle_in(dtype):
-        m = make()
-        if residual:
-            m.load_from(sd)
-        else:
-            m.load_state_dict(sd)
+        if residual:  # torch.nn per layer with the adds, holding the same weights
+            return ComposedTorch(fused).to(dtype)
+        m = oracle_cls(I, H, num_layers=layers, bidirectional=bidirectional)
+        m.load_state_dict(sd)
         return m.to(dtype)
 
     # Random upstream grads on every output need the output shapes: one oracle forward first.

@@ -1,63 +1,69 @@
 #!/usr/bin/env bash
-# The one command for a GPU machine (offline; its own python3, torch, triton, nvcc):
+# The one command for a GPU machine (offline; its own python3, torch, triton, nvcc). Two phases,
+# each sized for one device call of at most 10 minutes (docs/GPU_SESSION.md says how to use them):
 #
-#     bash bench/gpu_run.sh
+#     bash bench/gpu_run.sh check    # build, the decisive checks first, GPU tests, validation records, sanitizers
+#     bash bench/gpu_run.sh bench    # build (kept if the machine is still warm), benchmark grid, dispatch sweep
 #
-# Stages, each under `timeout`, each recorded with its exit status; a failing stage does not stop
-# the next. Everything fits in GPU_RUN_TOTAL_S seconds (default 470, inside an 8-minute lease call):
-#   info      nvidia-smi, python -m fusedrnn.info
-#   build     pip install --no-build-isolation --no-deps -e . (builds fusedrnn._C in place for this
-#             GPU's arch only; falls back to an install without the extension if the build fails)
-#   tests     FUSEDRNN_TEST_DEVICE=cuda python -m pytest -m gpu tests/
-#   memcheck  compute-sanitizer --tool memcheck  python bench/sanitize_cases.py
-#   racecheck compute-sanitizer --tool racecheck python bench/sanitize_cases.py
-#   grid      python -m fusedrnn.bench (bf16+fp16, both modes, every case and provider, time-budgeted:
-#             the budget skips the slowest baselines first and says so in the results)
-# Writes bench/results/gpu-<time>/ (logs, results.csv/json, ratios.png, summary.txt) and copies the
-# results, the summary and a tarball of the logs to $OUT when it is set. Prints a summary table last.
-# Exit status: 0 when every stage exited 0. GPU_RUN_SKIP="build tests" skips named stages (a rerun on a
-# machine that already built); PYTHON picks the interpreter (default python3).
+# check: info, build (this GPU's arch only), barrier (both backends' grid barriers with check=True:
+#        a barrier that opens early is silently wrong, so it goes first), slots (the CUDA kernels' raw
+#        exchange-buffer and saved-activation test), tests (every GPU test but the slow ones, writing
+#        a validation report), record (python -m fusedrnn.evidence record: the package's GPU
+#        validation records, fusedrnn/gpu_records/validated.json), then compute-sanitizer memcheck,
+#        racecheck, synccheck, initcheck on bench/sanitize_cases.py (T <= 32) while time is left.
+# bench: info, build, grid (python -m fusedrnn.bench: every case against cuDNN), dispatch (python -m
+#        fusedrnn.bench --write-dispatch: fusedrnn/gpu_records/dispatch_<family>.json).
 #
-# Phases (first argument): "all" (default: everything above in one call), "check" (info, build, tests,
-# sanitizers; the tests get up to 300 s) or "bench" (info, build, grid). One device call is at most
-# 10 minutes, so a session with time for two calls runs `check` then `bench` on the warm machine
-# (the in-place build is kept between calls while the machine stays warm).
+# Each stage runs under `timeout`, is logged to bench/results/gpu-<time>/<stage>.log and recorded
+# with its status and seconds; a failing stage does not stop the next. Without a GPU (a dry run on a
+# CPU machine) the stages that need one report "skipped: no GPU" and the summary is still written.
+# A sanitizer that refuses the device ("Device not supported", error 999: seen on some of these
+# machines' runtimes) is reported "unavailable on this machine", not as a kernel failure.
+# When $OUT is set, the summary, results, records and a tarball of the logs are copied there.
+# Exit status: 0 when no stage failed. Environment: GPU_RUN_TOTAL_S (default 540), GPU_RUN_SKIP
+# (stage names to skip), PYTHON (default python3).
 set -u
-PHASE=${1:-all}
+PHASE=${1:-check}
 case "$PHASE" in
-    all) TESTS_CAP=120 ;;
-    check) TESTS_CAP=300; GPU_RUN_SKIP="${GPU_RUN_SKIP:-} grid" ;;
-    bench) TESTS_CAP=0; GPU_RUN_SKIP="${GPU_RUN_SKIP:-} tests memcheck racecheck" ;;
-    *) echo "usage: bash bench/gpu_run.sh [all|check|bench]" >&2; exit 2 ;;
+    check|bench) ;;
+    *) echo "usage: bash bench/gpu_run.sh [check|bench]" >&2; exit 2 ;;
 esac
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 PY=${PYTHON:-python3}
-TOTAL=${GPU_RUN_TOTAL_S:-470}
+TOTAL=${GPU_RUN_TOTAL_S:-540}
 START=$(date +%s)
 STAMP=$(date +%Y%m%d-%H%M%S)
-RUN_DIR="$ROOT/bench/results/gpu-$STAMP"
-mkdir -p "$RUN_DIR"
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET   # real GPU kernels, never the interpreter
 STAGES=()
 
+if $PY -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' > /dev/null 2>&1; then
+    HAVE_GPU=1
+    RUN_DIR="$ROOT/bench/results/gpu-$STAMP-$PHASE"
+else
+    HAVE_GPU=0
+    RUN_DIR="$ROOT/bench/results/gpu-$STAMP-$PHASE-dryrun"   # not committed (bench/results/.gitignore)
+fi
+mkdir -p "$RUN_DIR"
+
 remaining() { echo $(( TOTAL - ($(date +%s) - START) )); }
 
-# stage NAME CAP_SECONDS COMMAND...: run with timeout min(CAP, time left - reserve), log to RUN_DIR/NAME.log
+record() { STAGES+=("$1|$2|$3|$4"); }
+
+# stage NAME CAP_SECONDS NEEDS_GPU COMMAND...: run under timeout min(CAP, time left - 15 s), log to RUN_DIR/NAME.log
 stage() {
-    local name=$1 cap=$2; shift 2
+    local name=$1 cap=$2 needs_gpu=$3; shift 3
     if [[ " ${GPU_RUN_SKIP:-} " == *" $name "* ]]; then
-        STAGES+=("$name|skipped|0|GPU_RUN_SKIP")
-        echo "== $name: skipped (GPU_RUN_SKIP)"
-        return
+        record "$name" skipped 0 "GPU_RUN_SKIP"; echo "== $name: skipped (GPU_RUN_SKIP)"; return 0
     fi
-    local left; left=$(( $(remaining) - 10 ))
+    if (( needs_gpu && ! HAVE_GPU )); then
+        record "$name" skipped 0 "skipped: no GPU"; echo "== $name: skipped: no GPU"; return 0
+    fi
+    local left; left=$(( $(remaining) - 15 ))
     local limit=$(( cap < left ? cap : left ))
     if (( limit < 5 )); then
-        STAGES+=("$name|skipped|0|no time left")
-        echo "== $name: skipped (no time left)"
-        return
+        record "$name" skipped 0 "no time left"; echo "== $name: skipped (no time left)"; return 0
     fi
     echo "== $name (limit ${limit}s): $*"
     local t0; t0=$(date +%s)
@@ -66,70 +72,98 @@ stage() {
     local dt=$(( $(date +%s) - t0 ))
     local note="exit $rc"
     (( rc == 124 || rc == 137 )) && note="timed out after ${limit}s"
-    tail -n 15 "$RUN_DIR/$name.log"
-    STAGES+=("$name|$rc|$dt|$note")
+    tail -n 12 "$RUN_DIR/$name.log"
+    echo "== $name: $note in ${dt}s"
+    record "$name" "$rc" "$dt" "$note"
+    return $rc
 }
 
-stage info 20 bash -c "nvidia-smi; $PY -m fusedrnn.info 2>&1 || true; $PY -c 'import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__)'; nvcc --version | tail -n 2; command -v compute-sanitizer"
+# sanitizer TOOL CAP: compute-sanitizer over bench/sanitize_cases.py; a refused device is "unavailable".
+SANITIZER_OK=1
+sanitizer() {
+    local tool=$1 cap=$2
+    if (( ! SANITIZER_OK )); then
+        record "$tool" unavailable 0 "compute-sanitizer unavailable on this machine (see sanitizer-probe.log)"; return
+    fi
+    stage "$tool" "$cap" 1 compute-sanitizer --tool "$tool" --error-exitcode 99 $PY bench/sanitize_cases.py
+    local rc=$?
+    if (( rc != 0 )) && grep -qE "Device not supported|error 999|CUDA_ERROR_UNKNOWN" "$RUN_DIR/$tool.log" 2>/dev/null; then
+        unset 'STAGES[${#STAGES[@]}-1]'
+        record "$tool" unavailable 0 "compute-sanitizer refused the device on this machine (not a kernel failure)"
+        SANITIZER_OK=0
+    fi
+}
 
-# Build for this GPU only (halves nvcc time against the default 8.0;9.0 list).
+stage info 30 0 bash -c "nvidia-smi || true; $PY -m fusedrnn.info 2>&1 || true; $PY -c 'import torch, triton; print(torch.__version__, torch.version.cuda, triton.__version__)'; nvcc --version | tail -n 2; command -v compute-sanitizer || true"
+
+# Build for this GPU only (halves nvcc time against the default 8.0;9.0 list); all cores.
 ARCH=$($PY -c 'import torch; c=torch.cuda.get_device_capability(); print(f"{c[0]}.{c[1]}")' 2>/dev/null || echo "9.0")
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$ARCH}
-stage build 200 bash -c "$PY -m pip install --no-build-isolation --no-deps --no-index -e . \
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+stage build 240 1 bash -c "$PY -m pip install --no-build-isolation --no-deps --no-index -e . \
     || { echo 'build with the extension failed; installing without it'; FUSEDRNN_SKIP_CUDA_BUILD=1 $PY -m pip install --no-build-isolation --no-deps --no-index -e .; exit 1; }"
 
-# Slow GPU tests (T=10,000, offsets past 2^31) are left to a separate call: -m "gpu and slow".
-stage tests "$TESTS_CAP" env FUSEDRNN_TEST_DEVICE=cuda $PY -m pytest -m "gpu and not slow" tests/ -q -p no:cacheprovider -o addopts="" --maxfail=20
-
-if command -v compute-sanitizer > /dev/null; then
-    stage memcheck 45 compute-sanitizer --tool memcheck --error-exitcode 99 $PY bench/sanitize_cases.py
-    stage racecheck 45 compute-sanitizer --tool racecheck --error-exitcode 99 $PY bench/sanitize_cases.py
+if [[ "$PHASE" == check ]]; then
+    stage barrier 60 1 $PY -m fusedrnn.bench.gpu_checks barrier
+    stage slots 60 1 env FUSEDRNN_TEST_DEVICE=cuda $PY -m pytest -m gpu -q -p no:cacheprovider -o addopts="" -k "slots" tests/
+    REPORT="$RUN_DIR/validation-report.jsonl"
+    stage tests 300 1 env FUSEDRNN_TEST_DEVICE=cuda FUSEDRNN_VALIDATION_REPORT="$REPORT" \
+        $PY -m pytest -m "gpu and not slow" tests/ -q -p no:cacheprovider -o addopts="" --maxfail=30
+    if [[ -f "$REPORT" ]]; then
+        stage record 30 1 $PY -m fusedrnn.evidence record "$REPORT"
+    else
+        record record skipped 0 "no validation report (tests did not run)"
+    fi
+    if (( HAVE_GPU )) && command -v compute-sanitizer > /dev/null; then
+        # One cheap probe: some runtimes refuse the device to every tool.
+        if ! compute-sanitizer --tool memcheck $PY -c "import torch; torch.zeros(1, device='cuda'); torch.cuda.synchronize()" \
+                > "$RUN_DIR/sanitizer-probe.log" 2>&1 \
+           && grep -qE "Device not supported|error 999|CUDA_ERROR_UNKNOWN" "$RUN_DIR/sanitizer-probe.log"; then
+            SANITIZER_OK=0
+        fi
+        for tool in memcheck racecheck synccheck initcheck; do sanitizer "$tool" 90; done
+    elif (( HAVE_GPU )); then
+        record sanitizers 127 0 "compute-sanitizer not found"
+    else
+        record sanitizers skipped 0 "skipped: no GPU"
+    fi
 else
-    STAGES+=("memcheck|127|0|compute-sanitizer not found" "racecheck|127|0|compute-sanitizer not found")
+    LEFT=$(( $(remaining) - 30 ))
+    GRID_S=$(( LEFT * 45 / 100 ))
+    SWEEP_S=$(( LEFT - GRID_S ))
+    stage grid "$GRID_S" 1 $PY -m fusedrnn.bench --quick --dtypes bf16,fp16 --budget-s $(( GRID_S - 40 > 20 ? GRID_S - 40 : 20 )) \
+        --no-progress --out "$RUN_DIR"
+    stage dispatch "$SWEEP_S" 1 $PY -m fusedrnn.bench --write-dispatch --dtypes bf16,fp16 \
+        --budget-s $(( SWEEP_S - 40 > 20 ? SWEEP_S - 40 : 20 ))
 fi
 
-if [[ " ${GPU_RUN_SKIP:-} " == *" grid "* ]]; then
-    STAGES+=("grid|skipped|0|phase $PHASE")
-else
-# The grid takes what is left; its own budget stops new measurements early enough to write results.
-GRID_LIMIT=$(( $(remaining) - 15 ))
-GRID_BUDGET=$(( GRID_LIMIT - 45 ))
-(( GRID_BUDGET < 20 )) && GRID_BUDGET=20
-stage grid "$GRID_LIMIT" $PY -m fusedrnn.bench --quick --dtypes bf16,fp16 --budget-s "$GRID_BUDGET" \
-    --no-progress --out "$RUN_DIR"
-fi
-
-# Summary: stage table, then the benchmark's own short summary (from results.json) last.
+# Summary: the stage table, then the benchmark's own short summary (from results.json) last.
 {
     echo
-    echo "gpu_run.sh summary ($(date -u +%FT%TZ), total $(( $(date +%s) - START ))s, results in $RUN_DIR)"
-    printf '%-10s %-8s %6s  %s\n' stage status seconds note
+    echo "gpu_run.sh $PHASE summary ($(date -u +%FT%TZ), total $(( $(date +%s) - START ))s, commit $(git rev-parse --short HEAD 2>/dev/null), results in $RUN_DIR)"
+    printf '%-12s %-12s %7s  %s\n' stage status seconds note
     for s in "${STAGES[@]}"; do
         IFS='|' read -r n rc dt note <<< "$s"
-        printf '%-10s %-8s %6s  %s\n' "$n" "$rc" "$dt" "$note"
+        printf '%-12s %-12s %7s  %s\n' "$n" "$rc" "$dt" "$note"
     done
-    echo
     if [[ -f "$RUN_DIR/results.json" ]]; then
-        $PY -m fusedrnn.bench.summary "$RUN_DIR/results.json" 2>&1 || $PY bench/summary.py "$RUN_DIR/results.json"
-    elif [[ -f "$RUN_DIR/partial.jsonl" ]]; then
-        echo "grid did not finish: $(wc -l < "$RUN_DIR/partial.jsonl") measurements in partial.jsonl"
-    else
-        echo "no benchmark results (see grid.log)"
+        echo
+        $PY -m fusedrnn.bench.summary "$RUN_DIR/results.json" 2>&1
     fi
 } | tee "$RUN_DIR/summary.txt"
 
 if [[ -n "${OUT:-}" ]]; then
     mkdir -p "$OUT"
-    for f in results.csv results.json ratios.png summary.txt partial.jsonl; do
+    for f in summary.txt results.csv results.json ratios.png partial.jsonl validation-report.jsonl; do
         [[ -f "$RUN_DIR/$f" ]] && cp "$RUN_DIR/$f" "$OUT/"
     done
-    [[ -f "$RUN_DIR/results.json" ]] && rm -f "$OUT/partial.jsonl"
-    tar -czf "$OUT/logs.tar.gz" -C "$RUN_DIR" $(cd "$RUN_DIR" && ls *.log 2>/dev/null)
+    for f in fusedrnn/gpu_records/*.json; do [[ -f "$f" ]] && cp "$f" "$OUT/"; done
+    (cd "$RUN_DIR" && ls *.log > /dev/null 2>&1) && tar -czf "$OUT/logs.tar.gz" -C "$RUN_DIR" $(cd "$RUN_DIR" && ls *.log)
 fi
 
 status=0
 for s in "${STAGES[@]}"; do
     IFS='|' read -r n rc dt note <<< "$s"
-    [[ "$rc" == "0" || "$rc" == "skipped" ]] || status=1
+    [[ "$rc" == "0" || "$rc" == "skipped" || "$rc" == "unavailable" ]] || status=1
 done
 exit $status

@@ -30,6 +30,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from .cases import Inputs
+from .composed import ComposedTorch
 
 TORCH_NN = "torch-nn"
 
@@ -71,14 +72,6 @@ def _layer_state(sd: dict, layer: int, direction: int, keep_reverse: bool = Fals
     return {k.replace(suffix, new): v for k, v in sd.items() if k.endswith(suffix)}
 
 
-def layer_state(sd: dict, layer: int, bidirectional: bool) -> dict:
-    """Both directions of one layer, as a single-layer module's state_dict."""
-    out = _layer_state(sd, layer, 0)
-    if bidirectional:
-        out.update(_layer_state(sd, layer, 1, keep_reverse=True))
-    return out
-
-
 def _rnn_cls(cell: str, fused_backend: str | None):
     if fused_backend is None:
         return torch.nn.GRU if cell == "gru" else torch.nn.LSTM
@@ -100,19 +93,13 @@ def _module_model(inp: Inputs, fused_backend: str | None):
     kw = {} if fused_backend is None else {"backend": fused_backend}
     if case.residual and fused_backend is None:
         # torch baseline for a residual stack: one single-layer module per layer, then the add.
-        mods = []
-        for k, width in enumerate(case.layer_inputs()):
-            m = cls(width, case.H, bidirectional=case.bidirectional)
-            m.load_state_dict(layer_state(inp.state_dict, k, case.bidirectional))
-            mods.append(m.to(device=device, dtype=dtype))
-        modules = torch.nn.ModuleList(mods)
+        template = _rnn_cls(case.cell, "reference")(case.I, case.H, num_layers=case.layers,
+                                                    bidirectional=case.bidirectional, residual=True)
+        template.load_state_dict(inp.state_dict)
+        modules = ComposedTorch(template.to(device=device, dtype=dtype))
 
-        def stack(seq):
-            for m in modules:
-                seq = m(seq)[0] + seq
-            return seq
-
-        run = stack
+        def run(seq):
+            return modules(seq)[0]
     else:
         extra = dict(kw, residual=True) if case.residual else kw
         modules = cls(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional, **extra)

@@ -15,8 +15,8 @@ modules (every layer-direction of one forward, decided once). Both follow the sa
     fastest kept for the process; otherwise the measured dispatch table of this GPU family picks
     the fastest; where no row applies, torch;
   - elsewhere the first that can serve: torch (CPU float32/float64), then the reference.
-- while exporting (``torch.onnx.export``, ``torch.export``), torch's op, so the graph holds the
-  RNN ops torch.nn exports.
+- while exporting (``torch.onnx.export`` with either exporter, ``torch.export``, ``torch.jit.trace``),
+  torch's op, so the graph holds the RNN ops torch.nn exports.
 Every skipped backend is logged once, at debug level, with its reasons (logger ``fusedrnn``);
 ``python -m fusedrnn.info`` prints the same reasons.
 """
@@ -41,14 +41,24 @@ __all__ = ["CHOICES", "CallSpec", "StackPlan", "choose", "plan", "plan_module", 
 logger = logging.getLogger("fusedrnn")
 
 CHOICES = ("auto",) + NAMES
+_ENV_KEY = os.environ.encodekey("FUSEDRNN_BACKEND") if hasattr(os.environ, "encodekey") else None
 _logged: set = set()
 _warned: set = set()
 _autotuned: dict = {}
 _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(CallSpec))
 
 
+def _env_backend() -> str | None:
+    # os.environ.get pays for a raised KeyError when the variable is unset (the usual case): the
+    # encoded mapping behind os.environ answers that miss with a plain dict lookup, once per call.
+    data, encodekey = getattr(os.environ, "_data", None), getattr(os.environ, "encodekey", None)
+    if data is not None and encodekey is not None and _ENV_KEY is not None and _ENV_KEY not in data:
+        return None
+    return os.environ.get("FUSEDRNN_BACKEND")
+
+
 def default_backend() -> str:
-    name = os.environ.get("FUSEDRNN_BACKEND", "auto") or "auto"
+    name = _env_backend() or "auto"
     if name not in CHOICES:
         raise ValueError(f"FUSEDRNN_BACKEND={name!r} is not one of {', '.join(CHOICES)}")
     return name
@@ -237,8 +247,18 @@ def _decide_traced(backend: str, *fields) -> str:
     return _decide(backend, spec, *_switches(spec))
 
 
+def tracing() -> bool:
+    """Exporting or compiling: decisions are made for a graph, not for this call (never cached)."""
+    return _exporting() or torch.compiler.is_compiling()
+
+
+def _exporting() -> bool:
+    """torch.export / torch.onnx.export (dynamo) or the TorchScript tracer (torch.onnx.export(dynamo=False))."""
+    return torch.compiler.is_exporting() or torch._C._get_tracing_state() is not None
+
+
 def _resolve(backend: str, spec: CallSpec) -> str:
-    if torch.compiler.is_exporting():
+    if _exporting():
         # The exported graph should hold torch's RNN ops (as torch.nn exports), whatever runs eagerly.
         return "torch"
     if torch.compiler.is_compiling():
@@ -284,10 +304,11 @@ def plan_module(backend: str, cell: str, device: torch.device, dtype: torch.dtyp
                 input_size: int, hidden_size: int, proj_size: int, num_layers: int, bidirectional: bool,
                 residual_layers: tuple[int, ...], packed: bool, needs_grad: bool) -> StackPlan:
     """The plan for one call of a fusedrnn.GRU/LSTM: decided once per forward from plain values
-    (cached on them, so a repeated call shape costs a dictionary lookup)."""
+    (cached on them, so a repeated call costs a dictionary lookup). T, B and needs_grad only feed
+    the measured GPU choices: callers on other devices may pass 0, 0, False."""
     if backend == "auto":
         backend = default_backend()
-    if torch.compiler.is_exporting() or torch.compiler.is_compiling():
+    if tracing():
         return _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
                             bidirectional, residual_layers, packed, needs_grad)
     if device.type == "cuda":

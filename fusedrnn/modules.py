@@ -80,6 +80,12 @@ class _FusedRNNMixin:
             s += f", backend={self.backend!r}"
         return s
 
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
+        state = dict(state)
+        state.pop("_last_plan", None)  # a cache of this process's dispatch decisions
+        return state
+
     def __setstate__(self, d):
         super().__setstate__(d)
         # Modules pickled by an older fusedrnn, or built by torch.nn and re-classed, get defaults.
@@ -112,30 +118,49 @@ class _FusedRNNMixin:
 
     def _plan(self, input, hx) -> dispatch.StackPlan | None:
         """The backends of this call (fusedrnn.dispatch.plan_module), or None when the input is
-        malformed (the checks of the full path then raise torch's error)."""
-        if isinstance(input, PackedSequence):
-            data, batch_sizes = input.data, input.batch_sizes
-            if data.dim() != 2 or batch_sizes.numel() == 0:
-                return None
-            T, B, x, packed = batch_sizes.numel(), int(batch_sizes[0]), data, True
+        malformed (the checks of the full path then raise torch's error). Off the GPU the plan
+        depends only on the device, dtype, autocast, packing and the backend asked for, so the last
+        one is kept on the module and reused while those stay the same (a T=1 streaming call then
+        pays a tuple comparison, not a decision)."""
+        packed = isinstance(input, PackedSequence)
+        x = input.data if packed else input
+        if not isinstance(x, Tensor) or x.dim() not in ((2,) if packed else (2, 3)):
+            return None
+        if x.is_cuda:
+            return self._plan_gpu(x, input, hx, packed)
+        key = (x.device, x.dtype, torch._C._is_any_autocast_enabled(), dispatch.default_backend(), self.backend, packed)
+        if dispatch.tracing():
+            return self._plan_for(key, 0, 0, False)
+        cached = self.__dict__.get("_last_plan")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        plan = self._plan_for(key, 0, 0, False)
+        self.__dict__["_last_plan"] = (key, plan)
+        return plan
+
+    def _plan_gpu(self, x, input, hx, packed) -> dispatch.StackPlan:
+        # The measured GPU choices depend on the shape and on whether a backward will run.
+        if packed:
+            T, B = input.batch_sizes.numel(), int(input.batch_sizes[0])
+        elif x.dim() == 2:
+            T, B = x.shape[0], 1
         else:
-            if not isinstance(input, Tensor) or input.dim() not in (2, 3):
-                return None
-            if input.dim() == 2:
-                T, B = input.shape[0], 1
-            else:
-                T, B = (input.shape[1], input.shape[0]) if self.batch_first else (input.shape[0], input.shape[1])
-            x, packed = input, False
-        device = x.device
-        dtype = self._autocast_dtype(x, packed) or x.dtype
-        needs_grad = False
-        if device.type == "cuda":  # only the GPU's measured choices depend on it
-            needs_grad = torch.is_grad_enabled() and (
-                x.requires_grad or any(w.requires_grad for w in self._flat_weights)
-                or any(h.requires_grad for h in _as_tuple(hx))
-            )
+            T, B = (x.shape[1], x.shape[0]) if self.batch_first else (x.shape[0], x.shape[1])
+        needs_grad = torch.is_grad_enabled() and (
+            x.requires_grad or any(w.requires_grad for w in self._flat_weights)
+            or any(h.requires_grad for h in _as_tuple(hx))
+        )
+        key = (x.device, x.dtype, torch._C._is_any_autocast_enabled(), dispatch.default_backend(), self.backend, packed)
+        return self._plan_for(key, T, B, needs_grad)
+
+    def _plan_for(self, key, T: int, B: int, needs_grad: bool) -> dispatch.StackPlan:
+        device, dtype, autocast, _, backend, packed = key
+        if autocast:
+            autocast_dtype = self._autocast_dtype_for(device.type, packed)
+            if autocast_dtype is not None and autocast_dtype is not _INPUT_DTYPE:
+                dtype = autocast_dtype
         return dispatch.plan_module(
-            self.backend, self._cell, device, dtype, T, B, self.input_size, self.hidden_size, self.proj_size,
+            backend, self._cell, device, dtype, T, B, self.input_size, self.hidden_size, self.proj_size,
             self.num_layers, self.bidirectional, self._residual_layers, packed, needs_grad,
         )
 
@@ -252,17 +277,24 @@ class _FusedRNNMixin:
         return torch.nn.utils.rnn.pack_padded_sequence(y, lengths, enforce_sorted=True).data, finals
 
     def _autocast_dtype(self, x: Tensor, packed: bool):
-        """The dtype torch's RNN op would run in under autocast, or None when autocast is off.
-        CUDA: float16 for everything (cuDNN's policy, even when bf16 was asked). CPU: LSTM in the
-        autocast dtype, except packed input, which torch leaves alone; GRU in the input's dtype."""
-        device_type = x.device.type
+        """The dtype torch's RNN op would run in under autocast, or None when autocast is off."""
+        dtype = self._autocast_dtype_for(x.device.type, packed)
+        return x.dtype if dtype is _INPUT_DTYPE else dtype
+
+    def _autocast_dtype_for(self, device_type: str, packed: bool):
+        """Under autocast, torch's RNN ops run: CUDA: float16 for everything (cuDNN's policy, even
+        when bf16 was asked); CPU: LSTM in the autocast dtype, except packed input, which torch
+        leaves alone; GRU in the input's dtype (_INPUT_DTYPE). None when autocast is off."""
         if not _autocast_on(device_type):
             return None
         if device_type == "cuda":
             return torch.float16
         if device_type == "cpu" and self._cell == "lstm" and not packed:
             return torch.get_autocast_dtype("cpu")
-        return x.dtype
+        return _INPUT_DTYPE
+
+
+_INPUT_DTYPE = object()  # "the input's own dtype", from _autocast_dtype_for
 
 
 def _as_tuple(hx) -> tuple:

@@ -315,3 +315,33 @@ def test_info_shows_the_gate_state():
 
     text = info.report()
     assert "validation records" in text and "dispatch table" in text
+
+
+def test_validation_report_from_a_pytest_run(tmp_path):
+    """The conftest hook writes what summarize_report reads: a real pytest run over a tiny test file."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "conftest.py").write_text((Path(__file__).parent / "conftest.py").read_text())
+    (tmp_path / "test_fake_gpu.py").write_text(
+        "import pytest, torch\n"
+        "@pytest.mark.validates('cuda')\n"
+        "@pytest.mark.parametrize('cell', ['gru', 'lstm'])\n"
+        "@pytest.mark.parametrize('dtype', [torch.bfloat16, 'fp16'])\n"
+        "def test_numerics(cell, dtype):\n"
+        "    assert not (cell == 'lstm' and dtype == 'fp16')\n"
+        "@pytest.mark.validates('triton')\n"
+        "def test_barrier():\n"
+        "    pytest.skip('no GPU')\n"
+        "def test_unmarked():\n"
+        "    pass\n")
+    report = tmp_path / "report.jsonl"
+    env = {**__import__("os").environ, "FUSEDRNN_VALIDATION_REPORT": str(report)}
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)], env=env,
+                   capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = [json.loads(x) for x in report.read_text().splitlines()]
+    assert lines[-1]["event"] == "finished" and len(lines) == 6
+    s = evidence.summarize_report(lines)
+    assert s["cuda"]["passed"] == {"gru": ["bfloat16", "float16"], "lstm": ["bfloat16"]}
+    assert s["triton"]["tests"] == {"passed": 0, "failed": 0, "skipped": 1}

@@ -11,64 +11,15 @@ import itertools
 
 import pytest
 import torch
-from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
+from fusedrnn.bench.composed import ComposedTorch
 from helpers import assert_close_all, run_with_grads
 
 DT = torch.float64
 T, B, H = 5, 3, 4
 LENGTHS = [5, 2, 4]  # unsorted on purpose
-
-
-class ComposedTorch(torch.nn.Module):
-    """torch.nn layers, one module per layer, with y_l = layer_l(x_l) + x_l on residual layers."""
-
-    def __init__(self, fmod):
-        super().__init__()
-        cls = torch.nn.LSTM if isinstance(fmod, torch.nn.LSTM) else torch.nn.GRU
-        D = 2 if fmod.bidirectional else 1
-        P = fmod.proj_size if getattr(fmod, "proj_size", 0) else fmod.hidden_size
-        self.residual_layers = fmod._residual_layers
-        self.batch_first = fmod.batch_first
-        self.is_lstm = cls is torch.nn.LSTM
-        self.layers = torch.nn.ModuleList()
-        for layer in range(fmod.num_layers):
-            kw = dict(bias=fmod.bias, batch_first=fmod.batch_first, bidirectional=fmod.bidirectional, dtype=DT)
-            if self.is_lstm:
-                kw["proj_size"] = fmod.proj_size
-            m = cls(fmod.input_size if layer == 0 else D * P, fmod.hidden_size, **kw)
-            with torch.no_grad():
-                for name, p in m.named_parameters():
-                    p.copy_(getattr(fmod, name.replace("_l0", f"_l{layer}")))
-            self.layers.append(m)
-        self.D = D
-
-    def forward(self, x, hx=None):
-        finals = []
-        for layer, m in enumerate(self.layers):
-            sl = slice(layer * self.D, (layer + 1) * self.D)
-            if hx is None:
-                h = None
-            elif self.is_lstm:
-                h = (hx[0][sl], hx[1][sl])
-            else:
-                h = hx[sl]
-            y, state = m(x, h)
-            if layer in self.residual_layers:
-                y = PackedSequence(y.data + x.data, *y[1:]) if isinstance(y, PackedSequence) else y + x
-            finals.append(state)
-            x = y
-        if self.is_lstm:
-            return x, (torch.cat([s[0] for s in finals], 0), torch.cat([s[1] for s in finals], 0))
-        return x, torch.cat(finals, 0)
-
-    def grads_by_fused_name(self):
-        out = {}
-        for layer, m in enumerate(self.layers):
-            for name, p in m.named_parameters():
-                out[name.replace("_l0", f"_l{layer}")] = p.grad
-        return out
 
 
 def make_input(kind, input_size, batch_first):

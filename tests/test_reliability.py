@@ -292,7 +292,7 @@ def rnn_configs(draw):
 def test_fuzz_modules_against_torch(cfg):
     """Random cell/sizes/layers/direction/residual/lengths/dtype/backend vs torch.nn composed with the
     same residual adds (through the reference composition used in test_modules)."""
-    from test_modules import ComposedTorch
+    from fusedrnn.bench.composed import ComposedTorch
 
     kw = dict(num_layers=cfg["num_layers"], bidirectional=cfg["bidirectional"], dtype=cfg["dtype"])
     if cfg["cell"] == "lstm":
