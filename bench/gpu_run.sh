@@ -85,7 +85,8 @@ sanitizer() {
     if (( ! SANITIZER_OK )); then
         record "$tool" unavailable 0 "compute-sanitizer unavailable on this machine (see sanitizer-probe.log)"; return
     fi
-    stage "$tool" "$cap" 1 compute-sanitizer --tool "$tool" --error-exitcode 99 $PY bench/sanitize_cases.py
+    stage "$tool" "$cap" 1 compute-sanitizer --tool "$tool" --error-exitcode 99 $PY bench/sanitize_cases.py \
+        --budget-s $(( cap - 30 > 15 ? cap - 30 : 15 ))
     local rc=$?
     if (( rc != 0 )) && grep -qE "Device not supported|error 999|CUDA_ERROR_UNKNOWN" "$RUN_DIR/$tool.log" 2>/dev/null; then
         unset 'STAGES[${#STAGES[@]}-1]'

@@ -46,3 +46,14 @@ def test_dry_run_without_gpu(phase, stages, tmp_path):
 def test_bad_phase_is_refused():
     proc = subprocess.run(["bash", str(SCRIPT), "everything"], capture_output=True, text=True)
     assert proc.returncode == 2 and "usage" in proc.stderr
+
+
+def test_sanitizer_cases_run_on_cpu_with_the_torch_backend():
+    """The sanitizer script's own logic (shapes, upstream grads, the comparison) on the CPU: the torch
+    backend against the reference, so a GPU session's sanitizer stage fails only for the kernels."""
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "sanitize_cases.py"), "--device", "cpu",
+                           "--backends", "torch"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ok = [ln for ln in proc.stdout.splitlines() if " ok (" in ln]
+    assert len(ok) >= 2 * (5 * 2 + 2), proc.stdout  # both cells: every fp32 call case (exact, TF32 flag) + stacks
+    assert "FAILED" not in proc.stdout
