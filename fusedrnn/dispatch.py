@@ -42,23 +42,24 @@ logger = logging.getLogger("fusedrnn")
 
 CHOICES = ("auto",) + NAMES
 _ENV_KEY = os.environ.encodekey("FUSEDRNN_BACKEND") if hasattr(os.environ, "encodekey") else None
+_ENV_DATA = getattr(os.environ, "_data", None) if _ENV_KEY is not None else None
 _logged: set = set()
 _warned: set = set()
 _autotuned: dict = {}
 _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(CallSpec))
 
 
-def _env_backend() -> str | None:
-    # os.environ.get pays for a raised KeyError when the variable is unset (the usual case): the
-    # encoded mapping behind os.environ answers that miss with a plain dict lookup, once per call.
-    data, encodekey = getattr(os.environ, "_data", None), getattr(os.environ, "encodekey", None)
-    if data is not None and encodekey is not None and _ENV_KEY is not None and _ENV_KEY not in data:
+def env_backend() -> str | None:
+    """FUSEDRNN_BACKEND, read at every call (a change takes effect at once). os.environ.get pays for
+    a raised KeyError when the variable is unset (the usual case); the encoded mapping behind
+    os.environ, which every change to os.environ updates, answers that miss with one dict lookup."""
+    if _ENV_DATA is not None and _ENV_KEY not in _ENV_DATA:
         return None
     return os.environ.get("FUSEDRNN_BACKEND")
 
 
 def default_backend() -> str:
-    name = _env_backend() or "auto"
+    name = env_backend() or "auto"
     if name not in CHOICES:
         raise ValueError(f"FUSEDRNN_BACKEND={name!r} is not one of {', '.join(CHOICES)}")
     return name
@@ -248,8 +249,9 @@ def _decide_traced(backend: str, *fields) -> str:
 
 
 def tracing() -> bool:
-    """Exporting or compiling: decisions are made for a graph, not for this call (never cached)."""
-    return _exporting() or torch.compiler.is_compiling()
+    """Compiling or exporting (torch.compiler.is_compiling covers torch.export too) or the
+    TorchScript tracer: decisions are made for a graph, not for this call (never cached)."""
+    return torch.compiler.is_compiling() or torch._C._get_tracing_state() is not None
 
 
 def _exporting() -> bool:

@@ -118,25 +118,27 @@ class _FusedRNNMixin:
 
     def _plan(self, input, hx) -> dispatch.StackPlan | None:
         """The backends of this call (fusedrnn.dispatch.plan_module), or None when the input is
-        malformed (the checks of the full path then raise torch's error). Off the GPU the plan
-        depends only on the device, dtype, autocast, packing and the backend asked for, so the last
-        one is kept on the module and reused while those stay the same (a T=1 streaming call then
-        pays a tuple comparison, not a decision)."""
+        malformed (the checks of the full path then raise torch's error). On the CPU the plan
+        depends only on the dtype, autocast, packing and the backend asked for, so the last one is
+        kept on the module and reused while those stay the same: a T=1 streaming call then pays a
+        few attribute reads and a tuple comparison, not a decision."""
         packed = isinstance(input, PackedSequence)
         x = input.data if packed else input
-        if not isinstance(x, Tensor) or x.dim() not in ((2,) if packed else (2, 3)):
+        if not isinstance(x, Tensor):
+            return None
+        if x.is_cpu and not dispatch.tracing():
+            key = (x.dtype, packed, self.backend, dispatch.env_backend(), torch._C._is_any_autocast_enabled())
+            cached = self.__dict__.get("_last_plan")
+            if cached is not None and cached[0] == key:
+                return cached[1]
+            plan = self._plan_for(x.device, key[0], key[4], packed, 0, 0, False)
+            self.__dict__["_last_plan"] = (key, plan)
+            return plan
+        if x.dim() not in ((2,) if packed else (2, 3)):
             return None
         if x.is_cuda:
             return self._plan_gpu(x, input, hx, packed)
-        key = (x.device, x.dtype, torch._C._is_any_autocast_enabled(), dispatch.default_backend(), self.backend, packed)
-        if dispatch.tracing():
-            return self._plan_for(key, 0, 0, False)
-        cached = self.__dict__.get("_last_plan")
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        plan = self._plan_for(key, 0, 0, False)
-        self.__dict__["_last_plan"] = (key, plan)
-        return plan
+        return self._plan_for(x.device, x.dtype, torch._C._is_any_autocast_enabled(), packed, 0, 0, False)
 
     def _plan_gpu(self, x, input, hx, packed) -> dispatch.StackPlan:
         # The measured GPU choices depend on the shape and on whether a backward will run.
@@ -150,17 +152,15 @@ class _FusedRNNMixin:
             x.requires_grad or any(w.requires_grad for w in self._flat_weights)
             or any(h.requires_grad for h in _as_tuple(hx))
         )
-        key = (x.device, x.dtype, torch._C._is_any_autocast_enabled(), dispatch.default_backend(), self.backend, packed)
-        return self._plan_for(key, T, B, needs_grad)
+        return self._plan_for(x.device, x.dtype, torch._C._is_any_autocast_enabled(), packed, T, B, needs_grad)
 
-    def _plan_for(self, key, T: int, B: int, needs_grad: bool) -> dispatch.StackPlan:
-        device, dtype, autocast, _, backend, packed = key
+    def _plan_for(self, device, dtype, autocast: bool, packed: bool, T: int, B: int, needs_grad: bool):
         if autocast:
             autocast_dtype = self._autocast_dtype_for(device.type, packed)
             if autocast_dtype is not None and autocast_dtype is not _INPUT_DTYPE:
                 dtype = autocast_dtype
         return dispatch.plan_module(
-            backend, self._cell, device, dtype, T, B, self.input_size, self.hidden_size, self.proj_size,
+            self.backend, self._cell, device, dtype, T, B, self.input_size, self.hidden_size, self.proj_size,
             self.num_layers, self.bidirectional, self._residual_layers, packed, needs_grad,
         )
 
@@ -363,7 +363,8 @@ class GRU(_FusedRNNMixin, torch.nn.GRU):
     def forward(self, input, hx=None):  # mirrors torch.nn.GRU.forward; the _VF call is replaced
         plan = self._plan(input, hx)
         if plan is not None and plan.on_torch and not self._residual_layers:
-            self._checks_torch_skips(input, hx)
+            if hx is not None or isinstance(input, PackedSequence):
+                self._checks_torch_skips(input, hx)
             return super().forward(input, hx)
         self._update_flat_weights()
         orig_input = input
@@ -429,7 +430,8 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
     def forward(self, input, hx=None):  # mirrors torch.nn.LSTM.forward; the _VF call is replaced
         plan = self._plan(input, hx)
         if plan is not None and plan.on_torch and not self._residual_layers:
-            self._checks_torch_skips(input, hx)
+            if hx is not None or isinstance(input, PackedSequence):
+                self._checks_torch_skips(input, hx)
             return super().forward(input, hx)
         self._update_flat_weights()
         orig_input = input

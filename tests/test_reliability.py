@@ -1,8 +1,10 @@
-"""Hardening: bad input, unusual-but-valid input, numerics, memory, determinism, threads, fuzzing.
+"""Hardening: bad input, unusual-but-valid input, numerics, memory, determinism, concurrency, fuzzing.
 
-Runs on every backend that can run on this machine: reference and torch always; triton under the
-interpreter (small shapes: it is slow) when fusedrnn.triton_ops imports. GPU variants live in the
-gpu-marked test files.
+Each check runs on every executor that can run it (tests/executors.py): the reference and torch
+backends and the Triton interpreter on the CPU (small shapes for the interpreter: it is slow), and,
+on a GPU machine (FUSEDRNN_TEST_DEVICE=cuda), the fused backends on the GPU. GPU-only checks
+(per-step allocations, activation memory against cuDNN's reserve, two CUDA streams) are marked gpu.
+Run the GPU part with -s to see the activation-memory table.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
-from fusedrnn import backends
+from executors import CPU, GPU_FUSED, Executor, params
 from helpers import run_with_grads
 
 settings.register_profile("ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -28,14 +30,8 @@ settings.register_profile("nightly", max_examples=1000, deadline=None, suppress_
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def _cpu_backends():
-    names = ["reference", "torch"]
-    if not backends.get("triton").unavailable():
-        names.append("triton")
-    return names
-
-
-CPU_BACKENDS = _cpu_backends()
+REFERENCE_CPU, TORCH_CPU, TRITON_INTERPRETER = CPU
+CPU_BACKENDS = [e.backend for e in CPU if not e.unavailable()]
 PAIRS = [(torch.nn.GRU, fusedrnn.GRU), (torch.nn.LSTM, fusedrnn.LSTM)]
 IDS = ["GRU", "LSTM"]
 
@@ -139,31 +135,51 @@ def test_huge_preactivations_saturate_finite(tcls, fcls, backend):
 LONG_T_BOUNDS = {torch.float32: (2e-6, 5e-4), torch.bfloat16: (4e-3, None)}
 
 
-def _long_problem(cell, seed, T=10_000, B=2, H=8):
+def _long_problem(cell, seed, T=10_000, B=2, H=8, device="cpu"):
     """fp64 (fn, x, zero states, weights) for a stable recurrence (|W| ~ 0.35), as in docs/numerics.md."""
     fn = fusedrnn.functional.gru if cell == "gru" else fusedrnn.functional.lstm
     G = (3 if cell == "gru" else 4) * H
     g = torch.Generator().manual_seed(seed)
-    w = [torch.randn(*s, generator=g, dtype=torch.float64) * 0.35 for s in [(G, H), (G, H), (G,), (G,)]]
-    x = torch.randn(T, B, H, generator=g, dtype=torch.float64)
-    states = [torch.zeros(B, H, dtype=torch.float64)] * (1 if cell == "gru" else 2)
+    w = [(torch.randn(*s, generator=g, dtype=torch.float64) * 0.35).to(device) for s in [(G, H), (G, H), (G,), (G,)]]
+    x = torch.randn(T, B, H, generator=g, dtype=torch.float64).to(device)
+    states = [torch.zeros(B, H, dtype=torch.float64, device=device)] * (1 if cell == "gru" else 2)
     return fn, x, states, w
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def _long_cases():
+    cases = [pytest.param(TORCH_CPU, torch.float32, id="torch-cpu-float32"),
+             pytest.param(REFERENCE_CPU, torch.bfloat16, id="reference-cpu-bfloat16")]
+    for ex in GPU_FUSED:
+        for dtype in (torch.float32, torch.bfloat16):
+            marks = list(ex.param().marks) + [pytest.mark.slow]
+            cases.append(pytest.param(ex, dtype, id=f"{ex.id}-{str(dtype)[6:]}", marks=marks))
+    return cases
+
+
+@pytest.mark.parametrize("ex,dtype", _long_cases())
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_long_sequence_error_bound(cell, dtype):
-    fn, x, states, w = _long_problem(cell, seed=0)
+def test_long_sequence_error_bound(cell, ex: Executor, dtype):
+    """T = 10,000 against the fp64 oracle on the same rounded weights: fp32 within 2e-6 (exact fp32
+    math: TF32 off), bf16 within the bf16 rounding of the output (4e-3) or, on a GPU, 2x cuDNN's own
+    bf16 error, whichever is larger."""
+    ex.skip_unless_available(cell, dtype)
+    fn, x, states, w = _long_problem(cell, seed=0, device=ex.device)
     T = x.shape[0]
-    y64 = fn(x, *states, *w, backend="reference")[0]
-    backend = "torch" if dtype == torch.float32 else "reference"  # the fast op where it serves
-    y = fn(x.to(dtype), *[s.to(dtype) for s in states], *[p.to(dtype) for p in w], backend=backend)[0]
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        y = fn(x.to(dtype), *[s.to(dtype) for s in states], *[p.to(dtype) for p in w], backend=ex.backend)[0]
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
     # The weights themselves are rounded to dtype, so compare against the oracle on the rounded weights.
     y64r = fn(x.to(dtype).double(), *states, *[p.to(dtype).double() for p in w], backend="reference")[0]
-    fwd_bound, _ = LONG_T_BOUNDS[dtype]
     err = (y.double() - y64r).abs().max().item()
-    assert err <= fwd_bound, f"{cell} {dtype} T={T}: max |y - y_fp64| = {err:.3g} > {fwd_bound}"
-    assert torch.isfinite(y64).all()
+    bound = LONG_T_BOUNDS[dtype][0]
+    if dtype != torch.float32 and ex.on_gpu:
+        y_cudnn = fn(x.to(dtype), *[s.to(dtype) for s in states], *[p.to(dtype) for p in w], backend="torch")[0]
+        bound = max(bound, 2 * (y_cudnn.double() - y64r).abs().max().item())
+    assert err <= bound, f"{cell} {dtype} T={T} on {ex.id}: max |y - y_fp64| = {err:.3g} > {bound:.3g}"
+    assert torch.isfinite(y).all()
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
@@ -191,10 +207,13 @@ def _rss_mb() -> float:
         return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-@pytest.mark.parametrize("backend", ["reference", "torch"])
-def test_no_memory_growth_over_repeated_calls(backend):
-    f = fusedrnn.LSTM(16, 8, num_layers=2, bidirectional=True, residual=True, backend=backend)
-    x = torch.randn(6, 3, 16, requires_grad=True)
+@pytest.mark.parametrize("ex", params(REFERENCE_CPU, TORCH_CPU, *GPU_FUSED))
+def test_no_memory_growth_over_repeated_calls(ex: Executor):
+    """1000 forward/backward calls of a residual bidirectional stack: the CPU process's RSS grows by
+    less than 20 MB; on a GPU the allocated memory returns exactly to where it was."""
+    ex.skip_unless_available("lstm")
+    f = fusedrnn.LSTM(16, 8, num_layers=2, bidirectional=True, residual=True, backend=ex.backend, device=ex.device)
+    x = torch.randn(6, 3, 16, requires_grad=True, device=ex.device)
 
     def step():
         out, (h, c) = f(x)
@@ -203,27 +222,118 @@ def test_no_memory_growth_over_repeated_calls(backend):
     for _ in range(100):
         step()
     gc.collect()
-    before = _rss_mb()
+    if ex.on_gpu:
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+    else:
+        before = _rss_mb()
     for _ in range(1000):
         step()
     gc.collect()
-    grown = _rss_mb() - before
-    assert grown < 20, f"RSS grew {grown:.1f} MB over 1000 forward/backward calls"
+    if ex.on_gpu:
+        torch.cuda.synchronize()
+        assert torch.cuda.memory_allocated() == before
+    else:
+        grown = _rss_mb() - before
+        assert grown < 20, f"RSS grew {grown:.1f} MB over 1000 forward/backward calls"
+
+
+def _functional_args(cell, T, B, H, dtype, device, requires_grad=True, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    G = (3 if cell == "gru" else 4) * H
+
+    def r(*s, scale=1.0):
+        return (torch.randn(*s, generator=g) * scale).to(device, dtype).requires_grad_(requires_grad)
+
+    states = [r(B, H)] if cell == "gru" else [r(B, H), r(B, H)]
+    return [r(T, B, H)] + states + [r(G, H, scale=H**-0.5), r(G, H, scale=H**-0.5), r(G, scale=0.1), r(G, scale=0.1)]
+
+
+def _fwd_bwd(cell, args, backend, **kw):
+    fn = fusedrnn.functional.gru if cell == "gru" else fusedrnn.functional.lstm
+    out = fn(*args, backend=backend, **kw)
+    loss = sum((o.float() * (i + 1)).sum() for i, o in enumerate(out))
+    return out, torch.autograd.grad(loss, [a for a in args if a.requires_grad])
+
+
+@pytest.mark.parametrize("ex", params(*GPU_FUSED))
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_no_per_step_allocations(cell, ex: Executor):
+    """The number of allocator calls of a forward+backward must not depend on T."""
+    ex.skip_unless_available(cell)
+    counts = {}
+    for T in (16, 256):
+        args = _functional_args(cell, T, 8, 64, torch.float32, ex.device)
+        _fwd_bwd(cell, args, ex.backend)  # warm-up: compile, autotune, caches
+        torch.cuda.synchronize()
+        n0 = torch.cuda.memory_stats()["allocation.all.allocated"]
+        _fwd_bwd(cell, args, ex.backend)
+        torch.cuda.synchronize()
+        counts[T] = torch.cuda.memory_stats()["allocation.all.allocated"] - n0
+    assert counts[16] == counts[256], f"allocations per call depend on T: {counts}"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_activation_memory_vs_cudnn_reserve(cell):
+    """Measures the memory kept for backward by each fused backend against cuDNN (torch.nn) on the
+    same problem and prints the table; the assertion only guards against a gross regression (> 4x)."""
+    T, B, H = 256, 32, 512
+    rows = {}
+    tcls = torch.nn.GRU if cell == "gru" else torch.nn.LSTM
+    m = tcls(H, H, device="cuda", dtype=torch.bfloat16)
+    x = torch.randn(T, B, H, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    out = m(x)
+    torch.cuda.synchronize()
+    rows["cudnn (torch.nn)"] = torch.cuda.memory_allocated() - base
+    del out
+    for ex in GPU_FUSED:
+        f = (fusedrnn.GRU if cell == "gru" else fusedrnn.LSTM)(H, H, device="cuda", dtype=torch.bfloat16,
+                                                               backend=ex.backend)
+        try:
+            torch.cuda.synchronize()
+            base = torch.cuda.memory_allocated()
+            out = f(x)
+            torch.cuda.synchronize()
+            rows[ex.backend] = torch.cuda.memory_allocated() - base
+            del out
+        except ValueError as e:
+            rows[ex.backend] = f"unavailable: {e}"
+    print(f"\nactivation memory kept for backward, {cell.upper()} bf16 T={T} B={B} H={H} (incl. outputs):")
+    for k, v in rows.items():
+        print(f"  {k:<18} {v / 2**20:.1f} MiB" if isinstance(v, int) else f"  {k:<18} {v}")
+    for k, v in rows.items():
+        if isinstance(v, int) and k != "cudnn (torch.nn)":
+            assert v <= 4 * rows["cudnn (torch.nn)"], rows
 
 
 # ----------------------------------------------------------------------------- 5. determinism
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
+@pytest.mark.parametrize("ex", params(*CPU, *GPU_FUSED))
 @pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM], ids=IDS)
-def test_bitwise_deterministic(cls, backend):
-    f = cls(4, 5, num_layers=2, bidirectional=True, backend=backend)
-    x = torch.randn(5, 3, 4, requires_grad=True)
-    runs = [run_with_grads(f, [x], lambda: f(x)) for _ in range(2)]
+def test_bitwise_deterministic(cls, ex: Executor):
+    """Repeated calls, also under torch.use_deterministic_algorithms, give bitwise equal outputs and
+    gradients: bidirectional (reverse), packed (lengths), two layers. GPU: bf16, larger shapes."""
+    dtype = torch.bfloat16 if ex.on_gpu else torch.float32
+    ex.skip_unless_available(cls.__name__.lower(), dtype)
+    T, B, H = (64, 16, 256) if ex.on_gpu else (5, 3, 5)
+    torch.manual_seed(0)
+    f = cls(4, H, num_layers=2, bidirectional=True, backend=ex.backend, device=ex.device, dtype=dtype)
+    x = torch.randn(T, B, 4, requires_grad=True, device=ex.device, dtype=dtype)
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(0))
+    lengths[0] = T
+
+    def call():
+        return f(pack_padded_sequence(x, lengths, enforce_sorted=False))
+
+    runs = [run_with_grads(f, [x], call) for _ in range(2)]
     with torch.backends.cudnn.flags(deterministic=True):
         torch.use_deterministic_algorithms(True)
         try:
-            runs.append(run_with_grads(f, [x], lambda: f(x)))
+            runs.append(run_with_grads(f, [x], call))
         finally:
             torch.use_deterministic_algorithms(False)
     first = runs[0]
@@ -260,6 +370,26 @@ def test_two_threads_same_results_as_sequential(backend):
     assert not errors
     for a, b in zip(got, want):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("ex", params(*GPU_FUSED))
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_two_streams_same_as_sequential(cell, ex: Executor):
+    ex.skip_unless_available(cell)
+    inputs = [_functional_args(cell, 128, 8, 128, torch.float32, "cuda", requires_grad=False, seed=s) for s in (1, 2)]
+    fn = fusedrnn.functional.gru if cell == "gru" else fusedrnn.functional.lstm
+    want = [fn(*a, backend=ex.backend) for a in inputs]
+    torch.cuda.synchronize()
+    streams = [torch.cuda.Stream(), torch.cuda.Stream()]
+    got = [None, None]
+    for i, (stream, a) in enumerate(zip(streams, inputs)):
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            got[i] = fn(*a, backend=ex.backend)
+    torch.cuda.synchronize()
+    for g, w in zip(got, want):
+        for x, y in zip(g, w):
+            assert torch.equal(x, y)
 
 
 # ----------------------------------------------------------------------------- 7. fuzz
