@@ -1,4 +1,4 @@
-"""The benchmark cases: the ONE list every benchmark tool reads (DESIGN.md, "Benchmark cases").
+"""The benchmark cases: the ONE list every benchmark tool reads (bench/README.md shows it).
 
 A case is a shape (cell, batch B, hidden H = input width, steps T, layers, directions, packed
 lengths, residual adds). A measurement is a case × provider × mode × dtype; providers live in

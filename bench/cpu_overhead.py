@@ -102,8 +102,8 @@ def measure(row: Row, backward: bool, budget_s: float = 1.0, repeats: int = 7) -
 
 def table(quick: bool = False) -> list[dict]:
     """Every row, forward and forward+backward, on one thread (as the CPU demonstration runs)."""
-    budget = 0.3 if quick else 1.0
-    return [measure(row, backward, budget_s=budget) for row in ROWS for backward in (False, True)]
+    budget, repeats = (0.2, 3) if quick else (1.0, 7)
+    return [measure(row, backward, budget_s=budget, repeats=repeats) for row in ROWS for backward in (False, True)]
 
 
 def format_table(rows: list[dict]) -> str:

@@ -7,7 +7,9 @@ No number printed here says anything about GPU speed. Three parts:
         __main__ before triton is imported): fusedrnn.GRU/LSTM(backend="triton") forward and every
         gradient against a float64 torch.nn oracle; if the backend cannot serve, its reasons;
   (iii) residual stacks: fusedrnn.GRU/LSTM(residual=True) against torch.nn layers composed with the
-        adds (float64 oracle), on the auto, reference and triton backends.
+        adds (float64 oracle), on the auto, reference and triton backends;
+  (iv)  CPU overhead: fusedrnn modules against torch.nn where both run torch's op (cpu_overhead.py),
+        forward and forward+backward, the ratio being fusedrnn's per-call cost.
 
 Pass rule (flash-attention's): relative error ‖got − oracle‖ / ‖oracle‖ of every output and gradient
 ≤ max(K × the error of torch.nn in the same dtype, FLOOR). Exit status: 0 when every check that could
@@ -22,7 +24,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from . import cases as cases_mod
-from . import providers, runner
+from . import cpu_overhead, providers, runner
 from .composed import ComposedTorch
 
 K, FLOOR = 10.0, 1e-5
@@ -207,12 +209,18 @@ def run(args) -> int:
     print(format_checks(checks))
     print(f"(ii)+(iii) took {time.perf_counter() - t_checks:.1f} s")
 
+    t_overhead = time.perf_counter()
+    print("\n(iv) CPU overhead over torch.nn (both run torch's op on the CPU; one thread)")
+    overhead = cpu_overhead.table(quick=tiny)
+    print(cpu_overhead.format_table(overhead))
+    print(f"(iv) took {time.perf_counter() - t_overhead:.1f} s")
+
     errors = [r for r in rows if r["status"] == "error"]
     failed = [c for c in checks if c["status"] in ("fail", "error")]
     ran = [c for c in checks if c["status"] == "pass"]
     out_dir = args.out or runner.default_out_dir(env, DEMO_LABEL)
     paths = runner.write_results(out_dir, rows, env, floor_info,
-                                 extra={"checks": checks, "triton_reasons": reasons,
+                                 extra={"checks": checks, "triton_reasons": reasons, "cpu_overhead": overhead,
                                         "note": "CPU demonstration: CPU timings on scaled-down cases"})
     elapsed = time.perf_counter() - t_start
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")

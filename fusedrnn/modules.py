@@ -88,7 +88,7 @@ class _FusedRNNMixin:
 
     def __setstate__(self, d):
         super().__setstate__(d)
-        # Modules pickled by an older fusedrnn, or built by torch.nn and re-classed, get defaults.
+        # A state without fusedrnn's extras (e.g. a torch.nn module's pickle loaded as this class) gets the defaults.
         self.__dict__.setdefault("residual", False)
         self.__dict__.setdefault("_residual_layers", ())
         self.__dict__.setdefault("backend", "auto")

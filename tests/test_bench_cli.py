@@ -1,4 +1,4 @@
-"""The benchmark suite's CPU side: the case registry matches DESIGN.md, and `python -m fusedrnn.bench`
+"""The benchmark suite's CPU side: the case table in bench/README.md is the registry's, and `python -m fusedrnn.bench`
 without a GPU runs the labelled CPU demonstration, writes CSV/JSON, and exits 0 exactly when every
 correctness check that could run passed."""
 
@@ -11,24 +11,19 @@ import sys
 import pytest
 import torch
 
-from fusedrnn.bench import cases
+from fusedrnn.bench import cases, cpu_overhead
 
-# DESIGN.md, "Benchmark cases": id -> (cell, B, H, T, layers, bidirectional, packed, residual)
-DESIGN_TABLE = {
-    "flashrnn": ("lstm", 16, 768, 1024, 1, False, False, False),
-    "fastrnns": ("lstm", 64, 512, 100, 1, False, False, False),
-    "deepbench-lstm": ("lstm", 128, 1024, 25, 1, False, False, False),
-    "deepbench-gru": ("gru", 32, 1024, 1500, 1, False, False, False),
-    "stream-gru": ("gru", 1, 512, 1024, 1, False, False, False),
-    "small-lstm": ("lstm", 4, 256, 150, 1, False, False, False),
-    "residual-gru": ("gru", 32, 512, 256, 4, False, False, True),
-    "packed-bilstm": ("lstm", 32, 512, 200, 2, True, True, False),
-}
+README = os.path.join(os.path.dirname(__file__), "..", "bench", "README.md")
 
 
-def test_cases_match_design_table():
-    got = {c.id: (c.cell, c.B, c.H, c.T, c.layers, c.bidirectional, c.packed, c.residual) for c in cases.CASES}
-    assert got == DESIGN_TABLE
+def test_readme_case_table_is_the_registry():
+    """bench/README.md's case table (as `python -m fusedrnn.bench --list` prints it) holds exactly
+    the registry's cases, so the documentation cannot drift from bench/cases.py."""
+    from fusedrnn.bench.__main__ import list_cases
+
+    text = open(README).read()
+    block = text.split("<!-- cases: python -m fusedrnn.bench --list -->")[1].split("```")[1].strip("\n")
+    assert block == list_cases().split("\n\nproviders:")[0].strip("\n")
     assert all(c.I == c.H for c in cases.CASES)
     assert set(cases.MODES) == {"forward", "forward+backward"}
     assert set(cases.DTYPES) == {"bf16", "fp16", "fp32"}
@@ -85,6 +80,23 @@ def test_cli_cpu_demo(tmp_path):
             assert c["status"] == "pass", c
     failed = [c for c in checks if c["status"] in ("fail", "error")]
     assert proc.returncode == (1 if failed else 0), log
+    overhead = doc["cpu_overhead"]
+    assert len(overhead) == 2 * len(cpu_overhead.ROWS)
+    assert all(r["fusedrnn_us"] > 0 and r["torch_nn_us"] > 0 for r in overhead)
+    assert "CPU overhead over torch.nn" in proc.stdout and "MEASURED on this CPU" in proc.stdout
+
+
+def test_cli_model_table():
+    proc = subprocess.run([sys.executable, "-m", "fusedrnn.bench", "--model", "--cases", "flashrnn", "--dtypes", "bf16"],
+                          capture_output=True, text=True, timeout=120, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "Latency model (MODEL, not measured" in proc.stdout
+    from fusedrnn.bench import perf_model
+
+    perf_model.estimates(cases=[cases.get("flashrnn")], dtypes=["bf16"])  # loads the backends' models
+    assert {"fusedrnn-cuda", "fusedrnn-triton"} <= set(perf_model.MODELS)
+    for provider in perf_model.MODELS:
+        assert f"flashrnn       bf16  {provider}" in proc.stdout, proc.stdout
 
 
 @pytest.mark.parametrize("argv", [["--cases", "nope"], ["--providers", "cudnn-x"]])

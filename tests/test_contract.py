@@ -1,5 +1,5 @@
-"""The drop-in contract (shared/CONTRACT.md), checked against torch itself: same errors and messages,
-parameters, initialisation, state_dict, dropout, packing, pickling, convert()."""
+"""The drop-in contract: fusedrnn.GRU/LSTM checked against torch.nn itself (torch is the specification):
+same errors and messages, parameters, initialisation, state_dict, dropout, packing, pickling, convert()."""
 
 from __future__ import annotations
 
