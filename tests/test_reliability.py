@@ -392,6 +392,28 @@ def test_two_streams_same_as_sequential(cell, ex: Executor):
             assert torch.equal(x, y)
 
 
+@pytest.mark.parametrize("ex", params(Executor("torch", "cuda"), *GPU_FUSED))
+@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM], ids=IDS)
+def test_module_call_never_synchronizes_the_device(cls, ex: Executor):
+    """The module path (plan, checks, packing) adds no host-device synchronisation: packed lengths
+    come from batch_sizes, which torch keeps on the CPU."""
+    ex.skip_unless_available(cls.__name__.lower(), torch.bfloat16)
+    f = cls(32, 32, num_layers=2, bidirectional=True, residual=True, backend=ex.backend, device="cuda",
+            dtype=torch.bfloat16)
+    x = torch.randn(9, 4, 32, device="cuda", dtype=torch.bfloat16)
+    lengths = torch.tensor([9, 3, 7, 5])
+    packed = pack_padded_sequence(x, lengths, enforce_sorted=False)
+    f(packed)  # warm-up: compilation and caches may synchronise once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        with torch.no_grad():
+            f(packed)
+            f(x)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
 # ----------------------------------------------------------------------------- 7. fuzz
 
 
