@@ -83,7 +83,8 @@ class _FusedRNNMixin:
     def __getstate__(self):
         state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__.copy()
         state = dict(state)
-        state.pop("_last_plan", None)  # a cache of this process's dispatch decisions
+        state.pop("_last_plan", None)  # caches: this process's dispatch decision, derived shapes
+        state.pop("_flat_weight_shapes", None)
         return state
 
     def __setstate__(self, d):
@@ -178,19 +179,26 @@ class _FusedRNNMixin:
     def _check_weights(self, weights: list) -> None:
         """The flat weights still have the shapes torch.nn gave them (a replaced parameter could
         have another): torch's op would fail on them, so the planned backends must too."""
-        D = 2 if self.bidirectional else 1
-        G = (3 if self._cell == "gru" else 4) * self.hidden_size
-        P = self.proj_size if self.proj_size > 0 else self.hidden_size
-        names = self._flat_weights_names
-        for name, w in zip(names, weights):
-            layer = int(name.split("_l")[1].split("_")[0])
-            kind = name.split("_l")[0]
-            in_width = self.input_size if layer == 0 else D * P
-            want = {"weight_ih": (G, in_width), "weight_hh": (G, P), "bias_ih": (G,), "bias_hh": (G,),
-                    "weight_hr": (P, self.hidden_size)}[kind]
-            if w is None or tuple(w.shape) != want:
+        for name, w, want in zip(self._flat_weights_names, weights, self._weight_shapes()):
+            if w is None or w.shape != want:
                 got = None if w is None else tuple(w.shape)
                 raise RuntimeError(f"{self._cell.upper()}: parameter {name} has shape {got}, expected {want}")
+
+    def _weight_shapes(self) -> tuple[tuple[int, ...], ...]:
+        """The shape of each flat weight, in _flat_weights_names order (computed once per module)."""
+        shapes = self.__dict__.get("_flat_weight_shapes")
+        if shapes is None:
+            D = 2 if self.bidirectional else 1
+            G = (3 if self._cell == "gru" else 4) * self.hidden_size
+            P = self.proj_size if self.proj_size > 0 else self.hidden_size
+            kinds = {"weight_hh": (G, P), "bias_ih": (G,), "bias_hh": (G,), "weight_hr": (P, self.hidden_size)}
+            shapes = []
+            for name in self._flat_weights_names:
+                kind, layer = name.split("_l")[0], int(name.split("_l")[1].split("_")[0])
+                shapes.append((G, self.input_size if layer == 0 else D * P) if kind == "weight_ih" else kinds[kind])
+            shapes = tuple(shapes)
+            self.__dict__["_flat_weight_shapes"] = shapes
+        return shapes
 
     def _run_stack(self, x: Tensor, states: tuple[Tensor, ...], lengths: Tensor | None, weights: list,
                    plan: dispatch.StackPlan):
