@@ -117,6 +117,14 @@ class _FusedRNNMixin:
         dropped = PackedSequence(F.dropout(packed.data, p=self.dropout, training=True), packed.batch_sizes)
         return torch.nn.utils.rnn.pad_packed_sequence(dropped, total_length=output.shape[0])[0]
 
+    def forward(self, input, hx=None):
+        plan = self._plan(input, hx)
+        if plan is not None and plan.on_torch and not self._residual_layers:
+            if hx is not None or isinstance(input, PackedSequence):
+                self._checks_torch_skips(input, hx)
+            return super().forward(input, hx)  # torch.nn.GRU/LSTM.forward: the stack exactly as torch runs it
+        return self._forward(input, hx, plan)
+
     def _plan(self, input, hx) -> dispatch.StackPlan | None:
         """The backends of this call (fusedrnn.dispatch.plan_module), or None when the input is
         malformed (the checks of the full path then raise torch's error). On the CPU the plan
@@ -368,12 +376,7 @@ class GRU(_FusedRNNMixin, torch.nn.GRU):
         super().__init__(*args, **kwargs)
         self._init_extras(residual, backend)
 
-    def forward(self, input, hx=None):  # mirrors torch.nn.GRU.forward; the _VF call is replaced
-        plan = self._plan(input, hx)
-        if plan is not None and plan.on_torch and not self._residual_layers:
-            if hx is not None or isinstance(input, PackedSequence):
-                self._checks_torch_skips(input, hx)
-            return super().forward(input, hx)
+    def _forward(self, input, hx, plan):  # mirrors torch.nn.GRU.forward; the _VF call is replaced
         self._update_flat_weights()
         orig_input = input
         if isinstance(orig_input, PackedSequence):
@@ -435,12 +438,7 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
         super().__init__(*args, **kwargs)
         self._init_extras(residual, backend)
 
-    def forward(self, input, hx=None):  # mirrors torch.nn.LSTM.forward; the _VF call is replaced
-        plan = self._plan(input, hx)
-        if plan is not None and plan.on_torch and not self._residual_layers:
-            if hx is not None or isinstance(input, PackedSequence):
-                self._checks_torch_skips(input, hx)
-            return super().forward(input, hx)
+    def _forward(self, input, hx, plan):  # mirrors torch.nn.LSTM.forward; the _VF call is replaced
         self._update_flat_weights()
         orig_input = input
         batch_sizes = None
