@@ -161,6 +161,22 @@ def test_table_picks_the_fastest_validated_candidate(fake_gpu):
     assert dispatch.choose("auto", spec("gru", torch.float32)).name == "torch"
 
 
+def test_evidence_for_sm90_bf16_gru_opens_exactly_that(fake_gpu, monkeypatch):
+    """Validated for sm_90 bf16 GRU only, and a table in which the fused kernels win everywhere:
+    fused for sm_90 bf16 GRU, torch for every other cell, dtype and GPU family."""
+    write_validated(fake_gpu, record("cuda", passed={"gru": ["bfloat16"], "lstm": []}))
+    rows = [row(cell=c, dtype=d, mode=m, H=(1, 4096), B=(1, 4096), ms={"torch": 1.0, "cuda": 0.1})
+            for c in ("gru", "lstm") for d in ("bfloat16", "float16", "float32") for m in ("inference", "training")]
+    write_table(fake_gpu, rows)
+    assert dispatch.choose("auto", spec("gru", torch.bfloat16)).name == "cuda"
+    assert dispatch.choose("auto", spec("gru", torch.bfloat16, needs_grad=True)).name == "cuda"
+    for cell, dtype in (("gru", torch.float16), ("gru", torch.float32), ("lstm", torch.bfloat16), ("lstm", torch.float16)):
+        assert dispatch.choose("auto", spec(cell, dtype)).name == "torch", (cell, dtype)
+    monkeypatch.setattr(evidence, "device_family", lambda device: "sm_80")
+    dispatch.clear_caches()
+    assert dispatch.choose("auto", spec("gru", torch.bfloat16)).name == "torch"
+
+
 def test_table_measured_with_other_kernels_is_ignored(fake_gpu):
     write_validated(fake_gpu, record("cuda"))
     write_table(fake_gpu, [row()], fingerprints={"cuda": "cu-0", "triton": "tr-1"})
