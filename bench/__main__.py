@@ -115,8 +115,12 @@ def run_gpu(args) -> int:
     print("\nTargets (bench/README.md), from the measurements above:")
     print(runner.format_targets(targets))
     print(f"\nmeasured ceilings: {ceilings}")
+    from . import perf_model
+
+    model_rows = perf_model.table(selected, dtypes, measured_rows=rows)
+    print("\n" + perf_model.format_table(model_rows))
     out_dir = args.out or runner.default_out_dir(env, label)
-    paths = runner.write_results(out_dir, rows, env, floor_info, extra={"targets": targets})
+    paths = runner.write_results(out_dir, rows, env, floor_info, extra={"targets": targets, "model": model_rows})
     n_ok = sum(r["status"] == "ok" for r in rows)
     print(f"\n{n_ok}/{len(rows)} measurements ok in {time.perf_counter() - t0:.0f} s; "
           f"wrote {', '.join(str(p) for p in paths.values())}")
