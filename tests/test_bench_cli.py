@@ -104,3 +104,20 @@ def test_cli_rejects_unknown_names(argv):
     proc = subprocess.run([sys.executable, "-m", "fusedrnn.bench", *argv], capture_output=True, text=True,
                           timeout=60, env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert proc.returncode == 2 and "unknown" in proc.stderr
+
+
+def test_model_table_takes_measured_rows():
+    """On a GPU the grid's rows are put beside the model: the table carries them by provider, case,
+    dtype and mode, and cuDNN's (torch-nn) measured time beside."""
+    from fusedrnn.bench import perf_model
+
+    case = cases.get("flashrnn")
+    fake = [dict(provider=p, case="flashrnn", dtype="bf16", mode=m, status="ok", median_ms=ms)
+            for p, m, ms in (("fusedrnn-cuda", "forward", 3.0), ("fusedrnn-cuda", "forward+backward", 9.0),
+                             ("torch-nn", "forward", 2.5))]
+    rows = perf_model.table([case], ["bf16"], measured_rows=fake)
+    cuda = next(r for r in rows if r["provider"] == "fusedrnn-cuda")
+    assert (cuda["measured_fwd_ms"], cuda["measured_fb_ms"], cuda["measured_cudnn_fwd_ms"]) == (3.0, 9.0, 2.5)
+    triton = next(r for r in rows if r["provider"] == "fusedrnn-triton")
+    assert triton["measured_fwd_ms"] is None
+    assert "meas fwd" in perf_model.format_table(rows)
