@@ -13,9 +13,10 @@ tests/test_triton_codegen.py keeps checking the parts the phases rely on):
   for flashrnn): one L2 round trip plus the transfer, limited by the SM's share of L2 bandwidth
   and by L2's aggregate bandwidth (every program loads the same operand);
 - ``stage``: the operand into shared memory (STS.128, bar.sync) for ldmatrix;
-- ``MMA``: ldmatrix of the resident W slice and of the operand, overlapped with the HMMA chains
-  (KS warps each reduce K/KS: K/(16 KS) dependent steps): max(shared-memory bytes / bandwidth,
-  chain); fp32 without TF32 and fp64 run FMA instead (``fma`` rate below);
+- ``MMA``: ldmatrix of the resident W slice and of the operand (read by every warp when the warps
+  split the columns), overlapped with the HMMA chains (KS warps each reduce K/KS: K/(16 KS)
+  dependent steps): max(shared-memory bytes / bandwidth, chain); fp32 without TF32 and fp64 run
+  FMA instead (``FMA_PER_CLK_SM`` below);
 - ``partial sums`` (KS > 1): the warps' partials reduced through shared memory, one round per
   16x8 accumulator tile: bar.sync, STS.128, bar.sync, LDS.128, log2(KS) dependent shuffles;
 - ``epilogue``: gate math (dependent MUFU ex2/rcp) and the layout conversions Triton puts before
@@ -69,6 +70,12 @@ def _l2_transfer_us(bytes_per_program: float, programs: int, m: Machine) -> floa
     return max(per_sm, aggregate)
 
 
+def _operand_readers(p) -> int:
+    """Warps that each read the whole staged operand: one per column slice when the warps split
+    the columns (KS == 1), none shared when they split the reduction (each reads its own part)."""
+    return 1 if p.KS > 1 else min(p.num_warps, max(1, p.N // 8))
+
+
 def _mma_us(p, dtype_name: str, k: int, m: Machine) -> tuple[float, str]:
     """The product over ``k`` reduction columns for one program: tensor-core chain or FMA rate."""
     if dtype_name in ("fp32", "fp64"):  # exact fp32 (torch's default) and fp64: FMA, not MMA
@@ -78,8 +85,9 @@ def _mma_us(p, dtype_name: str, k: int, m: Machine) -> tuple[float, str]:
     return _clk(steps * m.hmma_clk, m), f"{steps} dependent HMMA steps"
 
 
-def step(cell: str, direction: str, case: Case, dtype_name: str, save: bool, m: Machine = H100):
-    p = _plan(cell, direction, case, dtype_name, m)
+def step(cell: str, direction: str, case: Case, dtype_name: str, save: bool, m: Machine = H100, plan=None):
+    """(plan, Step) of one step of ``direction``; ``plan`` overrides the launcher's (to compare)."""
+    p = plan if plan is not None else _plan(cell, direction, case, dtype_name, m)
     e = p.elem_bytes
     blocks = math.ceil(p.n_blk / p.nprog_h)  # unit blocks each program walks per step
     rows = min(case.B, p.BB)  # rows of the operand actually fetched (masked rows are not)
@@ -101,13 +109,15 @@ def step(cell: str, direction: str, case: Case, dtype_name: str, save: bool, m: 
                             f"{operand_bytes // 1024} KB per program, one group of .cg loads"))
         staged = p.BB * p.K * e
         phases.append(Phase("stage", blocks * (smem_us(staged, m) + _clk(2 * BAR_CLK, m)), "STS + bar.sync"))
-        reads = p.w_slice_bytes + staged
+        reads = p.w_slice_bytes + staged * _operand_readers(p)
         phases.append(Phase("MMA", blocks * max(smem_us(reads, m), mma_us),
                             f"ldmatrix {reads // 1024} KB vs {mma_why}"))
     else:
         chunks = p.K // p.BLOCK_K
         chunk_bytes = (rows * p.BLOCK_K + p.BLOCK_K * p.N) * e
-        per_chunk = max(_l2_transfer_us(chunk_bytes, programs, m), smem_us(2 * chunk_bytes, m), mma_us / chunks)
+        chunk_reads = (p.BB * p.BLOCK_K * _operand_readers(p) + p.BLOCK_K * p.N) * e
+        per_chunk = max(_l2_transfer_us(chunk_bytes, programs, m), smem_us(chunk_bytes + chunk_reads, m),
+                        mma_us / chunks)
         phases.append(Phase("K loop", blocks * (m.l2_us + chunks * per_chunk),
                             f"{chunks} chunks of {p.BLOCK_K} ({chunk_bytes // 1024} KB each from L2), "
                             f"{p.num_stages}-stage cp.async pipeline"))

@@ -28,10 +28,16 @@ __all__ = ["gru", "lstm", "limits"]
 PROJ_REASON = "proj_size>0 (w_hr) is not supported by the Triton kernels"
 
 
+MAX_H = 16384  # the packed W_hh (4 x HP x HP elements) is indexed with 32-bit offsets
+
+
 def limits(p) -> list[str]:
-    """Readable reasons the Triton kernels cannot serve Problem ``p`` (empty: they can). Every
-    H, B and T is served: a W_hh slice that does not fit on chip is streamed (kernels/plan.py)."""
-    return [PROJ_REASON] if p.proj else []
+    """Readable reasons the Triton kernels cannot serve Problem ``p`` (empty: they can). Any B
+    and T, and H up to MAX_H: a W_hh slice that does not fit on chip is streamed (kernels/plan.py)."""
+    reasons = [PROJ_REASON] if p.proj else []
+    if p.H > MAX_H:
+        reasons.append(f"H={p.H} (the Triton kernels support H <= {MAX_H})")
+    return reasons
 
 
 def _empty_like_none(t: Optional[Tensor], like: Tensor) -> Tensor:

@@ -160,12 +160,14 @@ def cdiv(a: int, b: int) -> int:
 @dataclass(frozen=True)
 class _Row:
     """Per element size: how large the product's tiles may be without spilling (from the compiled
-    code, tests/test_triton_codegen.py), the warps, and the streamed K loop's shape."""
+    code with Triton 3.6 and 3.8, tests/test_triton_codegen.py), the warps, and the streamed K
+    loop's shape."""
 
-    ks_tile: int  # max BB*N when the warps split the reduction: every warp holds a full partial,
-    ks_gate: int  # and the summed tile and the gate tiles (BB*BH each) are replicated in every warp
+    ks_tile: int  # max BB*N when the warps split the reduction (forward): every warp holds a full
+    ks_gate: int  # partial, and the summed tile and the gate tiles (BB*BH) are replicated in every warp
+    bwd_ks_tile: int  # the same for the backward, whose step holds more tiles (dh, dc, dy, 4 acts, states)
     cols_tile: int  # max BB*N when the warps split the columns (forward; the tile is spread over warps)
-    bwd_cols_tile: int  # the same for the backward, whose step holds more tiles (dh, dc, dy, 4 acts, states)
+    bwd_cols_tile: int
     fma_tile: int  # max BB*N of an FMA product (exact fp32, fp64): its operands sit in registers;
     # the FMA backward (many live tiles) always streams W in small chunks
     num_warps: int
@@ -177,12 +179,12 @@ class _Row:
 # programs keep the replicated tiles small and the MMA chains short; 8 warps (two per SM
 # sub-partition) overlap the shared-memory reads of the product with its MMAs.
 _TABLE = {
-    2: _Row(ks_tile=1024, ks_gate=256, cols_tile=4096, bwd_cols_tile=1024, fma_tile=512, num_warps=8, kci=32,
-            num_stages=3),
-    4: _Row(ks_tile=512, ks_gate=128, cols_tile=2048, bwd_cols_tile=1024, fma_tile=512, num_warps=8, kci=16,
-            num_stages=2),
-    8: _Row(ks_tile=256, ks_gate=64, cols_tile=1024, bwd_cols_tile=512, fma_tile=512, num_warps=8, kci=16,
-            num_stages=2),
+    2: _Row(ks_tile=512, ks_gate=256, bwd_ks_tile=256, cols_tile=4096, bwd_cols_tile=1024, fma_tile=512,
+            num_warps=8, kci=32, num_stages=3),
+    4: _Row(ks_tile=512, ks_gate=128, bwd_ks_tile=0, cols_tile=2048, bwd_cols_tile=1024, fma_tile=512,
+            num_warps=8, kci=16, num_stages=2),
+    8: _Row(ks_tile=256, ks_gate=64, bwd_ks_tile=0, cols_tile=1024, bwd_cols_tile=512, fma_tile=512,
+            num_warps=8, kci=16, num_stages=2),
 }
 
 
@@ -255,7 +257,8 @@ def _split(cell, direction, strategy, H, BH, n_btiles, cap, elem_bytes, fma) -> 
     while True:
         N = GATE_SLOTS * BH if direction == "fwd" else BH
         num_warps = row.num_warps if K >= 16 * row.num_warps else max(1, K // 16)
-        if not fma and num_warps > 1 and BLOCK_B * N <= row.ks_tile and BLOCK_B * BH <= row.ks_gate:
+        ks = row.ks_tile if direction == "fwd" else row.bwd_ks_tile
+        if not fma and num_warps > 1 and BLOCK_B * N <= ks and BLOCK_B * BH <= row.ks_gate:
             KS = num_warps
             break
         cols = row.cols_tile if direction == "fwd" else row.bwd_cols_tile

@@ -44,7 +44,7 @@ from .common import (
 def load_w_slice(w_ptr, blk, K: tl.constexpr, N: tl.constexpr, KS: tl.constexpr):
     """Program's W_hh slice (K, N) (contiguous in the packed weights), shaped for the product:
     (KS, K/KS, N) when the warps split the reduction."""
-    base = w_ptr + blk * (K * N)  # < 2**31: the packed W_hh has fewer elements
+    base = w_ptr + blk * (K * N)  # 32-bit: the packed W_hh has < 2**31 elements (triton_ops.MAX_H)
     if KS > 1:
         KC: tl.constexpr = K // KS
         s = tl.arange(0, KS)[:, None, None]
@@ -59,11 +59,11 @@ def load_w_slice(w_ptr, blk, K: tl.constexpr, N: tl.constexpr, KS: tl.constexpr)
 
 
 @triton.jit
-def recurrent_product(a_ptr, rows, row_ok, k_valid, n_seg, w_ptr, blk, w_res, acc_dtype: tl.constexpr,
+def recurrent_product(a_ptr, rows64, row_ok, k_valid, n_seg, w_ptr, blk, w_res, acc_dtype: tl.constexpr,
                       BB: tl.constexpr, K: tl.constexpr, N: tl.constexpr, SEG: tl.constexpr, KS: tl.constexpr,
                       BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr, RESIDENT: tl.constexpr,
                       DOT_PRECISION: tl.constexpr):
-    """(BB, K) @ (K, N) for one unit block: the operand rows ``rows`` of ``a_ptr`` (row stride K,
+    """(BB, K) @ (K, N) for one unit block: the operand rows ``rows64`` of ``a_ptr`` (row stride K,
     written by other programs: loaded through L2, .cg) times the block's W_hh slice, fp32 (fp64)
     accumulation. The reduction is ``n_seg`` segments of SEG columns each valid up to ``k_valid``
     (a multiple of 16): the padding is not fetched (whole 16-byte vectors are masked off).
@@ -73,11 +73,11 @@ def recurrent_product(a_ptr, rows, row_ok, k_valid, n_seg, w_ptr, blk, w_res, ac
     asynchronous copies, so the next chunks are in flight during the current chunk's MMA.
     KS > 1: warp s reduces columns [s*KC, (s+1)*KC) of every chunk into its own partial (short MMA
     chains), the partials are summed once at the end."""
-    w_base = w_ptr + blk * (K * N)  # < 2**31: the packed W_hh has fewer elements
+    w_base = w_ptr + blk * (K * N)  # 32-bit: the packed W_hh has < 2**31 elements (triton_ops.MAX_H)
     if KS > 1:
         KC: tl.constexpr = BLOCK_K // KS
         s3 = tl.arange(0, KS)[:, None, None]
-        r3 = rows[None, :, None].to(tl.int64)
+        r3 = rows64[None, :, None]
         ok3 = row_ok[None, :, None]
         c3 = tl.arange(0, KC)[None, None, :]
         acc = tl.full((KS, BB, N), 0.0, dtype=acc_dtype)
@@ -97,7 +97,7 @@ def recurrent_product(a_ptr, rows, row_ok, k_valid, n_seg, w_ptr, blk, w_res, ac
                 acc = mma(a_chunk, w_chunk, acc, DOT_PRECISION)
         out = tl.sum(acc, axis=0)
     else:
-        r2 = rows[:, None].to(tl.int64)
+        r2 = rows64[:, None]
         ok2 = row_ok[:, None]
         c2 = tl.arange(0, BLOCK_K)[None, :]
         out = tl.full((BB, N), 0.0, dtype=acc_dtype)
@@ -152,6 +152,32 @@ def store_gate_tiles(ptr, offs, mask, H, x0, x1, x2, x3, NG: tl.constexpr):
 
 
 @triton.jit
+def batch_rows(len_ptr, B, BB: tl.constexpr, HAS_LEN: tl.constexpr):
+    """This program's batch rows: (rows as int64, in-range mask, per-row lengths or 0)."""
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    row_ok = rows < B
+    if HAS_LEN:
+        lens = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    else:
+        lens = 0
+    return rows.to(tl.int64), row_ok, lens
+
+
+@triton.jit
+def step_time(q, T, row_ok, lens, REVERSE: tl.constexpr, HAS_LEN: tl.constexpr):
+    """Time index of processing step q (backwards when REVERSE) as int64, and the (rows, 1) mask
+    of rows for which step q is valid (t < length)."""
+    if REVERSE:
+        t = T - 1 - q
+    else:
+        t = q
+    valid = row_ok
+    if HAS_LEN:
+        valid = valid & (t < lens)
+    return t.to(tl.int64), valid[:, None]
+
+
+@triton.jit
 def load_bwd_inputs(dh_ptr, dy_ptr, act_ptr, hseq_ptr, cseq_ptr, dc_ptr, rows64, units, m2, t64, q, B, H,
                     CELL: tl.constexpr, HAS_DY: tl.constexpr):
     """The backward step's own tiles for one unit block: the carried dh (dc), dy, the saved
@@ -201,7 +227,6 @@ def rnn_fwd_kernel(
     NUM_STAGES: tl.constexpr, RESIDENT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid_h = tl.program_id(0)
-    pid_b = tl.program_id(1)
     nprog_h = tl.num_programs(0)
     NG: tl.constexpr = 3 if CELL == "gru" else 4
     N: tl.constexpr = 4 * BH
@@ -210,11 +235,7 @@ def rnn_fwd_kernel(
     acc_dtype: tl.constexpr = hseq_ptr.dtype.element_ty
     x_dtype: tl.constexpr = xchg_ptr.dtype.element_ty
     slot = tl.num_programs(1) * BB * HP  # elements per exchange slot
-    rows = pid_b * BB + tl.arange(0, BB)
-    row_ok = rows < B
-    rows64 = rows.to(tl.int64)
-    if HAS_LEN:
-        lens = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    rows64, row_ok, lens = batch_rows(len_ptr, B, BB, HAS_LEN)
     if RESIDENT:
         # One unit block per program: its W_hh slice and biases stay on chip for every step.
         w_res = load_w_slice(w_ptr, pid_h, HP, N, KS)
@@ -231,16 +252,8 @@ def rnn_fwd_kernel(
         blk_end = n_blk
 
     for s in range(n_steps):
-        q = t_begin + s  # processing step; time t walks backwards when REVERSE
-        if REVERSE:
-            t = T - 1 - q
-        else:
-            t = q
-        t64 = t.to(tl.int64)
-        valid = row_ok
-        if HAS_LEN:
-            valid = valid & (t < lens)
-        ok = valid[:, None]
+        q = t_begin + s  # processing step
+        t64, ok = step_time(q, T, row_ok, lens, REVERSE, HAS_LEN)
         prev_state = (q % n_slots).to(tl.int64) * B * H
         next_state = ((q + 1) % n_slots).to(tl.int64) * B * H
         a_ptr = xchg_ptr + (q % 2).to(tl.int64) * slot
@@ -248,7 +261,7 @@ def rnn_fwd_kernel(
         if not RESIDENT:
             if USE_GRID_BARRIER:
                 if s > 0:
-                    barrier_wait(counter_ptr + pid_b, s * nprog_h)
+                    barrier_wait(counter_ptr + tl.program_id(1), s * nprog_h)
         for j in range(pid_h, blk_end, nprog_h):
             units = j * BH + tl.arange(0, BH)
             m2 = row_ok[:, None] & (units < H)[None, :]
@@ -273,9 +286,9 @@ def rnn_fwd_kernel(
             if RESIDENT:
                 if USE_GRID_BARRIER:
                     if s > 0:
-                        barrier_wait(counter_ptr + pid_b, s * nprog_h)
+                        barrier_wait(counter_ptr + tl.program_id(1), s * nprog_h)
 
-            acc = recurrent_product(a_ptr, rows, row_ok, k_valid, 1, w_ptr, j, w_res, acc_dtype, BB, HP, N, HP,
+            acc = recurrent_product(a_ptr, rows64, row_ok, k_valid, 1, w_ptr, j, w_res, acc_dtype, BB, HP, N, HP,
                                     KS, BLOCK_K, NUM_STAGES, RESIDENT, DOT_PRECISION)
             a0, a1, a2, a3 = split_gates(acc, BB, BH)
             h_new, c_new, act0, act1, act2, act3 = gates_forward(
@@ -296,7 +309,7 @@ def rnn_fwd_kernel(
                                  act0, act1, act2, act3, 4)
         if s < n_steps - 1:
             if USE_GRID_BARRIER:
-                barrier_arrive(counter_ptr + pid_b)
+                barrier_arrive(counter_ptr + tl.program_id(1))
             else:
                 tl.debug_barrier()  # own exchange stores visible to the program's other threads
 
@@ -328,7 +341,6 @@ def rnn_bwd_kernel(
     # step), then computes its own dgates. One barrier per step; the recurrent term of step 0
     # (grad h0) is one torch GEMM in the launcher.
     pid_h = tl.program_id(0)
-    pid_b = tl.program_id(1)
     nprog_h = tl.num_programs(0)
     NG: tl.constexpr = 3 if CELL == "gru" else 4
     K: tl.constexpr = 4 * HP
@@ -341,11 +353,7 @@ def rnn_bwd_kernel(
     # they do not hold registers across it.
     PREFETCH: tl.constexpr = RESIDENT and USE_GRID_BARRIER
     slot = tl.num_programs(1) * BB * K
-    rows = pid_b * BB + tl.arange(0, BB)
-    row_ok = rows < B
-    rows64 = rows.to(tl.int64)
-    if HAS_LEN:
-        lens = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    rows64, row_ok, lens = batch_rows(len_ptr, B, BB, HAS_LEN)
     if RESIDENT:
         w_res = load_w_slice(w_ptr, pid_h, K, BH, KS)
         blk_end = pid_h + 1  # one unit block per program
@@ -356,21 +364,13 @@ def rnn_bwd_kernel(
     for s in range(n_steps):
         q_bwd = t_begin + s
         q = T - 1 - q_bwd  # processing step
-        if REVERSE:
-            t = T - 1 - q
-        else:
-            t = q
-        t64 = t.to(tl.int64)
-        valid = row_ok
-        if HAS_LEN:
-            valid = valid & (t < lens)
-        ok = valid[:, None]
+        t64, ok = step_time(q, T, row_ok, lens, REVERSE, HAS_LEN)
         a_ptr = xchg_ptr + ((q_bwd + 1) % 2).to(tl.int64) * slot
         out_xchg = xchg_ptr + (q_bwd % 2).to(tl.int64) * slot
         if not PREFETCH:
             if USE_GRID_BARRIER:
                 if s > 0:
-                    barrier_wait(counter_ptr + pid_b, s * nprog_h)
+                    barrier_wait(counter_ptr + tl.program_id(1), s * nprog_h)
         for j in range(pid_h, blk_end, nprog_h):
             units = j * BH + tl.arange(0, BH)
             m2 = row_ok[:, None] & (units < H)[None, :]
@@ -379,8 +379,8 @@ def rnn_bwd_kernel(
                 dh, dy, act0, act1, act2, act3, dc, h_prev, c_prev, c_new = load_bwd_inputs(
                     dh_ptr, dy_ptr, act_ptr, hseq_ptr, cseq_ptr, dc_ptr, rows64, units, m2, t64, q, B, H, CELL, HAS_DY)
                 if s > 0:
-                    barrier_wait(counter_ptr + pid_b, s * nprog_h)
-            prod = recurrent_product(a_ptr, rows, row_ok, k_valid, NG, w_ptr, j, w_res, acc_dtype, BB, K, BH, HP, KS,
+                    barrier_wait(counter_ptr + tl.program_id(1), s * nprog_h)
+            prod = recurrent_product(a_ptr, rows64, row_ok, k_valid, NG, w_ptr, j, w_res, acc_dtype, BB, K, BH, HP, KS,
                                      BLOCK_K, NUM_STAGES, RESIDENT, DOT_PRECISION)
             if not PREFETCH:  # not held across the product: registers for the K loop's pipeline
                 dh, dy, act0, act1, act2, act3, dc, h_prev, c_prev, c_new = load_bwd_inputs(
@@ -409,7 +409,7 @@ def rnn_bwd_kernel(
                 tl.store(dc_ptr + st_offs, tl.where(ok, dc_prev, dc), mask=m2)
         if s < n_steps - 1:
             if USE_GRID_BARRIER:
-                barrier_arrive(counter_ptr + pid_b)
+                barrier_arrive(counter_ptr + tl.program_id(1))
             else:
                 tl.debug_barrier()
 

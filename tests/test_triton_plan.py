@@ -133,3 +133,14 @@ def test_tf32_follows_torchs_switch_with_either_api():
     )
     res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def test_latency_model_of_the_shipped_plans_meets_the_flashrnn_target():
+    """MODEL, not a measurement: bench/model_triton.py on the plans make_plan ships puts the
+    flashrnn forward (LSTM B16 H768 T1024, bf16) within 2x cuDNN's measured 2.01 ms. A plan change
+    that breaks this shows here before a GPU does."""
+    from fusedrnn.bench import cases, perf_model
+
+    e = perf_model.estimate("fusedrnn-triton", cases.get("flashrnn"), "bf16")
+    assert not isinstance(e, str), e
+    assert e.fwd_ms <= 2 * perf_model.CUDNN_ANCHORS["flashrnn"][0], e.fwd_step.describe()
