@@ -144,3 +144,21 @@ def test_latency_model_of_the_shipped_plans_meets_the_flashrnn_target():
     e = perf_model.estimate("fusedrnn-triton", cases.get("flashrnn"), "bf16")
     assert not isinstance(e, str), e
     assert e.fwd_ms <= 2 * perf_model.CUDNN_ANCHORS["flashrnn"][0], e.fwd_step.describe()
+
+
+@pytest.mark.parametrize("cell,B,H", [("lstm", 16, 32), ("gru", 4, 64), ("lstm", 64, 128), ("lstm", 16, 256),
+                                      ("gru", 1, 512), ("lstm", 16, 768)])
+def test_strategy_crossover_agrees_with_the_latency_model(cell, B, H):
+    """choose_strategy picks the strategy whose forward step bench/model_triton.py models faster
+    (MODEL; bf16 on an H100): where all of W fits one program, no grid barrier wins."""
+    from fusedrnn.bench import model_triton, perf_model
+    from fusedrnn.bench.cases import Case
+
+    case = Case("crossover", cell, B=B, H=H, T=100)
+    device = plans.Device("H100", perf_model.H100.n_sm, perf_model.H100.smem_optin_bytes, 90)
+    steps = {}
+    for strategy in plans.STRATEGIES:
+        p = plans.make_plan(cell, "fwd", B, H, 2, device, strategy)
+        steps[strategy] = model_triton.step(cell, "fwd", case, "bf16", False, plan=p)[1].us
+    chosen = plans.choose_strategy(cell, B, H, 2, device)
+    assert steps[chosen] <= min(steps.values()), (chosen, steps)
