@@ -5,7 +5,7 @@ barriers and do nothing else: a persistent GRU/LSTM step can never be faster tha
 barriers (bench/ reports it as the floor). With ``check=True`` every program also publishes its
 step number before each barrier and, after it, reads every other program's: a barrier that lets
 a program through early (or a load served from a stale L1 line) shows up as a nonzero error
-count. tests/test_triton_gpu.py runs that under contention (many programs, many steps).
+count. tests/test_triton_barrier.py runs that under contention on a GPU (many programs, many steps).
 """
 
 from __future__ import annotations

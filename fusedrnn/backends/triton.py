@@ -1,10 +1,13 @@
-"""The Triton backend: torch.library ops around the kernels in fusedrnn.kernels (kernels/).
+"""The Triton backend: torch.library ops around the kernels in fusedrnn.kernels (kernels/rnn.py).
 
 Each cell has a forward op and a backward op (``fusedrnn::triton_gru_fwd`` / ``_bwd``, same for
 ``lstm``), both with fake (meta) implementations, linked by ``register_autograd``; so
 torch.compile(fullgraph=True) traces them as opaque nodes and autograd runs the Triton backward.
 The forward op also returns what its backward needs (the h (and c) sequence and the gate
-activations; see kernels/gru.py and kernels/lstm.py), empty when no input requires grad.
+activations), empty when no input requires grad.
+
+This module decides the fp32 product's precision for the kernels: TF32 when torch's matmul
+switch allows it (read at each call, so a change of the switch takes effect at the next call).
 
 ``gru``, ``lstm`` and ``limits`` are what fusedrnn.backends.TritonBackend calls; arguments arrive
 validated by fusedrnn.functional.
@@ -17,20 +20,26 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from fusedrnn.kernels import gru as _gru
-from fusedrnn.kernels import lstm as _lstm
+from fusedrnn._precision import cuda_matmul_allows_tf32
+from fusedrnn.kernels import rnn
 from fusedrnn.kernels.common import interpreter_on
 
 from . import FLOAT_DTYPES, Backend, dtype_reasons
 
 __all__ = ["BACKEND", "gru", "lstm", "limits"]
 
+PROJ_REASON = "proj_size>0 (w_hr) is not supported by the Triton kernels"
+
+
+MAX_H = 16384  # the packed W_hh (4 x HP x HP elements) is indexed with 32-bit offsets
+
 
 def limits(p) -> list[str]:
-    """Readable reasons the Triton kernels cannot serve Problem ``p`` (empty: they can)."""
-    reasons = []
-    if p.has_proj:
-        reasons.append(limits_reason_proj())
+    """Readable reasons the Triton kernels cannot serve call ``p`` (empty: they can). Any B
+    and T, and H up to MAX_H: a W_hh slice that does not fit on chip is streamed (kernels/plan.py)."""
+    reasons = [PROJ_REASON] if p.has_proj else []
+    if p.H > MAX_H:
+        reasons.append(f"H={p.H} (the Triton kernels support H <= {MAX_H})")
     return reasons
 
 
@@ -39,12 +48,34 @@ def _empty_like_none(t: Optional[Tensor], like: Tensor) -> Tensor:
     return t if t is not None else like.new_empty(0)
 
 
-def _strategy(strategy: str):
-    return strategy or None
-
-
 def _needs_save(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def _saved_shapes(x: Tensor, H: int, save: bool, lstm: bool) -> list[Tensor]:
+    """Fake (hseq, [cseq,] act) as the forward op returns them."""
+    T, B, _ = x.shape
+    acc = rnn.acc_dtype_for(x.dtype)
+    if not save:
+        return [x.new_empty(0, dtype=acc) for _ in range(3 if lstm else 2)]
+    seq = [x.new_empty(T + 1, B, H, dtype=acc) for _ in range(2 if lstm else 1)]
+    return seq + [x.new_empty(T, B, 4 * H, dtype=acc)]
+
+
+def _grad_shapes(x: Tensor, w_ih: Tensor, w_hh: Tensor, needs, lstm: bool) -> tuple[Tensor, ...]:
+    T, B, I = x.shape  # noqa: E741
+    H = w_hh.shape[1]
+    G = w_hh.shape[0]
+    shapes = [(T, B, I), (B, H)] + ([(B, H)] if lstm else []) + [tuple(w_ih.shape), tuple(w_hh.shape), (G,), (G,),
+                                                                  (T, B, H)]
+    return tuple(x.new_empty(s if need else (0,)) for s, need in zip(shapes, needs))
+
+
+def _grads_out(grads, x: Tensor, lstm: bool) -> tuple[Tensor, ...]:
+    """rnn.backward's 8 grads -> the op's outputs (no c0 slot for GRU), in x's dtype."""
+    if not lstm:
+        grads = grads[:2] + grads[3:]
+    return tuple(_empty_like_none(None if g is None else g.to(x.dtype), x) for g in grads)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -55,10 +86,11 @@ def _needs_save(*tensors) -> bool:
 @torch.library.custom_op("fusedrnn::triton_gru_fwd", mutates_args=())
 def _gru_fwd(
     x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
-    residual: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, save: bool, strategy: str,
+    residual: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, save: bool, strategy: Optional[str],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    y, h_n, hseq, act = _gru.gru_forward(
-        x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy=_strategy(strategy))
+    y, h_n, _, hseq, _, act = rnn.forward(
+        "gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save,
+        allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy)
     return y, h_n, hseq, act
 
 
@@ -66,31 +98,23 @@ def _gru_fwd(
 def _(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy):
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    acc = _gru.acc_dtype_for(x.dtype)
-    if save:
-        hseq, act = x.new_empty(T + 1, B, H, dtype=acc), x.new_empty(T, B, 4 * H, dtype=acc)
-    else:
-        hseq, act = x.new_empty(0, dtype=acc), x.new_empty(0, dtype=acc)
-    return x.new_empty(T, B, H), x.new_empty(B, H), hseq, act
+    return (x.new_empty(T, B, H), x.new_empty(B, H), *_saved_shapes(x, H, save, lstm=False))
 
 
 @torch.library.custom_op("fusedrnn::triton_gru_bwd", mutates_args=())
 def _gru_bwd(
     dy: Optional[Tensor], dh_n: Optional[Tensor], x: Tensor, w_ih: Tensor, w_hh: Tensor,
-    lengths: Optional[Tensor], hseq: Tensor, act: Tensor, reverse: bool, needs: list[bool], strategy: str,
+    lengths: Optional[Tensor], hseq: Tensor, act: Tensor, reverse: bool, needs: list[bool], strategy: Optional[str],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    grads = _gru.gru_backward(
-        dy, dh_n, x, w_ih, w_hh, lengths, hseq, act, reverse, needs, strategy=_strategy(strategy))
-    dtype = x.dtype
-    return tuple(_empty_like_none(None if g is None else g.to(dtype), x) for g in grads)
+    need_x, need_h0, *rest = needs
+    grads = rnn.backward("gru", dy, dh_n, None, x, w_ih, w_hh, lengths, hseq, None, act, reverse,
+                         (need_x, need_h0, False, *rest), allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy)
+    return _grads_out(grads, x, lstm=False)
 
 
 @_gru_bwd.register_fake
 def _(dy, dh_n, x, w_ih, w_hh, lengths, hseq, act, reverse, needs, strategy):
-    T, B, _ = x.shape
-    H = w_hh.shape[1]
-    shapes = [(T, B, x.shape[2]), (B, H), tuple(w_ih.shape), tuple(w_hh.shape), (3 * H,), (3 * H,), (T, B, H)]
-    return tuple(x.new_empty(s if need else (0,)) for s, need in zip(shapes, needs))
+    return _grad_shapes(x, w_ih, w_hh, needs, lstm=False)
 
 
 def _gru_setup(ctx, inputs, output):
@@ -118,12 +142,12 @@ torch.library.register_autograd("fusedrnn::triton_gru_fwd", _gru_backward, setup
 
 def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, *, strategy: Optional[str] = None):
     """One GRU layer-direction (see fusedrnn.functional.gru). ``strategy`` forces "persistent" or
-    "batch_tile" (tests, benchmarks); None picks by shape (kernels/common.py: choose_strategy)."""
+    "batch_tile" (tests, benchmarks); None picks by shape (kernels/plan.py: choose_strategy)."""
     if lengths is not None:
         # torch keeps lengths on the CPU; non_blocking avoids a stream sync for the copy
         lengths = lengths.to(device=x.device, non_blocking=True)
     save = _needs_save(x, h0, w_ih, w_hh, b_ih, b_hh, residual)
-    y, h_n, _, _ = _gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy or "")
+    y, h_n, _, _ = _gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy)
     return y, h_n
 
 
@@ -136,44 +160,33 @@ def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, *, strategy: 
 def _lstm_fwd(
     x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
     b_hh: Optional[Tensor], residual: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, save: bool,
-    strategy: str,
+    strategy: Optional[str],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return _lstm.lstm_forward(
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy=_strategy(strategy))
+    return rnn.forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save,
+                       allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy)
 
 
 @_lstm_fwd.register_fake
 def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy):
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    acc = _gru.acc_dtype_for(x.dtype)
-    if save:
-        seq = [x.new_empty(T + 1, B, H, dtype=acc), x.new_empty(T + 1, B, H, dtype=acc),
-               x.new_empty(T, B, 4 * H, dtype=acc)]
-    else:
-        seq = [x.new_empty(0, dtype=acc) for _ in range(3)]
-    return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H), *seq)
+    return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H), *_saved_shapes(x, H, save, lstm=True))
 
 
 @torch.library.custom_op("fusedrnn::triton_lstm_bwd", mutates_args=())
 def _lstm_bwd(
     dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor], x: Tensor, w_ih: Tensor,
     w_hh: Tensor, lengths: Optional[Tensor], hseq: Tensor, cseq: Tensor, act: Tensor, reverse: bool,
-    needs: list[bool], strategy: str,
+    needs: list[bool], strategy: Optional[str],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    grads = _lstm.lstm_backward(
-        dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reverse, needs, strategy=_strategy(strategy))
-    dtype = x.dtype
-    return tuple(_empty_like_none(None if g is None else g.to(dtype), x) for g in grads)
+    grads = rnn.backward("lstm", dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reverse, tuple(needs),
+                         allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy)
+    return _grads_out(grads, x, lstm=True)
 
 
 @_lstm_bwd.register_fake
 def _(dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reverse, needs, strategy):
-    T, B, _ = x.shape
-    H = w_hh.shape[1]
-    shapes = [(T, B, x.shape[2]), (B, H), (B, H), tuple(w_ih.shape), tuple(w_hh.shape), (4 * H,), (4 * H,),
-              (T, B, H)]
-    return tuple(x.new_empty(s if need else (0,)) for s, need in zip(shapes, needs))
+    return _grad_shapes(x, w_ih, w_hh, needs, lstm=True)
 
 
 def _lstm_setup(ctx, inputs, output):
@@ -204,18 +217,13 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, *,
          strategy: Optional[str] = None):
     """One LSTM layer-direction (see fusedrnn.functional.lstm); no projection (see limits)."""
     if w_hr is not None:
-        raise ValueError("fusedrnn triton backend: " + limits_reason_proj())
+        raise ValueError("fusedrnn triton backend: " + PROJ_REASON)
     if lengths is not None:
         # torch keeps lengths on the CPU; non_blocking avoids a stream sync for the copy
         lengths = lengths.to(device=x.device, non_blocking=True)
     save = _needs_save(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual)
-    y, h_n, c_n, _, _, _ = _lstm_fwd(
-        x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy or "")
+    y, h_n, c_n, _, _, _ = _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy)
     return y, h_n, c_n
-
-
-def limits_reason_proj() -> str:
-    return "proj_size>0 (w_hr) is not supported by the Triton kernels"
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,0 +1,63 @@
+"""What differs between the cells: the gate math of one step and its backward, on (rows, units)
+tiles of one unit block, in the accumulation dtype. Everything else (the recurrent product, the
+step loop, the barrier, the buffers) is shared: kernels/rnn.py calls these with the cell as a
+constexpr, so each compiled kernel contains only its own cell's math.
+
+Semantics are fusedrnn.reference's (torch's gate order):
+    GRU:  r = σ(gx_r + W_hr h + b_hr), z = σ(gx_z + W_hz h + b_hz),
+          n = tanh(gx_n + r * (W_hn h + b_hn)), h' = (1 - z) n + z h
+    LSTM: i, f, o = σ(gx + W h + b), g = tanh(gx_g + W_hg h + b_hg), c' = f c + i g, h' = o tanh(c')
+Saved activations (four per unit, (T, B, 4H)): GRU r, z, n, ghn = W_hn h + b_hn; LSTM i, f, g, o.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .common import sigmoid, tanh
+
+
+@triton.jit
+def gates_forward(CELL: tl.constexpr, x0, x1, x2, x3, a0, a1, a2, a3, h_prev, c_prev):
+    """One step of the cell for a tile. x*: input projections gx (bias b_ih included) per gate;
+    a*: recurrent terms W_hh h + b_hh per gate (a3 unused for GRU). Returns
+    (h', c', act0, act1, act2, act3); c' is c_prev for GRU."""
+    if CELL == "gru":
+        r = sigmoid(x0 + a0)
+        z = sigmoid(x1 + a1)
+        n = tanh(x2 + r * a2)
+        h = (1.0 - z) * n + z * h_prev
+        return h, c_prev, r, z, n, a2
+    else:
+        i = sigmoid(x0 + a0)
+        f = sigmoid(x1 + a1)
+        g = tanh(x2 + a2)
+        o = sigmoid(x3 + a3)
+        c = f * c_prev + i * g
+        h = o * tanh(c)
+        return h, c, i, f, g, o
+
+
+@triton.jit
+def gates_backward(CELL: tl.constexpr, dh, dc, act0, act1, act2, act3, h_prev, c_prev, c_new):
+    """Gradients of one step for a tile. dh: dL/dh' (carried + dy); dc: dL/dc' carried (LSTM).
+    Returns (dgx0..3, dgh2, dh_direct, dc_prev): dgx* are the gradients of the pre-activations as
+    the input projection sees them; the recurrent product sees the same except for GRU's n gate
+    (dgh2 = dn * r, the gradient of W_hn h + b_hn); dh_direct is what reaches h_{t-1} other than
+    through W_hh (GRU: dh * z; LSTM: 0); dc_prev reaches c_{t-1} (LSTM)."""
+    if CELL == "gru":
+        r, z, n, ghn = act0, act1, act2, act3
+        dn = dh * (1.0 - z) * (1.0 - n * n)
+        dz = dh * (h_prev - n) * z * (1.0 - z)
+        dr = dn * ghn * r * (1.0 - r)
+        return dr, dz, dn, 0.0 * dn, dn * r, dh * z, dc
+    else:
+        i, f, g, o = act0, act1, act2, act3
+        tc = tanh(c_new)
+        dc_t = dc + dh * o * (1.0 - tc * tc)
+        di = dc_t * g * i * (1.0 - i)
+        df = dc_t * c_prev * f * (1.0 - f)
+        dg = dc_t * i * (1.0 - g * g)
+        do = dh * tc * o * (1.0 - o)
+        return di, df, dg, do, dg, 0.0 * dh, dc_t * f

@@ -1,0 +1,617 @@
+"""GRU and LSTM, one layer and one direction: the recurrent Triton kernels (one forward, one
+backward, both cells) and their host launchers. README.md in this folder describes the step loop.
+
+Buffers (acc = float64 for float64 inputs, float32 otherwise; "weight dtype" = the input dtype):
+- ``gx`` (T, B, NG*H) acc: x W_ihᵀ + b_ih for all steps (one torch GEMM, never in the kernel).
+- ``w_fwd`` (n_blk, HP, 4*BH) / ``w_bwd`` (n_blk, 4*HP, BH) weight dtype: W_hh re-arranged once per
+  call (pack_weights) so that each program's slice is contiguous and zero-padded: rows and gate
+  columns load as 16-byte vectors without masks.
+- ``hseq`` / ``cseq`` (n_slots, B, H) acc, indexed by *processing order* q (the q-th step walked:
+  t = q forward, t = T-1-q reversed): slot 0 = h0 (c0), slot q+1 = state after step q (carried
+  on invalid steps). n_slots = T+1 saves the sequence for the backward; inference keeps 2.
+- ``xchg`` (2, BP, HP) weight dtype, zero-padded (BP = batch tiles x BB rows): h_q as the operand
+  of the next step's product, slot q % 2; written by the unit block's owner, read by every program
+  of the batch tile after the barrier. Rounding h to the weight dtype here is the rounding of the
+  MMA operand, so the numerics are those of an fp32 state with a low-precision product.
+- ``act`` (T, B, 4H) acc by time: r, z, n, ghn (GRU) / i, f, g, o (LSTM), everything the backward
+  needs besides the states; no GEMM is recomputed in the backward.
+- backward: ``dgx`` (T, B, NG*H) acc, d(pre-activations) as the input GEMM sees them; GRU also
+  ``dgh`` (the recurrent GEMM's view: dgh_n = dgx_n * r; for LSTM dgh is dgx); the exchange
+  (2, BP, 4*HP) weight dtype holds dgh_{q} for the next (earlier) step; ``dh`` / ``dc`` (B, H)
+  acc carry the state gradients across steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import triton
+import triton.language as tl
+
+from . import plan as plans
+from .cells import gates_backward, gates_forward
+from .common import (
+    barrier_arrive, barrier_wait, device_of, dot_precision, interpreter_on, launch_steps, lowp_torch_gemms, mma,
+)
+
+# ------------------------------------------------------------------------------------------------
+# Device code
+# ------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def load_w_slice(w_ptr, blk, K: tl.constexpr, N: tl.constexpr, KS: tl.constexpr):
+    """Program's W_hh slice (K, N) (contiguous in the packed weights), shaped for the product:
+    (KS, K/KS, N) when the warps split the reduction."""
+    base = w_ptr + blk * (K * N)  # 32-bit: the packed W_hh has < 2**31 elements (triton_ops.MAX_H)
+    if KS > 1:
+        KC: tl.constexpr = K // KS
+        s = tl.arange(0, KS)[:, None, None]
+        c = tl.arange(0, KC)[None, :, None]
+        n = tl.arange(0, N)[None, None, :]
+        w_slice = tl.load(base + (s * KC + c) * N + n)
+    else:
+        c = tl.arange(0, K)[:, None]
+        n = tl.arange(0, N)[None, :]
+        w_slice = tl.load(base + c * N + n)
+    return w_slice
+
+
+@triton.jit
+def recurrent_product(a_ptr, rows64, row_ok, k_valid, n_seg, w_ptr, blk, w_res, acc_dtype: tl.constexpr,
+                      BB: tl.constexpr, K: tl.constexpr, N: tl.constexpr, SEG: tl.constexpr, KS: tl.constexpr,
+                      BLOCK_K: tl.constexpr, NUM_STAGES: tl.constexpr, RESIDENT: tl.constexpr,
+                      DOT_PRECISION: tl.constexpr):
+    """(BB, K) @ (K, N) for one unit block: the operand rows ``rows64`` of ``a_ptr`` (row stride K,
+    written by other programs: loaded through L2, .cg) times the block's W_hh slice, fp32 (fp64)
+    accumulation. The reduction is ``n_seg`` segments of SEG columns each valid up to ``k_valid``
+    (a multiple of 16): the padding is not fetched (whole 16-byte vectors are masked off).
+
+    RESIDENT: ``w_res`` (loaded once per launch) and the whole operand in one group of loads.
+    Streamed: K chunks of BLOCK_K, operand and W chunk through a NUM_STAGES-deep pipeline of
+    asynchronous copies, so the next chunks are in flight during the current chunk's MMA.
+    KS > 1: warp s reduces columns [s*KC, (s+1)*KC) of every chunk into its own partial (short MMA
+    chains), the partials are summed once at the end."""
+    w_base = w_ptr + blk * (K * N)  # 32-bit: the packed W_hh has < 2**31 elements (triton_ops.MAX_H)
+    if KS > 1:
+        KC: tl.constexpr = BLOCK_K // KS
+        s3 = tl.arange(0, KS)[:, None, None]
+        r3 = rows64[None, :, None]
+        ok3 = row_ok[None, :, None]
+        c3 = tl.arange(0, KC)[None, None, :]
+        acc = tl.full((KS, BB, N), 0.0, dtype=acc_dtype)
+        if RESIDENT:
+            kk = s3 * KC + c3
+            a_all = tl.load(a_ptr + r3 * K + kk, mask=ok3 & ((kk % SEG) < k_valid) & (kk < n_seg * SEG), other=0.0,
+                            cache_modifier=".cg")
+            acc = mma(a_all, w_res, acc, DOT_PRECISION)
+        else:
+            cw = tl.arange(0, KC)[None, :, None]
+            n3 = tl.arange(0, N)[None, None, :]
+            for kb in tl.range(0, K // BLOCK_K, num_stages=NUM_STAGES):
+                kk = kb * BLOCK_K + s3 * KC + c3
+                a_chunk = tl.load(a_ptr + r3 * K + kk, mask=ok3 & ((kk % SEG) < k_valid) & (kk < n_seg * SEG),
+                                  other=0.0, cache_modifier=".cg")
+                w_chunk = tl.load(w_base + (kb * BLOCK_K + s3 * KC + cw) * N + n3)
+                acc = mma(a_chunk, w_chunk, acc, DOT_PRECISION)
+        out = tl.sum(acc, axis=0)
+    else:
+        r2 = rows64[:, None]
+        ok2 = row_ok[:, None]
+        c2 = tl.arange(0, BLOCK_K)[None, :]
+        out = tl.full((BB, N), 0.0, dtype=acc_dtype)
+        if RESIDENT:
+            a_all = tl.load(a_ptr + r2 * K + c2, mask=ok2 & ((c2 % SEG) < k_valid) & (c2 < n_seg * SEG), other=0.0,
+                            cache_modifier=".cg")
+            out = mma(a_all, w_res, out, DOT_PRECISION)
+        else:
+            cw = tl.arange(0, BLOCK_K)[:, None]
+            n2 = tl.arange(0, N)[None, :]
+            for kb in tl.range(0, K // BLOCK_K, num_stages=NUM_STAGES):
+                kk = kb * BLOCK_K + c2
+                a_chunk = tl.load(a_ptr + r2 * K + kk, mask=ok2 & ((kk % SEG) < k_valid) & (kk < n_seg * SEG),
+                                  other=0.0, cache_modifier=".cg")
+                w_chunk = tl.load(w_base + (kb * BLOCK_K + cw) * N + n2)
+                out = mma(a_chunk, w_chunk, out, DOT_PRECISION)
+    return out
+
+
+@triton.jit
+def split_gates(acc, BB: tl.constexpr, BH: tl.constexpr):
+    """(BB, 4*BH) product columns g*BH + u -> four (BB, BH) tiles, one per gate slot. With the MMA
+    layout every thread already holds all four gates of its (row, unit) positions, so the
+    reshape/permute/split move no data."""
+    x = tl.permute(tl.reshape(acc, (BB, 2, 2, BH)), (0, 3, 1, 2))  # (rows, units, g // 2, g % 2)
+    even, odd = tl.split(x)
+    a0, a2 = tl.split(even)
+    a1, a3 = tl.split(odd)
+    return a0, a1, a2, a3
+
+
+@triton.jit
+def load_gate_tiles(ptr, offs, mask, H, NG: tl.constexpr):
+    """The NG per-gate tiles at ``offs + g*H`` (zeros for GRU's fourth slot)."""
+    x0 = tl.load(ptr + offs, mask=mask, other=0.0)
+    x1 = tl.load(ptr + offs + H, mask=mask, other=0.0)
+    x2 = tl.load(ptr + offs + 2 * H, mask=mask, other=0.0)
+    if NG == 4:
+        x3 = tl.load(ptr + offs + 3 * H, mask=mask, other=0.0)
+    else:
+        x3 = tl.full(x2.shape, 0.0, dtype=x2.dtype)
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def store_gate_tiles(ptr, offs, mask, H, x0, x1, x2, x3, NG: tl.constexpr):
+    tl.store(ptr + offs, x0, mask=mask)
+    tl.store(ptr + offs + H, x1, mask=mask)
+    tl.store(ptr + offs + 2 * H, x2, mask=mask)
+    if NG == 4:
+        tl.store(ptr + offs + 3 * H, x3, mask=mask)
+
+
+@triton.jit
+def batch_rows(len_ptr, B, BB: tl.constexpr, HAS_LEN: tl.constexpr):
+    """This program's batch rows: (rows as int64, in-range mask, per-row lengths or 0)."""
+    rows = tl.program_id(1) * BB + tl.arange(0, BB)
+    row_ok = rows < B
+    if HAS_LEN:
+        lens = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    else:
+        lens = 0
+    return rows.to(tl.int64), row_ok, lens
+
+
+@triton.jit
+def step_time(q, T, row_ok, lens, REVERSE: tl.constexpr, HAS_LEN: tl.constexpr):
+    """Time index of processing step q (backwards when REVERSE) as int64, and the (rows, 1) mask
+    of rows for which step q is valid (t < length)."""
+    if REVERSE:
+        t = T - 1 - q
+    else:
+        t = q
+    valid = row_ok
+    if HAS_LEN:
+        valid = valid & (t < lens)
+    return t.to(tl.int64), valid[:, None]
+
+
+@triton.jit
+def load_bwd_inputs(dh_ptr, dy_ptr, act_ptr, hseq_ptr, cseq_ptr, dc_ptr, rows64, units, m2, t64, q, B, H,
+                    CELL: tl.constexpr, HAS_DY: tl.constexpr):
+    """The backward step's own tiles for one unit block: the carried dh (dc), dy, the saved
+    activations and the states the cell's backward needs (LSTM: c_{t-1}, c_t; GRU: h_{t-1})."""
+    acc_dtype: tl.constexpr = dh_ptr.dtype.element_ty
+    st_offs = rows64[:, None] * H + units[None, :]
+    dh = tl.load(dh_ptr + st_offs, mask=m2, other=0.0)
+    if HAS_DY:
+        dy = tl.load(dy_ptr + t64 * B * H + st_offs, mask=m2, other=0.0).to(acc_dtype)
+    else:
+        dy = dh
+    act0, act1, act2, act3 = load_gate_tiles(act_ptr, t64 * B * 4 * H + rows64[:, None] * (4 * H) + units[None, :],
+                                             m2, H, 4)
+    if CELL == "lstm":
+        dc = tl.load(dc_ptr + st_offs, mask=m2, other=0.0)
+        c_prev = tl.load(cseq_ptr + q.to(tl.int64) * B * H + st_offs, mask=m2, other=0.0)
+        c_new = tl.load(cseq_ptr + (q + 1).to(tl.int64) * B * H + st_offs, mask=m2, other=0.0)
+        h_prev = c_prev
+    else:
+        h_prev = tl.load(hseq_ptr + q.to(tl.int64) * B * H + st_offs, mask=m2, other=0.0)
+        dc = h_prev
+        c_prev = h_prev
+        c_new = h_prev
+    return dh, dy, act0, act1, act2, act3, dc, h_prev, c_prev, c_new
+
+
+@triton.jit(do_not_specialize=["T", "B", "H", "n_slots", "t_begin", "n_steps"])
+def rnn_fwd_kernel(
+    gx_ptr,  # (T, B, NG*H) acc
+    w_ptr,  # (n_blk, HP, 4*BH) weight dtype, pack_weights(..., "fwd")
+    b_hh_ptr,  # (NG*H,) weight dtype (read only if HAS_BIAS)
+    res_ptr,  # (T, B, H) (read only if HAS_RES)
+    len_ptr,  # (B,) int64 (read only if HAS_LEN)
+    y_ptr,  # (T, B, H) out
+    xchg_ptr,  # (2, BP, HP) weight dtype: h operand exchange, zero-padded
+    hseq_ptr,  # (n_slots, B, H) acc
+    cseq_ptr,  # (n_slots, B, H) acc (LSTM)
+    act_ptr,  # (T, B, 4H) acc (written only if SAVE_ACT)
+    T, B, H, n_slots,
+    k_valid,  # H rounded up to 16 (always a multiple of 16: specialized as such)
+    counter_ptr,  # (n_btiles,) int32 zeros: per-batch-tile barrier counters
+    t_begin, n_steps,
+    USE_GRID_BARRIER: tl.constexpr,
+    CELL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, HAS_LEN: tl.constexpr,
+    REVERSE: tl.constexpr, SAVE_ACT: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, HP: tl.constexpr, KS: tl.constexpr, BLOCK_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr, RESIDENT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    pid_h = tl.program_id(0)
+    nprog_h = tl.num_programs(0)
+    NG: tl.constexpr = 3 if CELL == "gru" else 4
+    N: tl.constexpr = 4 * BH
+    n_blk = (H + BH - 1) // BH
+    G = NG * H
+    acc_dtype: tl.constexpr = hseq_ptr.dtype.element_ty
+    x_dtype: tl.constexpr = xchg_ptr.dtype.element_ty
+    slot = tl.num_programs(1) * BB * HP  # elements per exchange slot
+    rows64, row_ok, lens = batch_rows(len_ptr, B, BB, HAS_LEN)
+    if RESIDENT:
+        # One unit block per program: its W_hh slice and biases stay on chip for every step.
+        w_res = load_w_slice(w_ptr, pid_h, HP, N, KS)
+        blk_end = pid_h + 1
+        units_r = pid_h * BH + tl.arange(0, BH)
+        b_offs = tl.full((BB, BH), 0, dtype=tl.int32) + units_r[None, :]
+        if HAS_BIAS:
+            b0, b1, b2, b3 = load_gate_tiles(b_hh_ptr, b_offs, b_offs < H, H, NG)
+        else:
+            b0 = tl.full((BB, BH), 0.0, dtype=acc_dtype)
+            b1, b2, b3 = b0, b0, b0
+    else:
+        w_res = 0
+        blk_end = n_blk
+
+    for s in range(n_steps):
+        q = t_begin + s  # processing step
+        t64, ok = step_time(q, T, row_ok, lens, REVERSE, HAS_LEN)
+        prev_state = (q % n_slots).to(tl.int64) * B * H
+        next_state = ((q + 1) % n_slots).to(tl.int64) * B * H
+        a_ptr = xchg_ptr + (q % 2).to(tl.int64) * slot
+        out_xchg = xchg_ptr + ((q + 1) % 2).to(tl.int64) * slot
+        if not RESIDENT:
+            if USE_GRID_BARRIER:
+                if s > 0:
+                    barrier_wait(counter_ptr + tl.program_id(1), s * nprog_h)
+        for j in range(pid_h, blk_end, nprog_h):
+            units = j * BH + tl.arange(0, BH)
+            m2 = row_ok[:, None] & (units < H)[None, :]
+            st_offs = rows64[:, None] * H + units[None, :]
+            # Everything that does not depend on the other programs' h_{t-1}. With W resident (one
+            # block per program) the barrier wait comes after these loads, which are then in
+            # flight while the program spins.
+            x0, x1, x2, x3 = load_gate_tiles(gx_ptr, t64 * B * G + rows64[:, None] * G + units[None, :], m2, H, NG)
+            h_prev = tl.load(hseq_ptr + prev_state + st_offs, mask=m2, other=0.0)
+            if CELL == "lstm":
+                c_prev = tl.load(cseq_ptr + prev_state + st_offs, mask=m2, other=0.0)
+            else:
+                c_prev = h_prev
+            if HAS_RES:
+                res = tl.load(res_ptr + t64 * B * H + st_offs, mask=m2, other=0.0).to(acc_dtype)
+            if not RESIDENT:
+                if HAS_BIAS:
+                    b0, b1, b2, b3 = load_gate_tiles(b_hh_ptr, 0 * st_offs + units[None, :], m2, H, NG)
+                else:
+                    b0 = tl.full((BB, BH), 0.0, dtype=acc_dtype)
+                    b1, b2, b3 = b0, b0, b0
+            if RESIDENT:
+                if USE_GRID_BARRIER:
+                    if s > 0:
+                        barrier_wait(counter_ptr + tl.program_id(1), s * nprog_h)
+
+            acc = recurrent_product(a_ptr, rows64, row_ok, k_valid, 1, w_ptr, j, w_res, acc_dtype, BB, HP, N, HP,
+                                    KS, BLOCK_K, NUM_STAGES, RESIDENT, DOT_PRECISION)
+            a0, a1, a2, a3 = split_gates(acc, BB, BH)
+            h_new, c_new, act0, act1, act2, act3 = gates_forward(
+                CELL, x0, x1, x2, x3, a0 + b0.to(acc_dtype), a1 + b1.to(acc_dtype), a2 + b2.to(acc_dtype),
+                a3 + b3.to(acc_dtype), h_prev, c_prev)
+
+            h_keep = tl.where(ok, h_new, h_prev)  # invalid step: the state is carried
+            tl.store(hseq_ptr + next_state + st_offs, h_keep, mask=m2)
+            if CELL == "lstm":
+                tl.store(cseq_ptr + next_state + st_offs, tl.where(ok, c_new, c_prev), mask=m2)
+            tl.store(out_xchg + rows64[:, None] * HP + units[None, :], h_keep.to(x_dtype), mask=m2)
+            y = h_new
+            if HAS_RES:
+                y = h_new + res
+            tl.store(y_ptr + t64 * B * H + st_offs, tl.where(ok, y, 0.0).to(y_ptr.dtype.element_ty), mask=m2)
+            if SAVE_ACT:
+                store_gate_tiles(act_ptr, t64 * B * 4 * H + rows64[:, None] * (4 * H) + units[None, :], m2, H,
+                                 act0, act1, act2, act3, 4)
+        if s < n_steps - 1:
+            if USE_GRID_BARRIER:
+                barrier_arrive(counter_ptr + tl.program_id(1))
+            else:
+                tl.debug_barrier()  # own exchange stores visible to the program's other threads
+
+
+@triton.jit(do_not_specialize=["T", "B", "H", "t_begin", "n_steps"])
+def rnn_bwd_kernel(
+    w_ptr,  # (n_blk, 4*HP, BH) weight dtype, pack_weights(..., "bwd")
+    len_ptr,  # (B,) int64 (read only if HAS_LEN)
+    dy_ptr,  # (T, B, H) (read only if HAS_DY)
+    hseq_ptr,  # (T+1, B, H) acc, processing order
+    cseq_ptr,  # (T+1, B, H) acc (LSTM)
+    act_ptr,  # (T, B, 4H) acc
+    dgx_ptr,  # (T, B, NG*H) acc out
+    dgh_ptr,  # (T, B, NG*H) acc out (GRU only)
+    xchg_ptr,  # (2, BP, 4*HP) weight dtype, zeros: dgh of the previous backward step, the product's operand
+    dh_ptr,  # (B, H) acc in/out: dL/dh carried between steps (grad of h_n on entry)
+    dc_ptr,  # (B, H) acc in/out (LSTM; grad of c_n on entry)
+    T, B, H,
+    k_valid,  # H rounded up to 16
+    counter_ptr, t_begin, n_steps,
+    USE_GRID_BARRIER: tl.constexpr,
+    CELL: tl.constexpr, HAS_LEN: tl.constexpr, HAS_DY: tl.constexpr, REVERSE: tl.constexpr,
+    BB: tl.constexpr, BH: tl.constexpr, HP: tl.constexpr, KS: tl.constexpr, BLOCK_K: tl.constexpr,
+    NUM_STAGES: tl.constexpr, RESIDENT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    # Backward step s walks processing step q = T-1-s. It first finishes dh for its own units with
+    # the recurrent term of step q+1, dh += dgh_{q+1} W_hh[:, units] (dgh_{q+1} of every unit was
+    # stored in the exchange by every program before the last barrier; zeros before the first
+    # step), then computes its own dgates. One barrier per step; the recurrent term of step 0
+    # (grad h0) is one torch GEMM in the launcher.
+    pid_h = tl.program_id(0)
+    nprog_h = tl.num_programs(0)
+    NG: tl.constexpr = 3 if CELL == "gru" else 4
+    K: tl.constexpr = 4 * HP
+    n_blk = (H + BH - 1) // BH
+    G = NG * H
+    acc_dtype: tl.constexpr = dh_ptr.dtype.element_ty
+    x_dtype: tl.constexpr = xchg_ptr.dtype.element_ty
+    # The step's own tiles (dh, dy, 4 activations, states) are loaded before the barrier wait
+    # when that hides their latency (W resident, grid barrier); otherwise after the product, so
+    # they do not hold registers across it.
+    PREFETCH: tl.constexpr = RESIDENT and USE_GRID_BARRIER
+    slot = tl.num_programs(1) * BB * K
+    rows64, row_ok, lens = batch_rows(len_ptr, B, BB, HAS_LEN)
+    if RESIDENT:
+        w_res = load_w_slice(w_ptr, pid_h, K, BH, KS)
+        blk_end = pid_h + 1  # one unit block per program
+    else:
+        w_res = 0
+        blk_end = n_blk
+
+    for s in range(n_steps):
+        q_bwd = t_begin + s
+        q = T - 1 - q_bwd  # processing step
+        t64, ok = step_time(q, T, row_ok, lens, REVERSE, HAS_LEN)
+        a_ptr = xchg_ptr + ((q_bwd + 1) % 2).to(tl.int64) * slot
+        out_xchg = xchg_ptr + (q_bwd % 2).to(tl.int64) * slot
+        if not PREFETCH:
+            if USE_GRID_BARRIER:
+                if s > 0:
+                    barrier_wait(counter_ptr + tl.program_id(1), s * nprog_h)
+        for j in range(pid_h, blk_end, nprog_h):
+            units = j * BH + tl.arange(0, BH)
+            m2 = row_ok[:, None] & (units < H)[None, :]
+            st_offs = rows64[:, None] * H + units[None, :]
+            if PREFETCH:  # issued before the barrier wait, in flight while the program spins
+                dh, dy, act0, act1, act2, act3, dc, h_prev, c_prev, c_new = load_bwd_inputs(
+                    dh_ptr, dy_ptr, act_ptr, hseq_ptr, cseq_ptr, dc_ptr, rows64, units, m2, t64, q, B, H, CELL, HAS_DY)
+                if s > 0:
+                    barrier_wait(counter_ptr + tl.program_id(1), s * nprog_h)
+            prod = recurrent_product(a_ptr, rows64, row_ok, k_valid, NG, w_ptr, j, w_res, acc_dtype, BB, K, BH, HP, KS,
+                                     BLOCK_K, NUM_STAGES, RESIDENT, DOT_PRECISION)
+            if not PREFETCH:  # not held across the product: registers for the K loop's pipeline
+                dh, dy, act0, act1, act2, act3, dc, h_prev, c_prev, c_new = load_bwd_inputs(
+                    dh_ptr, dy_ptr, act_ptr, hseq_ptr, cseq_ptr, dc_ptr, rows64, units, m2, t64, q, B, H, CELL, HAS_DY)
+            dh = dh + prod
+            dh_t = dh
+            if HAS_DY:
+                dh_t = dh + tl.where(ok, dy, 0.0)  # y_t = h_t (+ residual) only at valid steps
+            d0, d1, d2, d3, dgh2, dh_direct, dc_prev = gates_backward(
+                CELL, dh_t, dc, act0, act1, act2, act3, h_prev, c_prev, c_new)
+            d0 = tl.where(ok, d0, 0.0)
+            d1 = tl.where(ok, d1, 0.0)
+            d2 = tl.where(ok, d2, 0.0)
+            d3 = tl.where(ok, d3, 0.0)
+            dgh2 = tl.where(ok, dgh2, 0.0)
+            g_offs = t64 * B * G + rows64[:, None] * G + units[None, :]
+            store_gate_tiles(dgx_ptr, g_offs, m2, H, d0, d1, d2, d3, NG)
+            if CELL == "gru":
+                store_gate_tiles(dgh_ptr, g_offs, m2, H, d0, d1, dgh2, d3, NG)
+            x_offs = rows64[:, None] * K + units[None, :]
+            store_gate_tiles(out_xchg, x_offs, m2, HP, d0.to(x_dtype), d1.to(x_dtype), dgh2.to(x_dtype),
+                             d3.to(x_dtype), NG)
+            # Invalid step: the state was carried, so are its gradients.
+            tl.store(dh_ptr + st_offs, tl.where(ok, dh_direct, dh), mask=m2)
+            if CELL == "lstm":
+                tl.store(dc_ptr + st_offs, tl.where(ok, dc_prev, dc), mask=m2)
+        if s < n_steps - 1:
+            if USE_GRID_BARRIER:
+                barrier_arrive(counter_ptr + tl.program_id(1))
+            else:
+                tl.debug_barrier()
+
+
+# ------------------------------------------------------------------------------------------------
+# Host launchers
+# ------------------------------------------------------------------------------------------------
+
+
+def acc_dtype_for(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def n_gates(cell: str) -> int:
+    return plans.CELLS[cell]
+
+
+def input_projection(x, w_ih, b_ih, acc):
+    """gx = x W_ihᵀ (+ b_ih) for all steps, (T, B, G) in the accumulation dtype: one torch GEMM.
+
+    fp16/bf16 on a GPU (lowp_torch_gemms): the GEMM runs in the input dtype on tensor cores with
+    fp32 accumulation and its result is rounded once to that dtype, as in cuDNN; the upcast and the
+    bias (added in fp32) are one elementwise kernel. Elsewhere (CPU, the interpreter, fp32/fp64):
+    the GEMM in the accumulation dtype."""
+    T, B, I = x.shape  # noqa: E741
+    x2 = x.reshape(T * B, I)
+    if lowp_torch_gemms(x):
+        g = x2 @ w_ih.t()
+        gx = torch.add(g, b_ih.to(acc)) if b_ih is not None else g.to(acc)  # promotes to acc
+        return gx.view(T, B, -1)
+    gx = x2.to(acc) @ w_ih.to(acc).t()
+    if b_ih is not None:
+        gx += b_ih.to(acc)
+    return gx.view(T, B, -1)
+
+
+def pack_weights(w_hh: torch.Tensor, plan: plans.Plan) -> torch.Tensor:
+    """W_hh (NG*H, H) re-arranged once per call into per-block contiguous, zero-padded slices:
+    forward (n_blk, HP, 4*BH): [j, k, g*BH + u] = W_hh[g*H + j*BH + u, k];
+    backward (n_blk, 4*HP, BH): [j, g*HP + k, u] = W_hh[g*H + k, j*BH + u]."""
+    NG = n_gates(plan.cell)
+    H = w_hh.shape[1]
+    HP, BH, n_blk = plan.HP, plan.BH, plan.n_blk
+    units = n_blk * BH
+    if plan.direction == "fwd":
+        w = w_hh.new_zeros(plans.GATE_SLOTS, units, HP)
+        w[:NG, :H, :H] = w_hh.view(NG, H, H)
+        return w.view(plans.GATE_SLOTS, n_blk, BH, HP).permute(1, 3, 0, 2).reshape(n_blk, HP, -1).contiguous()
+    w = w_hh.new_zeros(plans.GATE_SLOTS, HP, units)
+    w[:NG, :H, :H] = w_hh.view(NG, H, H)
+    return w.view(plans.GATE_SLOTS, HP, n_blk, BH).permute(2, 0, 1, 3).reshape(n_blk, -1, BH).contiguous()
+
+
+def make_plan(cell, direction, x, w_hh, strategy=None, plan_override=None, allow_tf32=False) -> plans.Plan:
+    """The launch plan for this call; ``plan_override`` (tests, benchmarks) replaces plan fields,
+    e.g. dict(resident=False, BLOCK_K=32, num_stages=2) to run the streamed K loop at a small H.
+    Exact fp32 and fp64 products run on FMA units on a GPU (fma plans); the interpreter plans
+    every dtype as tensor-core one, so the CPU tests run the plans bf16 gets on a GPU."""
+    B, H = x.shape[1], w_hh.shape[1]
+    fma = dot_precision(x.dtype, x.device, allow_tf32) == "ieee" and x.dtype in (torch.float32, torch.float64) \
+        and not interpreter_on()
+    plan = plans.make_plan(cell, direction, B, H, w_hh.element_size(), device_of(x.device), strategy, fma)
+    if plan_override:
+        plan = dataclasses.replace(plan, **plan_override)
+        # a chunk of the override's size, within what this direction's reduction allows
+        plan = dataclasses.replace(plan, BLOCK_K=min(max(plan.BLOCK_K, 16 * plan.KS), plan.K))
+        plan.check()
+    return plan
+
+
+def _exchange(plan, width, dtype, device):
+    return torch.zeros(2, plan.n_btiles * plan.BB, width, dtype=dtype, device=device)
+
+
+def _k_valid(H: int) -> int:
+    return -(-H // 16) * 16
+
+
+def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, *,
+            allow_tf32=False, strategy=None, force_grid_barrier=None, plan_override=None):
+    """One layer-direction. Returns y (T,B,H), h_n, c_n (B,H) (c_n None for GRU) and the saved
+    (hseq, cseq, act) for backward() (empty tensors when not ``save``; cseq empty for GRU).
+    ``allow_tf32``: fp32 products may use TF32 on a GPU (the caller reads torch's switch);
+    ``strategy`` / ``force_grid_barrier`` / ``plan_override`` override the plan (tests, benchmarks)."""
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    acc = acc_dtype_for(x.dtype)
+    gx = input_projection(x, w_ih, b_ih, acc)
+    n_slots = T + 1 if save else 2
+    hseq = torch.empty(n_slots, B, H, dtype=acc, device=x.device)
+    hseq[0] = h0
+    if cell == "lstm":
+        cseq = torch.empty(n_slots, B, H, dtype=acc, device=x.device)
+        cseq[0] = c0
+    else:
+        cseq = hseq
+    y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
+    act = torch.empty(T, B, 4 * H, dtype=acc, device=x.device) if save else gx
+    plan = make_plan(cell, "fwd", x, w_hh, strategy, plan_override, allow_tf32)
+    xchg = _exchange(plan, plan.HP, w_hh.dtype, x.device)
+    xchg[0, :B, :H] = h0
+    args = (
+        gx, pack_weights(w_hh, plan), b_hh.contiguous() if b_hh is not None else w_hh,
+        residual.contiguous() if residual is not None else y,
+        lengths.contiguous() if lengths is not None else gx,
+        y, xchg, hseq, cseq, act, T, B, H, n_slots, _k_valid(H),
+    )
+    constexprs = dict(
+        plan.constexprs(), HAS_BIAS=b_hh is not None, HAS_RES=residual is not None, HAS_LEN=lengths is not None,
+        REVERSE=bool(reverse), SAVE_ACT=bool(save), DOT_PRECISION=dot_precision(x.dtype, x.device, allow_tf32),
+    )
+    launch_steps(rnn_fwd_kernel, plan, T, args, constexprs, force_grid_barrier)
+    h_n = hseq[T % n_slots].to(x.dtype, copy=True)
+    c_n = cseq[T % n_slots].to(x.dtype, copy=True) if cell == "lstm" else None
+    if not save:  # distinct empty tensors: a custom op's outputs may not alias each other
+        return y, h_n, c_n, hseq.new_empty(0), hseq.new_empty(0), hseq.new_empty(0)
+    return y, h_n, c_n, hseq, (cseq if cell == "lstm" else hseq.new_empty(0)), act
+
+
+def valid_mask(lengths, T, B, device):
+    """(T, B, 1) bool: step t is valid for row b (None when every step is)."""
+    if lengths is None:
+        return None
+    return (torch.arange(T, device=device).view(T, 1) < lengths.to(device).view(1, B)).unsqueeze(-1)
+
+
+def weight_grads(dgx, dgh, x, w_ih, hseq, reverse, needs):
+    """The GEMMs and reductions after the reverse-time kernel: dx, dW_ih, dW_hh, db_ih, db_hh.
+    ``needs`` = (x, w_ih, w_hh, b_ih, b_hh) flags; skipped grads are None.
+
+    fp16/bf16 on a GPU (lowp_torch_gemms): the three GEMMs take their operands rounded to the
+    input dtype (tensor cores, fp32 accumulation; the grads are returned in that dtype anyway), as
+    cuDNN does; the bias reductions stay in the accumulation dtype."""
+    T, B, G = dgx.shape
+    I = x.shape[2]  # noqa: E741
+    acc = dgx.dtype
+    need_x, need_w_ih, need_w_hh, need_b_ih, need_b_hh = needs
+    dgx2 = dgx.view(T * B, G)
+    x2 = x.reshape(T * B, I)
+    h_prev = None
+    if need_w_hh:
+        # hseq is in processing order (h_{t-1} of step q is hseq[q]), dgh by time: bring the
+        # (smaller) h sequence into time order.
+        h_prev = (hseq[:T].flip(0) if reverse else hseq[:T]).reshape(T * B, -1)
+    if lowp_torch_gemms(x):
+        lp = x.dtype
+        dgx_lp = dgx2.to(lp) if (need_x or need_w_ih or (need_w_hh and dgh is dgx)) else None
+        dx = (dgx_lp @ w_ih).view(T, B, I) if need_x else None
+        dw_ih = dgx_lp.t() @ x2 if need_w_ih else None
+        dw_hh = None
+        if need_w_hh:
+            dgh_lp = dgx_lp if dgh is dgx else dgh.reshape(T * B, G).to(lp)
+            dw_hh = dgh_lp.t() @ h_prev.to(lp)
+    else:
+        dx = (dgx2 @ w_ih.to(acc)).view(T, B, I) if need_x else None
+        dw_ih = dgx2.t() @ x2.to(acc) if need_w_ih else None
+        dw_hh = dgh.reshape(T * B, G).t() @ h_prev if need_w_hh else None
+    db_ih = dgx2.sum(0) if need_b_ih else None
+    db_hh = dgh.reshape(T * B, G).sum(0) if need_b_hh else None
+    return dx, dw_ih, dw_hh, db_ih, db_hh
+
+
+def backward(cell, dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reverse, needs, *,
+             allow_tf32=False, strategy=None, force_grid_barrier=None, plan_override=None):
+    """Gradients of forward(). dy (T,B,H), dh_n, dc_n (B,H) may be None. ``needs`` = flags for
+    (x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual) (c0 False for GRU). Returns the 8 grads in that
+    order (None where not needed)."""
+    T, B, _ = x.shape
+    H = w_hh.shape[1]
+    NG = n_gates(cell)
+    acc = hseq.dtype
+    need_x, need_h0, need_c0, need_w_ih, need_w_hh, need_b_ih, need_b_hh, need_res = needs
+    dgx = torch.empty(T, B, NG * H, dtype=acc, device=x.device)
+    dgh = torch.empty_like(dgx) if cell == "gru" else dgx
+    dh = hseq.new_empty(B, H).copy_(dh_n) if dh_n is not None else hseq.new_zeros(B, H)  # one copy
+    if cell == "lstm":
+        dc = hseq.new_empty(B, H).copy_(dc_n) if dc_n is not None else hseq.new_zeros(B, H)
+    else:
+        dc = dh
+    plan = make_plan(cell, "bwd", x, w_hh, strategy, plan_override, allow_tf32)
+    xchg = _exchange(plan, plans.GATE_SLOTS * plan.HP, w_hh.dtype, x.device)
+    args = (
+        pack_weights(w_hh, plan), lengths.contiguous() if lengths is not None else dh,
+        dy.contiguous() if dy is not None else dh,
+        hseq, cseq if cell == "lstm" else hseq, act, dgx, dgh, xchg, dh, dc, T, B, H, _k_valid(H),
+    )
+    constexprs = dict(
+        plan.constexprs(), HAS_LEN=lengths is not None, HAS_DY=dy is not None, REVERSE=bool(reverse),
+        DOT_PRECISION=dot_precision(x.dtype, x.device, allow_tf32),
+    )
+    launch_steps(rnn_bwd_kernel, plan, T, args, constexprs, force_grid_barrier)
+
+    t_first = T - 1 if reverse else 0  # time of processing step 0: its dgh feeds grad h0
+    dh0 = dh + dgh[t_first] @ w_hh.to(acc) if need_h0 else None
+    dc0 = dc if (cell == "lstm" and need_c0) else None
+    dx, dw_ih, dw_hh, db_ih, db_hh = weight_grads(
+        dgx, dgh, x, w_ih, hseq, reverse, (need_x, need_w_ih, need_w_hh, need_b_ih, need_b_hh))
+    dres = None
+    if need_res:
+        # a copy: a custom op may not return (an alias of) its input dy
+        dres = dy.to(acc, copy=True) if dy is not None else x.new_zeros(T, B, H, dtype=acc)
+        mask = valid_mask(lengths, T, B, x.device)
+        if mask is not None:
+            dres = dres * mask
+    return dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, dres

@@ -1,0 +1,572 @@
+"""What the Triton compiler makes of the kernels for real GPUs, checked without a GPU.
+
+The interpreter (what tests/test_triton_kernels.py runs on the CPU) accepts code that the real
+compiler rejects, so every shipped configuration is compiled here with ``triton.compile`` for
+sm_80 (with the plans an A100 gets) and sm_90 (an H100's / H200's), with Triton 3.8 (this
+environment) and Triton 3.6 (the GPU machine's; installed on first use into a side directory,
+see ``triton36_dir``), and the compiled code is checked for what the latency model
+(bench/model_triton.py) and the memory model rely on:
+
+- it compiles; no spills (no local-memory STL/LDL in the SASS of the cubin Triton built);
+- shared memory within the device's opt-in limit, and the plan's estimate not below Triton's;
+- fp16/bf16 (and TF32) products on tensor cores (mma.sync / wgmma);
+- persistent (grid-barrier) kernels: the loads of a step are in flight together: with W_hh
+  resident, its slice is loaded before the step loop and never inside it, the product's operand
+  is one group of loads, and everything a step needs that other programs do not write is
+  loaded before the barrier wait; with W_hh streamed, the K loop's operand goes through
+  asynchronous copies (cp.async / LDGSTS) with the next chunks in flight;
+- the grid barrier's shape in the PTX: the release atomic is executed by one thread per program
+  (predicated on thread 0), right after a CTA barrier (bar.sync) with no global store between
+  them, and the wait polls with an acquire load. Planted broken barriers compiled here show that
+  the check rejects each way of getting it wrong (with both Tritons: 3.6 predicates the atomic on
+  "lane 0 and warp 0", 3.8 on "thread 0"; the check evaluates the predicate for every thread).
+
+"Every shipped configuration": every code path the plan table (kernels/plan.py) produces for the
+benchmark cases and the tests' shapes (strategy x W residency x warp split x direction x cell x
+dtype/precision x architecture), each at its largest tile over those shapes; within a path the
+compiled structure is the same and register and shared-memory pressure grow with the tile.
+Feature flags (bias, residual, lengths, reverse, saved activations) are all on (the superset of
+the code), plus one all-off variant per kernel and architecture.
+
+The compiles run in subprocesses with the interpreter off (conftest.py sets TRITON_INTERPRET=1,
+under which @triton.jit yields interpreter functions). Run this file as a script to see the
+table: ``python tests/test_triton_codegen.py [--triton36]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TRITON36 = "3.6.0"
+ARCHS = (80, 90)
+# (dtype, tl.dot input precision) as the launcher passes them on a GPU
+DTYPES = [("bfloat16", "ieee"), ("float16", "ieee"), ("float32", "ieee"), ("float32", "tf32"),
+          ("float64", "ieee")]
+SHORT = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "float64": "fp64", "int32": "i32"}
+ELEM = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
+# (B, H): the benchmark cases (bench/cases.py), the tests' shapes, and the corners of the table
+# (tiny H, huge B, H beyond what stays on chip).
+SHAPES = [(16, 768), (64, 512), (128, 1024), (32, 1024), (1, 512), (4, 256), (32, 512),
+          (1, 1), (3, 3), (17, 3), (3, 40), (40, 24), (17, 100), (3, 257), (1, 257), (24, 100),
+          (16, 2048), (8, 4096), (4096, 128), (1000, 2048)]
+COMPILE_TIMEOUT_S = 1200
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    kernel: str  # "rnn_fwd_kernel" | "rnn_bwd_kernel" | "barrier_floor_kernel" | a planted kernel
+    dtype: str
+    constexprs: tuple  # sorted (name, value) pairs
+    num_warps: int
+    num_stages: int
+    cc: int
+    maxnreg: int | None = None
+    plan: str = ""  # the plan in words
+    smem_estimate: int = 0
+
+    @property
+    def c(self) -> dict:
+        return dict(self.constexprs)
+
+    def label(self) -> str:
+        c = self.c
+        if "BB" not in c:
+            return f"{self.kernel} {' '.join(f'{k}={v}' for k, v in self.constexprs)}"
+        path = ("grid-barrier" if c["USE_GRID_BARRIER"] else "cta-barrier") + \
+               (" resident" if c["RESIDENT"] else f" streamed K{c['BLOCK_K']}x{self.num_stages}")
+        flags = "on" if c.get("HAS_LEN") else "off"
+        return (f"{c['CELL']:<4} {self.kernel[4:7]} {SHORT[self.dtype]}/{c['DOT_PRECISION']:<4} sm{self.cc} "
+                f"B{c['BB']} H{c['BH']} HP{c['HP']} KS{c['KS']} w{self.num_warps} {path} flags={flags}")
+
+
+def _path_key(plan, direction) -> tuple:
+    return (plan.grid_barrier, plan.resident, plan.KS > 1)
+
+
+def configs() -> list[Config]:
+    """Every shipped configuration (see the module docstring), then the barrier-floor kernels."""
+    from fusedrnn.kernels import plan as plans
+
+    out: list[Config] = []
+    for cc, device in ((80, plans.A100), (90, plans.H100)):
+        for cell in plans.CELLS:
+            for direction in plans.DIRECTIONS:
+                first = True
+                for dtype, precision in DTYPES:
+                    worst: dict[tuple, object] = {}
+                    for B, H in SHAPES:
+                        for strategy in (None, *plans.STRATEGIES):
+                            p = plans.make_plan(cell, direction, B, H, ELEM[dtype], device, strategy,
+                                                fma=precision == "ieee" and dtype in ("float32", "float64"))
+                            key = _path_key(p, direction)
+                            size = (p.BB * p.K * p.elem_bytes, p.smem_bytes, p.N)
+                            if key not in worst or size > worst[key][0]:
+                                worst[key] = (size, p)
+                    for _, p in sorted(worst.values(), key=lambda v: repr(v[1])):
+                        for on in ([True, False] if first else [True]):
+                            out.append(_config(p, direction, dtype, precision, cc, on))
+                        first = False
+    floor = [Config("barrier_floor_kernel", "float32", tuple(sorted(dict(CHECK=check, BLOCK=256).items())), 4, 1, cc)
+             for check in (False, True) for cc in ARCHS]
+    return out + floor
+
+
+def _config(p, direction, dtype, precision, cc, on: bool) -> Config:
+    c = dict(p.constexprs(), USE_GRID_BARRIER=p.grid_barrier, HAS_LEN=on, REVERSE=on, DOT_PRECISION=precision)
+    if direction == "fwd":
+        c.update(HAS_BIAS=on, HAS_RES=on, SAVE_ACT=on)
+    else:
+        c.update(HAS_DY=on)
+    return Config(f"rnn_{direction}_kernel", dtype, tuple(sorted(c.items())), p.num_warps, p.num_stages, cc,
+                  p.maxnreg, p.describe(), p.smem_bytes)
+
+
+# ------------------------------------------------------------------------------------------------
+# Compiling (runs in a worker process, interpreter off, with whichever Triton is first on the path)
+# ------------------------------------------------------------------------------------------------
+
+ACC_ROLES = {"gx_ptr", "hseq_ptr", "cseq_ptr", "act_ptr", "dgx_ptr", "dgh_ptr", "dh_ptr", "dc_ptr"}
+INT_ROLES = {"len_ptr": "i64", "counter_ptr": "i32", "slots_ptr": "i32", "errors_ptr": "i32", "data_ptr": "i32"}
+# runtime ints the launcher always passes as multiples of 16 (Triton specializes them as such)
+DIVISIBLE_INTS = {"k_valid"}
+
+
+def _kernel(name):
+    from fusedrnn.kernels import barrier, rnn
+
+    if name in ("rnn_fwd_kernel", "rnn_bwd_kernel"):
+        return getattr(rnn, name)
+    if name == "barrier_floor_kernel":
+        return barrier.barrier_floor_kernel
+    return globals()[name]  # planted kernels (this file)
+
+
+def compile_one(cfg: Config, workdir: str) -> dict:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = _kernel(cfg.kernel)
+    c = cfg.c
+    d = SHORT[cfg.dtype]
+    acc = "fp64" if d == "fp64" else "fp32"
+    sig, attrs = {}, {}
+    for i, name in enumerate(kernel.arg_names):
+        if name in c:
+            sig[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            sig[name] = "*" + (INT_ROLES.get(name) or (acc if name in ACC_ROLES else d))
+            attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+        else:
+            sig[name] = "i32"
+            if name in DIVISIBLE_INTS:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+    target = GPUTarget("cuda", cfg.cc, 32)
+    opts = {"num_warps": cfg.num_warps, "num_stages": cfg.num_stages}
+    if cfg.maxnreg:
+        opts["maxnreg"] = cfg.maxnreg  # what launch_steps passes
+    options = triton.compiler.make_backend(target).parse_options(opts)
+    compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=c, attrs=attrs), target=target,
+                              options=options.__dict__)
+    ptx, ttgir = compiled.asm["ptx"], compiled.asm["ttgir"]
+    cubin = os.path.join(workdir, f"{abs(hash(cfg))}.cubin")
+    with open(cubin, "wb") as f:
+        f.write(compiled.asm["cubin"])
+    usage = _resource_usage(triton, cubin)
+    facts = dict(usage, shared=compiled.metadata.shared, triton=triton.__version__,
+                 mma=("mma.sync" in ptx) or ("wgmma" in ptx), barrier_violations=barrier_violations(ptx))
+    if "RESIDENT" in c:
+        facts["loop_violations"] = loop_violations(ttgir, c)
+    return facts
+
+
+def _resource_usage(triton, cubin: str) -> dict:
+    """Registers and stack frame of the kernel in ``cubin`` (cuobjdump -res-usage, from Triton's
+    wheel), and its spills: the local-memory stores and loads (STL/LDL) in its SASS, which is
+    where ptxas puts what does not fit in registers."""
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    res = subprocess.run([cuobjdump, "-res-usage", cubin], capture_output=True, text=True, check=True)
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:\d+ LOCAL:(\d+)", res.stdout)
+    if not m:
+        raise RuntimeError(f"cannot parse cuobjdump -res-usage:\n{res.stdout}")
+    sass = subprocess.run([cuobjdump, "-sass", cubin], capture_output=True, text=True, check=True).stdout
+    spills = len(re.findall(r"\b(?:STL|LDL)(?:\.\w+)*\s", sass))
+    return dict(regs=int(m.group(1)), stack=int(m.group(2)), local=int(m.group(3)), spills=spills)
+
+
+# ------------------------------------------------------------------------------------------------
+# Checks on the compiled code
+# ------------------------------------------------------------------------------------------------
+
+_PTX_DEF = re.compile(r"^\s*(?:@!?%p\d+\s+)?([a-z][\w.:]*)\s+(%\w+),\s*(.*?);")
+
+
+def _ptx_defs(lines) -> dict:
+    """register -> (opcode, operands) of its (last) definition."""
+    defs = {}
+    for line in lines:
+        m = _PTX_DEF.match(line)
+        if m:
+            defs[m.group(2)] = (m.group(1), [x.strip() for x in m.group(3).split(",")])
+    return defs
+
+
+def _eval_reg(reg: str, tid: int, defs: dict, depth: int = 0):
+    """Value of ``reg`` in thread ``tid`` (x dimension), following its definitions through the
+    integer and predicate ops a thread-id test compiles to; ValueError for anything else."""
+    if depth > 16:
+        raise ValueError(f"{reg}: definition chain too deep")
+    if reg == "%tid.x":
+        return tid
+    if re.fullmatch(r"-?\d+", reg):
+        return int(reg)
+    if reg not in defs:
+        raise ValueError(f"{reg}: no definition")
+    opcode, ops = defs[reg]
+    base, *mods = opcode.split(".")
+    v = [_eval_reg(o, tid, defs, depth + 1) for o in ops if o.startswith("%") or re.fullmatch(r"-?\d+", o)]
+    if base in ("mov", "cvt") and len(v) == 1:
+        return v[0]
+    if base == "setp":
+        cmp = mods[0]
+        a, b = v
+        return {"eq": a == b, "ne": a != b, "lt": a < b, "le": a <= b, "gt": a > b, "ge": a >= b}[cmp]
+    if base == "not":
+        return not v[0]
+    ops2 = {"and": lambda a, b: a & b, "or": lambda a, b: a | b, "xor": lambda a, b: a ^ b, "shl": lambda a, b: a << b,
+            "shr": lambda a, b: a >> b, "add": lambda a, b: a + b, "sub": lambda a, b: a - b,
+            "mul": lambda a, b: a * b, "rem": lambda a, b: a % b, "div": lambda a, b: a // b}
+    if base in ops2 and len(v) == 2:
+        return ops2[base](*v)
+    if base == "bfe" and len(v) == 3:
+        return (v[0] >> v[1]) & ((1 << v[2]) - 1)
+    raise ValueError(f"{reg}: cannot evaluate {opcode} {ops}")
+
+
+def _threads(ptx: str) -> int:
+    m = re.search(r"\.(?:reqntid|maxntid)\s+(\d+)", ptx)
+    return int(m.group(1)) if m else 128
+
+
+def barrier_violations(ptx: str) -> list[str]:
+    """Why the grid barrier in ``ptx`` is unsafe ([] when the kernel has none or it is right):
+    every release atomic must be executed by exactly one thread of the program (its predicate,
+    evaluated for every thread id, holds for thread 0 only), come right after a bar.sync with no
+    global store between, and some poll must be an acquire load (or atomic)."""
+    lines = [ln.split("//")[0].rstrip() for ln in ptx.splitlines()]
+    defs = _ptx_defs(lines)
+    out = []
+    releases = [i for i, ln in enumerate(lines) if re.search(r"\b(atom|red)\.global\.[\w.]*release", ln)]
+    if not releases:
+        return out
+    for i in releases:
+        m = re.match(r"\s*@(!?)(%p\d+)\s", lines[i])
+        if not m:
+            out.append(f"release atomic not predicated (every thread adds): {lines[i].strip()}")
+        else:
+            try:
+                live = [tid for tid in range(_threads(ptx)) if _eval_reg(m.group(2), tid, defs) != bool(m.group(1))]
+            except ValueError as e:
+                live = None
+                out.append(f"release atomic predicated on something other than thread 0 ({e})")
+            if live is not None and live != [0]:
+                what = f"threads {live[:8]}{'...' if len(live) > 8 else ''}"
+                out.append(f"release atomic predicated on something other than thread 0: executed by {what}")
+        prev = next((j for j in range(i - 1, -1, -1) if re.search(r"\b(bar\.sync|barrier\.sync|st\.global|"
+                                                                    r"atom\.|red\.)", lines[j])), None)
+        if prev is None or not re.search(r"\b(bar|barrier)\.sync", lines[prev]):
+            what = lines[prev].strip() if prev is not None else "kernel entry"
+            out.append(f"release atomic not preceded by a CTA barrier (last: {what})")
+    if not re.search(r"\b(ld|atom)\.global\.[\w.]*acquire", ptx):
+        out.append("no acquire load in the barrier's poll")
+    return out
+
+
+def _region(text: str, start: int) -> str:
+    """The brace-delimited region of the op starting at ``start`` (e.g. an scf.for)."""
+    i = text.index("{", start)
+    depth = 0
+    for j in range(i, len(text)):
+        depth += text[j] == "{"
+        depth -= text[j] == "}"
+        if depth == 0:
+            return text[i:j + 1]
+    raise ValueError("unbalanced TTGIR")
+
+
+def loop_violations(ttgir: str, c: dict) -> list[str]:
+    """The step loop's loads, from the TTGIR (values keep their Python variable names):
+    resident W: the slice loaded before the step loop, never inside it; the operand one group of
+    loads (one load op); with a grid barrier, every other load of the step issued before the
+    barrier's poll loop. Streamed W: the operand through asynchronous copies in the K loop."""
+    out = []
+    body = ttgir[ttgir.index("tt.func public"):]
+    step = re.search(r"^    scf\.for ", body, re.M)
+    if not step:
+        return ["no step loop (scf.for) in the kernel body"]
+    loop = _region(body, step.start())
+    loads = [(m.start(), m.group(1)) for m in re.finditer(r"%(\w+?)_\d+ = (?:tt\.load|ttg\.async_copy_global_to_local)",
+                                                          loop)]
+    if c["RESIDENT"]:
+        if not re.search(r"%w_slice_\d+ = tt\.load", body[:step.start()]):
+            out.append("resident W slice not loaded before the step loop")
+        if any(name.startswith("w_") for _, name in loads):
+            out.append("W loaded inside the step loop of a resident plan")
+        operand = [pos for pos, name in loads if name == "a_all"]
+        if len(operand) != 1:
+            out.append(f"the product's operand takes {len(operand)} load ops (one group expected)")
+        if c["USE_GRID_BARRIER"]:
+            poll = loop.find("scf.while")
+            late = [name for pos, name in loads if pos > poll and name != "a_all"]
+            if poll < 0:
+                out.append("no barrier poll loop in the step loop")
+            elif late:
+                out.append(f"loads issued after the barrier wait that could precede it: {sorted(set(late))}")
+    else:
+        if not re.search(r"%a_chunk_\d+ = ttg\.async_copy_global_to_local", loop):
+            out.append("streamed K loop without asynchronous copies of the operand")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Planted barriers: each gets one thing wrong, and barrier_violations must say so
+# ------------------------------------------------------------------------------------------------
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - the tests below skip
+    triton = None
+
+if triton is not None:
+    @triton.jit
+    def planted_barrier_kernel(counter_ptr, data_ptr, target, BLOCK: tl.constexpr, CTA_BARRIER: tl.constexpr,
+                               ONE_THREAD: tl.constexpr, POLL_SEM: tl.constexpr):
+        """A grid barrier after a store, built right or with one thing wrong: no CTA barrier
+        before the release (other threads' stores not covered), a tensor of atomics instead of
+        one (over-counts: the barrier opens early), a relaxed poll (stores not visible after it)."""
+        tl.store(data_ptr + tl.arange(0, BLOCK), tl.arange(0, BLOCK))
+        if CTA_BARRIER:
+            tl.debug_barrier()
+        if ONE_THREAD:
+            tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+        else:
+            tl.atomic_add(counter_ptr + tl.zeros((BLOCK,), dtype=tl.int32), 1, sem="release", scope="gpu")
+        arrived = tl.atomic_add(counter_ptr, 0, sem=POLL_SEM, scope="gpu")
+        while arrived < target:
+            arrived = tl.atomic_add(counter_ptr, 0, sem=POLL_SEM, scope="gpu")
+
+# planted mistake -> (constexprs, what the check must say)
+PLANTED = {
+    "no CTA barrier": (dict(CTA_BARRIER=False, ONE_THREAD=True, POLL_SEM="acquire"), "not preceded by a CTA barrier"),
+    "every thread adds": (dict(CTA_BARRIER=True, ONE_THREAD=False, POLL_SEM="acquire"), "other than thread 0"),
+    "relaxed poll": (dict(CTA_BARRIER=True, ONE_THREAD=True, POLL_SEM="relaxed"), "no acquire load"),
+    "right": (dict(CTA_BARRIER=True, ONE_THREAD=True, POLL_SEM="acquire"), None),
+}
+
+
+def planted_configs() -> list[Config]:
+    return [Config("planted_barrier_kernel", "int32", tuple(sorted(dict(c, BLOCK=256).items())), 4, 1, 90, plan=name)
+            for name, (c, _) in PLANTED.items()] + \
+        [Config("barrier_floor_kernel", "float32", tuple(sorted(dict(CHECK=True, BLOCK=256).items())), 4, 1, 90)]
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker entry point and the Triton 3.6 side install
+# ------------------------------------------------------------------------------------------------
+
+
+def _safe_compile(cfg: Config, workdir: str) -> dict:
+    try:
+        return {"ok": True, **compile_one(cfg, workdir)}
+    except Exception as e:  # reported per configuration, and failed on in the test
+        return {"ok": False, "error": f"{type(e).__name__}: {e}"[-3000:]}
+
+
+def _worker(which: str, jobs: int) -> None:
+    import tempfile
+    from concurrent.futures import ProcessPoolExecutor
+
+    cfgs = planted_configs() if which == "planted" else configs()
+    with tempfile.TemporaryDirectory(prefix="fusedrnn_codegen_") as workdir, \
+            ProcessPoolExecutor(max_workers=jobs) as pool:
+        futures = [pool.submit(_safe_compile, cfg, workdir) for cfg in cfgs]
+        for cfg, fut in zip(cfgs, futures):
+            sys.stdout.write(json.dumps({"cfg": dataclasses.asdict(cfg), **fut.result()}) + "\n")
+            sys.stdout.flush()
+
+
+def triton36_dir() -> tuple[Path | None, str]:
+    """A directory holding triton==3.6.0 (the GPU machine's version), installed on first use with
+    pip (``pip download`` + ``pip install --no-deps --target``) into ~/.cache/fusedrnn/ (or
+    $FUSEDRNN_TRITON36_DIR); used only by the compile subprocesses, which put it first on the path.
+    Returns (directory, "") or (None, why not)."""
+    target = Path(os.environ.get("FUSEDRNN_TRITON36_DIR") or Path.home() / ".cache" / "fusedrnn" / f"triton-{TRITON36}")
+    version_file = target / "triton" / "__init__.py"
+    if version_file.exists() and re.search(rf"__version__ = ['\"]{re.escape(TRITON36)}['\"]", version_file.read_text()):
+        return target, ""
+    download = target.with_name(target.name + ".download")
+    res = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                          f"triton=={TRITON36}", "-d", str(download)], capture_output=True, text=True)
+    if res.returncode != 0:
+        return None, f"pip download triton=={TRITON36} failed: {res.stderr.strip()[-500:]}"
+    wheels = sorted(download.glob(f"triton-{TRITON36}-*.whl"))
+    if not wheels:
+        return None, f"pip download left no triton-{TRITON36} wheel in {download}"
+    tmp = target.with_name(target.name + ".partial")
+    res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--upgrade", "--target", str(tmp),
+                          str(wheels[-1])], capture_output=True, text=True)
+    if res.returncode != 0:
+        return None, f"pip install --target failed: {res.stderr.strip()[-500:]}"
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)  # complete installs only: a killed install leaves .partial behind
+    return target, ""
+
+
+def run_compiles(which: str, triton_dir: Path | None = None) -> list[dict]:
+    """Compile ``which`` ("shipped" or "planted") in a subprocess; with ``triton_dir`` first on the
+    path (Triton 3.6). Returns the JSON rows."""
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    if triton_dir is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(triton_dir), str(ROOT)] + env.get("PYTHONPATH", "").split(os.pathsep))
+        env["TRITON_CACHE_DIR"] = str(Path(triton_dir).with_name(Path(triton_dir).name + ".kernel-cache"))
+    jobs = max(1, min(4, os.cpu_count() or 1))
+    res = subprocess.run([sys.executable, __file__, "--jsonl", which, str(jobs)], env=env, capture_output=True,
+                         text=True, timeout=COMPILE_TIMEOUT_S, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-5000:]
+    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+
+
+def format_rows(rows: list[dict]) -> str:
+    lines = [f"{'configuration':<96}{'regs':>5}{'spill':>6}{'stack':>6}{'smem':>8}  plan"]
+    for r in rows:
+        cfg = Config(**{**r["cfg"], "constexprs": tuple(tuple(x) for x in r["cfg"]["constexprs"])})
+        if r["ok"]:
+            lines.append(f"{cfg.label():<96}{r['regs']:>5}{r['spills']:>6}{r['stack']:>6}{r['shared']:>8}  {cfg.plan}")
+        else:
+            lines.append(f"{cfg.label():<96} FAILED: {r['error'][:300]}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tests
+# ------------------------------------------------------------------------------------------------
+
+SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+SMEM_MARGIN = 8 * 1024  # Device.smem_budget leaves this for the epilogue's layout conversions
+
+
+def _check_rows(rows: list[dict], expected: list[Config], version: str) -> None:
+    assert len(rows) == len(expected), f"{len(rows)} results for {len(expected)} configurations"
+    problems = []
+    for r in rows:
+        cfg = Config(**{**r["cfg"], "constexprs": tuple(tuple(x) for x in r["cfg"]["constexprs"])})
+        what = f"[triton {version}] {cfg.label()}"
+        if not r["ok"]:
+            problems.append(f"{what}: compile error: {r['error']}")
+            continue
+        assert r["triton"].startswith(version), f"{what}: compiled by Triton {r['triton']}"
+        c = cfg.c
+        if r["spills"] or r["local"]:
+            problems.append(f"{what}: {r['spills']} spill instructions (STL/LDL), {r['local']} B local memory")
+        if r["shared"] > SMEM_LIMIT[cfg.cc]:
+            problems.append(f"{what}: {r['shared']} B shared memory > the device's {SMEM_LIMIT[cfg.cc]}")
+        if cfg.smem_estimate and r["shared"] > cfg.smem_estimate + SMEM_MARGIN:
+            problems.append(f"{what}: Triton allocates {r['shared']} B shared memory, more than the plan's "
+                            f"{cfg.smem_estimate} B plus the {SMEM_MARGIN} B it leaves for the epilogue "
+                            "(kernels/plan.py Plan.smem_bytes, Device.smem_budget)")
+        if "DOT_PRECISION" in c and (cfg.dtype in ("float16", "bfloat16") or c["DOT_PRECISION"] == "tf32"):
+            if not r["mma"]:
+                problems.append(f"{what}: the product did not become tensor-core MMA")
+        if c.get("USE_GRID_BARRIER") or cfg.kernel == "barrier_floor_kernel":
+            problems += [f"{what}: grid barrier: {v}" for v in r["barrier_violations"]]
+        if c.get("USE_GRID_BARRIER"):
+            problems += [f"{what}: step loop: {v}" for v in r["loop_violations"]]
+    assert not problems, "\n".join(problems)
+
+
+def _rows_for(version: str, which: str = "shipped") -> list[dict]:
+    """Compile ``which`` with Triton ``version``: this environment's, or 3.6 from its side directory."""
+    if version == TRITON36:
+        path, why = triton36_dir()
+        if path is None:
+            pytest.skip(f"triton {TRITON36} not available: {why}")
+        return run_compiles(which, path)
+    import triton as this_triton
+
+    if not this_triton.__version__.startswith(version):
+        pytest.skip(f"this environment has Triton {this_triton.__version__}, not {version}")
+    return run_compiles(which)
+
+
+@pytest.mark.parametrize("version", ["3.8", TRITON36], ids=lambda v: f"triton-{v}")
+def test_every_shipped_config_compiles_clean(version):
+    rows = _rows_for(version)
+    print("\n" + format_rows(rows))
+    _check_rows(rows, configs(), version)
+
+
+@pytest.mark.parametrize("version", ["3.8", TRITON36], ids=lambda v: f"triton-{v}")
+def test_barrier_check_rejects_planted_barriers(version):
+    """The barrier check passes the real barrier and fails each planted mistake, for the reason
+    planted (compiled for sm_90 with each Triton: they lower the thread-0 predicate differently)."""
+    rows = {r["cfg"]["plan"] or r["cfg"]["kernel"]: r for r in _rows_for(version, "planted")}
+    assert all(r["ok"] for r in rows.values()), {k: r.get("error") for k, r in rows.items()}
+    assert rows["barrier_floor_kernel"]["barrier_violations"] == []
+    for name, (_, reason) in PLANTED.items():
+        found = rows[name]["barrier_violations"]
+        if reason is None:
+            assert found == [], f"{name}: {found}"
+        else:
+            assert any(reason in v for v in found), f"{name}: expected '{reason}', the check found {found}"
+
+
+def test_configs_cover_every_plan_path():
+    """The compiled set holds, for every benchmark case, its plan's code path at a tile at least
+    as large: what the GPU runs for the benchmarks is covered."""
+    from fusedrnn.bench.cases import CASES
+    from fusedrnn.kernels import plan as plans
+
+    compiled = {}
+    for cfg in configs():
+        c = cfg.c
+        if "BB" in c:
+            key = (cfg.cc, c["CELL"], cfg.kernel, cfg.dtype, c["USE_GRID_BARRIER"], c["RESIDENT"], c["KS"] > 1)
+            compiled.setdefault(key, []).append(c["BB"] * c["HP"])
+    for case in CASES:
+        for cc, device in ((80, plans.A100), (90, plans.H100)):
+            for dtype in ("bfloat16", "float16", "float32"):
+                for direction in plans.DIRECTIONS:
+                    p = plans.make_plan(case.cell, direction, case.B, case.H, ELEM[dtype], device,
+                                        fma=dtype == "float32")  # torch's default: exact fp32
+                    key = (cc, case.cell, f"rnn_{direction}_kernel", dtype, p.grid_barrier, p.resident, p.KS > 1)
+                    assert key in compiled, f"{case.id} {dtype} sm{cc} {direction}: path {key} not compiled"
+                    assert max(compiled[key]) >= p.BB * p.HP, f"{case.id}: a larger tile ships than is compiled"
+
+
+if __name__ == "__main__":
+    if "--jsonl" in sys.argv:
+        os.environ.pop("TRITON_INTERPRET", None)
+        i = sys.argv.index("--jsonl")
+        _worker(sys.argv[i + 1], int(sys.argv[i + 2]))
+    else:
+        d = None
+        if "--triton36" in sys.argv:
+            d, why = triton36_dir()
+            if d is None:
+                sys.exit(why)
+        print(format_rows(run_compiles("shipped", d)))
