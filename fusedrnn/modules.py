@@ -135,14 +135,18 @@ class _FusedRNNMixin:
         x = input.data if packed else input
         if not isinstance(x, Tensor):
             return None
-        if x.is_cpu and not dispatch.tracing():
+        if x.is_cpu:
             key = (x.dtype, packed, self.backend, dispatch.env_backend(), torch._C._is_any_autocast_enabled())
             cached = self.__dict__.get("_last_plan")
             if cached is not None and cached[0] == key:
-                return cached[1]
-            plan = self._plan_for(x.device, key[0], key[4], packed, 0, 0, False)
-            self.__dict__["_last_plan"] = (key, plan)
-            return plan
+                plan = cached[1]
+                # torch's op is what an exported graph holds too; torch.compile decides at trace time.
+                if (plan.on_torch and not torch.compiler.is_compiling()) or not dispatch.tracing():
+                    return plan
+            if not dispatch.tracing():
+                plan = self._plan_for(x.device, key[0], key[4], packed, 0, 0, False)
+                self.__dict__["_last_plan"] = (key, plan)
+                return plan
         if x.dim() not in ((2,) if packed else (2, 3)):
             return None
         if x.is_cuda:
