@@ -59,12 +59,50 @@ void warp_sync(const WarpOp& op);
 void* const* warp_exchange(void* const* mine, int n, const WarpOp& op);
 [[noreturn]] void fail(const char* what);
 
+// cp.async (LDGSTS), modelled as late as the PTX rules allow: the copy is recorded at issue and
+// lands only when the issuing thread's cp.async.wait_group / wait_all covers its group. At issue
+// the destination's 16 bytes become 0xFF (NaN in every float format: its contents are undefined
+// until completion), so a read before the matching wait, or by another thread before a barrier
+// that follows the wait, sees NaN; the source is read at landing and must still hold what it held
+// at issue (a copy whose source changes while in flight fails the launch); a copy never waited
+// for fails the launch at thread exit.
+void cp_async(void* smem_dst, const void* gmem_src, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int pending_groups);  // cp.async.wait_group N (wait_all: N = -1)
+
+// Fast-math intrinsics at the accuracy the PTX ISA documents, not libm's: the result is the exact
+// value moved by the documented maximum relative error, with a sign that depends on the input bits
+// (so the error is as large as the hardware may make it, in both directions across inputs).
+float ex2_approx_ftz(float x);  // ex2.approx.ftz.f32
+float rcp_approx_ftz(float x);  // rcp.approx.ftz.f32
+float tanh_approx(float x);     // tanh.approx.f32
+
+// cvt.rna.tf32.f32: round to nearest (ties away from zero) to a 10-bit mantissa, kept as fp32 bits.
+inline uint32_t tf32_rna(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7f800000u) != 0x7f800000u) bits = (bits + 0x1000u) & 0xffffe000u;
+  return bits;
+}
+
 // Global loads (__ldcg): the address must be aligned to the access size, as on the GPU.
 template <typename T>
 inline T ldcg(const T* p) {
   if (reinterpret_cast<uintptr_t>(p) % sizeof(T) != 0) fail("__ldcg: address not aligned to the access size");
   return *p;
 }
+
+// mma.sync.aligned.{m16n8k16 .f16/.bf16, m16n8k8 .tf32}.row.col.f32 over the whole warp, with the
+// fragment layouts the PTX ISA documents (groupID g = lane >> 2, t = lane % 4):
+//   m16n8k16  A reg i: row g + 8*(i & 1), cols 2t + 8*(i >> 1) + {0, 1} (low half first)
+//             B reg i: rows 2t + 8*i + {0, 1}, col g
+//   m16n8k8   A reg i: row g + 8*(i & 1), col t + 4*(i >> 1)      (tf32: the low 13 bits are ignored)
+//             B reg i: row t + 4*i, col g
+//   C/D reg i: row g + 8*(i >> 1), col 2t + (i & 1)
+// D = A·B + C with exact products and fp32 sums in k order. Every lane must call the same shape
+// with its own registers (checked); d may alias nothing else.
+enum class MmaType : int { F16 = 0, BF16 = 1, TF32 = 2 };
+void mma_sync(float* d, const uint32_t* a, const uint32_t* b, MmaType type);
 
 }  // namespace fusedrnn_emu
 

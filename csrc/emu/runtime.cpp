@@ -5,6 +5,9 @@
 #include <ucontext.h>
 
 #include <algorithm>
+#include <cfloat>
+#include <climits>
+#include <cmath>
 #include <deque>
 #include <cstdio>
 #include <cstdlib>
@@ -27,6 +30,15 @@ constexpr int kExchangeSlots = 4;
 
 enum class St : unsigned char { Ready, AtBlock, AtGrid, AtWarp, Done, Failed };
 
+// One cp.async in flight: what lands where, and the source bytes at issue (they must not change).
+struct AsyncCopy {
+  unsigned char* dst;
+  const unsigned char* src;
+  int src_bytes;
+  int group;  // -1 until cp.async.commit_group closes the group
+  unsigned char snapshot[16];
+};
+
 struct Thread {
   ucontext_t ctx;
   St st = St::Ready;
@@ -34,6 +46,8 @@ struct Thread {
   const char* site_file = nullptr;  // the __syncthreads() / grid.sync() it waits at
   int site_line = 0;
   WarpOp op{};                 // the warp-collective operation it waits at
+  std::vector<AsyncCopy> copies;  // cp.async in flight, in issue order
+  int next_group = 0;             // id the next cp.async.commit_group gives its group
 };
 
 struct Launch {
@@ -77,6 +91,7 @@ void yield(St st) {
 void thread_main() {
   Launch& L = *g_launch;
   L.entry(L.params);
+  if (!L.cur->copies.empty()) fail("cp.async issued and never waited for (cp.async.wait_group / wait_all)");
   L.cur->st = St::Done;  // returning resumes the scheduler (uc_link)
 }
 
@@ -263,6 +278,159 @@ void fail(const char* what) {
   L.error.append(where);
   yield(St::Failed);
   std::abort();  // never resumed
+}
+
+// ---------------------------------------------------------------------------------------------
+// cp.async
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+void land(const AsyncCopy& c) {
+  if (std::memcmp(c.snapshot, c.src, (size_t)c.src_bytes) != 0)
+    fail("cp.async: its global source changed between issue and completion");
+  std::memcpy(c.dst, c.src, (size_t)c.src_bytes);
+  std::memset(c.dst + c.src_bytes, 0, (size_t)(16 - c.src_bytes));  // the zero-fill part
+}
+}  // namespace
+
+void cp_async(void* smem_dst, const void* gmem_src, int src_bytes) {
+  Launch& L = *g_launch;
+  auto* dst = static_cast<unsigned char*>(smem_dst);
+  const unsigned char* base = dynamic_smem();
+  if (dst < base || dst + 16 > base + L.smem) fail("cp.async: destination outside the CTA's shared memory");
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) fail("cp.async: destination not 16-byte aligned");
+  if (src_bytes < 0 || src_bytes > 16) fail("cp.async: source size must be 0..16 bytes");
+  if (src_bytes > 0 && reinterpret_cast<uintptr_t>(gmem_src) % 16 != 0) fail("cp.async: source not 16-byte aligned");
+  AsyncCopy c{dst, static_cast<const unsigned char*>(gmem_src), src_bytes, -1, {}};
+  std::memcpy(c.snapshot, c.src, (size_t)src_bytes);
+  std::memset(dst, kUnwrittenByte, 16);  // undefined until the copy completes
+  L.cur->copies.push_back(c);
+}
+
+void cp_async_commit() {
+  Thread& t = *g_launch->cur;
+  for (AsyncCopy& c : t.copies)
+    if (c.group < 0) c.group = t.next_group;
+  ++t.next_group;  // an empty group is a group too
+}
+
+void cp_async_wait(int pending_groups) {
+  Thread& t = *g_launch->cur;
+  const int limit = pending_groups < 0 ? INT_MAX : t.next_group - pending_groups;
+  size_t kept = 0;  // compacted in place: no heap object on this (possibly abandoned) coroutine stack
+  for (size_t i = 0; i < t.copies.size(); ++i) {
+    const AsyncCopy c = t.copies[i];
+    if (pending_groups < 0 || (c.group >= 0 && c.group < limit)) {
+      land(c);
+    } else {
+      t.copies[kept++] = c;
+    }
+  }
+  t.copies.resize(kept);
+}
+
+// ---------------------------------------------------------------------------------------------
+// mma.sync
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+float half_of(uint32_t word, int e, MmaType type) {
+  const uint16_t bits = (uint16_t)(word >> (16 * e));
+  if (type == MmaType::F16) {
+    __half h;
+    std::memcpy(&h, &bits, 2);
+    return __half2float(h);
+  }
+  __nv_bfloat16 b;
+  std::memcpy(&b, &bits, 2);
+  return __bfloat162float(b);
+}
+float tf32_of(uint32_t word) {
+  word &= 0xffffe000u;  // the tensor cores read 10 mantissa bits and ignore the rest
+  float f;
+  std::memcpy(&f, &word, 4);
+  return f;
+}
+}  // namespace
+
+void mma_sync(float* d, const uint32_t* a, const uint32_t* b, MmaType type) {
+  void* mine[2] = {const_cast<uint32_t*>(a), const_cast<uint32_t*>(b)};
+  void* const* table = warp_exchange(mine, 2, {10 + (int)type, nullptr, 0, 0});
+  auto A = [&](int row, int k) -> float {
+    if (type == MmaType::TF32) {
+      const int reg = (row >= 8) + 2 * (k >= 4), lane = (row % 8) * 4 + k % 4;
+      return tf32_of(static_cast<const uint32_t*>(table[2 * lane])[reg]);
+    }
+    const int reg = (row >= 8) + 2 * (k >= 8), lane = (row % 8) * 4 + (k % 8) / 2;
+    return half_of(static_cast<const uint32_t*>(table[2 * lane])[reg], k % 2, type);
+  };
+  auto B = [&](int k, int col) -> float {
+    if (type == MmaType::TF32) {
+      const int lane = col * 4 + k % 4;
+      return tf32_of(static_cast<const uint32_t*>(table[2 * lane + 1])[k >= 4]);
+    }
+    const int lane = col * 4 + (k % 8) / 2;
+    return half_of(static_cast<const uint32_t*>(table[2 * lane + 1])[k >= 8], k % 2, type);
+  };
+  const int K = type == MmaType::TF32 ? 8 : 16;
+  const int lane = (int)lane_id(), g = lane >> 2, t = lane & 3;
+  float out[4];
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+    float s = d[i];
+    for (int k = 0; k < K; ++k) s += A(row, k) * B(k, col);
+    out[i] = s;
+  }
+  warp_sync({20 + (int)type, nullptr, 0, 0});  // every lane has read every other lane's a and b
+  for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fast-math intrinsics
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+float flush(float x) { return std::fpclassify(x) == FP_SUBNORMAL ? std::copysign(0.f, x) : x; }
+uint32_t mix(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+// exact * (1 ± rel), the sign a hash of the input's bits.
+float off_by(double exact, double rel, float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  return (float)(exact * (1.0 + ((mix(bits) & 1u) ? rel : -rel)));
+}
+// The documented bounds (PTX ISA), the first two rounded up: ex2.approx.f32 2 ulp (2^-22
+// relative), rcp.approx.f32 1 ulp, tanh.approx.f32 2^-10.987 relative.
+constexpr double kEx2RelErr = 0x1p-21, kRcpRelErr = 0x1p-22;
+const double kTanhRelErr = std::exp2(-10.987);
+}  // namespace
+
+float ex2_approx_ftz(float x) {
+  x = flush(x);
+  if (std::isnan(x)) return x;
+  const double e = std::exp2((double)x);
+  if (e > (double)FLT_MAX) return INFINITY;
+  return flush(off_by(e, kEx2RelErr, x));
+}
+
+float rcp_approx_ftz(float x) {
+  x = flush(x);
+  if (std::isnan(x)) return x;
+  if (x == 0.f) return std::copysign(INFINITY, x);
+  if (std::isinf(x)) return std::copysign(0.f, x);
+  return flush(off_by(1.0 / (double)x, kRcpRelErr, x));
+}
+
+float tanh_approx(float x) {
+  if (std::isnan(x)) return x;
+  const float r = off_by(std::tanh((double)x), kTanhRelErr, x);
+  return std::fmax(-1.f, std::fmin(1.f, r));
 }
 
 void set_schedule(Schedule s, uint64_t seed) {

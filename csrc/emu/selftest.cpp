@@ -3,10 +3,13 @@
 // Written in CUDA style like csrc/rnn_kernels.cuh, but compiled only into the emulator module.
 #include <torch/extension.h>
 
+#include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "runtime.h"
 #include "cuda_emu.h"
+#include "../ptx.cuh"
 
 namespace fusedrnn_emu {
 namespace {
@@ -111,6 +114,113 @@ void wmma_kernel(const void* p) {
   }
 }
 
+// One warp computes D (16x8) = A·B with mma.sync, the fragments packed from `in` by the PTX ISA's
+// layout: A = in[0:256] as 16x16 (16-bit; tf32: in[0:128] as 16x8), B = in[256:384] as 16x8 (tf32:
+// in[256:320] as 8x8), both row-major; a.n selects 0 f16, 1 bf16, 2 tf32. Variant 1 packs B with
+// its row and column swapped (a layout bug); variant 2: lane 7 skips the mma.
+template <typename T> uint32_t pack2(float lo, float hi);
+template <> uint32_t pack2<__half>(float lo, float hi) {
+  const __half l = __float2half_rn(lo), h = __float2half_rn(hi);
+  uint16_t bl, bh;
+  std::memcpy(&bl, &l, 2);
+  std::memcpy(&bh, &h, 2);
+  return (uint32_t)bl | ((uint32_t)bh << 16);
+}
+template <> uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  const __nv_bfloat16 l = __float2bfloat16_rn(lo), h = __float2bfloat16_rn(hi);
+  uint16_t bl, bh;
+  std::memcpy(&bl, &l, 2);
+  std::memcpy(&bh, &h, 2);
+  return (uint32_t)bl | ((uint32_t)bh << 16);
+}
+
+template <typename T>
+void mma_warp(const Args& a) {
+  const int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
+  const float* A = a.in;
+  const float* B = a.in + 256;
+  uint32_t ar[4], br[2];
+  if constexpr (std::is_same<T, float>::value) {  // A 16x8, B 8x8
+    for (int i = 0; i < 4; ++i) ar[i] = fusedrnn::tf32_rna(A[(g + 8 * (i & 1)) * 8 + t + 4 * (i >> 1)]);
+    for (int i = 0; i < 2; ++i) {
+      const int k = t + 4 * i, n = g;
+      br[i] = fusedrnn::tf32_rna(a.variant == 1 ? B[n * 8 + k] : B[k * 8 + n]);
+    }
+  } else {  // A 16x16, B 16x8
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + 8 * (i & 1), col = 2 * t + 8 * (i >> 1);
+      ar[i] = pack2<T>(A[row * 16 + col], A[row * 16 + col + 1]);
+    }
+    for (int i = 0; i < 2; ++i) {
+      const int k = 2 * t + 8 * i, n = g;
+      br[i] = a.variant == 1 ? pack2<T>(B[n * 16 + k % 8], B[n * 16 + k % 8 + 1])
+                             : pack2<T>(B[k * 8 + n], B[(k + 1) * 8 + n]);
+    }
+  }
+  float d[4] = {0.f, 0.f, 0.f, 0.f};
+  if (!(a.variant == 2 && lane == 7)) fusedrnn::Mma<T>::run(d, ar[0], ar[1], ar[2], ar[3], br[0], br[1]);
+  for (int i = 0; i < 4; ++i) a.out[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)] = d[i];
+}
+
+void mma_kernel(const void* p) {
+  const Args& a = *static_cast<const Args*>(p);
+  if (threadIdx.x >= 32) return;
+  if (a.n == 0) mma_warp<__half>(a);
+  if (a.n == 1) mma_warp<__nv_bfloat16>(a);
+  if (a.n == 2) mma_warp<float>(a);
+}
+
+// Every thread cp.asyncs in[4t .. 4t+3] into shared slot t (group 0) and in[1024 + 4t ..] into
+// slot 256 + t (group 1), then out[4t ..] = its neighbour's slot t+1 and out[1024 + 4t ..] = its own
+// slot 256 + t. Variant 0 waits for both groups and syncs first; the others break one rule:
+//   1 reads its own slot 256 + t before any wait (then waits for everything)
+//   2 waits for group 0 only (wait_group 1) and reads slot 256 + t
+//   3 waits but skips the __syncthreads() before reading the neighbour's slot
+//   4 writes its source after issuing the copy
+//   5 never waits
+void cp_async_kernel(const void* p) {
+  const Args& a = *static_cast<const Args*>(p);
+  float* s = reinterpret_cast<float*>(dynamic_smem());
+  const int t = threadIdx.x;
+  fusedrnn::cp_async_16(s + 4 * t, a.in + 4 * t, true);
+  fusedrnn::cp_async_commit();
+  fusedrnn::cp_async_16(s + 1024 + 4 * t, a.in + 1024 + 4 * t, true);
+  fusedrnn::cp_async_commit();
+  if (a.variant == 1) {
+    for (int i = 0; i < 4; ++i) a.out[1024 + 4 * t + i] = s[1024 + 4 * t + i];
+    fusedrnn::cp_async_wait<0>();
+    return;
+  }
+  if (a.variant == 4) const_cast<float*>(a.in)[4 * t] += 1.f;
+  if (a.variant == 5) return;
+  if (a.variant == 2) {
+    fusedrnn::cp_async_wait<1>();
+    for (int i = 0; i < 4; ++i) a.out[1024 + 4 * t + i] = s[1024 + 4 * t + i];
+    fusedrnn::cp_async_wait<0>();
+    return;
+  }
+  fusedrnn::cp_async_wait<0>();
+  if (a.variant != 3) __syncthreads();
+  const int nb = (t + 1) % kThreads;
+  for (int i = 0; i < 4; ++i) {
+    a.out[4 * t + i] = s[4 * nb + i];
+    a.out[1024 + 4 * t + i] = s[1024 + 4 * t + i];
+  }
+}
+
+// out[4i .. 4i+3] = ex2.approx(x), rcp.approx(x), sigmoid from ex2 + rcp (what the kernels use),
+// sigmoid as 0.5 + 0.5 tanh.approx(x / 2) (a tempting shortcut that is too inaccurate for fp32).
+void fast_math_kernel(const void* p) {
+  const Args& a = *static_cast<const Args*>(p);
+  for (int i = threadIdx.x; i < a.n; i += kThreads) {
+    const float x = a.in[i];
+    a.out[4 * i] = fusedrnn::ex2_approx(x);
+    a.out[4 * i + 1] = fusedrnn::rcp_approx(x);
+    a.out[4 * i + 2] = fusedrnn::sigmoid_fast(x);
+    a.out[4 * i + 3] = 0.5f + 0.5f * fusedrnn::tanh_approx(0.5f * x);
+  }
+}
+
 }  // namespace
 
 // Runs self-test `name` with `variant` on `in` (float32, contiguous); returns out.
@@ -142,6 +252,15 @@ torch::Tensor selftest(const std::string& name, int64_t variant, const torch::Te
     entry = grid_barrier_kernel, grid = 3, a.n = 3, out = torch::zeros({3 * kThreads});
   } else if (name == "wmma") {
     entry = wmma_kernel, smem = 512 * sizeof(__half) + 64, out = torch::zeros({16, 16});
+  } else if (name == "mma_f16" || name == "mma_bf16" || name == "mma_tf32") {
+    a.n = name == "mma_f16" ? 0 : name == "mma_bf16" ? 1 : 2;
+    TORCH_CHECK(in.numel() >= 384, "mma self-test: 384 inputs");
+    entry = mma_kernel, out = torch::zeros({16, 8});
+  } else if (name == "cp_async") {
+    TORCH_CHECK(in.numel() >= 2048, "cp_async self-test: 2048 inputs");
+    entry = cp_async_kernel, smem = 2048 * sizeof(float), out = torch::zeros({2048});
+  } else if (name == "fast_math") {
+    entry = fast_math_kernel, a.n = (int)in.numel(), out = torch::zeros({in.numel(), 4});
   } else {
     TORCH_CHECK(false, "unknown self-test ", name);
   }
