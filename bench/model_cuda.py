@@ -1,14 +1,30 @@
 """Latency model of the cuda backend's persistent kernels (csrc/): MODEL, not measured.
 
-The launch plan (grid, units per CTA, shared-memory layout) is the arithmetic of csrc/rnn_launch.h,
-written again here so that the model runs without a GPU or the extension; tests compare the two.
-The step structure (which global loads wait on which, how many shared-memory bytes each phase
-reads, where the barriers are) is read off the sm_90 SASS of the step loop.
+The launch plan (units and batch rows per CTA, grid, K blocks per warp, which W_hh fragments stay
+in registers, shared memory) is csrc/rnn_launch.h's ``make_plan``, repeated here so the model runs
+without a GPU or the extension; tests/test_cuda_glue.py checks the two agree. The step structure is
+read off the kernels' sm_90 SASS (tests/test_cuda_codegen.py checks its static properties):
+
+forward step, per 16-row pass:
+  stage     each lane cp.asyncs its own operand pieces (hist[t]): one L2 round trip, then the pull at
+            the slower of the SM's L2 port and its share of L2 bandwidth (every CTA reads all of h)
+  MMA       mma.sync over the warp's K blocks, W_hh fragments from registers (the rest from shared
+            memory); block i starts when its copy lands, so only the last block's MMAs trail the pull
+  partials  8 warps' fp32 partial sums through shared memory, one __syncthreads
+  cell      gates, fp32 state in shared memory, y/hist/saved stores; the inputs (gx, residual) were
+            loaded one pass ahead and the sigmoid/tanh are ex2/rcp.approx (no CALL): math only
+then one grid barrier. Backward step: grid barrier (dgates[t] complete), then per pass the same
+product over K = gates·H with the W_hh column slice, dh += partials, and at once phase A of the next
+step for those rows (dgates from inputs loaded before the pass's MMA).
+
+Assumptions beyond perf_model.Machine (central values; a GPU session measures them):
+  L2 -> SM fill 64 B/clk per SM (range 32-64); L2 read bandwidth 5.5 TB/s for all SMs together
+  (range 4.5-7); mma.sync issue 1024 fp16/bf16 FMA/clk/SM (A100's rate; H100's mma.sync is reported
+  at 60-70 % of its 2048 wgmma peak), TF32 half of that; __syncthreads 0.02 us.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from .cases import Case
@@ -19,183 +35,217 @@ from .perf_model import (
 
 # --- the launch plan (csrc/rnn_launch.h) ---------------------------------------------------------
 
-UNITS = 16  # hidden units per CTA (kUnits)
-BATCH_TILE = 16  # batch rows per MMA tile (kBatchTile)
-THREADS = 256  # kThreads
+THREADS = 256
 WARPS = THREADS // 32
-CHUNK = 512  # K elements staged at once (kChunk)
-STAGE_UNROLL = 4  # nvcc unrolls the staging loop 4x; the rest runs in a one-load-per-trip remainder loop
+PASS_ROWS = 16
+MAX_ROWS = 64  # batch rows per CTA at most (kMaxRows)
+STAGES = 8  # cp.async ring depth per lane, in K blocks (kStages)
+FWD_UNITS = 16
+W_WORDS = 8  # W_hh words per (block, m-tile, lane) (kWWords)
+MODES = ("half", "tf32", "tf32x3")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
 
 
 def _round_up(x: int, m: int) -> int:
-    return (x + m - 1) // m * m
+    return _ceil_div(x, m) * m
+
+
+def w_regs(mode: str) -> int:
+    """Registers per thread for W_hh fragments (w_regs in csrc/rnn_launch.h)."""
+    return 24 if mode == "tf32x3" else 96
+
+
+def reg_block_capacity(mode: str, mtiles: int) -> int:
+    return w_regs(mode) // (mtiles * W_WORDS)
 
 
 @dataclass(frozen=True)
-class Layout:
-    """One CTA's shared memory (make_layout in csrc/rnn_launch.h)."""
+class Plan:
+    """One kernel's launch plan (csrc/rnn_launch.h, struct Plan)."""
 
-    mrows: int
+    cell: str
+    backward: bool
+    mode: str
+    elem: int
+    H: int
+    B: int
     K: int
-    Kpad: int
-    kc: int
-    ks: int  # K splits of the warps
-    bytes: int
+    units: int
+    mtiles: int
+    unit_groups: int
+    batch_groups: int
+    grid: int
+    rows: int
+    passes: int
+    pass_ntiles: int
+    kblock: int
+    nblocks: int
+    blocks_per_warp: int
+    reg_blocks: int
+    smem_blocks: int
+    stage_slots: int
+    smem: int
+
+    def fits(self, num_sms: int, smem_optin: int) -> bool:
+        return self.grid <= num_sms and self.smem <= smem_optin and self.rows <= MAX_ROWS
 
 
-def make_layout(mrows: int, K: int, elem: int, mode: str) -> Layout:
-    Kpad = _round_up(K, 16)
-    pad = 16 // elem
-    lda = Kpad + pad
-    kc = min(Kpad, CHUNK)
-    ldb = kc + pad
-    ks = 1 if mode == "fma" else WARPS // (mrows // 16)
-    stage_off = _round_up(mrows * lda * elem, 128)
-    partial_off = _round_up(stage_off + BATCH_TILE * ldb * elem, 128)
-    return Layout(mrows, K, Kpad, kc, ks, partial_off + ks * mrows * BATCH_TILE * 4)
-
-
-def launch_shape(cell: str, backward: bool, dtype_name: str, H: int, tf32: bool = False) -> dict:
-    """grid and shared memory per CTA, as the extension's launch_shape() returns them."""
-    ng = 3 if cell == "gru" else 4
+def plan_for_units(cell: str, backward: bool, dtype_name: str, tf32: bool, H: int, B: int, units: int,
+                   num_sms: int) -> Plan:
     elem = elem_bytes(dtype_name)
-    mode = "half" if elem == 2 else ("tf32" if tf32 else "fma")
-    lay = make_layout(UNITS, ng * H, elem, mode) if backward else make_layout(ng * UNITS, H, elem, mode)
-    return {"grid": -(-H // UNITS), "smem": lay.bytes, "threads": THREADS, "units_per_cta": UNITS}
+    mode = "half" if elem == 2 else ("tf32" if tf32 else "tf32x3")
+    ng = 3 if cell == "gru" else 4
+    K = ng * H if backward else H
+    mtiles = units // 16 if backward else ng * units // 16
+    n_ug = _ceil_div(H, units)
+    bg_max = 1 if n_ug >= num_sms else num_sms // n_ug
+    bg_want = _ceil_div(B, 8) if B > 8 else 1
+    bg = min(bg_want, bg_max)
+    rows = _round_up(_ceil_div(B, bg) if B > 0 else 8, 8)
+    n_bg = _ceil_div(B, rows) if B > 0 else 1
+    kblock = 64 // elem
+    nblocks = _ceil_div(K, kblock)
+    bpw = _ceil_div(nblocks, WARPS)
+    reg_blocks = min(bpw, reg_block_capacity(mode, mtiles))
+    smem_blocks = bpw - reg_blocks
+    pass_ntiles = 2 if rows >= PASS_ROWS else 1
+    states = 2 if cell == "lstm" else 1
+    stage_off = _round_up(WARPS * smem_blocks * mtiles * W_WORDS * 32 * 4, 128)
+    stage_slots = min(bpw, STAGES)
+    part_off = _round_up(stage_off + WARPS * stage_slots * pass_ntiles * 32 * 16, 128)
+    state_off = _round_up(part_off + WARPS * mtiles * 2 * 32 * 16, 128)
+    len_off = _round_up(state_off + states * MAX_ROWS * units * 4, 128)
+    smem = _round_up(len_off + MAX_ROWS * 4, 128)
+    return Plan(cell, backward, mode, elem, H, B, K, units, mtiles, n_ug, n_bg, n_ug * n_bg, rows,
+                _ceil_div(rows, PASS_ROWS), pass_ntiles, kblock, nblocks, bpw, reg_blocks, smem_blocks, stage_slots,
+                smem)
+
+
+def make_plan(cell: str, backward: bool, dtype_name: str, tf32: bool, H: int, B: int, num_sms: int,
+              smem_optin: int) -> Plan:
+    """The plan the launch uses (make_plan in csrc/rnn_launch.h)."""
+    if backward and B > 8:
+        wide = plan_for_units(cell, backward, dtype_name, tf32, H, B, 32, num_sms)
+        if wide.fits(num_sms, smem_optin):
+            return wide
+    return plan_for_units(cell, backward, dtype_name, tf32, H, B, 16 if backward else FWD_UNITS, num_sms)
 
 
 # --- the step, phase by phase ----------------------------------------------------------------------
 
-
-def _chunks(lay: Layout) -> list[int]:
-    return [min(lay.kc, lay.Kpad - k0) for k0 in range(0, lay.Kpad, lay.kc)]
-
-
-def _staging_trips(kc: int, elem: int, vec: bool) -> int:
-    """Serial L2 round trips of one staging pass: loads in the 4x-unrolled body go out together,
-    each remainder iteration waits for its own."""
-    per_thread = -(-BATCH_TILE * (kc // (16 // elem) if vec else kc) // THREADS)
-    return per_thread // STAGE_UNROLL + per_thread % STAGE_UNROLL
+L2_FILL_BYTES_PER_CLK = 64  # per SM
+L2_READ_TBPS = 5.5  # all SMs together
+MMA_FMA_PER_CLK = {"half": 1024, "tf32": 512, "tf32x3": 512}  # per SM, mma.sync
+SYNCTHREADS_US = 0.02
+CELL_MATH_US = {"gru": 0.04, "lstm": 0.05}  # forward: ~3-4 MUFU pairs + FMAs, dependent
+PHASE_A_MATH_US = {"gru": 0.03, "lstm": 0.04}
+MMAS_PER_KSTEP = {"half": 1, "tf32": 1, "tf32x3": 3}
 
 
-def _rec_product(lay: Layout, elem: int, vec: bool, mode: str, m: Machine, bar_us: float) -> list[Phase]:
-    """RecProduct::run for one 16-row batch tile: per K chunk, stage (L2) then MMA from shared memory."""
+def _assumption(m: Machine, name: str, default):
+    return getattr(m, name, default)
+
+
+def product_phases(p: Plan, m: Machine, label: str) -> list[Phase]:
+    """One 16-row pass of RecProduct: stage + MMA (overlapped), partial sums."""
+    clk = m.clk_us
+    rows = p.pass_ntiles * 8
+    staged = WARPS * p.blocks_per_warp * p.pass_ntiles * 32 * 16  # bytes each CTA pulls per pass
+    fill = _assumption(m, "l2_fill_bytes_per_clk", L2_FILL_BYTES_PER_CLK)
+    tbps = _assumption(m, "l2_read_tbps", L2_READ_TBPS)
+    pull_sm = staged / fill * clk
+    pull_l2 = p.grid * staged / (tbps * 1e12) * 1e6
+    kernel_mmas = WARPS * p.blocks_per_warp * p.mtiles * p.pass_ntiles * 2 * MMAS_PER_KSTEP[p.mode]
+    fma_per_mma = 16 * 8 * (16 if p.mode == "half" else 8)
+    rate = _assumption(m, "mma_fma_per_clk", MMA_FMA_PER_CLK)[p.mode]
+    mma = kernel_mmas * fma_per_mma / rate * clk
+    chain = mma_chain_us(p.blocks_per_warp * 2 * MMAS_PER_KSTEP[p.mode], m)
+    w_smem = WARPS * p.smem_blocks * p.mtiles * W_WORDS * 128
+    smem = smem_us(2 * staged + w_smem, m)  # cp.async writes + LDS.128 reads of the operand, W from smem
+    body = max(pull_sm, pull_l2, mma, chain, smem)
+    binding = {pull_sm: "the SM's L2 port", pull_l2: "L2 bandwidth (every CTA pulls the operand)",
+               mma: "mma.sync issue", chain: "the dependent MMA chain", smem: "shared-memory bandwidth"}[body]
+    tail = mma / p.blocks_per_warp
+    part = WARPS * p.mtiles * p.pass_ntiles * 512
+    return [
+        Phase(f"{label}stage+MMA", m.l2_us + body + tail,
+              f"{staged // 1024} KiB pulled per CTA ({rows} rows x K={p.K}), L2 trip {m.l2_us} + {body:.2f} "
+              f"bound by {binding} + last block {tail:.2f}; {p.reg_blocks}/{p.blocks_per_warp} blocks per warp "
+              f"of W_hh in registers"),
+        Phase(f"{label}partial sums", smem_us(2 * part, m) + SYNCTHREADS_US, f"{part // 1024} KiB via shared memory"),
+    ]
+
+
+def forward_step(p: Plan, case: Case, m: Machine = H100) -> Step:
     phases = []
-    mt = lay.mrows // 16
-    for i, kc in enumerate(_chunks(lay)):
-        trips = _staging_trips(kc, elem, vec)
-        stage = trips * m.l2_us + smem_us(BATCH_TILE * kc * elem, m) + bar_us
-        phases.append(Phase(f"stage h chunk {i}", stage, f"{trips} serial L2 trip(s), {BATCH_TILE * kc * elem} B"))
-        if mode == "fma":
-            # fp32 exact path: two scalar shared loads (4 B each) per FMA, one thread per output.
-            n_fma = lay.mrows * BATCH_TILE * kc
-            mma = smem_us(n_fma * 8, m)
-            why = f"{n_fma} FMAs, 2 LDS.32 each"
-        else:
-            k_tile = 16 if mode == "half" else 8
-            a_bytes = lay.mrows * kc * elem
-            b_bytes = mt * BATCH_TILE * kc * elem  # every M-tile warp re-reads the staged tile
-            chain = mma_chain_us(-(-kc // k_tile // lay.ks), m)
-            mma = max(smem_us(a_bytes + b_bytes, m), chain)
-            why = f"{(a_bytes + b_bytes) // 1024} KiB from shared memory"
-        phases.append(Phase(f"MMA chunk {i}", mma + bar_us, why))
-    partial = lay.ks * lay.mrows * BATCH_TILE * 4
-    phases.append(Phase("partial sums", smem_us(2 * partial, m) + bar_us, f"{lay.ks} K splits"))
-    return phases
-
-
-def _cell_trips(cell: str, residual: bool, m: Machine) -> tuple[float, str]:
-    """The forward cell math's dependent global loads (from the SASS): lengths and h_state (L2), then
-    one HBM trip per gx load group separated by the sigmoid's IEEE-division slow-path CALL, the LSTM's
-    c_state (L2), the residual (HBM)."""
-    if cell == "lstm":
-        trips = [m.l2_us, m.hbm_us, m.hbm_us, m.hbm_us, m.l2_us]  # gx_i | gx_f | gx_g+gx_o | c_state
-    else:
-        trips = [m.l2_us, m.hbm_us, m.hbm_us, m.hbm_us]  # gx_r | gx_z | gx_n
-    if residual:
-        trips.append(m.hbm_us)
-    return sum(trips), f"{len(trips)} dependent load groups"
-
-
-def forward_step(case: Case, dtype_name: str, m: Machine = H100) -> Step:
-    elem = elem_bytes(dtype_name)
-    mode = "half" if elem == 2 else "fma"
-    ng = case.gates
-    lay = make_layout(ng * UNITS, case.H, elem, mode)
-    vec = case.H % (16 // elem) == 0
-    bar_us = SYNCTHREADS_US
-    tiles = -(-case.B // BATCH_TILE)
-    phases = []
-    for tile in range(tiles):
-        tag = f" (batch tile {tile})" if tiles > 1 else ""
-        for p in _rec_product(lay, elem, vec, mode, m, bar_us):
-            phases.append(Phase(p.name + tag, p.us, p.why))
-        us, why = _cell_trips(case.cell, case.residual, m)
-        phases.append(Phase("cell math" + tag, us + CELL_MATH_US, why))
+    for q in range(p.passes):
+        label = f"pass {q} " if p.passes > 1 else ""
+        phases += product_phases(p, m, label)
+        phases.append(Phase(f"{label}cell math", CELL_MATH_US[p.cell], "inputs prefetched, ex2/rcp.approx"))
+        if q + 1 < p.passes:
+            phases.append(Phase(f"{label}__syncthreads", SYNCTHREADS_US))
     phases.append(Phase("grid.sync", m.barrier_us))
-    return Step(tuple(_merge_tiles(phases, tiles)))
+    return Step(tuple(_merge_passes(phases, p.passes)))
 
 
-def backward_step(case: Case, dtype_name: str, m: Machine = H100) -> Step:
-    elem = elem_bytes(dtype_name)
-    mode = "half" if elem == 2 else "fma"
-    G = case.gates * case.H
-    lay = make_layout(UNITS, G, elem, mode)
-    vec = G % (16 // elem) == 0
-    tiles = -(-case.B // BATCH_TILE)
-    phases = []
-    for tile in range(tiles):
-        tag = f" (batch tile {tile})" if tiles > 1 else ""
-        # lengths (L2), then saved activations, dh and dy in one group (HBM).
-        phases.append(Phase("phase A" + tag, m.l2_us + m.hbm_us + CELL_MATH_US, "2 dependent load groups"))
-    phases.append(Phase("grid.sync", m.barrier_us))
-    for tile in range(tiles):
-        tag = f" (batch tile {tile})" if tiles > 1 else ""
-        for p in _rec_product(lay, elem, vec, mode, m, SYNCTHREADS_US):
-            phases.append(Phase("phase B " + p.name + tag, p.us, p.why))
-        phases.append(Phase("dh update" + tag, m.l2_us, "read-modify-write of the fp32 dh carry"))
-    return Step(tuple(_merge_tiles(phases, tiles)))
+def backward_step(p: Plan, case: Case, m: Machine = H100) -> Step:
+    phases = [Phase("grid.sync", m.barrier_us)]
+    for q in range(p.passes):
+        label = f"pass {q} " if p.passes > 1 else ""
+        phases += product_phases(p, m, "phase B " + label)
+        phases.append(Phase(f"{label}phase A", PHASE_A_MATH_US[p.cell],
+                            "next step's dgates for these rows; inputs loaded before the MMA"))
+        if q + 1 < p.passes:
+            phases.append(Phase(f"{label}__syncthreads", SYNCTHREADS_US))
+    return Step(tuple(_merge_passes(phases, p.passes)))
 
 
-def _merge_tiles(phases: list[Phase], tiles: int) -> list[Phase]:
-    """Phases of identical batch tiles summed under one name (keeps the printed step readable)."""
-    if tiles <= 1:
+def _merge_passes(phases: list[Phase], passes: int) -> list[Phase]:
+    """Identical passes summed under one name (keeps the printed step readable)."""
+    if passes <= 1:
         return phases
     merged: dict[str, Phase] = {}
-    for p in phases:
-        name = p.name.split(" (batch tile")[0]
+    for ph in phases:
+        name = ph.name
+        for q in range(passes):
+            name = name.replace(f"pass {q} ", "")
         if name in merged:
-            merged[name] = Phase(name, merged[name].us + p.us, merged[name].why)
+            merged[name] = Phase(name, merged[name].us + ph.us, merged[name].why)
         else:
-            merged[name] = Phase(name, p.us, (p.why + f"; x{tiles} batch tiles").strip("; "))
+            merged[name] = Phase(name, ph.us, ph.why + (f" (x{passes} passes)" if ph.why else f"x{passes} passes"))
     return list(merged.values())
 
 
-# Fixed costs of a phase, from the instruction counts of the SASS (a few dozen dependent ALU/MUFU ops).
-SYNCTHREADS_US = 0.02
-CELL_MATH_US = 0.03
+def plans(case: Case, dtype_name: str, m: Machine = H100, tf32: bool = False) -> tuple[Plan, Plan]:
+    return tuple(make_plan(case.cell, bwd, dtype_name, tf32, case.H, case.B, m.n_sm, m.smem_optin_bytes)
+                 for bwd in (False, True))
 
 
-def _fits_h100(case: Case, dtype_name: str, m: Machine) -> str | None:
-    for backward in (False, True):
-        shape = launch_shape(case.cell, backward, dtype_name, case.H)
-        if shape["smem"] > m.smem_optin_bytes or shape["grid"] > m.n_sm:
-            return f"H={case.H} does not fit: grid {shape['grid']}, {shape['smem'] // 1024} KiB per CTA"
-    return None
+def describe(p: Plan) -> str:
+    return (f"{p.grid} CTAs ({p.unit_groups} unit groups x {p.batch_groups} batch groups) x {THREADS} threads, "
+            f"{p.units} units x {p.rows} rows per CTA, {p.passes} pass(es), {p.mode} MMA, {p.smem // 1024} KiB smem")
 
 
 @register("fusedrnn-cuda")
 def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
-    why = _fits_h100(case, dtype_name, m)
-    if why:
-        return why
-    fwd, bwd = forward_step(case, dtype_name, m), backward_step(case, dtype_name, m)
+    fwd_plan, bwd_plan = plans(case, dtype_name, m)
+    for p in (fwd_plan, bwd_plan):
+        if not p.fits(m.n_sm, m.smem_optin_bytes):
+            kind = "backward" if p.backward else "forward"
+            return (f"H={case.H} B={case.B}: the {kind} plan needs {p.grid} CTAs, {p.smem // 1024} KiB and "
+                    f"{p.rows} rows per CTA")
+    fwd, bwd = forward_step(fwd_plan, case, m), backward_step(bwd_plan, case, m)
     gemm_f, gemm_b = 0.0, 0.0
     for layer_input in case.layer_inputs():
         f, b = projection_gemms_us(case, dtype_name, layer_input, m)
         gemm_f, gemm_b = max(gemm_f, f), max(gemm_b, b)
     fwd_ms, fb_ms = whole_call_ms(case, dtype_name, fwd, bwd, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
-    grid = math.ceil(case.H / UNITS)
-    plan = f"{grid} CTAs x {THREADS} threads, {UNITS} units per CTA, W_hh slice in shared memory"
-    return Estimate("fusedrnn-cuda", case.id, dtype_name, plan, fwd, bwd, fwd_ms, fb_ms,
-                    notes="fp32 runs the exact FMA path (TF32 off, torch's default)" if dtype_name == "fp32" else "")
+    notes = ""
+    if dtype_name == "fp32":
+        notes = ("fp32 with TF32 off (torch's default) runs 3xTF32 MMAs (hi·lo + lo·hi + hi·hi: fp32 accuracy); "
+                 "the projection GEMMs are costed at TF32 rate by perf_model")
+    return Estimate("fusedrnn-cuda", case.id, dtype_name,
+                    f"fwd: {describe(fwd_plan)}; bwd: {describe(bwd_plan)}", fwd, bwd, fwd_ms, fb_ms, notes=notes)

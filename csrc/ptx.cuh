@@ -62,14 +62,17 @@ template <> struct Mma<float> {
 // ---------------------------------------------------------------------------------------------
 // cp.async.cg (LDGSTS): 16 bytes global -> shared, asynchronous; `full` false copies nothing and
 // zero-fills the 16 bytes. The data may be read by the issuing thread after cp_async_wait<N>()
-// covers its group, by other threads after that and a barrier.
+// covers its group, by other threads after that and a barrier. The "memory" clobbers keep the
+// compiler from moving shared-memory loads and stores across these (a load of the destination
+// hoisted above the wait would read it before the copy lands).
 // ---------------------------------------------------------------------------------------------
 __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src, bool full) {
 #if defined(FUSEDRNN_EMULATE)
   fusedrnn_emu::cp_async(smem_dst, gmem_src, full ? 16 : 0);
 #else
   const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(full ? 16 : 0));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(gmem_src), "r"(full ? 16 : 0)
+               : "memory");
 #endif
 }
 
@@ -77,7 +80,7 @@ __device__ __forceinline__ void cp_async_commit() {
 #if defined(FUSEDRNN_EMULATE)
   fusedrnn_emu::cp_async_commit();
 #else
-  asm volatile("cp.async.commit_group;\n" ::);
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
 #endif
 }
 
@@ -86,7 +89,7 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 #if defined(FUSEDRNN_EMULATE)
   fusedrnn_emu::cp_async_wait(N);
 #else
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 #endif
 }
 

@@ -1,9 +1,9 @@
 """Builds and loads the CPU emulator of the CUDA kernels (csrc/emu/, see its README).
 
-The emulator module has the same ``rnn_fwd`` / ``rnn_bwd`` / ``launch_shape`` as fusedrnn._C, built
-from the same csrc/ sources with -DFUSEDRNN_EMULATE by the host compiler, and takes CPU tensors.
-``use_emulator(monkeypatch)`` points fusedrnn.cuda_ops at it, so the cuda backend's custom ops and
-autograd run unchanged on the CPU.
+The emulator module has the same ``gru_forward`` ... ``launch_shape`` / ``plan`` functions as
+fusedrnn._C, built from the same csrc/ sources with -DFUSEDRNN_EMULATE by the host compiler, and takes
+CPU tensors. ``use_emulator(monkeypatch)`` points fusedrnn.cuda_ops at it, so the cuda backend's
+custom ops and autograd run unchanged on the CPU.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import shutil
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 SOURCES = [CSRC / "rnn_ops.cpp"]
-SOURCES += [CSRC / "emu" / f for f in ("bindings.cpp", "runtime.cpp", "kernels.cpp", "selftest.cpp")]
+SOURCES += [CSRC / "emu" / f for f in ("bindings.cpp", "runtime.cpp", "selftest.cpp")]
+SOURCES += [CSRC / "emu" / f"kernels_{k}.cpp" for k in ("gru_fwd", "gru_bwd", "lstm_fwd", "lstm_bwd")]
 
 
 def cuda_include_dir() -> pathlib.Path | None:

@@ -175,8 +175,7 @@ bool run(Launch& L) {
           for (int l = 1; l < kWarpLanes; ++l)
             if (!(lanes[l].op == lanes[0].op)) {
               L.error = "block " + std::to_string(t->block) + ", warp " + std::to_string(w) +
-                        ": lanes are in different warp-collective operations, or called one with different "
-                        "pointers/ldm/layout";
+                        ": lanes are in different warp-collective operations (or mma shapes/types)";
               return false;
             }
           for (int l = 0; l < kWarpLanes; ++l) group.push_back(blk + w * kWarpLanes + l);
@@ -355,7 +354,7 @@ float tf32_of(uint32_t word) {
 
 void mma_sync(float* d, const uint32_t* a, const uint32_t* b, MmaType type) {
   void* mine[2] = {const_cast<uint32_t*>(a), const_cast<uint32_t*>(b)};
-  void* const* table = warp_exchange(mine, 2, {10 + (int)type, nullptr, 0, 0});
+  void* const* table = warp_exchange(mine, 2, {10 + (int)type});
   auto A = [&](int row, int k) -> float {
     if (type == MmaType::TF32) {
       const int reg = (row >= 8) + 2 * (k >= 4), lane = (row % 8) * 4 + k % 4;
@@ -381,7 +380,7 @@ void mma_sync(float* d, const uint32_t* a, const uint32_t* b, MmaType type) {
     for (int k = 0; k < K; ++k) s += A(row, k) * B(k, col);
     out[i] = s;
   }
-  warp_sync({20 + (int)type, nullptr, 0, 0});  // every lane has read every other lane's a and b
+  warp_sync({20 + (int)type});  // every lane has read every other lane's a and b
   for (int i = 0; i < 4; ++i) d[i] = out[i];
 }
 
@@ -440,6 +439,7 @@ void set_schedule(Schedule s, uint64_t seed) {
 Stats stats() { return g_stats; }
 void reset_stats() { g_stats = Stats{}; }
 const std::string& last_error() { return g_last_error; }
+void set_last_error(const std::string& what) { g_last_error = what; }
 
 void add_guard(const void* p, size_t bytes, const std::string& name) {
   g_guards.push_back({static_cast<const unsigned char*>(p), bytes, name});
@@ -497,12 +497,46 @@ bool launch(void (*entry)(const void*), const void* params, int grid, int thread
 
 }  // namespace fusedrnn_emu
 
-// The launch entry point rnn_ops.cpp calls, in place of launch.cu's cudaLaunchCooperativeKernel.
+// What rnn_ops.cpp calls in place of launch.cu: the emulated device's limits, its occupancy (one
+// CTA per SM when the plan's shared memory fits) and the cooperative launch.
 namespace fusedrnn {
 
-cudaError_t launch_cooperative(const void* kernel, size_t smem, int grid, void* params, cudaStream_t) {
+namespace {
+int g_num_sms = 132;
+int g_smem_optin = 227 * 1024;
+}  // namespace
+
+cudaError_t device_limits(int* num_sms, int* smem_optin) {
+  *num_sms = g_num_sms;
+  *smem_optin = g_smem_optin;
+  return cudaSuccess;
+}
+
+cudaError_t occupancy(const void*, size_t smem, Occupancy* occ) {
+  occ->num_sms = g_num_sms;
+  occ->max_smem_optin = g_smem_optin;
+  occ->cooperative = true;
+  occ->blocks_per_sm = smem <= (size_t)g_smem_optin ? 1 : 0;
+  return cudaSuccess;
+}
+
+cudaError_t launch_cooperative(const void* kernel, const Plan& plan, void* params, cudaStream_t) {
+  if (plan.grid > g_num_sms || plan.bytes > (size_t)g_smem_optin) {
+    fusedrnn_emu::set_last_error("the grid of " + std::to_string(plan.grid) + " CTAs with " +
+                                 std::to_string(plan.bytes) + " bytes of shared memory each does not fit the " +
+                                 "emulated device (" + std::to_string(g_num_sms) + " SMs, " +
+                                 std::to_string(g_smem_optin) + " bytes)");
+    return cudaErrorCooperativeLaunchTooLarge;
+  }
   auto entry = reinterpret_cast<void (*)(const void*)>(const_cast<void*>(kernel));
-  return fusedrnn_emu::launch(entry, params, grid, kThreads, smem) ? cudaSuccess : cudaErrorLaunchFailure;
+  return fusedrnn_emu::launch(entry, params, plan.grid, kThreads, plan.bytes) ? cudaSuccess : cudaErrorLaunchFailure;
 }
 
 }  // namespace fusedrnn
+
+namespace fusedrnn_emu {
+void set_device(int num_sms, int smem_optin) {
+  fusedrnn::g_num_sms = num_sms;
+  fusedrnn::g_smem_optin = smem_optin;
+}
+}  // namespace fusedrnn_emu

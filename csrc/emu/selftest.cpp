@@ -1,4 +1,4 @@
-// Small kernels that show the emulator's checks work (tests/test_cuda_emu.py::test_emulator_*):
+// Small kernels that show the emulator's checks work (tests/test_cuda_emulator.py):
 // each one is correct or breaks exactly one rule, and the test asserts that the emulator notices.
 // Written in CUDA style like csrc/rnn_kernels.cuh, but compiled only into the emulator module.
 #include <torch/extension.h>
@@ -14,7 +14,6 @@
 namespace fusedrnn_emu {
 namespace {
 
-namespace wmma = nvcuda::wmma;
 namespace cg = cooperative_groups;
 
 struct Args {
@@ -50,20 +49,6 @@ void global_oob_kernel(const void* p) {
   if (threadIdx.x == 0) a.out[a.n - 1 + a.variant] = 1.f;
 }
 
-// Lanes of warp 0 call load_matrix_sync with different pointers (variant 1: lane 5 uses another row).
-void warp_args_kernel(const void* p) {
-  const Args& a = *static_cast<const Args*>(p);
-  auto* s = reinterpret_cast<__half*>(dynamic_smem());
-  for (int i = threadIdx.x; i < 512; i += kThreads) s[i] = __float2half_rn(a.in[i]);
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
-    const int row = (a.variant == 1 && threadIdx.x == 5) ? 16 : 0;
-    wmma::load_matrix_sync(fa, s + row * 16, 16);
-    a.out[threadIdx.x] = __half2float(fa.x[0]);
-  }
-}
-
 // Threads of one CTA meet at two different __syncthreads() calls (variant 1: even and odd threads).
 void barrier_sites_kernel(const void* p) {
   const Args& a = *static_cast<const Args*>(p);
@@ -93,31 +78,12 @@ void grid_barrier_kernel(const void* p) {
   a.out[blockIdx.x * kThreads + threadIdx.x] = 1.f;
 }
 
-// One warp: D (16x16, row-major) = A (16x16 row-major, in[0:256]) * B (16x16, in[256:512], stored
-// column-major: B[k][n] = in[256 + n*16 + k]) with fp16 operands. Variant 1: a misaligned pointer;
-// variant 2: no __syncthreads() between filling shared memory and the warp's loads from it.
-void wmma_kernel(const void* p) {
-  const Args& a = *static_cast<const Args*>(p);
-  auto* s = reinterpret_cast<__half*>(dynamic_smem());
-  const int t = threadIdx.x;
-  for (int i = t; i < 512; i += kThreads) s[i] = __float2half_rn(a.in[i]);
-  if (a.variant != 2) __syncthreads();
-  if (t < 32) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
-    wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
-    wmma::fill_fragment(fc, 0.f);
-    wmma::load_matrix_sync(fa, s + (a.variant == 1 ? 8 : 0), 16);
-    wmma::load_matrix_sync(fb, s + 256, 16);
-    wmma::mma_sync(fc, fa, fb, fc);
-    wmma::store_matrix_sync(a.out, fc, 16, wmma::mem_row_major);
-  }
-}
 
 // One warp computes D (16x8) = A·B with mma.sync, the fragments packed from `in` by the PTX ISA's
 // layout: A = in[0:256] as 16x16 (16-bit; tf32: in[0:128] as 16x8), B = in[256:384] as 16x8 (tf32:
 // in[256:320] as 8x8), both row-major; a.n selects 0 f16, 1 bf16, 2 tf32. Variant 1 packs B with
-// its row and column swapped (a layout bug); variant 2: lane 7 skips the mma.
+// its row and column swapped (a layout bug); variant 2: lane 7 skips the mma; variant 3: lane 5
+// calls the bf16 shape while the others call f16 (lanes disagreeing on the operation).
 template <typename T> uint32_t pack2(float lo, float hi);
 template <> uint32_t pack2<__half>(float lo, float hi) {
   const __half l = __float2half_rn(lo), h = __float2half_rn(hi);
@@ -158,7 +124,11 @@ void mma_warp(const Args& a) {
     }
   }
   float d[4] = {0.f, 0.f, 0.f, 0.f};
-  if (!(a.variant == 2 && lane == 7)) fusedrnn::Mma<T>::run(d, ar[0], ar[1], ar[2], ar[3], br[0], br[1]);
+  if (a.variant == 3 && lane == 5) {
+    fusedrnn::Mma<__nv_bfloat16>::run(d, ar[0], ar[1], ar[2], ar[3], br[0], br[1]);
+  } else if (!(a.variant == 2 && lane == 7)) {
+    fusedrnn::Mma<T>::run(d, ar[0], ar[1], ar[2], ar[3], br[0], br[1]);
+  }
   for (int i = 0; i < 4; ++i) a.out[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)] = d[i];
 }
 
@@ -242,16 +212,12 @@ torch::Tensor selftest(const std::string& name, int64_t variant, const torch::Te
     add_guard(storage.data_ptr<float>(), 64 * sizeof(float), "selftest (before)");
     add_guard(storage.data_ptr<float>() + 128, 64 * sizeof(float), "selftest (after)");
     entry = global_oob_kernel, a.n = 64, out = storage.narrow(0, 64, 64);
-  } else if (name == "warp_args") {
-    entry = warp_args_kernel, smem = 512 * sizeof(__half), out = torch::zeros({32});
   } else if (name == "barrier_sites") {
     entry = barrier_sites_kernel, out = torch::zeros({kThreads});
   } else if (name == "divergent_barrier") {
     entry = divergent_barrier_kernel, grid = 2, out = torch::zeros({2 * kThreads});
   } else if (name == "grid_barrier") {
     entry = grid_barrier_kernel, grid = 3, a.n = 3, out = torch::zeros({3 * kThreads});
-  } else if (name == "wmma") {
-    entry = wmma_kernel, smem = 512 * sizeof(__half) + 64, out = torch::zeros({16, 16});
   } else if (name == "mma_f16" || name == "mma_bf16" || name == "mma_tf32") {
     a.n = name == "mma_f16" ? 0 : name == "mma_bf16" ? 1 : 2;
     TORCH_CHECK(in.numel() >= 384, "mma self-test: 384 inputs");
