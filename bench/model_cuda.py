@@ -39,7 +39,8 @@ THREADS = 256
 WARPS = THREADS // 32
 PASS_ROWS = 16
 MAX_ROWS = 64  # batch rows per CTA at most (kMaxRows)
-STAGES = 8  # cp.async ring depth per lane, in K blocks (kStages)
+STAGES = 8  # cp.async ring depth per lane at most, in K blocks (kStages)
+IN_FLIGHT_BYTES = 24 * 1024  # the least a CTA keeps in flight when shared memory is short (kInFlightBytes)
 FWD_UNITS = 16
 W_WORDS = 8  # W_hh words per (block, m-tile, lane) (kWWords)
 MODES = ("half", "tf32", "tf32x3")
@@ -53,13 +54,15 @@ def _round_up(x: int, m: int) -> int:
     return _ceil_div(x, m) * m
 
 
-def w_regs(mode: str) -> int:
+def w_regs(mode: str, mtiles: int) -> int:
     """Registers per thread for W_hh fragments (w_regs in csrc/rnn_launch.h)."""
-    return 24 if mode == "tf32x3" else 96
+    if mode == "tf32x3":
+        return 24 if mtiles >= 3 else 48
+    return 96
 
 
 def reg_block_capacity(mode: str, mtiles: int) -> int:
-    return w_regs(mode) // (mtiles * W_WORDS)
+    return w_regs(mode, mtiles) // (mtiles * W_WORDS)
 
 
 @dataclass(frozen=True)
@@ -94,7 +97,7 @@ class Plan:
 
 
 def plan_for_units(cell: str, backward: bool, dtype_name: str, tf32: bool, H: int, B: int, units: int,
-                   num_sms: int) -> Plan:
+                   num_sms: int, smem_optin: int) -> Plan:
     elem = elem_bytes(dtype_name)
     mode = "half" if elem == 2 else ("tf32" if tf32 else "tf32x3")
     ng = 3 if cell == "gru" else 4
@@ -113,25 +116,32 @@ def plan_for_units(cell: str, backward: bool, dtype_name: str, tf32: bool, H: in
     smem_blocks = bpw - reg_blocks
     pass_ntiles = 2 if rows >= PASS_ROWS else 1
     states = 2 if cell == "lstm" else 1
-    stage_off = _round_up(WARPS * smem_blocks * mtiles * W_WORDS * 32 * 4, 128)
-    stage_slots = min(bpw, STAGES)
-    part_off = _round_up(stage_off + WARPS * stage_slots * pass_ntiles * 32 * 16, 128)
-    state_off = _round_up(part_off + WARPS * mtiles * 2 * 32 * 16, 128)
-    len_off = _round_up(state_off + states * MAX_ROWS * units * 4, 128)
-    smem = _round_up(len_off + MAX_ROWS * 4, 128)
+
+    def smem_for(slots: int) -> int:
+        stage_off = _round_up(WARPS * smem_blocks * mtiles * W_WORDS * 32 * 4, 128)
+        part_off = _round_up(stage_off + WARPS * slots * pass_ntiles * 32 * 16, 128)
+        state_off = _round_up(part_off + WARPS * mtiles * 2 * 32 * 16, 128)
+        len_off = _round_up(state_off + states * MAX_ROWS * units * 4, 128)
+        return _round_up(len_off + MAX_ROWS * 4, 128)
+
+    most = min(bpw, STAGES)
+    least = min(most, _ceil_div(IN_FLIGHT_BYTES, WARPS * pass_ntiles * 32 * 16))
+    slots = most
+    while smem_for(slots) > smem_optin and slots > least:
+        slots -= 1
     return Plan(cell, backward, mode, elem, H, B, K, units, mtiles, n_ug, n_bg, n_ug * n_bg, rows,
-                _ceil_div(rows, PASS_ROWS), pass_ntiles, kblock, nblocks, bpw, reg_blocks, smem_blocks, stage_slots,
-                smem)
+                _ceil_div(rows, PASS_ROWS), pass_ntiles, kblock, nblocks, bpw, reg_blocks, smem_blocks, slots,
+                smem_for(slots))
 
 
 def make_plan(cell: str, backward: bool, dtype_name: str, tf32: bool, H: int, B: int, num_sms: int,
               smem_optin: int) -> Plan:
     """The plan the launch uses (make_plan in csrc/rnn_launch.h)."""
     if backward and B > 8:
-        wide = plan_for_units(cell, backward, dtype_name, tf32, H, B, 32, num_sms)
+        wide = plan_for_units(cell, backward, dtype_name, tf32, H, B, 32, num_sms, smem_optin)
         if wide.fits(num_sms, smem_optin):
             return wide
-    return plan_for_units(cell, backward, dtype_name, tf32, H, B, 16 if backward else FWD_UNITS, num_sms)
+    return plan_for_units(cell, backward, dtype_name, tf32, H, B, 16 if backward else FWD_UNITS, num_sms, smem_optin)
 
 
 # --- the step, phase by phase ----------------------------------------------------------------------

@@ -6,7 +6,7 @@
 //   A: the CTA's W_hh slice, on chip for the whole sequence in MMA fragment order (each warp's first
 //      blocks in registers, the rest in shared memory);
 //   B: the exchanged operand rows (forward h_prev = hist[t], backward dgates[t]): every lane stages
-//      with cp.async exactly the 16 bytes it later feeds the MMA, through a ring of kStages blocks, so
+//      with cp.async exactly the 16 bytes it later feeds the MMA, through a ring of up to 8 blocks, so
 //      staging needs no CTA barrier;
 //   the 8 warps split K; their fp32 partial sums meet in shared memory behind one __syncthreads.
 // Forward step:  stage hist[t] | MMA | partial sums | cell math in fp32 (inputs loaded a pass ahead)
@@ -237,7 +237,7 @@ struct RecProduct {
 
   // One lane's cp.async copy of its operand pieces of block i (for each n-tile: the 16 bytes of row
   // row_base + nt*8 + g at K offset kb*kblock + t*EPP, zero-filled past K and past nrows) into ring
-  // slot i % kStages. Without 16-byte alignment (K or the row stride not a multiple of EPP) the
+  // slot i % stage_slots. Without 16-byte alignment (K or the row stride not a multiple of EPP) the
   // pieces are loaded element by element instead.
   struct Source {
     const T* base;  // row 0 of the operand (hist[t] or dgh[t])
@@ -251,7 +251,7 @@ struct RecProduct {
     for (int nt = 0; nt < 2; ++nt) {
       if (nt >= P.pass_ntiles) continue;
       const int r = nt * 8 + g;
-      uint4* dst = stage_smem + ((warp * P.stage_slots + i % kStages) * P.pass_ntiles + nt) * 32 + lane;
+      uint4* dst = stage_smem + ((warp * P.stage_slots + i % P.stage_slots) * P.pass_ntiles + nt) * 32 + lane;
       const bool row_ok = r < src.nrows;
       const T* row = src.base + (size_t)(src.row_base + (row_ok ? r : 0)) * src.ld;
       if (src.vec_ok) {
@@ -268,12 +268,12 @@ struct RecProduct {
   }
 
   // acc += block i's product: B for each n-tile from its ring slot, then A of each m-tile against
-  // them; then the slot takes block i + kStages (issued after the MMAs have read it: a lane reuses
+  // them; then the slot takes block i + stage_slots (issued after the MMAs have read it: a lane reuses
   // only its own slots, so no barrier is needed).
   __device__ static void block_product(float (&acc)[MT][2][4], const uint4 (&a)[MT][2], uint4* stage_smem,
                                        const Source& src, int i, const Plan& P) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const uint4* slot = stage_smem + (warp * P.stage_slots + i % kStages) * P.pass_ntiles * 32 + lane;
+    const uint4* slot = stage_smem + (warp * P.stage_slots + i % P.stage_slots) * P.pass_ntiles * 32 + lane;
     if constexpr (MODE == kTf32x3) {  // one n-tile's B (hi + lo) live at a time: fewer registers
 #pragma unroll
       for (int nt = 0; nt < 2; ++nt) {
@@ -295,12 +295,33 @@ struct RecProduct {
           if (nt == 0 || nt < P.pass_ntiles) mma(acc[mt][nt], af, b[nt]);
       }
     }
-    if (i + kStages < P.blocks_per_warp) issue(stage_smem, src, i + kStages, P);
-    cp_async_commit();  // one group per block (empty past the last), so the wait count stays kStages - 1
+    if (i + P.stage_slots < P.blocks_per_warp) issue(stage_smem, src, i + P.stage_slots, P);
+    cp_async_commit();  // one group per block (empty past the last): see wait_for()
   }
 
-  // One pass's product over this warp's blocks: a ring of kStages blocks in flight per lane, block i
-  // computed once its own copy has landed. Blocks 0..RB-1 take A from registers, the rest from w_smem.
+  // Waits for block i's copy. The prologue commits kStages groups (blocks 0 .. slots-1, then empty
+  // ones) and every block one more, so when block i is due, kStages - 1 later groups may still be in
+  // flight for i < slots, and slots - 1 for the blocks issued from the ring.
+  __device__ static void wait_for(int i, const Plan& P) {
+    if (i < P.stage_slots) {
+      cp_async_wait<kStages - 1>();
+    } else {
+      switch (P.stage_slots - 1) {
+        case 0: cp_async_wait<0>(); break;
+        case 1: cp_async_wait<1>(); break;
+        case 2: cp_async_wait<2>(); break;
+        case 3: cp_async_wait<3>(); break;
+        case 4: cp_async_wait<4>(); break;
+        case 5: cp_async_wait<5>(); break;
+        case 6: cp_async_wait<6>(); break;
+        default: cp_async_wait<kStages - 1>(); break;
+      }
+    }
+  }
+
+  // One pass's product over this warp's blocks: a ring of stage_slots blocks in flight per lane,
+  // block i computed once its own copy has landed. Blocks 0..RB-1 take A from registers, the rest from
+  // w_smem.
   __device__ void run(float (&acc)[MT][2][4], uint4* stage_smem, const Source& src, const uint4* w_smem,
                       const Plan& P) const {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -311,13 +332,13 @@ struct RecProduct {
 #pragma unroll
         for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0.f;
     static_for<kStages>([&](auto j) {
-      if (j.value < P.blocks_per_warp) issue(stage_smem, src, j.value, P);
+      if (j.value < P.stage_slots) issue(stage_smem, src, j.value, P);
       cp_async_commit();
     });
     static_for<RB>([&](auto ic) {
       constexpr int i = decltype(ic)::value;
       if (i > 0 && i >= P.blocks_per_warp) return;  // every warp has block 0 (zero past K): its MMAs always run
-      cp_async_wait<kStages - 1>();  // block i's group is complete; the kStages - 1 later ones may fly
+      wait_for(i, P);
       block_product(acc, w[i], stage_smem, src, i, P);
     });
     auto smem_block = [&](int i) {
@@ -327,7 +348,7 @@ struct RecProduct {
 #pragma unroll
         for (int half = 0; half < 2; ++half)
           a[mt][half] = w_smem[(((warp * P.smem_blocks + (i - RB)) * MT + mt) * 2 + half) * 32 + lane];
-      cp_async_wait<kStages - 1>();
+      wait_for(i, P);
       block_product(acc, a, stage_smem, src, i, P);
     };
     if constexpr (RB == 0) {  // every warp has block 0: at least one iteration, so its MMAs always run

@@ -36,15 +36,17 @@ constexpr int kPassRows = 16;  // batch rows per pass through the recurrent prod
 // built for them.
 constexpr int kMaxRows = 64;
 // K blocks each lane keeps in flight through its cp.async ring (a pass with more blocks per warp
-// reuses the slots): 8 warps x 8 blocks x 512 bytes per n-tile covers the L2 round trip at the SM's
-// fill rate (~22 KB in flight at 64 B/clk x 350 clk).
+// reuses the slots): at most kStages, fewer when shared memory is short, but at least enough that the
+// CTA has kInFlightBytes in flight (the L2 round trip at the SM's fill rate, 64 B/clk x ~350 clk).
 constexpr int kStages = 8;
+constexpr int kInFlightBytes = 24 * 1024;
 constexpr int kFwdUnits = 16;  // hidden units per CTA in the forward: m-tile g holds gate g of the 16 units
 // Registers per thread for W_hh fragments held for the whole sequence; the rest of the CTA's slice
-// is in shared memory. 96 (24 for kTf32x3, which splits operands into hi + lo registers where the
-// MMAs read them, and whose MMAs take longer than reading W from shared memory) keeps every kernel
-// below 255 registers with no spills on sm_80 and sm_90 (ptxas report, tests/test_cuda_codegen.py).
-FUSEDRNN_HD constexpr int w_regs(int mode) { return mode == 2 ? 24 : 96; }
+// is in shared memory. 96, and for kTf32x3 (which splits operands into hi + lo registers where the
+// MMAs read them, and whose MMAs take longer than reading W from shared memory) 48 at 1-2 m-tiles,
+// 24 at 3-4: every kernel stays below 255 registers with no spills on sm_80 and sm_90 (ptxas report,
+// tests/test_cuda_codegen.py).
+FUSEDRNN_HD constexpr int w_regs(int mode, int mtiles) { return mode == 2 ? (mtiles >= 3 ? 24 : 48) : 96; }
 
 FUSEDRNN_HD constexpr int n_gates(int cell) { return cell == 0 ? 3 : 4; }
 // fp32 values saved per (t, b, unit) for the backward: GRU r,z,n,(W_hn h+b_hn); LSTM i,f,g,o,c_prev.
@@ -55,7 +57,7 @@ FUSEDRNN_HD constexpr size_t round_up_sz(size_t x, size_t m) { return (x + m - 1
 // W_hh words per (block, m-tile, lane): two 16-byte pieces (rows g and g+8 of the m-tile).
 constexpr int kWWords = 8;
 // K blocks (16 bytes per lane and row) of a warp that an instantiation keeps in registers.
-FUSEDRNN_HD constexpr int reg_block_capacity(int mode, int mtiles) { return w_regs(mode) / (mtiles * kWWords); }
+FUSEDRNN_HD constexpr int reg_block_capacity(int mode, int mtiles) { return w_regs(mode, mtiles) / (mtiles * kWWords); }
 
 // The launch plan of one kernel for one problem.
 //
@@ -79,18 +81,31 @@ struct Plan {
   int blocks_per_warp;
   int reg_blocks;   // blocks per warp whose A fragments live in registers
   int smem_blocks;  // the warp's other blocks: A fragments in shared memory
-  int stage_slots;  // ring slots per warp: min(blocks_per_warp, kStages)
+  int stage_slots;  // ring slots per lane (and warp): blocks in flight, <= min(blocks_per_warp, kStages)
   size_t w_off, stage_off, part_off, state_off, len_off, bytes;  // shared-memory layout (bytes)
 };
 
 FUSEDRNN_HD inline int math_mode(DType d, bool tf32) { return d == DType::F32 ? (tf32 ? kTf32 : kTf32x3) : kHalf; }
 FUSEDRNN_HD inline int elem_bytes(DType d) { return d == DType::F32 ? 4 : 2; }
 
+// The shared-memory layout for `slots` ring slots per lane.
+FUSEDRNN_HD inline void lay_out(Plan& p, int slots) {
+  const int states = p.cell == 1 ? 2 : 1;  // h (dh), and c (dc) for the LSTM
+  p.stage_slots = slots;
+  p.w_off = 0;
+  p.stage_off = round_up_sz((size_t)kWarps * p.smem_blocks * p.mtiles * kWWords * 32 * 4, 128);
+  p.part_off = round_up_sz(p.stage_off + (size_t)kWarps * slots * p.pass_ntiles * 32 * 16, 128);
+  p.state_off = round_up_sz(p.part_off + (size_t)kWarps * p.mtiles * 2 * 32 * 16, 128);
+  p.len_off = round_up_sz(p.state_off + (size_t)states * kMaxRows * p.units * 4, 128);
+  p.bytes = round_up_sz(p.len_off + (size_t)kMaxRows * 4, 128);
+}
+
 // The plan for `units` hidden units per CTA. Batch groups fill the SMs the unit groups leave free
 // (fewer rows per CTA: less of the operand to pull and a shorter product per step), each at least
-// 8 rows (one MMA n-tile).
+// 8 rows (one MMA n-tile). The ring takes kStages slots, fewer (down to kInFlightBytes in flight)
+// when the layout would not fit in smem_optin.
 FUSEDRNN_HD inline Plan plan_for_units(Cell cell, bool backward, DType dtype, bool tf32, int H, int B, int units,
-                                       int num_sms) {
+                                       int num_sms, size_t smem_optin) {
   Plan p{};
   p.cell = (int)cell;
   p.backward = backward;
@@ -117,14 +132,12 @@ FUSEDRNN_HD inline Plan plan_for_units(Cell cell, bool backward, DType dtype, bo
   const int cap = reg_block_capacity(p.mode, p.mtiles);
   p.reg_blocks = p.blocks_per_warp < cap ? p.blocks_per_warp : cap;
   p.smem_blocks = p.blocks_per_warp - p.reg_blocks;
-  p.stage_slots = p.blocks_per_warp < kStages ? p.blocks_per_warp : kStages;
-  const int states = p.cell == 1 ? 2 : 1;  // h (dh), and c (dc) for the LSTM
-  p.w_off = 0;
-  p.stage_off = round_up_sz((size_t)kWarps * p.smem_blocks * p.mtiles * kWWords * 32 * 4, 128);
-  p.part_off = round_up_sz(p.stage_off + (size_t)kWarps * p.stage_slots * p.pass_ntiles * 32 * 16, 128);
-  p.state_off = round_up_sz(p.part_off + (size_t)kWarps * p.mtiles * 2 * 32 * 16, 128);
-  p.len_off = round_up_sz(p.state_off + (size_t)states * kMaxRows * units * 4, 128);
-  p.bytes = round_up_sz(p.len_off + (size_t)kMaxRows * 4, 128);
+  const int most = p.blocks_per_warp < kStages ? p.blocks_per_warp : kStages;
+  const int enough = ceil_div(kInFlightBytes, kWarps * p.pass_ntiles * 32 * 16);
+  const int least = most < enough ? most : enough;
+  int slots = most;
+  lay_out(p, slots);
+  while (p.bytes > smem_optin && slots > least) lay_out(p, --slots);
   return p;
 }
 
@@ -138,10 +151,10 @@ FUSEDRNN_HD inline bool plan_fits(const Plan& p, int num_sms, size_t smem_optin)
 FUSEDRNN_HD inline Plan make_plan(Cell cell, bool backward, DType dtype, bool tf32, int H, int B, int num_sms,
                                   size_t smem_optin) {
   if (backward && B > 8) {
-    const Plan wide = plan_for_units(cell, backward, dtype, tf32, H, B, 32, num_sms);
+    const Plan wide = plan_for_units(cell, backward, dtype, tf32, H, B, 32, num_sms, smem_optin);
     if (plan_fits(wide, num_sms, smem_optin)) return wide;
   }
-  return plan_for_units(cell, backward, dtype, tf32, H, B, backward ? 16 : kFwdUnits, num_sms);
+  return plan_for_units(cell, backward, dtype, tf32, H, B, backward ? 16 : kFwdUnits, num_sms, smem_optin);
 }
 
 // Pointers are to contiguous tensors; "scalar" means the input dtype (fp16, bf16 or fp32).

@@ -163,12 +163,12 @@ def test_declared_limits_on_h100_and_a100(capsys):
         for k, v in table.items():
             print(f"  max H {k}: {v}")
     assert table == {
-        ("H100", "gru", "bfloat16", False): 2112, ("H100", "gru", "float32", True): 1152,
-        ("H100", "gru", "float32", False): 896, ("H100", "lstm", "bfloat16", False): 1792,
-        ("H100", "lstm", "float32", True): 896, ("H100", "lstm", "float32", False): 640,
-        ("A100", "gru", "bfloat16", False): 1728, ("A100", "gru", "float32", True): 896,
-        ("A100", "gru", "float32", False): 640, ("A100", "lstm", "bfloat16", False): 1280,
-        ("A100", "lstm", "float32", True): 640, ("A100", "lstm", "float32", False): 384,
+        ("H100", "gru", "bfloat16", False): 2112, ("H100", "gru", "float32", True): 1408,
+        ("H100", "gru", "float32", False): 1024, ("H100", "lstm", "bfloat16", False): 2048,
+        ("H100", "lstm", "float32", True): 1024, ("H100", "lstm", "float32", False): 640,
+        ("A100", "gru", "bfloat16", False): 1728, ("A100", "gru", "float32", True): 1024,
+        ("A100", "gru", "float32", False): 640, ("A100", "lstm", "bfloat16", False): 1536,
+        ("A100", "lstm", "float32", True): 768, ("A100", "lstm", "float32", False): 384,
     }
 
 

@@ -13,7 +13,6 @@ within K_LOWP x the error of torch's own op at that precision).
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass
 
@@ -210,12 +209,15 @@ def test_low_precision_within_torch_error(ex, cell, dtype, case):
     assert_lowp_within_baselines(cell, got, d, lens, case.reverse, dtype)
 
 
+TF32_SHAPES = [(6, 5, 48), (2, 9, 400)]  # (T, B, H); H=400: W_hh blocks in shared memory both ways
+
+
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("B,H", [(5, 48), (17, 100)])
-def test_tf32_path(ex, cell, B, H):
+@pytest.mark.parametrize("T,B,H", TF32_SHAPES)
+def test_tf32_path(ex, cell, T, B, H):
     """fp32 with TF32 allowed: one TF32 MMA per k-step. Within TF32's error, and really a different
     path from the exact one."""
-    d, lens = ex.inputs(cell, 6, B, 12, H, torch.float32, residual=True, lengths=True, seed=3)
+    d, lens = ex.inputs(cell, T, B, 12, H, torch.float32, residual=True, lengths=True, seed=3)
     want = run_cell_with_grads(cell, _ref(cell), d, lens, False)
     exact = run_cell_with_grads(cell, ex.call(cell), d, lens, False)
     ex.tf32(True)
@@ -243,13 +245,17 @@ def test_final_state_grads_only_with_lengths(ex, cell, reverse):
     assert_fp32_close(got, want, f"{cell} reverse={reverse}")
 
 
+SMALL_SMEM = 96 * 1024  # the emulated device for the limit test: its limit is shared memory at a modest H
+
+
 def _largest_hidden(ex, cell, dtype_name):
     """The largest H whose launches fit ex's device for every batch the kernels take."""
     if ex.emu is None:
         return cuda_ops.max_hidden_size(cell, getattr(torch, dtype_name), False, ex.device.index)
 
     def fits(H):
-        return all(ex.emu.launch_shape(cell, bwd, dtype_name, False, H, 64, *H100)["fits"] for bwd in (False, True))
+        return all(ex.emu.launch_shape(cell, bwd, dtype_name, False, H, 64, H100[0], SMALL_SMEM)["fits"]
+                   for bwd in (False, True))
 
     lo, hi = 16, 16 * H100[0]
     while lo < hi:
@@ -260,16 +266,17 @@ def _largest_hidden(ex, cell, dtype_name):
 
 @pytest.mark.parametrize("cell", CELLS)
 def test_hidden_size_at_the_limit(ex, cell):
-    """The largest H the device takes (H100 bf16: GRU 2112, 132 unit groups; LSTM 1792, the shared
-    memory binds), with lengths, reverse and residual and 16 rows per CTA (the largest staging):
-    W_hh blocks in shared memory, a cp.async ring longer than its depth; one more unit is refused."""
+    """The largest H the device takes (the emulator: 132 SMs with 96 KiB, so that shared memory binds
+    at a size it runs quickly; a GPU: its own), bf16, with lengths, reverse and residual and 16 rows
+    per CTA (B=17): W_hh blocks in shared memory, a shortened staging ring that wraps (the
+    plan-coverage test below checks these shapes); one more unit is refused."""
     H = _largest_hidden(ex, cell, "bfloat16")
     if ex.emu is not None:
-        assert H == {"gru": 2112, "lstm": 1792}[cell]  # csrc/README.md's table
-    d, lens = ex.inputs(cell, 2, 16, 8, H, torch.float64, residual=True, lengths=True, seed=1)
+        ex.emu.set_device(H100[0], SMALL_SMEM)
+    d, lens = ex.inputs(cell, 1, 17, 8, H, torch.float64, residual=True, lengths=True, seed=1)
     got = run_cell_with_grads(cell, ex.call(cell), d, lens, True, dtype=torch.bfloat16)
     assert_lowp_within_baselines(cell, got, d, lens, True, torch.bfloat16)
-    bigger, _ = ex.inputs(cell, 2, 16, 8, H + 1, torch.bfloat16, seed=1)
+    bigger, _ = ex.inputs(cell, 1, 64, 8, H + 1, torch.bfloat16, seed=1)
     with pytest.raises(RuntimeError, match="does not fit|cannot be launched|not co-resident"):
         run_cell_with_grads(cell, ex.call(cell), bigger, None, False)
 
@@ -463,24 +470,29 @@ def test_outputs_fully_written(emu):
 
 
 def test_case_table_covers_every_plan_shape(emu):
-    """The cases above exercise every shape the launch plan takes on the emulated device: batch
+    """The tests above, with the dtypes they run, exercise every shape the launch plan takes: batch
     groups, 1 and 2 n-tiles per pass, several passes, 16 and 32 units per CTA in the backward,
-    W_hh blocks in shared memory in each math mode, element-wise staging."""
+    W_hh blocks in shared memory in each math mode, a staging ring that wraps, element-wise staging."""
+    exact_and_16bit = [("bfloat16", False), ("float32", False)]
+    runs = [((c.H, c.B, c.sms or H100[0], H100[1]), cell, m) for c in CASES for cell in CELLS for m in exact_and_16bit]
+    runs += [((H, B, *H100), cell, m) for _, B, H in TF32_SHAPES for cell in CELLS
+             for m in [("float32", True), ("float32", False)]]
+    runs += [((_largest_hidden(emu, cell, "bfloat16"), 17, H100[0], SMALL_SMEM), cell, ("bfloat16", False))
+             for cell in CELLS]
     seen = set()
-    for case, cell, (dtype, tf32) in itertools.product(
-            CASES + [Case(2, 16, 8, 2112), Case(2, 16, 8, 1792)], CELLS,
-            [("bfloat16", False), ("float32", False), ("float32", True)]):
+    for (H, B, sms, smem), cell, (dtype, tf32) in runs:
         for bwd in (False, True):
-            p = emu.ext.launch_shape(cell, bwd, dtype, tf32, case.H, case.B, case.sms or H100[0], H100[1])
+            p = emu.ext.launch_shape(cell, bwd, dtype, tf32, H, B, sms, smem)
             if not p["fits"]:
                 continue
-            K = (3 if cell == "gru" else 4) * case.H if bwd else case.H
+            K = (3 if cell == "gru" else 4) * H if bwd else H
             seen |= {("batch groups",) if p["batch_groups"] > 1 else (), ("passes",) if p["passes"] > 1 else (),
                      ("ntiles", p["pass_ntiles"]), ("units", bwd, p["units"]),
                      ("smem blocks", bwd, p["mode"]) if p["smem_blocks"] > 0 else (),
+                     ("ring wraps",) if p["blocks_per_warp"] > p["stage_slots"] else (),
                      ("element-wise staging",) if K % (16 // (4 if dtype == "float32" else 2)) else ()}
     want = {("batch groups",), ("passes",), ("ntiles", 1), ("ntiles", 2), ("units", False, 16), ("units", True, 16),
-            ("units", True, 32), ("element-wise staging",)}
+            ("units", True, 32), ("ring wraps",), ("element-wise staging",)}
     want |= {("smem blocks", bwd, mode) for bwd in (False, True) for mode in ("half", "tf32", "tf32x3")}
     assert want <= seen, sorted(want - seen)
 
