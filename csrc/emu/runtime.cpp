@@ -1,8 +1,16 @@
 // The emulator's scheduler: runs a cooperative launch of a csrc/ kernel on the CPU, one coroutine
-// (ucontext) per CUDA thread, all on the calling OS thread. See cuda_emu.h for the model.
+// per CUDA thread, all on the calling OS thread. See cuda_emu.h for the model.
 #include "runtime.h"
 
+// A coroutine switch is a stack switch. On x86-64 it is six pushes, a stack-pointer swap and six
+// pops (the System V callee-saved registers; the emulated kernels leave the floating-point control
+// state alone, so it is not saved). Elsewhere it is swapcontext, which also saves the signal mask
+// with a system call per switch: the emulator switches tens of millions of times per test run.
+#if defined(__x86_64__) && !defined(FUSEDRNN_EMU_UCONTEXT)
+#define FUSEDRNN_EMU_ASM_SWITCH 1
+#else
 #include <ucontext.h>
+#endif
 
 #include <algorithm>
 #include <cfloat>
@@ -39,8 +47,43 @@ struct AsyncCopy {
   unsigned char snapshot[16];
 };
 
+#if FUSEDRNN_EMU_ASM_SWITCH
+// Saves the callee-saved registers on the current stack, stores the stack pointer in *save, switches
+// to the stack `next` (saved by an earlier switch, or built by start_stack) and returns on it.
+extern "C" void fusedrnn_emu_switch(void** save, void* next);
+asm(R"(
+  .text
+  .p2align 4
+  .globl fusedrnn_emu_switch
+  .hidden fusedrnn_emu_switch
+  .type fusedrnn_emu_switch, @function
+fusedrnn_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size fusedrnn_emu_switch, .-fusedrnn_emu_switch
+)");
+struct Context {
+  void* sp = nullptr;
+};
+#else
+using Context = ucontext_t;
+#endif
+
 struct Thread {
-  ucontext_t ctx;
+  Context ctx;
   St st = St::Ready;
   int block = 0, tid = 0;
   const char* site_file = nullptr;  // the __syncthreads() / grid.sync() it waits at
@@ -60,7 +103,7 @@ struct Launch {
   std::vector<unsigned char> smem_mem;
   unsigned char* smem_base = nullptr;  // 128-byte aligned start of block 0's region
   std::vector<void*> exchange;  // (block, warp, lane, slot)
-  ucontext_t sched;
+  Context sched;
   Thread* cur = nullptr;
   std::string error;
 };
@@ -82,17 +125,59 @@ bool same_site(const Thread& a, const Thread& b) {
   return a.site_line == b.site_line && std::strcmp(a.site_file, b.site_file) == 0;
 }
 
+// From a thread to the scheduler, and from the scheduler into a thread.
+void to_scheduler(Launch& L) {
+#if FUSEDRNN_EMU_ASM_SWITCH
+  fusedrnn_emu_switch(&L.cur->ctx.sp, L.sched.sp);
+#else
+  swapcontext(&L.cur->ctx, &L.sched);
+#endif
+}
+void to_thread(Launch& L, Thread* t) {
+#if FUSEDRNN_EMU_ASM_SWITCH
+  fusedrnn_emu_switch(&L.sched.sp, t->ctx.sp);
+#else
+  swapcontext(&L.sched, &t->ctx);
+#endif
+}
+
 void yield(St st) {
   Launch& L = *g_launch;
   L.cur->st = st;
-  swapcontext(&L.cur->ctx, &L.sched);
+  to_scheduler(L);
 }
 
 void thread_main() {
   Launch& L = *g_launch;
   L.entry(L.params);
   if (!L.cur->copies.empty()) fail("cp.async issued and never waited for (cp.async.wait_group / wait_all)");
-  L.cur->st = St::Done;  // returning resumes the scheduler (uc_link)
+  L.cur->st = St::Done;
+#if FUSEDRNN_EMU_ASM_SWITCH
+  to_scheduler(L);  // never resumed: the stack is abandoned
+  std::abort();
+#endif
+  // with ucontext, returning resumes the scheduler (uc_link)
+}
+
+// Prepares a thread's stack so that the first switch to it enters thread_main: the switch pops six
+// registers and returns into thread_main with the stack as a call would leave it (16-byte aligned
+// before the call, so 8 mod 16 at entry).
+void start_stack(Launch& L, Thread& t, char* stack, size_t bytes) {
+#if FUSEDRNN_EMU_ASM_SWITCH
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
+  void** sp = reinterpret_cast<void**>(top);
+  *--sp = nullptr;  // thread_main's return address: it never returns
+  *--sp = reinterpret_cast<void*>(&thread_main);
+  for (int i = 0; i < 6; ++i) *--sp = nullptr;  // r15 r14 r13 r12 rbx rbp
+  t.ctx.sp = sp;
+  (void)L;
+#else
+  getcontext(&t.ctx);
+  t.ctx.uc_stack.ss_sp = stack;
+  t.ctx.uc_stack.ss_size = bytes;
+  t.ctx.uc_link = &L.sched;
+  makecontext(&t.ctx, thread_main, 0);
+#endif
 }
 
 std::string describe(const Launch& L) {
@@ -144,7 +229,7 @@ bool run(Launch& L) {
     Thread* t = q.front();
     q.pop_front();
     L.cur = t;
-    swapcontext(&L.sched, &t->ctx);
+    to_thread(L, t);
     g_stats.switches++;
     Thread* blk = &L.th[(size_t)t->block * L.threads];
     switch (t->st) {
@@ -478,11 +563,7 @@ bool launch(void (*entry)(const void*), const void* params, int grid, int thread
     Thread& t = L.th[i];
     t.block = (int)(i / threads);
     t.tid = (int)(i % threads);
-    getcontext(&t.ctx);
-    t.ctx.uc_stack.ss_sp = L.stacks.get() + i * kStackBytes;
-    t.ctx.uc_stack.ss_size = kStackBytes;
-    t.ctx.uc_link = &L.sched;
-    makecontext(&t.ctx, thread_main, 0);
+    start_stack(L, t, L.stacks.get() + i * kStackBytes, kStackBytes);
   }
   g_launch = &L;
   const bool ok = run(L);
