@@ -202,16 +202,20 @@ def parse_sass(text: str) -> dict[tuple[str, str], list[Insn]]:
 def step_loop(insns: list[Insn]) -> list[Insn]:
     """The innermost loop (a backward branch's range) holding both the tensor-core MMAs and the grid
     barrier's atomic: the kernel's step loop."""
+    index = {insn.addr: n for n, insn in enumerate(insns)}
+    hmma = [n for n, i in enumerate(insns) if i.op.startswith("HMMA")]
+    atom = [n for n, i in enumerate(insns) if i.op.startswith(("ATOM", "RED"))]
     best = None
-    for br in insns:
+    for end, br in enumerate(insns):
         target = br.branch_target()
-        if target is None or target >= br.addr:
+        if target is None or target >= br.addr or target not in index:
             continue
-        body = [i for i in insns if target <= i.addr <= br.addr]
-        if any(i.op.startswith("HMMA") for i in body) and any(i.op.startswith(("ATOM", "RED")) for i in body):
-            if best is None or len(body) < len(best):
-                best = body
-    return best or []
+        start = index[target]
+        if best is not None and end - start >= best[1] - best[0]:
+            continue
+        if any(start <= n <= end for n in hmma) and any(start <= n <= end for n in atom):
+            best = (start, end)
+    return insns[best[0]:best[1] + 1] if best else []
 
 
 def uncovered_loads(body: list[Insn]) -> list[str]:
@@ -221,6 +225,8 @@ def uncovered_loads(body: list[Insn]) -> list[str]:
     inside the loop (the step loop's own back edge comes after its barrier); predicated writes do not
     end a register's life (they may not happen)."""
     position = {insn.addr: n for n, insn in enumerate(body)}
+    reads = [insn.source_regs() for insn in body]
+    writes = [insn.dest_regs() for insn in body]
     found = []
     for n, ld in enumerate(body):
         if not ld.op.startswith("LDG") or "STRONG" in ld.op:
@@ -234,11 +240,11 @@ def uncovered_loads(body: list[Insn]) -> list[str]:
             insn = body[pos]
             if insn.op.startswith(("HMMA", "ATOM", "RED", "EXIT", "RET")):
                 continue  # covered by the MMA or the barrier, or the path ends
-            if insn.source_regs() & live:
+            if reads[pos] & live:
                 found.append(f"{ld.addr:#x} {ld.op} {ld.args} -> read at {insn.addr:#x} {insn.op} {insn.args}")
                 break
             if not insn.pred:
-                live = live - insn.dest_regs()
+                live = live - writes[pos]
             target = insn.branch_target()
             if target is not None and target in position:
                 stack.append((position[target], live))
@@ -251,11 +257,19 @@ def uncovered_loads(body: list[Insn]) -> list[str]:
 def sass(builds):
     if CUOBJDUMP is None:
         pytest.skip("cuobjdump not found (CUDA toolkit or Triton)")
-    functions = {}
-    for src, rc, _, obj in builds:
+    for src, rc, _, _ in builds:
         assert rc == 0, f"{src} failed to compile"
+
+    def dump(build):
+        src, _, _, obj = build
         text = subprocess.run([CUOBJDUMP, "-sass", str(obj)], capture_output=True, text=True, check=True).stdout
-        for key, insns in parse_sass(text).items():
+        return src, parse_sass(text)
+
+    functions = {}
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        dumps = list(pool.map(dump, builds))
+    for src, parsed in dumps:
+        for key, insns in parsed.items():
             if "persistent_kernel" in key[0] and "barrier_floor" not in key[0]:
                 functions[(src,) + key] = insns
     return functions
