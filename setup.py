@@ -58,6 +58,20 @@ def source_hash(paths) -> str:
     return h.hexdigest()[:16]
 
 
+def _nvcc_version(cuda_home: str) -> str | None:
+    """The toolkit release nvcc reports ("12.4"), or None if it cannot be run."""
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else None
+
+
 def cuda_extensions():
     if os.environ.get("FUSEDRNN_SKIP_CUDA_BUILD", "0") == "1":
         _say("FUSEDRNN_SKIP_CUDA_BUILD=1: installing without the CUDA extension")
@@ -75,6 +89,13 @@ def cuda_extensions():
         _say(f"{why}: installing without the CUDA extension (the cuda backend will be unavailable)")
         return [], {}
 
+    nvcc_version = _nvcc_version(CUDA_HOME)
+    if nvcc_version is not None and nvcc_version.split(".")[0] != torch.version.cuda.split(".")[0]:
+        _say(
+            f"torch was built with CUDA {torch.version.cuda} but nvcc is CUDA {nvcc_version} ({CUDA_HOME}): the CUDA "
+            f"major version differs, so the build will fail or the extension will not load; point CUDA_HOME at a "
+            f"CUDA {torch.version.cuda.split('.')[0]}.x toolkit, or set FUSEDRNN_SKIP_CUDA_BUILD=1"
+        )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
     os.environ.setdefault("MAX_JOBS", _default_max_jobs())
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*.cu"))

@@ -1,7 +1,7 @@
-// GRU forward persistent kernel: fp16, bf16, fp32 (TF32 MMA) and fp32 (exact FMA) instantiations.
+// GRU forward persistent kernel, instantiated for fp16, bf16, fp32 (TF32) and fp32 (3xTF32).
 // One file per (cell, direction) so that the instantiations compile in parallel.
 #include "rnn_kernels.cuh"
 
 namespace fusedrnn {
-const void* gru_fwd_kernel(DType d, bool tf32) { return select_kernel<0, false>(d, tf32); }
+const void* gru_fwd_kernel(DType d, int mode) { return select_fwd_kernel<0>(d, mode); }
 }  // namespace fusedrnn

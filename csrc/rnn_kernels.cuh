@@ -1,15 +1,20 @@
 // Persistent cooperative GRU/LSTM recurrence kernels (one layer, one direction, whole sequence).
 //
-// Grid: ceil(H / kUnits) CTAs, all co-resident (cooperative launch). CTA j owns hidden units
-// [16j, 16j+16) of every gate and keeps the matching W_hh slice in shared memory for all T steps.
-// Forward step (one grid barrier each):
-//   gates[b, g*16+u] = h_prev[b, :] · W_hh[g*H + 16j + u, :]   (tensor-core MMA, fp32 accumulate)
-//   cell math in fp32 with fp32 state  ->  y[t], saved activations, h_t into hist[next t]
-// Backward step (reverse time, one grid barrier each):
-//   phase A (local): dgates of the CTA's units from dy[t], dh, dc and the saved activations -> dgh[t]
-//   grid barrier: dgh[t] is complete
-//   phase B: dh_prev[b, 16j+u] += dgh[t][b, :] · W_hh[:, 16j + u]   (same MMA routine, W_hhᵀ slice)
-// Math follows fusedrnn/reference.py line by line; see csrc/README.md.
+// Grid: plan.grid = unit groups x batch groups, all co-resident (cooperative launch). CTA (ug, bg)
+// owns `units` hidden units of every gate and `rows` batch rows (csrc/rnn_launch.h, make_plan).
+// Each step, for 16 rows at a time, RecProduct computes D (rows of A x 16) = A · Bᵀ on tensor cores:
+//   A: the CTA's W_hh slice, on chip for the whole sequence in MMA fragment order (each warp's first
+//      blocks in registers, the rest in shared memory);
+//   B: the exchanged operand rows (forward h_prev = hist[t], backward dgates[t]): every lane stages
+//      with cp.async exactly the 16 bytes it later feeds the MMA, through a ring of up to 8 blocks, so
+//      staging needs no CTA barrier;
+//   the 8 warps split K; their fp32 partial sums meet in shared memory behind one __syncthreads.
+// Forward step:  stage hist[t] | MMA | partial sums | cell math in fp32 (inputs loaded a pass ahead)
+//                | y[t], saved, h_t -> hist[next t] | grid.sync
+// Backward step: grid.sync (dgh[t] complete) | per pass: stage dgh[t] | MMA with the W_hh column
+//                slice | dh += partial sums | phase A of the next step for the same rows: dgates of
+//                the CTA's units (inputs loaded before the pass's MMA) -> dgh[t-1]
+// Math follows fusedrnn/reference.py; csrc/README.md walks the step's critical path.
 #pragma once
 
 #if defined(FUSEDRNN_EMULATE)
@@ -21,7 +26,6 @@
 #include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #define FUSEDRNN_KERNEL_BODY 1
 #else
@@ -30,12 +34,15 @@
 #define FUSEDRNN_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
 #endif
 
+#include <cstring>
+#include <type_traits>
+
+#include "ptx.cuh"
 #include "rnn_launch.h"
 
 namespace fusedrnn {
 
 namespace cg = cooperative_groups;
-namespace wmma = nvcuda::wmma;
 
 // ---------------------------------------------------------------------------------------------
 // Scalar helpers
@@ -54,152 +61,339 @@ template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float
 template <typename T> __device__ __forceinline__ T load_cg(const T* p) {
   if constexpr (sizeof(T) == 2) {
     unsigned short bits = __ldcg(reinterpret_cast<const unsigned short*>(p));
-    return *reinterpret_cast<T*>(&bits);
+    T v;
+    memcpy(&v, &bits, 2);
+    return v;
   } else {
     return __ldcg(p);
   }
 }
 
-__device__ __forceinline__ float sigmoid_f(float x) { return 1.f / (1.f + expf(-x)); }
+__device__ __forceinline__ uint32_t float_bits(float v) {
+  uint32_t w;
+  memcpy(&w, &v, 4);
+  return w;
+}
+__device__ __forceinline__ float bits_float(uint32_t w) {
+  float v;
+  memcpy(&v, &w, 4);
+  return v;
+}
+template <typename T> __device__ __forceinline__ uint32_t pack_pair(T lo, T hi) {
+  unsigned short a, b;
+  memcpy(&a, &lo, 2);
+  memcpy(&b, &hi, 2);
+  return (uint32_t)a | ((uint32_t)b << 16);
+}
+
+// f(std::integral_constant<int, I>) for I = 0 .. N-1, each I a compile-time constant (register
+// array indices and cp.async.wait_group counts must be).
+template <int I, int N, typename F> __device__ __forceinline__ void static_for_from(F& f) {
+  if constexpr (I < N) {
+    f(std::integral_constant<int, I>{});
+    static_for_from<I + 1, N>(f);
+  }
+}
+template <int N, typename F> __device__ __forceinline__ void static_for(F&& f) { static_for_from<0, N>(f); }
+
+// A 16- or 32-bit element's raw bits, zero-extended into a register of its own: a prefetched input
+// kept this way is touched by nothing (no packing, no conversion) until it is used, so its load can
+// fly through the grid barrier.
+template <typename T> __device__ __forceinline__ uint32_t load_bits(const T* p) {
+  if constexpr (sizeof(T) == 2) {
+    return *reinterpret_cast<const unsigned short*>(p);
+  } else {
+    return *reinterpret_cast<const uint32_t*>(p);
+  }
+}
+template <typename T> __device__ __forceinline__ float bits_to_f(uint32_t raw) {
+  if constexpr (sizeof(T) == 2) {
+    const unsigned short h = (unsigned short)raw;
+    T v;
+    memcpy(&v, &h, 2);
+    return to_f(v);
+  } else {
+    return bits_float(raw);
+  }
+}
+
 // c_t = f * c_{t-1} + i * g, written once so that forward and backward round identically.
 __device__ __forceinline__ float lstm_c_new(float i, float f, float g, float c_prev) {
   return __fmaf_rn(f, c_prev, __fmul_rn(i, g));
 }
 
 // ---------------------------------------------------------------------------------------------
-// Fragments of the two tensor-core modes
+// The recurrent product of one 16-row pass: acc[mt][nt] (the m-tile x n-tile blocks of D) =
+//   Σ over this warp's K blocks of A(rows of m-tile mt, block) · B(rows nt*8..nt*8+7, block)ᵀ
+// Blocks: K is cut in blocks of EPP*4 elements (16 bytes per lane and row); block kb = warp + 8*i.
+// Lane (g = lane / 4, t = lane % 4) holds, per block, the 16 bytes at K offset kb*kblock + t*EPP of
+// A rows g and g+8 of every m-tile and of B row nt*8+g of every n-tile. The MMAs' K order inside a
+// block is permuted the same way in A and B (k-step s reads words 2s, 2s+1 of each piece), which a
+// dot product does not see, so one 16-byte load or cp.async serves two MMA k-steps.
 // ---------------------------------------------------------------------------------------------
-template <typename T, int MODE> struct Frag;
-template <typename T> struct Frag<T, kMmaHalf> {
-  static constexpr int KT = 16;
-  using A = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
-  using B = wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major>;
-  using C = wmma::fragment<wmma::accumulator, 16, 16, 16, float>;
-  __device__ static void round(A&, B&) {}
-};
-template <> struct Frag<float, kMmaTf32> {
-  static constexpr int KT = 8;
-  using A = wmma::fragment<wmma::matrix_a, 16, 16, 8, wmma::precision::tf32, wmma::row_major>;
-  using B = wmma::fragment<wmma::matrix_b, 16, 16, 8, wmma::precision::tf32, wmma::col_major>;
-  using C = wmma::fragment<wmma::accumulator, 16, 16, 8, float>;
-  __device__ static void round(A& a, B& b) {
-#pragma unroll
-    for (int i = 0; i < a.num_elements; ++i) a.x[i] = wmma::__float_to_tf32(a.x[i]);
-#pragma unroll
-    for (int i = 0; i < b.num_elements; ++i) b.x[i] = wmma::__float_to_tf32(b.x[i]);
-  }
-};
-template <> struct Frag<float, kFmaFp32> {
-  static constexpr int KT = 16;
-};
-
-// ---------------------------------------------------------------------------------------------
-// The recurrent product of one batch tile:
-//   partial[ks][m][n] (summed over ks) = Σ_k A[m][k] · Bg[b0 + n][k],  m < MROWS, n < kBatchTile
-// A: the CTA's weight slice in shared memory (MROWS x Kpad, zero beyond K).
-// Bg: a (B, K) row-major scalar matrix in global memory written by other CTAs (h_prev or dgh[t]),
-// staged kc columns at a time, zero-filled past K and past B.
-// Warp w takes M tile (w % MT) and every KS-th K tile starting at (w / MT).
-// Ends with __syncthreads(): partial is complete and readable by every thread.
-// ---------------------------------------------------------------------------------------------
-template <typename T, int MODE, int MROWS>
+template <typename T, int MODE, int MT>
 struct RecProduct {
-  static constexpr int MT = MROWS / 16;
-  static constexpr int KS = MODE == kFmaFp32 ? 1 : kWarps / MT;
-  static constexpr int VEC = 16 / sizeof(T);          // elements per 16-byte load
-  static constexpr int OUTS = MROWS * kBatchTile / kThreads;  // outputs per thread (FMA mode)
-  static_assert(MROWS % 16 == 0 && MT <= kWarps, "M tiles must fit the warps");
-  static_assert(MODE != kFmaFp32 || (MROWS * kBatchTile) % kThreads == 0, "FMA outputs per thread");
+  static constexpr int RB = reg_block_capacity(MODE, MT);  // blocks per warp held in registers (may be 0)
+  static constexpr int EPP = 16 / (int)sizeof(T);          // elements per 16-byte piece
 
-  __device__ static void stage_tile(T* stage, const SmemLayout& L, const T* Bg, int k0, int kc, int b0, int B,
-                                    bool vec_ok) {
-    const int tid = threadIdx.x;
-    if (vec_ok) {
-      const int vpr = kc / VEC;
-      for (int i = tid; i < kBatchTile * vpr; i += kThreads) {
-        const int n = i / vpr;
-        const int kv = (i - n * vpr) * VEC;
-        const int b = b0 + n, k = k0 + kv;
-        int4 v = make_int4(0, 0, 0, 0);
-        if (b < B && k < L.K) v = __ldcg(reinterpret_cast<const int4*>(Bg + (size_t)b * L.K + k));
-        *reinterpret_cast<int4*>(stage + n * L.ldb + kv) = v;
-      }
+  uint4 w[RB > 0 ? RB : 1][MT][2];  // A pieces (rows g, g+8) of the warp's first RB blocks, for the whole sequence
+
+  // 16 bytes of A or B elements as stored on chip: fp16/bf16 pairs, TF32-rounded fp32 (kTf32), or
+  // plain fp32 (kTf32x3, split into TF32 hi + lo where the MMA reads it).
+  __device__ static uint4 pack(const float* v) {
+    if constexpr (MODE == kHalf) {
+      return make_uint4(pack_pair(from_f<T>(v[0]), from_f<T>(v[1])), pack_pair(from_f<T>(v[2]), from_f<T>(v[3])),
+                        pack_pair(from_f<T>(v[4]), from_f<T>(v[5])), pack_pair(from_f<T>(v[6]), from_f<T>(v[7])));
+    } else if constexpr (MODE == kTf32) {
+      return make_uint4(tf32_rna(v[0]), tf32_rna(v[1]), tf32_rna(v[2]), tf32_rna(v[3]));
     } else {
-      for (int i = tid; i < kBatchTile * kc; i += kThreads) {
-        const int n = i / kc;
-        const int kk = i - n * kc;
-        const int b = b0 + n, k = k0 + kk;
-        stage[n * L.ldb + kk] = (b < B && k < L.K) ? load_cg(Bg + (size_t)b * L.K + k) : from_f<T>(0.f);
+      return make_uint4(float_bits(v[0]), float_bits(v[1]), float_bits(v[2]), float_bits(v[3]));
+    }
+  }
+
+  // The MMA operands of one block: k-step s reads words 2s, 2s+1 of each piece. A: {row g word 2s,
+  // row g+8 word 2s, row g word 2s+1, row g+8 word 2s+1}; B: {word 2s, word 2s+1}. kTf32x3 carries
+  // B's TF32 remainders (x = hi + lo up to 2^-22 relative) and splits A where the MMAs read it, one
+  // k-step at a time (fewer live registers).
+  struct AFrag {
+    uint32_t hi[2][4];
+  };
+  struct BFrag {
+    uint32_t hi[2][2], lo[2][2];
+  };
+  __device__ static void split(uint32_t raw, uint32_t& hi, uint32_t& lo) {
+    if constexpr (MODE == kHalf) {
+      hi = raw;
+    } else {
+      const float x = bits_float(raw);
+      hi = MODE == kTf32x3 || MODE == kTf32 ? tf32_rna(x) : raw;
+      if constexpr (MODE == kTf32x3) lo = tf32_rna(x - bits_float(hi));
+    }
+  }
+  __device__ static AFrag a_frag(const uint4* a) {
+    const uint32_t r0[4] = {a[0].x, a[0].y, a[0].z, a[0].w}, r8[4] = {a[1].x, a[1].y, a[1].z, a[1].w};
+    AFrag f;
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      const uint32_t raw[4] = {r0[2 * s], r8[2 * s], r0[2 * s + 1], r8[2 * s + 1]};
+#pragma unroll
+      for (int e = 0; e < 4; ++e) f.hi[s][e] = raw[e];  // kTf32: rounded when loaded; kTf32x3: split in mma()
+    }
+    return f;
+  }
+  __device__ static BFrag b_frag(uint4 b) {
+    const uint32_t raw[4] = {b.x, b.y, b.z, b.w};
+    BFrag f;
+#pragma unroll
+    for (int s = 0; s < 2; ++s)
+#pragma unroll
+      for (int e = 0; e < 2; ++e) split(raw[2 * s + e], f.hi[s][e], f.lo[s][e]);
+    return f;
+  }
+  // acc += A(block) · B(block)ᵀ for one m-tile and one n-tile: two MMA k-steps (three MMAs each in
+  // kTf32x3, the small terms first).
+  __device__ static void mma(float (&acc)[4], const AFrag& a, const BFrag& b) {
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+      if constexpr (MODE == kTf32x3) {
+        uint32_t hi[4], lo[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) split(a.hi[s][e], hi[e], lo[e]);
+        Mma<T>::run(acc, lo[0], lo[1], lo[2], lo[3], b.hi[s][0], b.hi[s][1]);
+        Mma<T>::run(acc, hi[0], hi[1], hi[2], hi[3], b.lo[s][0], b.lo[s][1]);
+        Mma<T>::run(acc, hi[0], hi[1], hi[2], hi[3], b.hi[s][0], b.hi[s][1]);
+      } else {
+        Mma<T>::run(acc, a.hi[s][0], a.hi[s][1], a.hi[s][2], a.hi[s][3], b.hi[s][0], b.hi[s][1]);
       }
     }
   }
 
-  __device__ static void run(const T* A, T* stage, float* partial, const SmemLayout& L, const T* Bg, int b0, int B,
-                             bool vec_ok) {
-    const int tid = threadIdx.x;
-    if constexpr (MODE == kFmaFp32) {
-      float acc[OUTS];
+  // The warp's A pieces from A(row, k) (rows 0..16*MT-1 of the CTA's slice, 0 outside it): the
+  // first RB blocks into registers, the others into w_smem (fragment order, one uint4 per lane).
+  template <typename AElem>
+  __device__ void load(const AElem& A, const Plan& P, uint4* w_smem) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    for (int i = 0; i < P.blocks_per_warp; ++i) {
+      const int k0 = (warp + kWarps * i) * P.kblock + t * EPP;
 #pragma unroll
-      for (int o = 0; o < OUTS; ++o) acc[o] = 0.f;
-      for (int k0 = 0; k0 < L.Kpad; k0 += L.kc) {
-        const int kc = min(L.kc, L.Kpad - k0);
-        stage_tile(stage, L, Bg, k0, kc, b0, B, vec_ok);
-        __syncthreads();
+      for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
-        for (int o = 0; o < OUTS; ++o) {
-          const int idx = tid + o * kThreads;
-          const T* a = A + (idx / kBatchTile) * L.lda + k0;
-          const T* bv = stage + (idx % kBatchTile) * L.ldb;
-          float s = acc[o];
-#pragma unroll 8
-          for (int k = 0; k < kc; ++k) s = fmaf(a[k], bv[k], s);
-          acc[o] = s;
-        }
-        __syncthreads();
-      }
+        for (int half = 0; half < 2; ++half) {
+          float v[EPP];
 #pragma unroll
-      for (int o = 0; o < OUTS; ++o) partial[tid + o * kThreads] = acc[o];  // [m][n], m = idx / 16
-    } else {
-      using F = Frag<T, MODE>;
-      const int warp = tid >> 5;
-      const bool has_tile = warp < MT * KS;
-      const int mt = warp % MT, ks = warp / MT;
-      typename F::C acc;
-      wmma::fill_fragment(acc, 0.f);
-      for (int k0 = 0; k0 < L.Kpad; k0 += L.kc) {
-        const int kc = min(L.kc, L.Kpad - k0);
-        stage_tile(stage, L, Bg, k0, kc, b0, B, vec_ok);
-        __syncthreads();
-        if (has_tile) {
-          for (int kt = ks * F::KT; kt < kc; kt += KS * F::KT) {
-            typename F::A a;
-            typename F::B b;
-            wmma::load_matrix_sync(a, A + mt * 16 * L.lda + k0 + kt, L.lda);
-            wmma::load_matrix_sync(b, stage + kt, L.ldb);
-            F::round(a, b);
-            wmma::mma_sync(acc, a, b, acc);
+          for (int e = 0; e < EPP; ++e) v[e] = A(mt * 16 + g + 8 * half, k0 + e);
+          const uint4 piece = pack(v);
+          if (i < RB) {
+            static_for<RB>([&](auto ii) {
+              if (ii.value == i) w[ii.value][mt][half] = piece;  // a static register index
+            });
+          } else {
+            w_smem[(((warp * P.smem_blocks + (i - RB)) * MT + mt) * 2 + half) * 32 + lane] = piece;
           }
         }
-        __syncthreads();
       }
-      if (has_tile) wmma::store_matrix_sync(partial + (ks * MROWS + mt * 16) * kBatchTile, acc, kBatchTile,
-                                            wmma::mem_row_major);
     }
-    __syncthreads();
   }
 
-  // Σ over the K splits of output (m, n).
-  __device__ static float sum(const float* partial, int m, int n) {
+  // One lane's cp.async copy of its operand pieces of block i (for each n-tile: the 16 bytes of row
+  // row_base + nt*8 + g at K offset kb*kblock + t*EPP, zero-filled past K and past nrows) into ring
+  // slot i % stage_slots. Without 16-byte alignment (K or the row stride not a multiple of EPP) the
+  // pieces are loaded element by element instead.
+  struct Source {
+    const T* base;  // row 0 of the operand (hist[t] or dgh[t])
+    int ld, row_base, nrows;
+    bool vec_ok;
+  };
+  __device__ static void issue(uint4* stage_smem, const Source& src, int i, const Plan& P) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int k0 = (warp + kWarps * i) * P.kblock + t * EPP;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+      if (nt >= P.pass_ntiles) continue;
+      const int r = nt * 8 + g;
+      uint4* dst = stage_smem + ((warp * P.stage_slots + i % P.stage_slots) * P.pass_ntiles + nt) * 32 + lane;
+      const bool row_ok = r < src.nrows;
+      const T* row = src.base + (size_t)(src.row_base + (row_ok ? r : 0)) * src.ld;
+      if (src.vec_ok) {
+        const bool full = row_ok && k0 < P.K;
+        cp_async_16(dst, full ? row + k0 : src.base, full);
+      } else {
+        float v[EPP];
+#pragma unroll
+        for (int e = 0; e < EPP; ++e) v[e] = (row_ok && k0 + e < P.K) ? to_f(load_cg(row + k0 + e)) : 0.f;
+        *dst = MODE == kHalf ? pack(v) : make_uint4(float_bits(v[0]), float_bits(v[1]), float_bits(v[2]),
+                                                    float_bits(v[3]));
+      }
+    }
+  }
+
+  // acc += block i's product: B for each n-tile from its ring slot, then A of each m-tile against
+  // them; then the slot takes block i + stage_slots (issued after the MMAs have read it: a lane reuses
+  // only its own slots, so no barrier is needed).
+  __device__ static void block_product(float (&acc)[MT][2][4], const uint4 (&a)[MT][2], uint4* stage_smem,
+                                       const Source& src, int i, const Plan& P) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const uint4* slot = stage_smem + (warp * P.stage_slots + i % P.stage_slots) * P.pass_ntiles * 32 + lane;
+    if constexpr (MODE == kTf32x3) {  // one n-tile's B (hi + lo) live at a time: fewer registers
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        if (nt > 0 && nt >= P.pass_ntiles) continue;
+        const BFrag b = b_frag(slot[nt * 32]);
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) mma(acc[mt][nt], a_frag(a[mt]), b);
+      }
+    } else {
+      BFrag b[2];
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+        if (nt == 0 || nt < P.pass_ntiles) b[nt] = b_frag(slot[nt * 32]);
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+        const AFrag af = a_frag(a[mt]);
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+          if (nt == 0 || nt < P.pass_ntiles) mma(acc[mt][nt], af, b[nt]);
+      }
+    }
+    if (i + P.stage_slots < P.blocks_per_warp) issue(stage_smem, src, i + P.stage_slots, P);
+    cp_async_commit();  // one group per block (empty past the last): see wait_for()
+  }
+
+  // Waits for block i's copy. The prologue commits kStages groups (blocks 0 .. slots-1, then empty
+  // ones) and every block one more, so when block i is due, kStages - 1 later groups may still be in
+  // flight for i < slots, and slots - 1 for the blocks issued from the ring.
+  __device__ static void wait_for(int i, const Plan& P) {
+    if (i < P.stage_slots) {
+      cp_async_wait<kStages - 1>();
+    } else {
+      switch (P.stage_slots - 1) {
+        case 0: cp_async_wait<0>(); break;
+        case 1: cp_async_wait<1>(); break;
+        case 2: cp_async_wait<2>(); break;
+        case 3: cp_async_wait<3>(); break;
+        case 4: cp_async_wait<4>(); break;
+        case 5: cp_async_wait<5>(); break;
+        case 6: cp_async_wait<6>(); break;
+        default: cp_async_wait<kStages - 1>(); break;
+      }
+    }
+  }
+
+  // One pass's product over this warp's blocks: a ring of stage_slots blocks in flight per lane,
+  // block i computed once its own copy has landed. Blocks 0..RB-1 take A from registers, the rest from
+  // w_smem.
+  __device__ void run(float (&acc)[MT][2][4], uint4* stage_smem, const Source& src, const uint4* w_smem,
+                      const Plan& P) const {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0.f;
+    static_for<kStages>([&](auto j) {
+      if (j.value < P.stage_slots) issue(stage_smem, src, j.value, P);
+      cp_async_commit();
+    });
+    static_for<RB>([&](auto ic) {
+      constexpr int i = decltype(ic)::value;
+      if (i > 0 && i >= P.blocks_per_warp) return;  // every warp has block 0 (zero past K): its MMAs always run
+      wait_for(i, P);
+      block_product(acc, w[i], stage_smem, src, i, P);
+    });
+    auto smem_block = [&](int i) {
+      uint4 a[MT][2];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int half = 0; half < 2; ++half)
+          a[mt][half] = w_smem[(((warp * P.smem_blocks + (i - RB)) * MT + mt) * 2 + half) * 32 + lane];
+      wait_for(i, P);
+      block_product(acc, a, stage_smem, src, i, P);
+    };
+    if constexpr (RB == 0) {  // every warp has block 0: at least one iteration, so its MMAs always run
+      int i = 0;
+      do smem_block(i); while (++i < P.blocks_per_warp);
+    } else {
+      for (int i = RB; i < P.blocks_per_warp; ++i) smem_block(i);
+    }
+  }
+
+  // Partial sums in fragment order: part[(warp, mt, nt)][lane][4 regs].
+  __device__ static void store_partials(float* part, const float (&acc)[MT][2][4], const Plan& P) {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt)
+        if (nt < P.pass_ntiles)
+          reinterpret_cast<float4*>(part)[((warp * MT + mt) * 2 + nt) * 32 + lane] =
+              make_float4(acc[mt][nt][0], acc[mt][nt][1], acc[mt][nt][2], acc[mt][nt][3]);
+  }
+
+  // Σ over the 8 warps of the calling thread's D element of m-tile mt (see CellThread): thread tid
+  // reads word tid of each warp's (mt, n-tile) blocks, so a warp's reads are consecutive words.
+  __device__ static float reduce(const float* part, int mt) {
     float s = 0.f;
 #pragma unroll
-    for (int ks = 0; ks < KS; ++ks) s += partial[(ks * MROWS + m) * kBatchTile + n];
+    for (int w = 0; w < kWarps; ++w) s += part[(w * MT + mt) * 2 * 128 + threadIdx.x];
     return s;
   }
 };
 
-template <typename T, int MODE>
-__device__ __forceinline__ bool vec_loads_ok(const void* base, int K) {
-  return (K % (16 / (int)sizeof(T)) == 0) && ((reinterpret_cast<uintptr_t>(base) & 15) == 0);
+// The (row of an m-tile, batch row of the pass) a thread owns in the elementwise phases: its element
+// of D in the MMA accumulator layout (tid = n-tile * 128 + lane * 4 + register), so that reduce()
+// reads conflict-free. r: 0..15 (a unit within a 16-unit group); n: 0..15 (a row of the pass).
+struct CellThread {
+  int r, n;
+};
+__device__ __forceinline__ CellThread cell_thread() {
+  const int tid = threadIdx.x, nt = tid >> 7, lane = (tid >> 2) & 31, reg = tid & 3;
+  return {(lane >> 2) + 8 * (reg >> 1), nt * 8 + 2 * (lane & 3) + (reg & 1)};
+}
+
+template <typename T> __device__ __forceinline__ bool aligned16(const T* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -208,99 +402,145 @@ __device__ __forceinline__ bool vec_loads_ok(const void* base, int K) {
 template <int CELL, typename T, int MODE>
 __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const FwdParams p) {
 #if FUSEDRNN_KERNEL_BODY
-  constexpr int NG = CELL == 0 ? 3 : 4;
-  constexpr int NS = CELL == 0 ? 4 : 5;
-  constexpr int MROWS = NG * kUnits;
-  using R = RecProduct<T, MODE, MROWS>;
+  constexpr int NG = n_gates(CELL), NS = n_saved(CELL), MT = NG, U = kFwdUnits;
+  using R = RecProduct<T, MODE, MT>;
+  const Plan& P = p.plan;
 
   FUSEDRNN_DYNAMIC_SMEM(smem);
-  const SmemLayout L = make_layout(MROWS, p.H, sizeof(T), MODE);
-  T* A = reinterpret_cast<T*>(smem + L.a_off);
-  T* stage = reinterpret_cast<T*>(smem + L.stage_off);
-  float* partial = reinterpret_cast<float*>(smem + L.partial_off);
+  uint4* w_smem = reinterpret_cast<uint4*>(smem + P.w_off);
+  uint4* stage = reinterpret_cast<uint4*>(smem + P.stage_off);
+  float* part = reinterpret_cast<float*>(smem + P.part_off);
+  float* h_s = reinterpret_cast<float*>(smem + P.state_off);  // [kMaxRows][U] fp32 states of the CTA's (row, unit) pairs
+  float* c_s = h_s + kMaxRows * U;
+  int* len_s = reinterpret_cast<int*>(smem + P.len_off);  // valid steps per row
 
-  const int H = p.H, B = p.B, steps = p.T, G = NG * H;
-  const int tid = threadIdx.x, u = tid % kUnits, n = tid / kUnits;
-  const int j0 = blockIdx.x * kUnits, j = j0 + u;
+  const int H = P.H, B = P.B, G = NG * H, steps = p.T;
+  const int ug = blockIdx.x / P.n_bg, bg = blockIdx.x % P.n_bg;
+  const int j0 = ug * U, row0 = bg * P.rows, my_rows = min(P.rows, B - row0);
+  const CellThread ct = cell_thread();
+  const int j = j0 + ct.r;
+  const bool unit_ok = j < H;
   const T* w_hh = static_cast<const T*>(p.w_hh);
   const T* gx = static_cast<const T*>(p.gx);
   const T* residual = static_cast<const T*>(p.residual);
   T* y = static_cast<T*>(p.y);
   T* hist = static_cast<T*>(p.hist);
 
-  // W_hh rows of every gate of this CTA's units; row r = g*16 + uu  <->  W_hh row g*H + j0 + uu.
-  for (int i = tid; i < MROWS * L.Kpad; i += kThreads) {
-    const int r = i / L.Kpad, k = i - r * L.Kpad;
-    const int jj = j0 + r % kUnits;
-    A[r * L.lda + k] = (jj < H && k < H) ? w_hh[(size_t)((r / kUnits) * H + jj) * H + k] : from_f<T>(0.f);
-  }
+  // A row mt*16 + r = W_hh row of gate mt, unit j0 + r.
+  R rec;
+  rec.load([&](int row, int k) -> float {
+    const int jj = j0 + row % 16;
+    return (jj < H && k < H) ? to_f(w_hh[(size_t)((row / 16) * H + jj) * H + k]) : 0.f;
+  }, P, w_smem);
   float bias[NG];
 #pragma unroll
-  for (int g = 0; g < NG; ++g) bias[g] = (p.b_hh != nullptr && j < H) ? to_f(static_cast<const T*>(p.b_hh)[g * H + j]) : 0.f;
-  const bool vec_ok = vec_loads_ok<T, MODE>(hist, H);
+  for (int g = 0; g < NG; ++g) bias[g] = (p.b_hh != nullptr && unit_ok) ? to_f(static_cast<const T*>(p.b_hh)[g * H + j]) : 0.f;
+  for (int q = 0; q < P.passes; ++q) {
+    const int r = q * kPassRows + ct.n;
+    if (unit_ok && r < my_rows) {
+      h_s[r * U + ct.r] = p.h_state[(size_t)(row0 + r) * H + j];
+      if constexpr (CELL == 1) c_s[r * U + ct.r] = p.c_state[(size_t)(row0 + r) * H + j];
+    }
+  }
+  for (int r = threadIdx.x; r < P.rows; r += kThreads)
+    len_s[r] = r >= my_rows ? 0 : p.lengths != nullptr ? (int)min((int64_t)steps, p.lengths[row0 + r]) : steps;
+  const bool vec_ok = H % R::EPP == 0 && aligned16(hist);
   __syncthreads();
+
+  // The thread's cell inputs of one (step, pass), loaded one pass ahead of their use, in place once
+  // the previous ones are consumed (the same registers: nothing copies them before the barrier).
+  struct Inputs {
+    uint32_t gx[NG], res;  // raw bits
+  };
+  auto load_inputs = [&](int t, int q, Inputs& in) {
+    const int b = row0 + q * kPassRows + ct.n;
+    const bool ok = unit_ok && q * kPassRows + ct.n < my_rows;
+#pragma unroll
+    for (int g = 0; g < NG; ++g) in.gx[g] = ok ? load_bits(gx + ((size_t)t * B + b) * G + g * H + j) : 0u;
+    in.res = (ok && residual != nullptr) ? load_bits(residual + ((size_t)t * B + b) * H + j) : 0u;
+  };
+  Inputs in;
+  load_inputs(p.reverse ? steps - 1 : 0, 0, in);
 
   cg::grid_group grid = cg::this_grid();
   for (int s = 0; s < steps; ++s) {
     const int t = p.reverse ? steps - 1 - s : s;
     const int t_next = p.reverse ? t - 1 : t + 1;
     const bool last = s + 1 == steps;
-    for (int b0 = 0; b0 < B; b0 += kBatchTile) {
-      R::run(A, stage, partial, L, hist + (size_t)t * B * H, b0, B, vec_ok);
-      const int b = b0 + n;
-      if (j >= H || b >= B) continue;
-      float gh[NG];
+    for (int q = 0; q < P.passes; ++q) {
+      const int rb = q * kPassRows;
+      const typename R::Source src{hist + (size_t)t * B * H, H, row0 + rb, min(kPassRows, my_rows - rb), vec_ok};
+      float acc[MT][2][4];
+      rec.run(acc, stage, src, w_smem, P);
+      R::store_partials(part, acc, P);
+      __syncthreads();
+
+      const int r = rb + ct.n;
+      if (unit_ok && r < my_rows) {
+        const int b = row0 + r;
+        float gh[NG];
 #pragma unroll
-      for (int g = 0; g < NG; ++g) gh[g] = R::sum(partial, g * kUnits + u, n) + bias[g];
-      const size_t row = (size_t)t * B + b;  // (t, b)
-      const T* gx_row = gx + row * G;
-      const size_t bj = (size_t)b * H + j;
-      const bool valid = p.lengths == nullptr || t < p.lengths[b];
-      const float h_prev = p.h_state[bj];
-      float h_new = h_prev;
-      float* sv = p.saved != nullptr ? p.saved + row * (NS * H) : nullptr;
-      if (!valid && sv) {  // nothing to save past a row's length: zeros, so the op's output is defined
+        for (int g = 0; g < NG; ++g) gh[g] = R::reduce(part, g) + bias[g];
+        const size_t row = (size_t)t * B + b;  // (t, b)
+        const bool valid = t < len_s[r];
+        const float h_prev = h_s[r * U + ct.r];
+        float h_new = h_prev;
+        float* sv = p.saved != nullptr ? p.saved + row * (NS * H) : nullptr;
+        if (!valid && sv) {  // nothing to save past a row's length: zeros, so the op's output is defined
 #pragma unroll
-        for (int g = 0; g < NS; ++g) sv[g * H + j] = 0.f;
-      }
-      if (valid) {
-        if constexpr (CELL == 0) {
-          // r = σ(gx_r + gh_r), z = σ(gx_z + gh_z), n = tanh(gx_n + r * gh_n), h = (1-z) n + z h_prev
-          const float r = sigmoid_f(to_f(gx_row[j]) + gh[0]);
-          const float z = sigmoid_f(to_f(gx_row[H + j]) + gh[1]);
-          const float nn = tanhf(to_f(gx_row[2 * H + j]) + r * gh[2]);
-          h_new = (1.f - z) * nn + z * h_prev;
-          if (sv) {
-            sv[j] = r;
-            sv[H + j] = z;
-            sv[2 * H + j] = nn;
-            sv[3 * H + j] = gh[2];
-          }
-        } else {
-          const float ig = sigmoid_f(to_f(gx_row[j]) + gh[0]);
-          const float fg = sigmoid_f(to_f(gx_row[H + j]) + gh[1]);
-          const float gg = tanhf(to_f(gx_row[2 * H + j]) + gh[2]);
-          const float og = sigmoid_f(to_f(gx_row[3 * H + j]) + gh[3]);
-          const float c_prev = p.c_state[bj];
-          const float c_new = lstm_c_new(ig, fg, gg, c_prev);
-          h_new = og * tanhf(c_new);
-          p.c_state[bj] = c_new;
-          if (sv) {
-            sv[j] = ig;
-            sv[H + j] = fg;
-            sv[2 * H + j] = gg;
-            sv[3 * H + j] = og;
-            sv[4 * H + j] = c_prev;
-          }
+          for (int g = 0; g < NS; ++g) sv[g * H + j] = 0.f;
         }
-        p.h_state[bj] = h_new;
+        if (valid) {
+          if constexpr (CELL == 0) {
+            // r = σ(gx_r + gh_r), z = σ(gx_z + gh_z), n = tanh(gx_n + r * gh_n), h = (1-z) n + z h_prev
+            const float rg = sigmoid_fast(bits_to_f<T>(in.gx[0]) + gh[0]);
+            const float zg = sigmoid_fast(bits_to_f<T>(in.gx[1]) + gh[1]);
+            const float ng = tanh_fast(bits_to_f<T>(in.gx[2]) + rg * gh[2]);
+            h_new = (1.f - zg) * ng + zg * h_prev;
+            if (sv) {
+              sv[j] = rg;
+              sv[H + j] = zg;
+              sv[2 * H + j] = ng;
+              sv[3 * H + j] = gh[2];
+            }
+          } else {
+            const float ig = sigmoid_fast(bits_to_f<T>(in.gx[0]) + gh[0]);
+            const float fg = sigmoid_fast(bits_to_f<T>(in.gx[1]) + gh[1]);
+            const float gg = tanh_fast(bits_to_f<T>(in.gx[2]) + gh[2]);
+            const float og = sigmoid_fast(bits_to_f<T>(in.gx[3]) + gh[3]);
+            const float c_prev = c_s[r * U + ct.r];
+            const float c_new = lstm_c_new(ig, fg, gg, c_prev);
+            h_new = og * tanh_fast(c_new);
+            c_s[r * U + ct.r] = c_new;
+            if (sv) {
+              sv[j] = ig;
+              sv[H + j] = fg;
+              sv[2 * H + j] = gg;
+              sv[3 * H + j] = og;
+              sv[4 * H + j] = c_prev;
+            }
+          }
+          h_s[r * U + ct.r] = h_new;
+        }
+        const float y_val = !valid ? 0.f : residual != nullptr ? h_new + bits_to_f<T>(in.res) : h_new;
+        y[row * H + j] = from_f<T>(y_val);
+        if (!last) hist[((size_t)t_next * B + b) * H + j] = from_f<T>(h_new);
       }
-      float y_val = 0.f;
-      if (valid) y_val = residual != nullptr ? h_new + to_f(residual[row * H + j]) : h_new;
-      y[row * H + j] = from_f<T>(y_val);
-      if (!last) hist[((size_t)t_next * B + b) * H + j] = from_f<T>(h_new);
+      if (q + 1 < P.passes) {
+        load_inputs(t, q + 1, in);
+      } else if (!last) {
+        load_inputs(t_next, 0, in);
+      }
+      __syncthreads();  // the next pass or step rewrites the partial sums (unconditional: uniform control flow)
     }
     if (!last) grid.sync();
+  }
+  for (int q = 0; q < P.passes; ++q) {
+    const int r = q * kPassRows + ct.n;
+    if (unit_ok && r < my_rows) {
+      p.h_state[(size_t)(row0 + r) * H + j] = h_s[r * U + ct.r];
+      if constexpr (CELL == 1) p.c_state[(size_t)(row0 + r) * H + j] = c_s[r * U + ct.r];
+    }
   }
 #else
   __trap();  // built for an arch below sm_80: the host side never launches this
@@ -310,127 +550,218 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const F
 // ---------------------------------------------------------------------------------------------
 // Backward
 // ---------------------------------------------------------------------------------------------
-template <int CELL, typename T, int MODE>
+template <int CELL, typename T, int MODE, int MT>
 __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const BwdParams p) {
 #if FUSEDRNN_KERNEL_BODY
-  constexpr int NG = CELL == 0 ? 3 : 4;
-  constexpr int NS = CELL == 0 ? 4 : 5;
-  using R = RecProduct<T, MODE, kUnits>;
+  constexpr int NG = n_gates(CELL), NS = n_saved(CELL), U = 16 * MT;
+  using R = RecProduct<T, MODE, MT>;
+  const Plan& P = p.plan;
 
   FUSEDRNN_DYNAMIC_SMEM(smem);
-  const int H = p.H, B = p.B, steps = p.T, G = NG * H;
-  const SmemLayout L = make_layout(kUnits, G, sizeof(T), MODE);
-  T* A = reinterpret_cast<T*>(smem + L.a_off);
-  T* stage = reinterpret_cast<T*>(smem + L.stage_off);
-  float* partial = reinterpret_cast<float*>(smem + L.partial_off);
+  uint4* w_smem = reinterpret_cast<uint4*>(smem + P.w_off);
+  uint4* stage = reinterpret_cast<uint4*>(smem + P.stage_off);
+  float* part = reinterpret_cast<float*>(smem + P.part_off);
+  float* dh_s = reinterpret_cast<float*>(smem + P.state_off);  // [kMaxRows][U] fp32 carries dh, dc
+  float* dc_s = dh_s + kMaxRows * U;
+  int* len_s = reinterpret_cast<int*>(smem + P.len_off);
 
-  const int tid = threadIdx.x, u = tid % kUnits, n = tid / kUnits;
-  const int j0 = blockIdx.x * kUnits, j = j0 + u;
+  const int H = P.H, B = P.B, G = NG * H, steps = p.T;
+  const int ug = blockIdx.x / P.n_bg, bg = blockIdx.x % P.n_bg;
+  const int j0 = ug * U, row0 = bg * P.rows, my_rows = min(P.rows, B - row0);
+  const CellThread ct = cell_thread();
   const T* w_hh = static_cast<const T*>(p.w_hh);
   const T* dy = static_cast<const T*>(p.dy);
   const T* hist = static_cast<const T*>(p.hist);
   T* dgh = static_cast<T*>(p.dgh);
   T* dgx_n = static_cast<T*>(p.dgx_n);
 
-  // A[uu][k] = W_hh[k, j0 + uu]: the CTA's columns of W_hh, transposed (16 x G).
-  for (int i = tid; i < kUnits * L.Kpad; i += kThreads) {
-    const int k = i / kUnits, uu = i % kUnits;
-    const int jj = j0 + uu;
-    A[uu * L.lda + k] = (jj < H && k < G) ? w_hh[(size_t)k * H + jj] : from_f<T>(0.f);
+  // A row u = the CTA's unit j0 + u: W_hh column j0 + u, K = G (so D = dgates · W_hh[:, units]).
+  R rec;
+  rec.load([&](int row, int k) -> float {
+    const int jj = j0 + row;
+    return (jj < H && k < G) ? to_f(w_hh[(size_t)k * H + jj]) : 0.f;
+  }, P, w_smem);
+  for (int q = 0; q < P.passes; ++q) {
+    const int r = q * kPassRows + ct.n;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const int u = m * 16 + ct.r, j = j0 + u;
+      if (j < H && r < my_rows) {
+        dh_s[r * U + u] = p.dh[(size_t)(row0 + r) * H + j];
+        if constexpr (CELL == 1) dc_s[r * U + u] = p.dc[(size_t)(row0 + r) * H + j];
+      }
+    }
   }
-  const bool vec_ok = vec_loads_ok<T, MODE>(dgh, G);
+  for (int r = threadIdx.x; r < P.rows; r += kThreads)
+    len_s[r] = r >= my_rows ? 0 : p.lengths != nullptr ? (int)min((int64_t)steps, p.lengths[row0 + r]) : steps;
+  const bool vec_ok = G % R::EPP == 0 && aligned16(dgh);
   __syncthreads();
 
-  cg::grid_group grid = cg::this_grid();
-  for (int s = steps - 1; s >= 0; --s) {  // forward step index, walked backwards
-    const int t = p.reverse ? steps - 1 - s : s;
-    // Phase A: dgates of this CTA's units for every batch row (dh, dc carried in fp32 buffers).
-    for (int b0 = 0; b0 < B; b0 += kBatchTile) {
-      const int b = b0 + n;
-      if (j >= H || b >= B) continue;
+  // Phase A's inputs for the thread's (row, unit) pairs of one (step, pass), as raw bits.
+  struct Inputs {
+    uint32_t dy[MT], h_prev[MT];  // h_prev: GRU
+    float sv[MT][NS];
+  };
+  auto load_inputs = [&](int t, int q, Inputs& in) {
+    const int b = row0 + q * kPassRows + ct.n;
+    const bool row_ok = q * kPassRows + ct.n < my_rows;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const int j = j0 + m * 16 + ct.r;
+      const bool ok = row_ok && j < H;
       const size_t row = (size_t)t * B + b;
-      const size_t bj = (size_t)b * H + j;
+      in.dy[m] = ok ? load_bits(dy + row * H + j) : 0u;
+#pragma unroll
+      for (int g = 0; g < NS; ++g) in.sv[m][g] = ok ? p.saved[row * (NS * H) + g * H + j] : 0.f;
+      in.h_prev[m] = (ok && CELL == 0) ? load_bits(hist + row * H + j) : 0u;
+    }
+  };
+  // Phase A of step t for the rows of pass q: dgates of this CTA's units from dy, the saved
+  // activations and the fp32 carries dh, dc (which phase B of the later step just completed for these
+  // rows, in this thread) -> dgh[t] (and dgx_n); dh keeps the direct path, dc the cell path.
+  auto phase_a = [&](int t, int q, const Inputs& in) {
+    const int r = q * kPassRows + ct.n, b = row0 + r;
+    if (r >= my_rows) return;
+    const size_t row = (size_t)t * B + b;
+    const bool valid = t < len_s[r];
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const int u = m * 16 + ct.r, j = j0 + u;
+      if (j >= H) continue;
       T* dg = dgh + row * G;
-      const bool valid = p.lengths == nullptr || t < p.lengths[b];
       if (!valid) {  // state carried: dh, dc pass through unchanged; no gate gradient
 #pragma unroll
         for (int g = 0; g < NG; ++g) dg[g * H + j] = from_f<T>(0.f);
         if constexpr (CELL == 0) dgx_n[row * H + j] = from_f<T>(0.f);
         continue;
       }
-      const float* sv = p.saved + row * (NS * H);
-      const float dh = p.dh[bj] + to_f(dy[row * H + j]);
+      const float dh = dh_s[r * U + u] + bits_to_f<T>(in.dy[m]);
       if constexpr (CELL == 0) {
-        const float r = sv[j], z = sv[H + j], nn = sv[2 * H + j], gh_n = sv[3 * H + j];
-        const float h_prev = to_f(hist[row * H + j]);
-        const float dn = dh * (1.f - z) * (1.f - nn * nn);  // d(pre-tanh of n)
-        const float dz = dh * (h_prev - nn) * z * (1.f - z);
-        const float dr = dn * gh_n * r * (1.f - r);
+        const float rg = in.sv[m][0], zg = in.sv[m][1], ng = in.sv[m][2], gh_n = in.sv[m][3];
+        const float h_prev = bits_to_f<T>(in.h_prev[m]);
+        const float dn = dh * (1.f - zg) * (1.f - ng * ng);  // d(pre-tanh of n)
+        const float dz = dh * (h_prev - ng) * zg * (1.f - zg);
+        const float dr = dn * gh_n * rg * (1.f - rg);
         dg[j] = from_f<T>(dr);
         dg[H + j] = from_f<T>(dz);
-        dg[2 * H + j] = from_f<T>(dn * r);  // gh_n enters as r * gh_n
+        dg[2 * H + j] = from_f<T>(dn * rg);  // gh_n enters as r * gh_n
         dgx_n[row * H + j] = from_f<T>(dn);
-        p.dh[bj] = dh * z;  // direct path; phase B adds dgh · W_hh
+        dh_s[r * U + u] = dh * zg;  // direct path; phase B adds dgates · W_hh
       } else {
-        const float ig = sv[j], fg = sv[H + j], gg = sv[2 * H + j], og = sv[3 * H + j], c_prev = sv[4 * H + j];
-        const float tc = tanhf(lstm_c_new(ig, fg, gg, c_prev));
-        const float dc = p.dc[bj] + dh * og * (1.f - tc * tc);
+        const float ig = in.sv[m][0], fg = in.sv[m][1], gg = in.sv[m][2], og = in.sv[m][3], c_prev = in.sv[m][4];
+        const float tc = tanh_fast(lstm_c_new(ig, fg, gg, c_prev));
+        const float dc = dc_s[r * U + u] + dh * og * (1.f - tc * tc);
         dg[j] = from_f<T>(dc * gg * ig * (1.f - ig));
         dg[H + j] = from_f<T>(dc * c_prev * fg * (1.f - fg));
         dg[2 * H + j] = from_f<T>(dc * ig * (1.f - gg * gg));
         dg[3 * H + j] = from_f<T>(dh * tc * og * (1.f - og));
-        p.dc[bj] = dc * fg;
-        p.dh[bj] = 0.f;  // h_prev reaches h only through the gates
+        dc_s[r * U + u] = dc * fg;
+        dh_s[r * U + u] = 0.f;  // h_prev reaches h only through the gates
       }
     }
+  };
+
+  // Phase A of the first step, then per step: grid barrier (dgh[t] complete), and for each pass
+  // phase B of step t (dh += dgh[t] · W_hh[:, units]) followed at once by phase A of the next step
+  // for the same rows, whose inputs were loaded before the pass's MMA.
+  const int t_first = p.reverse ? 0 : steps - 1;
+  Inputs in;
+  for (int q = 0; q < P.passes; ++q) {
+    load_inputs(t_first, q, in);
+    phase_a(t_first, q, in);
+  }
+  cg::grid_group grid = cg::this_grid();
+  for (int s = steps - 1; s >= 0; --s) {  // forward step index, walked backwards
+    const int t = p.reverse ? steps - 1 - s : s;
+    const int t_prev = p.reverse ? t + 1 : t - 1;  // the step phase A handles next
     grid.sync();  // dgh[t] complete for every unit
-    // Phase B: dh_prev[b, j] += Σ_k dgh[t][b, k] · W_hh[k, j].
-    const T* dg_t = dgh + (size_t)t * B * G;
-    for (int b0 = 0; b0 < B; b0 += kBatchTile) {
-      R::run(A, stage, partial, L, dg_t, b0, B, vec_ok);
-      const int b = b0 + n;
-      if (j < H && b < B) p.dh[(size_t)b * H + j] += R::sum(partial, u, n);
+    for (int q = 0; q < P.passes; ++q) {
+      if (s > 0) load_inputs(t_prev, q, in);
+      const int rb = q * kPassRows;
+      const typename R::Source src{dgh + (size_t)t * B * G, G, row0 + rb, min(kPassRows, my_rows - rb), vec_ok};
+      float acc[MT][2][4];
+      rec.run(acc, stage, src, w_smem, P);
+      R::store_partials(part, acc, P);
+      __syncthreads();
+      const int r = rb + ct.n;
+      if (r < my_rows) {
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          const int u = m * 16 + ct.r;
+          if (j0 + u < H) dh_s[r * U + u] += R::reduce(part, m);
+        }
+      }
+      if (s > 0) phase_a(t_prev, q, in);
+      __syncthreads();  // the next pass or step rewrites the partial sums (unconditional: uniform control flow)
     }
-    // No barrier here: the next phase A touches only this CTA's units and writes another dgh slot.
+  }
+  for (int q = 0; q < P.passes; ++q) {
+    const int r = q * kPassRows + ct.n;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      const int u = m * 16 + ct.r, j = j0 + u;
+      if (j < H && r < my_rows) {
+        p.dh[(size_t)(row0 + r) * H + j] = dh_s[r * U + u];
+        if constexpr (CELL == 1) p.dc[(size_t)(row0 + r) * H + j] = dc_s[r * U + u];
+      }
+    }
   }
 #else
   __trap();
 #endif
 }
 
+// ---------------------------------------------------------------------------------------------
+// Instantiations, selected by dtype and math mode (and m-tiles for the backward)
+// ---------------------------------------------------------------------------------------------
 #if defined(FUSEDRNN_EMULATE)
 // The emulator runs a kernel through one signature: entry(&params).
-template <int CELL, bool BWD, typename T, int MODE>
-void emu_entry(const void* params) {
-  if constexpr (BWD) {
-    rnn_bwd_persistent_kernel<CELL, T, MODE>(*static_cast<const BwdParams*>(params));
-  } else {
-    rnn_fwd_persistent_kernel<CELL, T, MODE>(*static_cast<const FwdParams*>(params));
-  }
+template <int CELL, typename T, int MODE> void emu_fwd_entry(const void* params) {
+  rnn_fwd_persistent_kernel<CELL, T, MODE>(*static_cast<const FwdParams*>(params));
+}
+template <int CELL, typename T, int MODE, int MT> void emu_bwd_entry(const void* params) {
+  rnn_bwd_persistent_kernel<CELL, T, MODE, MT>(*static_cast<const BwdParams*>(params));
 }
 #endif
 
-template <int CELL, bool BWD, typename T, int MODE>
-const void* kernel_ptr() {
+template <int CELL, typename T, int MODE> const void* fwd_kernel_ptr() {
 #if defined(FUSEDRNN_EMULATE)
-  return reinterpret_cast<const void*>(&emu_entry<CELL, BWD, T, MODE>);
+  return reinterpret_cast<const void*>(&emu_fwd_entry<CELL, T, MODE>);
+#else
+  return reinterpret_cast<const void*>(&rnn_fwd_persistent_kernel<CELL, T, MODE>);
 #endif
-  if constexpr (BWD) {
-    return reinterpret_cast<const void*>(&rnn_bwd_persistent_kernel<CELL, T, MODE>);
-  } else {
-    return reinterpret_cast<const void*>(&rnn_fwd_persistent_kernel<CELL, T, MODE>);
-  }
 }
 
-template <int CELL, bool BWD>
-const void* select_kernel(DType d, bool tf32) {
+template <int CELL, typename T, int MODE, int MT> const void* bwd_kernel_ptr() {
+#if defined(FUSEDRNN_EMULATE)
+  return reinterpret_cast<const void*>(&emu_bwd_entry<CELL, T, MODE, MT>);
+#else
+  return reinterpret_cast<const void*>(&rnn_bwd_persistent_kernel<CELL, T, MODE, MT>);
+#endif
+}
+
+template <int CELL> const void* select_fwd_kernel(DType d, int mode) {
   switch (d) {
-    case DType::F16: return kernel_ptr<CELL, BWD, __half, kMmaHalf>();
-    case DType::BF16: return kernel_ptr<CELL, BWD, __nv_bfloat16, kMmaHalf>();
+    case DType::F16: return fwd_kernel_ptr<CELL, __half, kHalf>();
+    case DType::BF16: return fwd_kernel_ptr<CELL, __nv_bfloat16, kHalf>();
     case DType::F32:
-      return tf32 ? kernel_ptr<CELL, BWD, float, kMmaTf32>() : kernel_ptr<CELL, BWD, float, kFmaFp32>();
+      return mode == kTf32 ? fwd_kernel_ptr<CELL, float, kTf32>() : fwd_kernel_ptr<CELL, float, kTf32x3>();
   }
   return nullptr;
+}
+
+template <int CELL, int MT> const void* select_bwd_kernel_mt(DType d, int mode) {
+  switch (d) {
+    case DType::F16: return bwd_kernel_ptr<CELL, __half, kHalf, MT>();
+    case DType::BF16: return bwd_kernel_ptr<CELL, __nv_bfloat16, kHalf, MT>();
+    case DType::F32:
+      return mode == kTf32 ? bwd_kernel_ptr<CELL, float, kTf32, MT>() : bwd_kernel_ptr<CELL, float, kTf32x3, MT>();
+  }
+  return nullptr;
+}
+
+template <int CELL> const void* select_bwd_kernel(DType d, int mode, int mtiles) {
+  return mtiles == 2 ? select_bwd_kernel_mt<CELL, 2>(d, mode) : select_bwd_kernel_mt<CELL, 1>(d, mode);
 }
 
 }  // namespace fusedrnn

@@ -7,6 +7,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "rnn_launch.h"
@@ -27,7 +28,7 @@ using OptTensor = std::optional<Tensor>;
 
 // ---------------------------------------------------------------------------------------------
 // Where the kernels run. The CUDA build (setup.py) launches on the current CUDA stream; the CPU
-// emulator build (csrc/emu/, tests/test_cuda_emu.py, -DFUSEDRNN_EMULATE) runs the same kernels on
+// emulator build (csrc/emu/, tests/test_cuda_kernels.py, -DFUSEDRNN_EMULATE) runs the same kernels on
 // CPU tensors, with every buffer the kernel touches between guard zones and its outputs filled
 // with NaN, so that an out-of-bounds write or a read of an unwritten element shows.
 // ---------------------------------------------------------------------------------------------
@@ -37,6 +38,9 @@ bool on_kernel_device(const Tensor& t) { return t.is_cpu(); }
 struct DeviceScope {  // guard zones belong to one call
   explicit DeviceScope(const Tensor&) { fusedrnn_emu::clear_guards(); }
   ~DeviceScope() { fusedrnn_emu::clear_guards(); }
+};
+struct DeviceIndexScope {  // one emulated device
+  explicit DeviceIndexScope(int64_t) {}
 };
 void check_device(const Tensor&) {}
 cudaStream_t current_stream() { return nullptr; }
@@ -75,6 +79,10 @@ constexpr const char* kDeviceKind = "CUDA";
 bool on_kernel_device(const Tensor& t) { return t.is_cuda(); }
 struct DeviceScope {  // the tensor's device is current for the call
   explicit DeviceScope(const Tensor& t) : guard(t.device()) {}
+  c10::cuda::CUDAGuard guard;
+};
+struct DeviceIndexScope {
+  explicit DeviceIndexScope(int64_t device) : guard((c10::DeviceIndex)device) {}
   c10::cuda::CUDAGuard guard;
 };
 cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream(); }
@@ -120,10 +128,6 @@ DType dtype_from_name(const std::string& name) {
   TORCH_CHECK(false, "fusedrnn cuda: dtype ", name, " is not supported (float16, bfloat16, float32)");
 }
 
-Cell cell_of(int64_t cell) {
-  TORCH_CHECK(cell == 0 || cell == 1, "fusedrnn cuda: cell must be 0 (GRU) or 1 (LSTM), got ", cell);
-  return static_cast<Cell>(cell);
-}
 
 void check_arg(const Tensor& t, const char* name, const Tensor& ref, at::IntArrayRef shape) {
   TORCH_CHECK(on_kernel_device(t), "fusedrnn cuda: ", name, " must be a ", kDeviceKind, " tensor, got device ", t.device());
@@ -158,12 +162,24 @@ void check_sizes(int64_t T, int64_t B, int64_t H, int64_t G) {
 }
 
 
+// The plan of a launch on the current device (the emulator's device in the emulator build).
+Plan device_plan(Cell cell, bool backward, DType dt, bool tf32, int64_t H, int64_t B) {
+  int sms = 0, optin = 0;
+  check_launch(device_limits(&sms, &optin), "querying the device");
+  return make_plan(cell, backward, dt, tf32, (int)H, (int)B, sms, (size_t)optin);
+}
+
+void check_rows(const Plan& p) {
+  TORCH_CHECK(p.rows <= kMaxRows, "fusedrnn cuda: batch size ", p.B, " needs ", p.rows, " rows per CTA at H=", p.H,
+              " (", p.n_bg, " batch groups); the kernels hold at most ", kMaxRows,
+              " (cuda_ops.limits() should have rejected this problem)");
+}
+
 // gx (T,B,G), h0 (B,H), c0 (B,H) for LSTM, w_hh (G,H), b_hh (G,), residual (T,B,H), lengths (B,).
 // Returns {y, h_n, c_n (LSTM; else undefined), hist, saved (empty unless save)}.
-std::vector<Tensor> rnn_fwd(int64_t cell_id, const Tensor& gx, const Tensor& h0, const OptTensor& c0,
-                            const Tensor& w_hh, const OptTensor& b_hh, const OptTensor& residual,
-                            const OptTensor& lengths, bool reverse, bool save, bool allow_tf32) {
-  const Cell cell = cell_of(cell_id);
+std::vector<Tensor> rnn_forward(Cell cell, const Tensor& gx, const Tensor& h0, const OptTensor& c0, const Tensor& w_hh,
+                                const OptTensor& b_hh, const OptTensor& residual, const OptTensor& lengths,
+                                bool reverse, bool save, bool allow_tf32) {
   TORCH_CHECK(on_kernel_device(gx) && gx.dim() == 3, "fusedrnn cuda: gx must be a 3-D ", kDeviceKind,
               " tensor (T, B, G), got ", gx.sizes(), " on ", gx.device());
   const DType dt = dtype_of(gx.scalar_type());
@@ -177,7 +193,6 @@ std::vector<Tensor> rnn_fwd(int64_t cell_id, const Tensor& gx, const Tensor& h0,
   if (b_hh) check_arg(*b_hh, "b_hh", gx, {G});
   if (residual) check_arg(*residual, "residual", gx, {T, B, H});
   const bool is_lstm = cell == Cell::LSTM;
-  TORCH_CHECK(is_lstm == c0.has_value(), "fusedrnn cuda: c0 is required for an LSTM and not accepted for a GRU");
   if (c0) check_arg(*c0, "c0", gx, {B, H});
   TORCH_CHECK(T * B * std::max<int64_t>(G, 5 * H) < (int64_t(1) << 62), "fusedrnn cuda: problem too large");
 
@@ -204,9 +219,9 @@ std::vector<Tensor> rnn_fwd(int64_t cell_id, const Tensor& gx, const Tensor& h0,
   const Tensor len = lengths.has_value() ? kernel_input(lengths_on(lengths, gx, B), "lengths") : Tensor();
 
   FwdParams p{};
+  p.plan = device_plan(cell, false, dt, allow_tf32 && dt == DType::F32, H, B);
+  check_rows(p.plan);
   p.T = (int)T;
-  p.B = (int)B;
-  p.H = (int)H;
   p.reverse = reverse;
   p.gx = gx_c.data_ptr();
   p.w_hh = w_c.data_ptr();
@@ -218,20 +233,15 @@ std::vector<Tensor> rnn_fwd(int64_t cell_id, const Tensor& gx, const Tensor& h0,
   p.h_state = h_state.data_ptr<float>();
   p.c_state = is_lstm ? c_state.data_ptr<float>() : nullptr;
   p.saved = save ? saved.data_ptr<float>() : nullptr;
-
-  const bool tf32 = allow_tf32 && dt == DType::F32;
-  const SmemLayout L = layout_for(cell, false, dt, tf32, (int)H);
-  check_launch(launch_cooperative(rnn_kernel(cell, false, dt, tf32), L.bytes, grid_for((int)H), &p, current_stream()),
-               "the forward kernel");
+  check_launch(launch_cooperative(rnn_kernel(p.plan, dt), p.plan, &p, current_stream()), "the forward kernel");
   return outputs({y, h_state.to(gx.scalar_type()), is_lstm ? c_state.to(gx.scalar_type()) : Tensor(), hist, saved});
 }
 
-// dy (T,B,H) and dh_n (B,H) in the input dtype, dc_n (B,H) for LSTM; hist/saved from rnn_fwd.
+// dy (T,B,H) and dh_n (B,H) in the input dtype, dc_n (B,H) for LSTM; hist/saved from the forward.
 // Returns {dgh (T,B,G), dgx_n (T,B,H) for GRU (else undefined), dh0, dc0 (LSTM; else undefined)}.
-std::vector<Tensor> rnn_bwd(int64_t cell_id, const Tensor& dy, const Tensor& dh_n, const OptTensor& dc_n,
-                            const Tensor& w_hh, const Tensor& hist, const Tensor& saved, const OptTensor& lengths,
-                            bool reverse, bool allow_tf32) {
-  const Cell cell = cell_of(cell_id);
+std::vector<Tensor> rnn_backward(Cell cell, const Tensor& dy, const Tensor& dh_n, const OptTensor& dc_n,
+                                 const Tensor& w_hh, const Tensor& hist, const Tensor& saved,
+                                 const OptTensor& lengths, bool reverse, bool allow_tf32) {
   TORCH_CHECK(on_kernel_device(dy) && dy.dim() == 3, "fusedrnn cuda: dy must be a 3-D ", kDeviceKind,
               " tensor (T, B, H), got ", dy.sizes(), " on ", dy.device());
   const DType dt = dtype_of(dy.scalar_type());
@@ -244,7 +254,6 @@ std::vector<Tensor> rnn_bwd(int64_t cell_id, const Tensor& dy, const Tensor& dh_
   check_float_arg(saved, "saved (the forward was run without saving for backward?)", dy,
                   {T, B, n_saved((int)cell) * H});
   const bool is_lstm = cell == Cell::LSTM;
-  TORCH_CHECK(is_lstm == dc_n.has_value(), "fusedrnn cuda: dc_n is required for an LSTM and not accepted for a GRU");
   if (dc_n) check_arg(*dc_n, "dc_n", dy, {B, H});
 
   DeviceScope scope(dy);
@@ -267,9 +276,9 @@ std::vector<Tensor> rnn_bwd(int64_t cell_id, const Tensor& dy, const Tensor& dh_
   const Tensor len = lengths.has_value() ? kernel_input(lengths_on(lengths, dy, B), "lengths") : Tensor();
 
   BwdParams p{};
+  p.plan = device_plan(cell, true, dt, allow_tf32 && dt == DType::F32, H, B);
+  check_rows(p.plan);
   p.T = (int)T;
-  p.B = (int)B;
-  p.H = (int)H;
   p.reverse = reverse;
   p.w_hh = w_c.data_ptr();
   p.dy = dy_c.data_ptr();
@@ -280,48 +289,103 @@ std::vector<Tensor> rnn_bwd(int64_t cell_id, const Tensor& dy, const Tensor& dh_
   p.dgx_n = is_lstm ? nullptr : dgx_n.data_ptr();
   p.dh = dh.data_ptr<float>();
   p.dc = is_lstm ? dc.data_ptr<float>() : nullptr;
-
-  const bool tf32 = allow_tf32 && dt == DType::F32;
-  const SmemLayout L = layout_for(cell, true, dt, tf32, (int)H);
-  check_launch(launch_cooperative(rnn_kernel(cell, true, dt, tf32), L.bytes, grid_for((int)H), &p, current_stream()),
-               "the backward kernel");
+  check_launch(launch_cooperative(rnn_kernel(p.plan, dt), p.plan, &p, current_stream()), "the backward kernel");
   return outputs({dgh, dgx_n, dh.to(dy.scalar_type()), is_lstm ? dc.to(dy.scalar_type()) : Tensor()});
 }
 
-// Shared memory per CTA and grid size: pure arithmetic, no GPU needed.
-pybind11::dict launch_shape(int64_t cell, bool backward, const std::string& dtype, bool tf32, int64_t H) {
-  const DType dt = dtype_from_name(dtype);
-  const SmemLayout L = layout_for(cell_of(cell), backward, dt, tf32 && dt == DType::F32, (int)H);
+// One function per cell and direction at the Python boundary: the argument lists say what each takes.
+std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
+                                                       const OptTensor& b_hh, const OptTensor& residual,
+                                                       const OptTensor& lengths, bool reverse, bool save,
+                                                       bool allow_tf32) {
+  auto o = rnn_forward(Cell::GRU, gx, h0, std::nullopt, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32);
+  return {o[0], o[1], o[3], o[4]};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tensor& c0,
+                                                                const Tensor& w_hh, const OptTensor& b_hh,
+                                                                const OptTensor& residual, const OptTensor& lengths,
+                                                                bool reverse, bool save, bool allow_tf32) {
+  auto o = rnn_forward(Cell::LSTM, gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32);
+  return {o[0], o[1], o[2], o[3], o[4]};
+}
+
+std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& w_hh,
+                                                const Tensor& hist, const Tensor& saved, const OptTensor& lengths,
+                                                bool reverse, bool allow_tf32) {
+  auto o = rnn_backward(Cell::GRU, dy, dh_n, std::nullopt, w_hh, hist, saved, lengths, reverse, allow_tf32);
+  return {o[0], o[1], o[2]};
+}
+
+std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n,
+                                                 const Tensor& w_hh, const Tensor& hist, const Tensor& saved,
+                                                 const OptTensor& lengths, bool reverse, bool allow_tf32) {
+  auto o = rnn_backward(Cell::LSTM, dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32);
+  return {o[0], o[2], o[3]};
+}
+
+Cell cell_named(const std::string& name) {
+  if (name == "gru") return Cell::GRU;
+  if (name == "lstm") return Cell::LSTM;
+  TORCH_CHECK(false, "fusedrnn cuda: cell must be 'gru' or 'lstm', got '", name, "'");
+}
+
+pybind11::dict plan_dict(const Plan& p) {
   pybind11::dict d;
-  d["grid"] = grid_for((int)H);
-  d["smem"] = (int64_t)L.bytes;
+  d["grid"] = p.grid;
+  d["smem"] = (int64_t)p.bytes;
   d["threads"] = kThreads;
-  d["units_per_cta"] = kUnits;
+  d["units"] = p.units;
+  d["mtiles"] = p.mtiles;
+  d["unit_groups"] = p.n_ug;
+  d["batch_groups"] = p.n_bg;
+  d["rows"] = p.rows;
+  d["max_rows"] = kMaxRows;
+  d["passes"] = p.passes;
+  d["pass_ntiles"] = p.pass_ntiles;
+  d["kblock"] = p.kblock;
+  d["blocks_per_warp"] = p.blocks_per_warp;
+  d["reg_blocks"] = p.reg_blocks;
+  d["smem_blocks"] = p.smem_blocks;
+  d["stage_slots"] = p.stage_slots;
+  d["mode"] = p.mode == kHalf ? "half" : p.mode == kTf32 ? "tf32" : "tf32x3";
+  return d;
+}
+
+// The launch plan for a device with `num_sms` SMs and `smem_optin` bytes of shared memory per CTA:
+// pure arithmetic (no GPU needed), the numbers bench/model_cuda.py and the limits tables use.
+pybind11::dict launch_shape(const std::string& cell, bool backward, const std::string& dtype, bool tf32, int64_t H,
+                            int64_t B, int64_t num_sms, int64_t smem_optin) {
+  TORCH_CHECK(H >= 1 && B >= 0 && num_sms >= 1 && smem_optin >= 0, "fusedrnn cuda: launch_shape arguments out of range");
+  const DType dt = dtype_from_name(dtype);
+  const Plan p = make_plan(cell_named(cell), backward, dt, tf32 && dt == DType::F32, (int)H, (int)B, (int)num_sms,
+                           (size_t)smem_optin);
+  pybind11::dict d = plan_dict(p);
+  d["fits"] = plan_fits(p, (int)num_sms, (size_t)smem_optin);
+  return d;
+}
+
+// launch_shape on a device, plus what it allows: co-resident CTAs per SM at that shared memory, SMs,
+// the opt-in shared-memory limit, cooperative-launch support (the emulator's device in that build).
+pybind11::dict plan(const std::string& cell, bool backward, const std::string& dtype, bool tf32, int64_t H, int64_t B,
+                    int64_t device) {
+  const DType dt = dtype_from_name(dtype);
+  const Cell c = cell_named(cell);
+  DeviceIndexScope scope(device);
+  const Plan p = device_plan(c, backward, dt, tf32 && dt == DType::F32, H, B);
+  Occupancy occ;
+  check_launch(occupancy(rnn_kernel(p, dt), p.bytes, &occ), "the occupancy query");
+  pybind11::dict d = plan_dict(p);
+  d["blocks_per_sm"] = occ.blocks_per_sm;
+  d["num_sms"] = occ.num_sms;
+  d["max_smem_optin"] = occ.max_smem_optin;
+  d["cooperative"] = occ.cooperative;
+  d["fits"] = occ.cooperative && occ.blocks_per_sm > 0 && p.grid <= occ.blocks_per_sm * occ.num_sms &&
+              p.rows <= kMaxRows;
   return d;
 }
 
 #if !defined(FUSEDRNN_EMULATE)
-// launch_shape plus what the device allows: co-resident CTAs per SM at that shared memory, SMs,
-// the opt-in shared-memory limit, cooperative-launch support.
-pybind11::dict plan(int64_t cell, bool backward, const std::string& dtype, bool tf32, int64_t H, int64_t device) {
-  const DType dt = dtype_from_name(dtype);
-  const bool t = tf32 && dt == DType::F32;
-  const Cell c = cell_of(cell);
-  c10::cuda::CUDAGuard guard((c10::DeviceIndex)device);
-  const SmemLayout L = layout_for(c, backward, dt, t, (int)H);
-  LaunchPlan lp;
-  C10_CUDA_CHECK(plan_launch(rnn_kernel(c, backward, dt, t), L.bytes, grid_for((int)H), &lp));
-  pybind11::dict d;
-  d["grid"] = lp.grid;
-  d["smem"] = (int64_t)lp.smem;
-  d["blocks_per_sm"] = lp.blocks_per_sm;
-  d["num_sms"] = lp.num_sms;
-  d["max_smem_optin"] = lp.max_smem_optin;
-  d["cooperative"] = lp.cooperative;
-  d["fits"] = lp.fits();
-  return d;
-}
-
 double barrier_floor_ms(int64_t T, int64_t grid) {
   TORCH_CHECK(T >= 0, "fusedrnn cuda: barrier_floor: T must be >= 0, got ", T);
   const int device = (int)c10::cuda::current_device();
@@ -340,23 +404,29 @@ double barrier_floor_ms(int64_t T, int64_t grid) {
 
 void register_rnn(pybind11::module_& m) {
   namespace py = pybind11;
-  m.def("rnn_fwd", &rnn_fwd, "persistent recurrence forward (cell 0 = GRU, 1 = LSTM)", py::arg("cell"),
+  m.def("gru_forward", &gru_forward, "persistent GRU recurrence forward -> (y, h_n, hist, saved)", py::arg("gx"),
+        py::arg("h0"), py::arg("w_hh"), py::arg("b_hh"), py::arg("residual"), py::arg("lengths"), py::arg("reverse"),
+        py::arg("save"), py::arg("allow_tf32"));
+  m.def("lstm_forward", &lstm_forward, "persistent LSTM recurrence forward -> (y, h_n, c_n, hist, saved)",
         py::arg("gx"), py::arg("h0"), py::arg("c0"), py::arg("w_hh"), py::arg("b_hh"), py::arg("residual"),
         py::arg("lengths"), py::arg("reverse"), py::arg("save"), py::arg("allow_tf32"));
-  m.def("rnn_bwd", &rnn_bwd, "persistent recurrence backward (cell 0 = GRU, 1 = LSTM)", py::arg("cell"),
-        py::arg("dy"), py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"), py::arg("hist"), py::arg("saved"),
-        py::arg("lengths"), py::arg("reverse"), py::arg("allow_tf32"));
-  m.def("launch_shape", &launch_shape, "grid and shared memory of a persistent kernel (no GPU needed)",
-        py::arg("cell"), py::arg("backward"), py::arg("dtype"), py::arg("tf32"), py::arg("H"));
+  m.def("gru_backward", &gru_backward, "persistent GRU recurrence backward -> (dgh, dgx_n, dh0)", py::arg("dy"),
+        py::arg("dh_n"), py::arg("w_hh"), py::arg("hist"), py::arg("saved"), py::arg("lengths"), py::arg("reverse"),
+        py::arg("allow_tf32"));
+  m.def("lstm_backward", &lstm_backward, "persistent LSTM recurrence backward -> (dgh, dh0, dc0)", py::arg("dy"),
+        py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"), py::arg("hist"), py::arg("saved"), py::arg("lengths"),
+        py::arg("reverse"), py::arg("allow_tf32"));
+  m.def("launch_shape", &launch_shape, "the launch plan for a device of num_sms SMs and smem_optin bytes (no GPU)",
+        py::arg("cell"), py::arg("backward"), py::arg("dtype"), py::arg("tf32"), py::arg("H"), py::arg("B"),
+        py::arg("num_sms"), py::arg("smem_optin"));
+  m.def("plan", &plan, "the launch plan on a device plus its occupancy", py::arg("cell"), py::arg("backward"),
+        py::arg("dtype"), py::arg("tf32"), py::arg("H"), py::arg("B"), py::arg("device"));
 #if !defined(FUSEDRNN_EMULATE)
-  m.def("plan", &plan, "launch_shape plus the device's occupancy for it", py::arg("cell"), py::arg("backward"),
-        py::arg("dtype"), py::arg("tf32"), py::arg("H"), py::arg("device"));
   m.def("barrier_floor", &barrier_floor_ms,
         "time (ms, CUDA events) of a persistent kernel doing T grid barriers and nothing else; grid <= 0: one CTA "
         "per SM",
         py::arg("T"), py::arg("grid") = 0);
 #endif
-  m.attr("UNITS_PER_CTA") = kUnits;
 }
 
 }  // namespace fusedrnn

@@ -1,9 +1,9 @@
 """Builds and loads the CPU emulator of the CUDA kernels (csrc/emu/, see its README).
 
-The emulator module has the same ``rnn_fwd`` / ``rnn_bwd`` / ``launch_shape`` as fusedrnn._C, built
-from the same csrc/ sources with -DFUSEDRNN_EMULATE by the host compiler, and takes CPU tensors.
-``use_emulator(monkeypatch)`` points fusedrnn.cuda_ops at it, so the cuda backend's custom ops and
-autograd run unchanged on the CPU.
+The emulator module has the same ``gru_forward`` ... ``launch_shape`` / ``plan`` functions as
+fusedrnn._C, built from the same csrc/ sources with -DFUSEDRNN_EMULATE by the host compiler, and takes
+CPU tensors. ``use_emulator(monkeypatch)`` points fusedrnn.backends.cuda at it, so the cuda backend's
+custom ops and autograd run unchanged on the CPU.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import shutil
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 SOURCES = [CSRC / "rnn_ops.cpp"]
-SOURCES += [CSRC / "emu" / f for f in ("bindings.cpp", "runtime.cpp", "kernels.cpp", "selftest.cpp")]
+SOURCES += [CSRC / "emu" / f for f in ("bindings.cpp", "runtime.cpp", "selftest.cpp")]
+SOURCES += [CSRC / "emu" / f"kernels_{k}.cpp" for k in ("gru_fwd", "gru_bwd", "lstm_fwd", "lstm_bwd")]
 
 
 def cuda_include_dir() -> pathlib.Path | None:
@@ -60,13 +61,13 @@ def load():
     return cpp_extension.load(
         name=f"fusedrnn_emu_{_digest()}",  # any change under csrc/ is a new module: no stale builds
         sources=[str(s) for s in SOURCES],
-        extra_cflags=["-O2", "-DFUSEDRNN_EMULATE", f"-I{inc}", f"-I{CSRC}"],
+        extra_cflags=["-O1", "-DFUSEDRNN_EMULATE", f"-I{inc}", f"-I{CSRC}"],
         verbose=False,
     )
 
 
 def use_emulator(monkeypatch):
-    """Make fusedrnn.cuda_ops call the emulator instead of fusedrnn._C; returns the emulator module."""
+    """Make fusedrnn.backends.cuda call the emulator instead of fusedrnn._C; returns the emulator module."""
     from fusedrnn.backends import cuda as cuda_ops
 
     emu = load()

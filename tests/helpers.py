@@ -136,7 +136,7 @@ def assert_lowp_within_baselines(cell, got, d, lens, reverse, dtype, k=K_LOWP):
 
 
 def raw_recurrence_inputs(cell, T, B, H, dtype, device="cpu", seed=31):
-    """(n_gates, gx, h0, c0 or None, w_hh, b_hh) for the cuda backend's raw rnn_fwd."""
+    """(n_gates, gx, h0, c0 or None, w_hh, b_hh) for the cuda backend's raw forward."""
     import math
 
     ng = 3 if cell == "gru" else 4
@@ -150,15 +150,18 @@ def raw_recurrence_inputs(cell, T, B, H, dtype, device="cpu", seed=31):
 
 
 def check_raw_recurrence_forward(ext, cell, dtype, reverse, device, T=7, B=19, H=40, seed=31):
-    """The cuda backend's raw ``rnn_fwd`` (of fusedrnn._C on a GPU, or of the CPU emulator): hist[t] is
-    the state before time t (the exchange buffer), and the saved activations equal the gate values
+    """The cuda backend's raw ``gru_forward`` / ``lstm_forward`` (of fusedrnn._C on a GPU, or of the
+    CPU emulator): hist[t] is the state before time t (the exchange buffer), and the saved activations equal the gate values
     recomputed here in fp64 from gx, hist and W_hh (the kernel's MMA operands are exactly these values,
     fp32 accumulation: only the summation order differs). A wrong slot index, MMA layout or K-split sum
     shows here directly."""
     import itertools
 
     ng, gx, h0, c0, w_hh, b_hh = raw_recurrence_inputs(cell, T, B, H, dtype, device, seed)
-    y, h_n, c_n, hist, saved = ext.rnn_fwd(ng - 3, gx, h0, c0, w_hh, b_hh, None, None, reverse, True, False)
+    if cell == "gru":
+        (y, h_n, hist, saved), c_n = ext.gru_forward(gx, h0, w_hh, b_hh, None, None, reverse, True, False), None
+    else:
+        y, h_n, c_n, hist, saved = ext.lstm_forward(gx, h0, c0, w_hh, b_hh, None, None, reverse, True, False)
     order = list(range(T - 1, -1, -1)) if reverse else list(range(T))
     assert torch.equal(hist[order[0]], h0)
     for prev, t in itertools.pairwise(order):

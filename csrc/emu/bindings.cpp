@@ -1,6 +1,6 @@
 // Python module of the CPU emulator build (tests/cuda_emu.py builds it with torch's cpp_extension):
-// the same rnn_fwd/rnn_bwd/launch_shape functions as fusedrnn._C, taking CPU tensors, plus the
-// emulator's controls.
+// the same gru_forward ... lstm_backward, launch_shape and plan functions as fusedrnn._C, taking CPU
+// tensors, plus the emulator's controls.
 #include <torch/extension.h>
 
 #include "runtime.h"
@@ -48,6 +48,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     return d;
   }, "counters since the last reset_stats()");
   m.def("reset_stats", &fusedrnn_emu::reset_stats);
+  m.def("set_device", &fusedrnn_emu::set_device, "the emulated device's SMs and opt-in shared memory per CTA",
+        py::arg("num_sms"), py::arg("smem_optin"));
   m.def("selftest", &fusedrnn_emu::selftest, "run one of the emulator's self-test kernels (csrc/emu/selftest.cpp)",
         py::arg("name"), py::arg("variant"), py::arg("input"));
 }

@@ -1,10 +1,21 @@
 // The emulator's scheduler: runs a cooperative launch of a csrc/ kernel on the CPU, one coroutine
-// (ucontext) per CUDA thread, all on the calling OS thread. See cuda_emu.h for the model.
+// per CUDA thread, all on the calling OS thread. See cuda_emu.h for the model.
 #include "runtime.h"
 
+// A coroutine switch is a stack switch. On x86-64 it is six pushes, a stack-pointer swap and six
+// pops (the System V callee-saved registers; the emulated kernels leave the floating-point control
+// state alone, so it is not saved). Elsewhere it is swapcontext, which also saves the signal mask
+// with a system call per switch: the emulator switches tens of millions of times per test run.
+#if defined(__x86_64__) && !defined(FUSEDRNN_EMU_UCONTEXT)
+#define FUSEDRNN_EMU_ASM_SWITCH 1
+#else
 #include <ucontext.h>
+#endif
 
 #include <algorithm>
+#include <cfloat>
+#include <climits>
+#include <cmath>
 #include <deque>
 #include <cstdio>
 #include <cstdlib>
@@ -27,13 +38,59 @@ constexpr int kExchangeSlots = 4;
 
 enum class St : unsigned char { Ready, AtBlock, AtGrid, AtWarp, Done, Failed };
 
+// One cp.async in flight: what lands where, and the source bytes at issue (they must not change).
+struct AsyncCopy {
+  unsigned char* dst;
+  const unsigned char* src;
+  int src_bytes;
+  int group;  // -1 until cp.async.commit_group closes the group
+  unsigned char snapshot[16];
+};
+
+#if FUSEDRNN_EMU_ASM_SWITCH
+// Saves the callee-saved registers on the current stack, stores the stack pointer in *save, switches
+// to the stack `next` (saved by an earlier switch, or built by start_stack) and returns on it.
+extern "C" void fusedrnn_emu_switch(void** save, void* next);
+asm(R"(
+  .text
+  .p2align 4
+  .globl fusedrnn_emu_switch
+  .hidden fusedrnn_emu_switch
+  .type fusedrnn_emu_switch, @function
+fusedrnn_emu_switch:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .size fusedrnn_emu_switch, .-fusedrnn_emu_switch
+)");
+struct Context {
+  void* sp = nullptr;
+};
+#else
+using Context = ucontext_t;
+#endif
+
 struct Thread {
-  ucontext_t ctx;
+  Context ctx;
   St st = St::Ready;
   int block = 0, tid = 0;
   const char* site_file = nullptr;  // the __syncthreads() / grid.sync() it waits at
   int site_line = 0;
   WarpOp op{};                 // the warp-collective operation it waits at
+  std::vector<AsyncCopy> copies;  // cp.async in flight, in issue order
+  int next_group = 0;             // id the next cp.async.commit_group gives its group
 };
 
 struct Launch {
@@ -46,7 +103,7 @@ struct Launch {
   std::vector<unsigned char> smem_mem;
   unsigned char* smem_base = nullptr;  // 128-byte aligned start of block 0's region
   std::vector<void*> exchange;  // (block, warp, lane, slot)
-  ucontext_t sched;
+  Context sched;
   Thread* cur = nullptr;
   std::string error;
 };
@@ -68,16 +125,59 @@ bool same_site(const Thread& a, const Thread& b) {
   return a.site_line == b.site_line && std::strcmp(a.site_file, b.site_file) == 0;
 }
 
+// From a thread to the scheduler, and from the scheduler into a thread.
+void to_scheduler(Launch& L) {
+#if FUSEDRNN_EMU_ASM_SWITCH
+  fusedrnn_emu_switch(&L.cur->ctx.sp, L.sched.sp);
+#else
+  swapcontext(&L.cur->ctx, &L.sched);
+#endif
+}
+void to_thread(Launch& L, Thread* t) {
+#if FUSEDRNN_EMU_ASM_SWITCH
+  fusedrnn_emu_switch(&L.sched.sp, t->ctx.sp);
+#else
+  swapcontext(&L.sched, &t->ctx);
+#endif
+}
+
 void yield(St st) {
   Launch& L = *g_launch;
   L.cur->st = st;
-  swapcontext(&L.cur->ctx, &L.sched);
+  to_scheduler(L);
 }
 
 void thread_main() {
   Launch& L = *g_launch;
   L.entry(L.params);
-  L.cur->st = St::Done;  // returning resumes the scheduler (uc_link)
+  if (!L.cur->copies.empty()) fail("cp.async issued and never waited for (cp.async.wait_group / wait_all)");
+  L.cur->st = St::Done;
+#if FUSEDRNN_EMU_ASM_SWITCH
+  to_scheduler(L);  // never resumed: the stack is abandoned
+  std::abort();
+#endif
+  // with ucontext, returning resumes the scheduler (uc_link)
+}
+
+// Prepares a thread's stack so that the first switch to it enters thread_main: the switch pops six
+// registers and returns into thread_main with the stack as a call would leave it (16-byte aligned
+// before the call, so 8 mod 16 at entry).
+void start_stack(Launch& L, Thread& t, char* stack, size_t bytes) {
+#if FUSEDRNN_EMU_ASM_SWITCH
+  uintptr_t top = (reinterpret_cast<uintptr_t>(stack) + bytes) & ~uintptr_t(15);
+  void** sp = reinterpret_cast<void**>(top);
+  *--sp = nullptr;  // thread_main's return address: it never returns
+  *--sp = reinterpret_cast<void*>(&thread_main);
+  for (int i = 0; i < 6; ++i) *--sp = nullptr;  // r15 r14 r13 r12 rbx rbp
+  t.ctx.sp = sp;
+  (void)L;
+#else
+  getcontext(&t.ctx);
+  t.ctx.uc_stack.ss_sp = stack;
+  t.ctx.uc_stack.ss_size = bytes;
+  t.ctx.uc_link = &L.sched;
+  makecontext(&t.ctx, thread_main, 0);
+#endif
 }
 
 std::string describe(const Launch& L) {
@@ -129,7 +229,7 @@ bool run(Launch& L) {
     Thread* t = q.front();
     q.pop_front();
     L.cur = t;
-    swapcontext(&L.sched, &t->ctx);
+    to_thread(L, t);
     g_stats.switches++;
     Thread* blk = &L.th[(size_t)t->block * L.threads];
     switch (t->st) {
@@ -160,8 +260,7 @@ bool run(Launch& L) {
           for (int l = 1; l < kWarpLanes; ++l)
             if (!(lanes[l].op == lanes[0].op)) {
               L.error = "block " + std::to_string(t->block) + ", warp " + std::to_string(w) +
-                        ": lanes are in different warp-collective operations, or called one with different "
-                        "pointers/ldm/layout";
+                        ": lanes are in different warp-collective operations (or mma shapes/types)";
               return false;
             }
           for (int l = 0; l < kWarpLanes; ++l) group.push_back(blk + w * kWarpLanes + l);
@@ -265,6 +364,159 @@ void fail(const char* what) {
   std::abort();  // never resumed
 }
 
+// ---------------------------------------------------------------------------------------------
+// cp.async
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+void land(const AsyncCopy& c) {
+  if (std::memcmp(c.snapshot, c.src, (size_t)c.src_bytes) != 0)
+    fail("cp.async: its global source changed between issue and completion");
+  std::memcpy(c.dst, c.src, (size_t)c.src_bytes);
+  std::memset(c.dst + c.src_bytes, 0, (size_t)(16 - c.src_bytes));  // the zero-fill part
+}
+}  // namespace
+
+void cp_async(void* smem_dst, const void* gmem_src, int src_bytes) {
+  Launch& L = *g_launch;
+  auto* dst = static_cast<unsigned char*>(smem_dst);
+  const unsigned char* base = dynamic_smem();
+  if (dst < base || dst + 16 > base + L.smem) fail("cp.async: destination outside the CTA's shared memory");
+  if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) fail("cp.async: destination not 16-byte aligned");
+  if (src_bytes < 0 || src_bytes > 16) fail("cp.async: source size must be 0..16 bytes");
+  if (src_bytes > 0 && reinterpret_cast<uintptr_t>(gmem_src) % 16 != 0) fail("cp.async: source not 16-byte aligned");
+  AsyncCopy c{dst, static_cast<const unsigned char*>(gmem_src), src_bytes, -1, {}};
+  std::memcpy(c.snapshot, c.src, (size_t)src_bytes);
+  std::memset(dst, kUnwrittenByte, 16);  // undefined until the copy completes
+  L.cur->copies.push_back(c);
+}
+
+void cp_async_commit() {
+  Thread& t = *g_launch->cur;
+  for (AsyncCopy& c : t.copies)
+    if (c.group < 0) c.group = t.next_group;
+  ++t.next_group;  // an empty group is a group too
+}
+
+void cp_async_wait(int pending_groups) {
+  Thread& t = *g_launch->cur;
+  const int limit = pending_groups < 0 ? INT_MAX : t.next_group - pending_groups;
+  size_t kept = 0;  // compacted in place: no heap object on this (possibly abandoned) coroutine stack
+  for (size_t i = 0; i < t.copies.size(); ++i) {
+    const AsyncCopy c = t.copies[i];
+    if (pending_groups < 0 || (c.group >= 0 && c.group < limit)) {
+      land(c);
+    } else {
+      t.copies[kept++] = c;
+    }
+  }
+  t.copies.resize(kept);
+}
+
+// ---------------------------------------------------------------------------------------------
+// mma.sync
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+float half_of(uint32_t word, int e, MmaType type) {
+  const uint16_t bits = (uint16_t)(word >> (16 * e));
+  if (type == MmaType::F16) {
+    __half h;
+    std::memcpy(&h, &bits, 2);
+    return __half2float(h);
+  }
+  __nv_bfloat16 b;
+  std::memcpy(&b, &bits, 2);
+  return __bfloat162float(b);
+}
+float tf32_of(uint32_t word) {
+  word &= 0xffffe000u;  // the tensor cores read 10 mantissa bits and ignore the rest
+  float f;
+  std::memcpy(&f, &word, 4);
+  return f;
+}
+}  // namespace
+
+void mma_sync(float* d, const uint32_t* a, const uint32_t* b, MmaType type) {
+  void* mine[2] = {const_cast<uint32_t*>(a), const_cast<uint32_t*>(b)};
+  void* const* table = warp_exchange(mine, 2, {10 + (int)type});
+  auto A = [&](int row, int k) -> float {
+    if (type == MmaType::TF32) {
+      const int reg = (row >= 8) + 2 * (k >= 4), lane = (row % 8) * 4 + k % 4;
+      return tf32_of(static_cast<const uint32_t*>(table[2 * lane])[reg]);
+    }
+    const int reg = (row >= 8) + 2 * (k >= 8), lane = (row % 8) * 4 + (k % 8) / 2;
+    return half_of(static_cast<const uint32_t*>(table[2 * lane])[reg], k % 2, type);
+  };
+  auto B = [&](int k, int col) -> float {
+    if (type == MmaType::TF32) {
+      const int lane = col * 4 + k % 4;
+      return tf32_of(static_cast<const uint32_t*>(table[2 * lane + 1])[k >= 4]);
+    }
+    const int lane = col * 4 + (k % 8) / 2;
+    return half_of(static_cast<const uint32_t*>(table[2 * lane + 1])[k >= 8], k % 2, type);
+  };
+  const int K = type == MmaType::TF32 ? 8 : 16;
+  const int lane = (int)lane_id(), g = lane >> 2, t = lane & 3;
+  float out[4];
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i >> 1), col = 2 * t + (i & 1);
+    float s = d[i];
+    for (int k = 0; k < K; ++k) s += A(row, k) * B(k, col);
+    out[i] = s;
+  }
+  warp_sync({20 + (int)type});  // every lane has read every other lane's a and b
+  for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fast-math intrinsics
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+float flush(float x) { return std::fpclassify(x) == FP_SUBNORMAL ? std::copysign(0.f, x) : x; }
+uint32_t mix(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  x ^= x >> 16;
+  return x;
+}
+// exact * (1 ± rel), the sign a hash of the input's bits.
+float off_by(double exact, double rel, float x) {
+  uint32_t bits;
+  std::memcpy(&bits, &x, 4);
+  return (float)(exact * (1.0 + ((mix(bits) & 1u) ? rel : -rel)));
+}
+// The documented bounds (PTX ISA), the first two rounded up: ex2.approx.f32 2 ulp (2^-22
+// relative), rcp.approx.f32 1 ulp, tanh.approx.f32 2^-10.987 relative.
+constexpr double kEx2RelErr = 0x1p-21, kRcpRelErr = 0x1p-22;
+const double kTanhRelErr = std::exp2(-10.987);
+}  // namespace
+
+float ex2_approx_ftz(float x) {
+  x = flush(x);
+  if (std::isnan(x)) return x;
+  const double e = std::exp2((double)x);
+  if (e > (double)FLT_MAX) return INFINITY;
+  return flush(off_by(e, kEx2RelErr, x));
+}
+
+float rcp_approx_ftz(float x) {
+  x = flush(x);
+  if (std::isnan(x)) return x;
+  if (x == 0.f) return std::copysign(INFINITY, x);
+  if (std::isinf(x)) return std::copysign(0.f, x);
+  return flush(off_by(1.0 / (double)x, kRcpRelErr, x));
+}
+
+float tanh_approx(float x) {
+  if (std::isnan(x)) return x;
+  const float r = off_by(std::tanh((double)x), kTanhRelErr, x);
+  return std::fmax(-1.f, std::fmin(1.f, r));
+}
+
 void set_schedule(Schedule s, uint64_t seed) {
   g_schedule = s;
   g_seed = seed;
@@ -272,6 +524,7 @@ void set_schedule(Schedule s, uint64_t seed) {
 Stats stats() { return g_stats; }
 void reset_stats() { g_stats = Stats{}; }
 const std::string& last_error() { return g_last_error; }
+void set_last_error(const std::string& what) { g_last_error = what; }
 
 void add_guard(const void* p, size_t bytes, const std::string& name) {
   g_guards.push_back({static_cast<const unsigned char*>(p), bytes, name});
@@ -310,11 +563,7 @@ bool launch(void (*entry)(const void*), const void* params, int grid, int thread
     Thread& t = L.th[i];
     t.block = (int)(i / threads);
     t.tid = (int)(i % threads);
-    getcontext(&t.ctx);
-    t.ctx.uc_stack.ss_sp = L.stacks.get() + i * kStackBytes;
-    t.ctx.uc_stack.ss_size = kStackBytes;
-    t.ctx.uc_link = &L.sched;
-    makecontext(&t.ctx, thread_main, 0);
+    start_stack(L, t, L.stacks.get() + i * kStackBytes, kStackBytes);
   }
   g_launch = &L;
   const bool ok = run(L);
@@ -329,12 +578,46 @@ bool launch(void (*entry)(const void*), const void* params, int grid, int thread
 
 }  // namespace fusedrnn_emu
 
-// The launch entry point rnn_ops.cpp calls, in place of launch.cu's cudaLaunchCooperativeKernel.
+// What rnn_ops.cpp calls in place of launch.cu: the emulated device's limits, its occupancy (one
+// CTA per SM when the plan's shared memory fits) and the cooperative launch.
 namespace fusedrnn {
 
-cudaError_t launch_cooperative(const void* kernel, size_t smem, int grid, void* params, cudaStream_t) {
+namespace {
+int g_num_sms = 132;
+int g_smem_optin = 227 * 1024;
+}  // namespace
+
+cudaError_t device_limits(int* num_sms, int* smem_optin) {
+  *num_sms = g_num_sms;
+  *smem_optin = g_smem_optin;
+  return cudaSuccess;
+}
+
+cudaError_t occupancy(const void*, size_t smem, Occupancy* occ) {
+  occ->num_sms = g_num_sms;
+  occ->max_smem_optin = g_smem_optin;
+  occ->cooperative = true;
+  occ->blocks_per_sm = smem <= (size_t)g_smem_optin ? 1 : 0;
+  return cudaSuccess;
+}
+
+cudaError_t launch_cooperative(const void* kernel, const Plan& plan, void* params, cudaStream_t) {
+  if (plan.grid > g_num_sms || plan.bytes > (size_t)g_smem_optin) {
+    fusedrnn_emu::set_last_error("the grid of " + std::to_string(plan.grid) + " CTAs with " +
+                                 std::to_string(plan.bytes) + " bytes of shared memory each does not fit the " +
+                                 "emulated device (" + std::to_string(g_num_sms) + " SMs, " +
+                                 std::to_string(g_smem_optin) + " bytes)");
+    return cudaErrorCooperativeLaunchTooLarge;
+  }
   auto entry = reinterpret_cast<void (*)(const void*)>(const_cast<void*>(kernel));
-  return fusedrnn_emu::launch(entry, params, grid, kThreads, smem) ? cudaSuccess : cudaErrorLaunchFailure;
+  return fusedrnn_emu::launch(entry, params, plan.grid, kThreads, plan.bytes) ? cudaSuccess : cudaErrorLaunchFailure;
 }
 
 }  // namespace fusedrnn
+
+namespace fusedrnn_emu {
+void set_device(int num_sms, int smem_optin) {
+  fusedrnn::g_num_sms = num_sms;
+  fusedrnn::g_smem_optin = smem_optin;
+}
+}  // namespace fusedrnn_emu

@@ -17,10 +17,15 @@ struct Stats {
 };
 
 // Runs entry(params) as `grid` CTAs of `threads` threads with `smem` bytes of dynamic shared memory
-// each. False on a failure (trap, misaligned wmma pointer, deadlock, a guard zone overwritten):
+// each. False on a failure (trap, deadlock, a broken cp.async or mma rule, a guard zone overwritten):
 // last_error() says which.
 bool launch(void (*entry)(const void*), const void* params, int grid, int threads, size_t smem);
 const std::string& last_error();
+void set_last_error(const std::string& what);
+
+// The emulated device the glue plans for: SM count and opt-in shared memory per CTA (default an
+// H100 SXM: 132 SMs, 227 KiB). Tests shrink it to force batch groups into several passes.
+void set_device(int num_sms, int smem_optin);
 
 void set_schedule(Schedule s, uint64_t seed);
 Stats stats();

@@ -1,17 +1,19 @@
-// Small kernels that show the emulator's checks work (tests/test_cuda_emu.py::test_emulator_*):
+// Small kernels that show the emulator's checks work (tests/test_cuda_emulator.py):
 // each one is correct or breaks exactly one rule, and the test asserts that the emulator notices.
 // Written in CUDA style like csrc/rnn_kernels.cuh, but compiled only into the emulator module.
 #include <torch/extension.h>
 
+#include <cstring>
 #include <string>
+#include <type_traits>
 
 #include "runtime.h"
 #include "cuda_emu.h"
+#include "../ptx.cuh"
 
 namespace fusedrnn_emu {
 namespace {
 
-namespace wmma = nvcuda::wmma;
 namespace cg = cooperative_groups;
 
 struct Args {
@@ -47,20 +49,6 @@ void global_oob_kernel(const void* p) {
   if (threadIdx.x == 0) a.out[a.n - 1 + a.variant] = 1.f;
 }
 
-// Lanes of warp 0 call load_matrix_sync with different pointers (variant 1: lane 5 uses another row).
-void warp_args_kernel(const void* p) {
-  const Args& a = *static_cast<const Args*>(p);
-  auto* s = reinterpret_cast<__half*>(dynamic_smem());
-  for (int i = threadIdx.x; i < 512; i += kThreads) s[i] = __float2half_rn(a.in[i]);
-  __syncthreads();
-  if (threadIdx.x < 32) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
-    const int row = (a.variant == 1 && threadIdx.x == 5) ? 16 : 0;
-    wmma::load_matrix_sync(fa, s + row * 16, 16);
-    a.out[threadIdx.x] = __half2float(fa.x[0]);
-  }
-}
-
 // Threads of one CTA meet at two different __syncthreads() calls (variant 1: even and odd threads).
 void barrier_sites_kernel(const void* p) {
   const Args& a = *static_cast<const Args*>(p);
@@ -90,24 +78,116 @@ void grid_barrier_kernel(const void* p) {
   a.out[blockIdx.x * kThreads + threadIdx.x] = 1.f;
 }
 
-// One warp: D (16x16, row-major) = A (16x16 row-major, in[0:256]) * B (16x16, in[256:512], stored
-// column-major: B[k][n] = in[256 + n*16 + k]) with fp16 operands. Variant 1: a misaligned pointer;
-// variant 2: no __syncthreads() between filling shared memory and the warp's loads from it.
-void wmma_kernel(const void* p) {
+
+// One warp computes D (16x8) = A·B with mma.sync, the fragments packed from `in` by the PTX ISA's
+// layout: A = in[0:256] as 16x16 (16-bit; tf32: in[0:128] as 16x8), B = in[256:384] as 16x8 (tf32:
+// in[256:320] as 8x8), both row-major; a.n selects 0 f16, 1 bf16, 2 tf32. Variant 1 packs B with
+// its row and column swapped (a layout bug); variant 2: lane 7 skips the mma; variant 3: lane 5
+// calls the bf16 shape while the others call f16 (lanes disagreeing on the operation).
+template <typename T> uint32_t pack2(float lo, float hi);
+template <> uint32_t pack2<__half>(float lo, float hi) {
+  const __half l = __float2half_rn(lo), h = __float2half_rn(hi);
+  uint16_t bl, bh;
+  std::memcpy(&bl, &l, 2);
+  std::memcpy(&bh, &h, 2);
+  return (uint32_t)bl | ((uint32_t)bh << 16);
+}
+template <> uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
+  const __nv_bfloat16 l = __float2bfloat16_rn(lo), h = __float2bfloat16_rn(hi);
+  uint16_t bl, bh;
+  std::memcpy(&bl, &l, 2);
+  std::memcpy(&bh, &h, 2);
+  return (uint32_t)bl | ((uint32_t)bh << 16);
+}
+
+template <typename T>
+void mma_warp(const Args& a) {
+  const int lane = threadIdx.x, g = lane >> 2, t = lane & 3;
+  const float* A = a.in;
+  const float* B = a.in + 256;
+  uint32_t ar[4], br[2];
+  if constexpr (std::is_same<T, float>::value) {  // A 16x8, B 8x8
+    for (int i = 0; i < 4; ++i) ar[i] = fusedrnn::tf32_rna(A[(g + 8 * (i & 1)) * 8 + t + 4 * (i >> 1)]);
+    for (int i = 0; i < 2; ++i) {
+      const int k = t + 4 * i, n = g;
+      br[i] = fusedrnn::tf32_rna(a.variant == 1 ? B[n * 8 + k] : B[k * 8 + n]);
+    }
+  } else {  // A 16x16, B 16x8
+    for (int i = 0; i < 4; ++i) {
+      const int row = g + 8 * (i & 1), col = 2 * t + 8 * (i >> 1);
+      ar[i] = pack2<T>(A[row * 16 + col], A[row * 16 + col + 1]);
+    }
+    for (int i = 0; i < 2; ++i) {
+      const int k = 2 * t + 8 * i, n = g;
+      br[i] = a.variant == 1 ? pack2<T>(B[n * 16 + k % 8], B[n * 16 + k % 8 + 1])
+                             : pack2<T>(B[k * 8 + n], B[(k + 1) * 8 + n]);
+    }
+  }
+  float d[4] = {0.f, 0.f, 0.f, 0.f};
+  if (a.variant == 3 && lane == 5) {
+    fusedrnn::Mma<__nv_bfloat16>::run(d, ar[0], ar[1], ar[2], ar[3], br[0], br[1]);
+  } else if (!(a.variant == 2 && lane == 7)) {
+    fusedrnn::Mma<T>::run(d, ar[0], ar[1], ar[2], ar[3], br[0], br[1]);
+  }
+  for (int i = 0; i < 4; ++i) a.out[(g + 8 * (i >> 1)) * 8 + 2 * t + (i & 1)] = d[i];
+}
+
+void mma_kernel(const void* p) {
   const Args& a = *static_cast<const Args*>(p);
-  auto* s = reinterpret_cast<__half*>(dynamic_smem());
+  if (threadIdx.x >= 32) return;
+  if (a.n == 0) mma_warp<__half>(a);
+  if (a.n == 1) mma_warp<__nv_bfloat16>(a);
+  if (a.n == 2) mma_warp<float>(a);
+}
+
+// Every thread cp.asyncs in[4t .. 4t+3] into shared slot t (group 0) and in[1024 + 4t ..] into
+// slot 256 + t (group 1), then out[4t ..] = its neighbour's slot t+1 and out[1024 + 4t ..] = its own
+// slot 256 + t. Variant 0 waits for both groups and syncs first; the others break one rule:
+//   1 reads its own slot 256 + t before any wait (then waits for everything)
+//   2 waits for group 0 only (wait_group 1) and reads slot 256 + t
+//   3 waits but skips the __syncthreads() before reading the neighbour's slot
+//   4 writes its source after issuing the copy
+//   5 never waits
+void cp_async_kernel(const void* p) {
+  const Args& a = *static_cast<const Args*>(p);
+  float* s = reinterpret_cast<float*>(dynamic_smem());
   const int t = threadIdx.x;
-  for (int i = t; i < 512; i += kThreads) s[i] = __float2half_rn(a.in[i]);
-  if (a.variant != 2) __syncthreads();
-  if (t < 32) {
-    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
-    wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb;
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc;
-    wmma::fill_fragment(fc, 0.f);
-    wmma::load_matrix_sync(fa, s + (a.variant == 1 ? 8 : 0), 16);
-    wmma::load_matrix_sync(fb, s + 256, 16);
-    wmma::mma_sync(fc, fa, fb, fc);
-    wmma::store_matrix_sync(a.out, fc, 16, wmma::mem_row_major);
+  fusedrnn::cp_async_16(s + 4 * t, a.in + 4 * t, true);
+  fusedrnn::cp_async_commit();
+  fusedrnn::cp_async_16(s + 1024 + 4 * t, a.in + 1024 + 4 * t, true);
+  fusedrnn::cp_async_commit();
+  if (a.variant == 1) {
+    for (int i = 0; i < 4; ++i) a.out[1024 + 4 * t + i] = s[1024 + 4 * t + i];
+    fusedrnn::cp_async_wait<0>();
+    return;
+  }
+  if (a.variant == 4) const_cast<float*>(a.in)[4 * t] += 1.f;
+  if (a.variant == 5) return;
+  if (a.variant == 2) {
+    fusedrnn::cp_async_wait<1>();
+    for (int i = 0; i < 4; ++i) a.out[1024 + 4 * t + i] = s[1024 + 4 * t + i];
+    fusedrnn::cp_async_wait<0>();
+    return;
+  }
+  fusedrnn::cp_async_wait<0>();
+  if (a.variant != 3) __syncthreads();
+  const int nb = (t + 1) % kThreads;
+  for (int i = 0; i < 4; ++i) {
+    a.out[4 * t + i] = s[4 * nb + i];
+    a.out[1024 + 4 * t + i] = s[1024 + 4 * t + i];
+  }
+}
+
+// out[4i .. 4i+3] = ex2.approx(x), rcp.approx(x), sigmoid from ex2 + rcp (what the kernels use),
+// sigmoid as 0.5 + 0.5 tanh.approx(x / 2) (a tempting shortcut that is too inaccurate for fp32).
+void fast_math_kernel(const void* p) {
+  const Args& a = *static_cast<const Args*>(p);
+  for (int i = threadIdx.x; i < a.n; i += kThreads) {
+    const float x = a.in[i];
+    a.out[4 * i] = fusedrnn::ex2_approx(x);
+    a.out[4 * i + 1] = fusedrnn::rcp_approx(x);
+    a.out[4 * i + 2] = fusedrnn::sigmoid_fast(x);
+    a.out[4 * i + 3] = 0.5f + 0.5f * fusedrnn::tanh_approx(0.5f * x);
   }
 }
 
@@ -132,16 +212,21 @@ torch::Tensor selftest(const std::string& name, int64_t variant, const torch::Te
     add_guard(storage.data_ptr<float>(), 64 * sizeof(float), "selftest (before)");
     add_guard(storage.data_ptr<float>() + 128, 64 * sizeof(float), "selftest (after)");
     entry = global_oob_kernel, a.n = 64, out = storage.narrow(0, 64, 64);
-  } else if (name == "warp_args") {
-    entry = warp_args_kernel, smem = 512 * sizeof(__half), out = torch::zeros({32});
   } else if (name == "barrier_sites") {
     entry = barrier_sites_kernel, out = torch::zeros({kThreads});
   } else if (name == "divergent_barrier") {
     entry = divergent_barrier_kernel, grid = 2, out = torch::zeros({2 * kThreads});
   } else if (name == "grid_barrier") {
     entry = grid_barrier_kernel, grid = 3, a.n = 3, out = torch::zeros({3 * kThreads});
-  } else if (name == "wmma") {
-    entry = wmma_kernel, smem = 512 * sizeof(__half) + 64, out = torch::zeros({16, 16});
+  } else if (name == "mma_f16" || name == "mma_bf16" || name == "mma_tf32") {
+    a.n = name == "mma_f16" ? 0 : name == "mma_bf16" ? 1 : 2;
+    TORCH_CHECK(in.numel() >= 384, "mma self-test: 384 inputs");
+    entry = mma_kernel, out = torch::zeros({16, 8});
+  } else if (name == "cp_async") {
+    TORCH_CHECK(in.numel() >= 2048, "cp_async self-test: 2048 inputs");
+    entry = cp_async_kernel, smem = 2048 * sizeof(float), out = torch::zeros({2048});
+  } else if (name == "fast_math") {
+    entry = fast_math_kernel, a.n = (int)in.numel(), out = torch::zeros({in.numel(), 4});
   } else {
     TORCH_CHECK(false, "unknown self-test ", name);
   }

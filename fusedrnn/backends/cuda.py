@@ -27,15 +27,17 @@ from torch import Tensor
 from .._ext import ExtensionError, load
 from . import Backend
 
-__all__ = ["BACKEND", "unavailable", "limits", "gru", "lstm"]
+__all__ = ["BACKEND", "unavailable", "limits", "max_hidden_size", "gru", "lstm"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_CAPABILITY = (8, 0)
-_CELL_ID = {"gru": 0, "lstm": 1}
-_N_GATES = {"gru": 3, "lstm": 4}
 _N_SAVED = {"gru": 4, "lstm": 5}  # fp32 values per (t, b, unit) kept for the backward
 _DTYPE_NAME = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
-_REQUIRED = ("rnn_fwd", "rnn_bwd", "plan", "launch_shape", "barrier_floor")
+_REQUIRED = ("gru_forward", "lstm_forward", "gru_backward", "lstm_backward", "plan", "launch_shape", "barrier_floor")
+# Batch size the hidden-size limit is stated for: near the limit it puts 16 or more rows in every CTA,
+# the largest staging buffers a plan uses, so the limit holds for every batch size the kernels take
+# (at most 64 rows per CTA; limits() states that bound separately).
+_LIMIT_BATCH = 64
 
 
 def _ext():
@@ -66,23 +68,23 @@ def allow_tf32() -> bool:
 
 
 @functools.lru_cache(maxsize=None)
-def _plan(cell: str, backward: bool, dtype_name: str, tf32: bool, H: int, device_index: int) -> dict:
-    return dict(_ext().plan(_CELL_ID[cell], backward, dtype_name, tf32, H, device_index))
+def _plan(cell: str, backward: bool, dtype_name: str, tf32: bool, H: int, B: int, device_index: int) -> dict:
+    return dict(_ext().plan(cell, backward, dtype_name, tf32, H, B, device_index))
 
 
-def _fits(cell: str, dtype_name: str, tf32: bool, H: int, device_index: int) -> bool:
-    return all(_plan(cell, bwd, dtype_name, tf32, H, device_index)["fits"] for bwd in (False, True))
+def _fits(cell: str, dtype_name: str, tf32: bool, H: int, B: int, device_index: int) -> bool:
+    return all(_plan(cell, bwd, dtype_name, tf32, H, B, device_index)["fits"] for bwd in (False, True))
 
 
 @functools.lru_cache(maxsize=None)
 def max_hidden_size(cell: str, dtype: torch.dtype, tf32: bool, device_index: int) -> int:
-    """The largest H whose forward and backward grids fit on the device (0 if none does)."""
+    """The largest H whose forward and backward launches fit on the device for any batch size (0 if none)."""
     name = _DTYPE_NAME[dtype]
-    sms = _plan(cell, False, name, tf32, 16, device_index)["num_sms"]
-    lo, hi = 0, 16 * sms * 8  # fits(H) is monotone: shared memory and grid size grow with H
+    sms = _plan(cell, False, name, tf32, 16, _LIMIT_BATCH, device_index)["num_sms"]
+    lo, hi = 0, 16 * sms  # fits(H) is monotone: grid and shared memory grow with H
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _fits(cell, name, tf32, mid, device_index):
+        if _fits(cell, name, tf32, mid, _LIMIT_BATCH, device_index):
             lo = mid
         else:
             hi = mid - 1
@@ -90,7 +92,8 @@ def max_hidden_size(cell: str, dtype: torch.dtype, tf32: bool, device_index: int
 
 
 def limits(p, forced: bool) -> list[str]:
-    """Reasons the kernels cannot serve Problem ``p`` on its (CUDA) device; empty when they can."""
+    """What the kernels cannot do for Problem ``p`` on its (CUDA) device: dtype, projection, compute
+    capability, size. Empty when they can. (Whether ``auto`` should use them is dispatch's policy.)"""
     reasons = []
     if p.dtype not in SUPPORTED_DTYPES:
         names = ", ".join(str(d) for d in SUPPORTED_DTYPES)
@@ -104,8 +107,9 @@ def limits(p, forced: bool) -> list[str]:
     if not reasons:
         name = _DTYPE_NAME[p.dtype]
         tf32 = p.dtype == torch.float32 and allow_tf32()
+        B = p.B if p.B > 0 else _LIMIT_BATCH  # B unknown (0) while torch.compile traces
         for backward in (False, True):
-            d = _plan(p.cell, backward, name, tf32, p.H, index)
+            d = _plan(p.cell, backward, name, tf32, p.H, B, index)
             if d["fits"]:
                 continue
             kind = "backward" if backward else "forward"
@@ -113,6 +117,12 @@ def limits(p, forced: bool) -> list[str]:
             tail = f"the largest H for a {p.cell.upper()} in {p.dtype} on this GPU is {hmax}"
             if not d["cooperative"]:
                 reasons.append("this GPU does not support cooperative launches")
+            elif d["rows"] > d["max_rows"]:
+                most = d["max_rows"] * max(1, d["num_sms"] // d["unit_groups"])
+                reasons.append(
+                    f"batch size B={p.B}: at H={p.H} the {kind} kernel holds at most {d['max_rows']} rows per CTA "
+                    f"in {d['num_sms'] // d['unit_groups'] or 1} batch groups ({most} rows; cuDNN suits larger batches)"
+                )
             elif d["smem"] > d["max_smem_optin"]:
                 reasons.append(
                     f"hidden size H={p.H}: the {kind} kernel keeps a {d['smem'] // 1024} KiB W_hh slice and "
@@ -141,8 +151,7 @@ def _gru_recurrence(
     gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], residual: Optional[Tensor],
     lengths: Optional[Tensor], reverse: bool, save: bool, allow_tf32: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    y, h_n, _, hist, saved = _ext().rnn_fwd(0, gx, h0, None, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32)
-    return y, h_n, hist, saved
+    return tuple(_ext().gru_forward(gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32))
 
 
 @_gru_recurrence.register_fake
@@ -158,8 +167,7 @@ def _gru_recurrence_backward(
     dy: Tensor, dh_n: Tensor, w_hh: Tensor, hist: Tensor, saved: Tensor, lengths: Optional[Tensor],
     reverse: bool, allow_tf32: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dgh, dgx_n, dh0, _ = _ext().rnn_bwd(0, dy, dh_n, None, w_hh, hist, saved, lengths, reverse, allow_tf32)
-    return dgh, dgx_n, dh0
+    return tuple(_ext().gru_backward(dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32))
 
 
 @_gru_recurrence_backward.register_fake
@@ -173,7 +181,7 @@ def _lstm_recurrence(
     gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], residual: Optional[Tensor],
     lengths: Optional[Tensor], reverse: bool, save: bool, allow_tf32: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_ext().rnn_fwd(1, gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32))
+    return tuple(_ext().lstm_forward(gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32))
 
 
 @_lstm_recurrence.register_fake
@@ -189,8 +197,7 @@ def _lstm_recurrence_backward(
     dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, hist: Tensor, saved: Tensor,
     lengths: Optional[Tensor], reverse: bool, allow_tf32: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dgh, _, dh0, dc0 = _ext().rnn_bwd(1, dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32)
-    return dgh, dh0, dc0
+    return tuple(_ext().lstm_backward(dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32))
 
 
 @_lstm_recurrence_backward.register_fake

@@ -1,0 +1,261 @@
+"""Latency model of the cuda backend's persistent kernels (csrc/): MODEL, not measured.
+
+The launch plan (units and batch rows per CTA, grid, K blocks per warp, which W_hh fragments stay
+in registers, shared memory) is csrc/rnn_launch.h's ``make_plan``, repeated here so the model runs
+without a GPU or the extension; tests/test_cuda_glue.py checks the two agree. The step structure is
+read off the kernels' sm_90 SASS (tests/test_cuda_codegen.py checks its static properties):
+
+forward step, per 16-row pass:
+  stage     each lane cp.asyncs its own operand pieces (hist[t]): one L2 round trip, then the pull at
+            the slower of the SM's L2 port and its share of L2 bandwidth (every CTA reads all of h)
+  MMA       mma.sync over the warp's K blocks, W_hh fragments from registers (the rest from shared
+            memory); block i starts when its copy lands, so only the last block's MMAs trail the pull
+  partials  8 warps' fp32 partial sums through shared memory, one __syncthreads
+  cell      gates, fp32 state in shared memory, y/hist/saved stores; the inputs (gx, residual) were
+            loaded one pass ahead and the sigmoid/tanh are ex2/rcp.approx (no CALL): math only
+then one grid barrier. Backward step: grid barrier (dgates[t] complete), then per pass the same
+product over K = gates·H with the W_hh column slice, dh += partials, and at once phase A of the next
+step for those rows (dgates from inputs loaded before the pass's MMA).
+
+Assumptions beyond perf_model.Machine (central values; a GPU session measures them):
+  L2 -> SM fill 64 B/clk per SM (range 32-64); L2 read bandwidth 5.5 TB/s for all SMs together
+  (range 4.5-7); mma.sync issue 1024 fp16/bf16 FMA/clk/SM (A100's rate; H100's mma.sync is reported
+  at 60-70 % of its 2048 wgmma peak), TF32 half of that; __syncthreads 0.02 us.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .cases import Case
+from .perf_model import (
+    H100, Estimate, Machine, Phase, Step, elem_bytes, mma_chain_us, projection_gemms_us, register, smem_us,
+    whole_call_ms,
+)
+
+# --- the launch plan (csrc/rnn_launch.h) ---------------------------------------------------------
+
+THREADS = 256
+WARPS = THREADS // 32
+PASS_ROWS = 16
+MAX_ROWS = 64  # batch rows per CTA at most (kMaxRows)
+STAGES = 8  # cp.async ring depth per lane at most, in K blocks (kStages)
+IN_FLIGHT_BYTES = 24 * 1024  # the least a CTA keeps in flight when shared memory is short (kInFlightBytes)
+FWD_UNITS = 16
+W_WORDS = 8  # W_hh words per (block, m-tile, lane) (kWWords)
+MODES = ("half", "tf32", "tf32x3")
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _round_up(x: int, m: int) -> int:
+    return _ceil_div(x, m) * m
+
+
+def w_regs(mode: str, mtiles: int) -> int:
+    """Registers per thread for W_hh fragments (w_regs in csrc/rnn_launch.h)."""
+    if mode == "tf32x3":
+        return 24 if mtiles >= 3 else 48
+    return 96
+
+
+def reg_block_capacity(mode: str, mtiles: int) -> int:
+    return w_regs(mode, mtiles) // (mtiles * W_WORDS)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One kernel's launch plan (csrc/rnn_launch.h, struct Plan)."""
+
+    cell: str
+    backward: bool
+    mode: str
+    elem: int
+    H: int
+    B: int
+    K: int
+    units: int
+    mtiles: int
+    unit_groups: int
+    batch_groups: int
+    grid: int
+    rows: int
+    passes: int
+    pass_ntiles: int
+    kblock: int
+    nblocks: int
+    blocks_per_warp: int
+    reg_blocks: int
+    smem_blocks: int
+    stage_slots: int
+    smem: int
+
+    def fits(self, num_sms: int, smem_optin: int) -> bool:
+        return self.grid <= num_sms and self.smem <= smem_optin and self.rows <= MAX_ROWS
+
+
+def plan_for_units(cell: str, backward: bool, dtype_name: str, tf32: bool, H: int, B: int, units: int,
+                   num_sms: int, smem_optin: int) -> Plan:
+    elem = elem_bytes(dtype_name)
+    mode = "half" if elem == 2 else ("tf32" if tf32 else "tf32x3")
+    ng = 3 if cell == "gru" else 4
+    K = ng * H if backward else H
+    mtiles = units // 16 if backward else ng * units // 16
+    n_ug = _ceil_div(H, units)
+    bg_max = 1 if n_ug >= num_sms else num_sms // n_ug
+    bg_want = _ceil_div(B, 8) if B > 8 else 1
+    bg = min(bg_want, bg_max)
+    rows = _round_up(_ceil_div(B, bg) if B > 0 else 8, 8)
+    n_bg = _ceil_div(B, rows) if B > 0 else 1
+    kblock = 64 // elem
+    nblocks = _ceil_div(K, kblock)
+    bpw = _ceil_div(nblocks, WARPS)
+    reg_blocks = min(bpw, reg_block_capacity(mode, mtiles))
+    smem_blocks = bpw - reg_blocks
+    pass_ntiles = 2 if rows >= PASS_ROWS else 1
+    states = 2 if cell == "lstm" else 1
+
+    def smem_for(slots: int) -> int:
+        stage_off = _round_up(WARPS * smem_blocks * mtiles * W_WORDS * 32 * 4, 128)
+        part_off = _round_up(stage_off + WARPS * slots * pass_ntiles * 32 * 16, 128)
+        state_off = _round_up(part_off + WARPS * mtiles * 2 * 32 * 16, 128)
+        len_off = _round_up(state_off + states * MAX_ROWS * units * 4, 128)
+        return _round_up(len_off + MAX_ROWS * 4, 128)
+
+    most = min(bpw, STAGES)
+    least = min(most, _ceil_div(IN_FLIGHT_BYTES, WARPS * pass_ntiles * 32 * 16))
+    slots = most
+    while smem_for(slots) > smem_optin and slots > least:
+        slots -= 1
+    return Plan(cell, backward, mode, elem, H, B, K, units, mtiles, n_ug, n_bg, n_ug * n_bg, rows,
+                _ceil_div(rows, PASS_ROWS), pass_ntiles, kblock, nblocks, bpw, reg_blocks, smem_blocks, slots,
+                smem_for(slots))
+
+
+def make_plan(cell: str, backward: bool, dtype_name: str, tf32: bool, H: int, B: int, num_sms: int,
+              smem_optin: int) -> Plan:
+    """The plan the launch uses (make_plan in csrc/rnn_launch.h)."""
+    if backward and B > 8:
+        wide = plan_for_units(cell, backward, dtype_name, tf32, H, B, 32, num_sms, smem_optin)
+        if wide.fits(num_sms, smem_optin):
+            return wide
+    return plan_for_units(cell, backward, dtype_name, tf32, H, B, 16 if backward else FWD_UNITS, num_sms, smem_optin)
+
+
+# --- the step, phase by phase ----------------------------------------------------------------------
+
+L2_FILL_BYTES_PER_CLK = 64  # per SM
+L2_READ_TBPS = 5.5  # all SMs together
+MMA_FMA_PER_CLK = {"half": 1024, "tf32": 512, "tf32x3": 512}  # per SM, mma.sync
+SYNCTHREADS_US = 0.02
+CELL_MATH_US = {"gru": 0.04, "lstm": 0.05}  # forward: ~3-4 MUFU pairs + FMAs, dependent
+PHASE_A_MATH_US = {"gru": 0.03, "lstm": 0.04}
+MMAS_PER_KSTEP = {"half": 1, "tf32": 1, "tf32x3": 3}
+
+
+def _assumption(m: Machine, name: str, default):
+    return getattr(m, name, default)
+
+
+def product_phases(p: Plan, m: Machine, label: str) -> list[Phase]:
+    """One 16-row pass of RecProduct: stage + MMA (overlapped), partial sums."""
+    clk = m.clk_us
+    rows = p.pass_ntiles * 8
+    staged = WARPS * p.blocks_per_warp * p.pass_ntiles * 32 * 16  # bytes each CTA pulls per pass
+    fill = _assumption(m, "l2_fill_bytes_per_clk", L2_FILL_BYTES_PER_CLK)
+    tbps = _assumption(m, "l2_read_tbps", L2_READ_TBPS)
+    pull_sm = staged / fill * clk
+    pull_l2 = p.grid * staged / (tbps * 1e12) * 1e6
+    kernel_mmas = WARPS * p.blocks_per_warp * p.mtiles * p.pass_ntiles * 2 * MMAS_PER_KSTEP[p.mode]
+    fma_per_mma = 16 * 8 * (16 if p.mode == "half" else 8)
+    rate = _assumption(m, "mma_fma_per_clk", MMA_FMA_PER_CLK)[p.mode]
+    mma = kernel_mmas * fma_per_mma / rate * clk
+    chain = mma_chain_us(p.blocks_per_warp * 2 * MMAS_PER_KSTEP[p.mode], m)
+    w_smem = WARPS * p.smem_blocks * p.mtiles * W_WORDS * 128
+    smem = smem_us(2 * staged + w_smem, m)  # cp.async writes + LDS.128 reads of the operand, W from smem
+    body = max(pull_sm, pull_l2, mma, chain, smem)
+    binding = {pull_sm: "the SM's L2 port", pull_l2: "L2 bandwidth (every CTA pulls the operand)",
+               mma: "mma.sync issue", chain: "the dependent MMA chain", smem: "shared-memory bandwidth"}[body]
+    tail = mma / p.blocks_per_warp
+    part = WARPS * p.mtiles * p.pass_ntiles * 512
+    return [
+        Phase(f"{label}stage+MMA", m.l2_us + body + tail,
+              f"{staged // 1024} KiB pulled per CTA ({rows} rows x K={p.K}), L2 trip {m.l2_us} + {body:.2f} "
+              f"bound by {binding} + last block {tail:.2f}; {p.reg_blocks}/{p.blocks_per_warp} blocks per warp "
+              f"of W_hh in registers"),
+        Phase(f"{label}partial sums", smem_us(2 * part, m) + SYNCTHREADS_US, f"{part // 1024} KiB via shared memory"),
+    ]
+
+
+def forward_step(p: Plan, case: Case, m: Machine = H100) -> Step:
+    phases = []
+    for q in range(p.passes):
+        label = f"pass {q} " if p.passes > 1 else ""
+        phases += product_phases(p, m, label)
+        phases.append(Phase(f"{label}cell math", CELL_MATH_US[p.cell], "inputs prefetched, ex2/rcp.approx"))
+        if q + 1 < p.passes:
+            phases.append(Phase(f"{label}__syncthreads", SYNCTHREADS_US))
+    phases.append(Phase("grid.sync", m.barrier_us))
+    return Step(tuple(_merge_passes(phases, p.passes)))
+
+
+def backward_step(p: Plan, case: Case, m: Machine = H100) -> Step:
+    phases = [Phase("grid.sync", m.barrier_us)]
+    for q in range(p.passes):
+        label = f"pass {q} " if p.passes > 1 else ""
+        phases += product_phases(p, m, "phase B " + label)
+        phases.append(Phase(f"{label}phase A", PHASE_A_MATH_US[p.cell],
+                            "next step's dgates for these rows; inputs loaded before the MMA"))
+        if q + 1 < p.passes:
+            phases.append(Phase(f"{label}__syncthreads", SYNCTHREADS_US))
+    return Step(tuple(_merge_passes(phases, p.passes)))
+
+
+def _merge_passes(phases: list[Phase], passes: int) -> list[Phase]:
+    """Identical passes summed under one name (keeps the printed step readable)."""
+    if passes <= 1:
+        return phases
+    merged: dict[str, Phase] = {}
+    for ph in phases:
+        name = ph.name
+        for q in range(passes):
+            name = name.replace(f"pass {q} ", "")
+        if name in merged:
+            merged[name] = Phase(name, merged[name].us + ph.us, merged[name].why)
+        else:
+            merged[name] = Phase(name, ph.us, ph.why + (f" (x{passes} passes)" if ph.why else f"x{passes} passes"))
+    return list(merged.values())
+
+
+def plans(case: Case, dtype_name: str, m: Machine = H100, tf32: bool = False) -> tuple[Plan, Plan]:
+    return tuple(make_plan(case.cell, bwd, dtype_name, tf32, case.H, case.B, m.n_sm, m.smem_optin_bytes)
+                 for bwd in (False, True))
+
+
+def describe(p: Plan) -> str:
+    return (f"{p.grid} CTAs ({p.unit_groups} unit groups x {p.batch_groups} batch groups) x {THREADS} threads, "
+            f"{p.units} units x {p.rows} rows per CTA, {p.passes} pass(es), {p.mode} MMA, {p.smem // 1024} KiB smem")
+
+
+@register("fusedrnn-cuda")
+def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
+    fwd_plan, bwd_plan = plans(case, dtype_name, m)
+    for p in (fwd_plan, bwd_plan):
+        if not p.fits(m.n_sm, m.smem_optin_bytes):
+            kind = "backward" if p.backward else "forward"
+            return (f"H={case.H} B={case.B}: the {kind} plan needs {p.grid} CTAs, {p.smem // 1024} KiB and "
+                    f"{p.rows} rows per CTA")
+    fwd, bwd = forward_step(fwd_plan, case, m), backward_step(bwd_plan, case, m)
+    gemm_f, gemm_b = 0.0, 0.0
+    for layer_input in case.layer_inputs():
+        f, b = projection_gemms_us(case, dtype_name, layer_input, m)
+        gemm_f, gemm_b = max(gemm_f, f), max(gemm_b, b)
+    fwd_ms, fb_ms = whole_call_ms(case, dtype_name, fwd, bwd, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
+    notes = ""
+    if dtype_name == "fp32":
+        notes = ("fp32 with TF32 off (torch's default) runs 3xTF32 MMAs (hi·lo + lo·hi + hi·hi: fp32 accuracy); "
+                 "the projection GEMMs are costed at TF32 rate by perf_model")
+    return Estimate("fusedrnn-cuda", case.id, dtype_name,
+                    f"fwd: {describe(fwd_plan)}; bwd: {describe(bwd_plan)}", fwd, bwd, fwd_ms, fb_ms, notes=notes)

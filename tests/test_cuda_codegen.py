@@ -1,0 +1,380 @@
+"""What nvcc makes of csrc/, checked without a GPU: the kernels compile standalone (no torch headers)
+for sm_80 and sm_90 with no register spills (ptxas -v), and the step loop of every persistent kernel
+variant has the structure the latency model (bench/model_cuda.py) assumes, read from its SASS
+(cuobjdump, from the CUDA toolkit or Triton's wheel):
+  - no CALL (the sigmoid/tanh are ex2/rcp.approx, no IEEE-division slow path; sm_80's convergence
+    idioms, a call to the next instruction or to a WARPSYNC + BAR.SYNC stub, are not calls of work),
+  - the exchanged operand is staged with cp.async (LDGSTS) and feeds HMMAs,
+  - the cell's global loads are issued before the MMA of their pass or a step ahead: no plain LDG in
+    the loop reaches a use without an HMMA or the grid barrier in between.
+Also: setup.py says so when torch's CUDA and nvcc's major versions differ. Needs nvcc; skipped
+without it. Run with -s to see the register / spill table.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CSRC = ROOT / "csrc"
+KERNEL_SOURCES = ("gru_fwd.cu", "gru_bwd.cu", "lstm_fwd.cu", "lstm_bwd.cu", "launch.cu")
+ARCHS = ("80", "90")
+# Instantiations per file: fp16, bf16, fp32 (TF32), fp32 (3xTF32); the backward once per m-tile count.
+INSTANTIATIONS = {"gru_fwd.cu": 4, "lstm_fwd.cu": 4, "gru_bwd.cu": 8, "lstm_bwd.cu": 8, "launch.cu": 1}
+
+
+def _cuda_tool(name: str) -> str | None:
+    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if home and os.path.exists(os.path.join(home, "bin", name)):
+            return os.path.join(home, "bin", name)
+    if shutil.which(name):
+        return shutil.which(name)
+    spec = importlib.util.find_spec("triton")  # Triton's wheel ships cuobjdump and nvdisasm
+    if spec is not None and spec.origin:
+        candidate = Path(spec.origin).parent / "backends" / "nvidia" / "bin" / name
+        if candidate.exists():
+            return str(candidate)
+    return None
+
+
+NVCC = _cuda_tool("nvcc")
+CUOBJDUMP = _cuda_tool("cuobjdump")
+pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA_HOME, /usr/local/cuda, PATH)")
+needs_cuobjdump = pytest.mark.skipif(CUOBJDUMP is None, reason="cuobjdump not found (CUDA toolkit or Triton)")
+
+# ---------------------------------------------------------------------------------------------
+# ptxas resource report
+# ---------------------------------------------------------------------------------------------
+
+_ENTRY = re.compile(r"Compiling entry function '([^']+)' for 'sm_(\d+)'")
+_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+_REGS = re.compile(r"Used (\d+) registers")
+
+
+def parse_ptxas(text: str) -> dict:
+    """{(mangled kernel, arch): {"stack", "spill_stores", "spill_loads", "registers"}} from -Xptxas -v output."""
+    out, current = {}, None
+    for line in text.splitlines():
+        m = _ENTRY.search(line)
+        if m:
+            current = (m.group(1), m.group(2))
+            out[current] = {}
+            continue
+        if current is None:
+            continue
+        m = _SPILL.search(line)
+        if m:
+            out[current].update(stack=int(m.group(1)), spill_stores=int(m.group(2)), spill_loads=int(m.group(3)))
+        m = _REGS.search(line)
+        if m:
+            out[current]["registers"] = int(m.group(1))
+    return out
+
+
+def _compile(source: str, tmp: Path) -> tuple[str, int, str, Path]:
+    obj = tmp / (source + ".o")
+    cmd = [NVCC, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xptxas=-v", "-c", str(CSRC / source),
+           "-o", str(obj), f"-I{CSRC}"]
+    for arch in ARCHS:
+        cmd += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    return source, proc.returncode, proc.stdout + proc.stderr, obj
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nvcc")
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        return list(pool.map(lambda s: _compile(s, tmp), KERNEL_SOURCES))
+
+
+def test_kernel_sources_compile(builds):
+    failed = [(src, log[-3000:]) for src, rc, log, _ in builds if rc != 0]
+    assert not failed, "nvcc failed:\n" + "\n\n".join(f"{s}:\n{log}" for s, log in failed)
+
+
+def test_no_spills_in_persistent_kernels(builds):
+    rows, bad, seen = [], [], set()
+    for src, rc, log, _ in builds:
+        assert rc == 0, f"{src} failed to compile"
+        for (name, arch), info in parse_ptxas(log).items():
+            if "persistent_kernel" not in name:
+                continue
+            seen.add((src, arch))
+            rows.append(f"sm_{arch} {info.get('registers', '?'):>4} regs  stack {info.get('stack', '?'):>4}  "
+                        f"spill st/ld {info.get('spill_stores', '?')}/{info.get('spill_loads', '?')}  {name}")
+            if info.get("spill_stores", 1) or info.get("spill_loads", 1) or info.get("stack", 1):
+                bad.append(rows[-1])
+    print("\n" + "\n".join(rows))
+    assert {(s, a) for s in KERNEL_SOURCES for a in ARCHS} <= seen, "a kernel file or arch reported no kernel"
+    assert not bad, "register spills / stack use in persistent kernels:\n" + "\n".join(bad)
+
+
+def test_instantiation_count(builds):
+    # Compile time on 2 cores is a budget: each instantiation is one (dtype, math mode[, m-tiles]).
+    for src, rc, log, _ in builds:
+        kernels = {name for name, _ in parse_ptxas(log) if "persistent_kernel" in name}
+        assert len(kernels) == INSTANTIATIONS[src], f"{src}: {sorted(kernels)}"
+
+
+def test_kernel_sources_do_not_include_torch():
+    # Keeps this test fast and torch-free; the torch glue lives in csrc/rnn_ops.cpp.
+    headers = [CSRC / s for s in KERNEL_SOURCES] + [CSRC / h for h in ("rnn_kernels.cuh", "rnn_launch.h", "ptx.cuh")]
+    for path in headers:
+        includes = [line for line in path.read_text().splitlines() if line.startswith("#include")]
+        assert not any("torch" in line or "ATen" in line or "c10" in line for line in includes), (path, includes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step loop in the SASS
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Insn:
+    addr: int
+    pred: str  # "" or e.g. "@!P0"
+    op: str  # opcode with modifiers, e.g. "LDG.E.U16"
+    args: str  # operand text
+
+    def dest_regs(self) -> set[int]:
+        m = re.match(r"\s*R(\d+)\b", self.args)
+        if not m or self.op.startswith(("ST", "RED", "BAR", "BRA")):
+            return set()
+        width = 4 if ".128" in self.op else 2 if (".64" in self.op or "WIDE" in self.op) else 1
+        return {int(m.group(1)) + i for i in range(width)}
+
+    def source_regs(self) -> set[int]:
+        if self.op.startswith(("ST", "RED", "ATOM")):  # stores read every register operand
+            text = self.args
+        else:
+            text = self.args.split(",", 1)[1] if "," in self.args else ""
+        width = 4 if ".128" in self.op else 2 if ".64" in self.op else 1
+        regs = set()
+        for m in re.finditer(r"\[([^\]]*)\]", text):  # addresses: a register, or a pair when .64
+            for r in re.finditer(r"\bR(\d+)(\.64)?\b", m.group(1)):
+                regs |= {int(r.group(1)) + i for i in range(2 if r.group(2) else 1)}
+        for m in re.finditer(r"\bR(\d+)\b", re.sub(r"\[[^\]]*\]", "", text)):  # data operands: the op's width
+            regs |= {int(m.group(1)) + i for i in range(width)}
+        return regs
+
+    def branch_target(self) -> int | None:
+        if not self.op.startswith("BRA"):
+            return None
+        targets = re.findall(r"0x([0-9a-f]+)", self.args)
+        return int(targets[-1], 16) if targets else None
+
+
+_ARCH_LINE = re.compile(r"code for sm_(\d+)")
+_FUNC_LINE = re.compile(r"Function : (\S+)")
+_INSN_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*(.*?)\s*;")
+
+
+def parse_sass(text: str) -> dict[tuple[str, str], list[Insn]]:
+    """{(function, arch): instructions} from cuobjdump -sass output."""
+    out, arch, func = {}, "?", None
+    for line in text.splitlines():
+        m = _ARCH_LINE.search(line)
+        if m:
+            arch = m.group(1)
+            continue
+        m = _FUNC_LINE.search(line)
+        if m:
+            func = (m.group(1), arch)
+            out[func] = []
+            continue
+        m = _INSN_LINE.search(line)
+        if m and func is not None:
+            out[func].append(Insn(int(m.group(1), 16), (m.group(2) or "").strip(), m.group(3), m.group(4)))
+    return out
+
+
+def step_loop(insns: list[Insn]) -> list[Insn]:
+    """The innermost loop (a backward branch's range) holding both the tensor-core MMAs and the grid
+    barrier's atomic: the kernel's step loop."""
+    index = {insn.addr: n for n, insn in enumerate(insns)}
+    hmma = [n for n, i in enumerate(insns) if i.op.startswith("HMMA")]
+    atom = [n for n, i in enumerate(insns) if i.op.startswith(("ATOM", "RED"))]
+    best = None
+    for end, br in enumerate(insns):
+        target = br.branch_target()
+        if target is None or target >= br.addr or target not in index:
+            continue
+        start = index[target]
+        if best is not None and end - start >= best[1] - best[0]:
+            continue
+        if any(start <= n <= end for n in hmma) and any(start <= n <= end for n in atom):
+            best = (start, end)
+    return insns[best[0]:best[1] + 1] if best else []
+
+
+def uncovered_loads(body: list[Insn]) -> list[str]:
+    """Plain global loads (not the operand's .STRONG.GPU element-wise staging path) that some path in
+    the loop reaches a use of without passing tensor-core work (an HMMA) or the grid barrier: a load
+    the step waits for with nothing to hide it. The search follows fall-through and taken branches
+    inside the loop (the step loop's own back edge comes after its barrier); predicated writes do not
+    end a register's life (they may not happen)."""
+    position = {insn.addr: n for n, insn in enumerate(body)}
+    reads = [insn.source_regs() for insn in body]
+    writes = [insn.dest_regs() for insn in body]
+    found = []
+    for n, ld in enumerate(body):
+        if not ld.op.startswith("LDG") or "STRONG" in ld.op:
+            continue
+        stack, seen = [(n + 1, frozenset(ld.dest_regs()))], set()
+        while stack:
+            pos, live = stack.pop()
+            if pos >= len(body) or pos in seen or not live:
+                continue
+            seen.add(pos)
+            insn = body[pos]
+            if insn.op.startswith(("HMMA", "ATOM", "RED", "EXIT", "RET")):
+                continue  # covered by the MMA or the barrier, or the path ends
+            if reads[pos] & live:
+                found.append(f"{ld.addr:#x} {ld.op} {ld.args} -> read at {insn.addr:#x} {insn.op} {insn.args}")
+                break
+            if not insn.pred:
+                live = live - writes[pos]
+            target = insn.branch_target()
+            if target is not None and target in position:
+                stack.append((position[target], live))
+            if target is None or insn.pred:
+                stack.append((pos + 1, live))
+    return found
+
+
+@pytest.fixture(scope="module")
+def sass(builds):
+    if CUOBJDUMP is None:
+        pytest.skip("cuobjdump not found (CUDA toolkit or Triton)")
+    for src, rc, _, _ in builds:
+        assert rc == 0, f"{src} failed to compile"
+
+    def dump(build):
+        src, _, _, obj = build
+        text = subprocess.run([CUOBJDUMP, "-sass", str(obj)], capture_output=True, text=True, check=True).stdout
+        return src, parse_sass(text)
+
+    functions = {}
+    with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
+        dumps = list(pool.map(dump, builds))
+    for src, parsed in dumps:
+        for key, insns in parsed.items():
+            if "persistent_kernel" in key[0] and "barrier_floor" not in key[0]:
+                functions[(src,) + key] = insns
+    return functions
+
+
+@needs_cuobjdump
+def test_every_variant_has_a_step_loop(sass):
+    want = sum(n for s, n in INSTANTIATIONS.items() if s != "launch.cu") * len(ARCHS)
+    assert len(sass) == want, sorted(sass)
+    for key, insns in sass.items():
+        assert step_loop(insns), f"no step loop (HMMA and grid barrier in one loop) in {key}"
+
+
+def real_calls(insns: list[Insn], body: list[Insn]) -> list[str]:
+    """CALLs in the loop that do work. sm_80 code also has the compiler's convergence idioms, which
+    are not calls of a slow path: a call to the next instruction, or past the branch that follows it
+    (a loop exit), and a call to a stub that only synchronises the warp and the CTA (WARPSYNC,
+    BAR.SYNC, RET)."""
+    by_addr = {i.addr: n for n, i in enumerate(insns)}
+    found = []
+    for call in (i for i in body if i.op.startswith("CALL")):
+        target = int(re.findall(r"0x([0-9a-f]+)", call.args)[-1], 16)
+        after = insns[by_addr[call.addr] + 1] if by_addr[call.addr] + 1 < len(insns) else None
+        if target == call.addr + 16 or (target == call.addr + 32 and after is not None and after.op.startswith("BRA")):
+            continue
+        stub = []
+        for insn in insns[by_addr.get(target, len(insns)):]:
+            stub.append(insn.op)
+            if insn.op.startswith("RET"):
+                break
+        if stub and stub[-1].startswith("RET") and all(op.startswith(("MOV", "IMAD.MOV", "WARPSYNC", "BAR.SYNC", "RET"))
+                                                        for op in stub):
+            continue
+        found.append(f"{call.addr:#x} {call.op} {call.args} -> {stub[:8]}")
+    return found
+
+
+@needs_cuobjdump
+def test_step_loops_call_nothing_and_stage_with_cp_async(sass):
+    for key, insns in sass.items():
+        body = step_loop(insns)
+        calls = real_calls(insns, body)
+        assert not calls, f"{key}: CALL in the step loop: {calls}"
+        assert any(i.op.startswith("LDGSTS") for i in body), f"{key}: no cp.async (LDGSTS) in the step loop"
+        assert any(i.op.startswith("HMMA") for i in body), f"{key}: no HMMA in the step loop"
+
+
+@needs_cuobjdump
+def test_step_loops_hide_every_global_load(sass):
+    """The cell's inputs are loaded before the MMA of their pass or a step ahead: no load in the step
+    loop is used without tensor-core work or the grid barrier between them."""
+    for key, insns in sass.items():
+        found = uncovered_loads(step_loop(insns))
+        assert not found, f"{key}: global loads waited for with nothing to hide them:\n" + "\n".join(found)
+
+
+def test_uncovered_load_check_fires_on_a_load_used_at_once():
+    """The check above on hand-written SASS: a gx load consumed by the sigmoid before the grid barrier
+    is reported; the same load consumed only after the barrier (a prefetch) is not."""
+    text = """
+        code for sm_90
+        Function : k
+        /*0000*/  HMMA.16816.F32.BF16 R4, R8, R12, R4 ;
+        /*0010*/  LDG.E.U16 R20, desc[UR4][R2.64] ;
+        /*0020*/  FADD R21, R20, R4 ;
+        /*0030*/  MUFU.EX2 R22, R21 ;
+        /*0040*/  ATOM.E.ADD.STRONG.GPU PT, R3, desc[UR4][R6.64], R3 ;
+        /*0050*/  BRA 0x0 ;
+    """
+    body = step_loop(parse_sass(text)[("k", "90")])
+    assert len(body) == 6
+    assert len(uncovered_loads(body)) == 1
+    prefetch = text.replace("/*0020*/  FADD R21, R20, R4", "/*0020*/  FADD R21, R19, R4")
+    assert uncovered_loads(step_loop(parse_sass(prefetch)[("k", "90")])) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# setup.py and the toolkit
+# ---------------------------------------------------------------------------------------------
+
+
+def _setup_says(**env):
+    out = subprocess.run([sys.executable, "setup.py", "--version"], cwd=ROOT, env={**os.environ, **env},
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [line for line in out.stderr.splitlines() if line.startswith("fusedrnn setup:")]
+
+
+def test_setup_warns_when_torch_and_nvcc_cuda_majors_differ(tmp_path):
+    """A wrapper nvcc reporting another CUDA major than torch's: setup.py says so before compiling
+    (a build that would fail or load wrongly later), and says nothing when they agree."""
+    import torch
+
+    if torch.version.cuda is None:
+        pytest.skip("CPU build of torch: the toolkit check is not reached")
+    torch_major = int(torch.version.cuda.split(".")[0])
+    for nvcc_major, warned in ((torch_major + 1, True), (torch_major, False)):
+        home = tmp_path / f"cuda{nvcc_major}"
+        (home / "bin").mkdir(parents=True)
+        fake = home / "bin" / "nvcc"
+        fake.write_text(f"#!/bin/sh\necho 'Cuda compilation tools, release {nvcc_major}.0, V{nvcc_major}.0.1'\n")
+        fake.chmod(0o755)
+        lines = _setup_says(CUDA_HOME=str(home))
+        mismatch = [line for line in lines if "CUDA major version" in line]
+        assert bool(mismatch) == warned, lines
+        if warned:
+            assert f"torch was built with CUDA {torch.version.cuda}" in mismatch[0]
+            assert f"nvcc is CUDA {nvcc_major}.0" in mismatch[0]
