@@ -163,10 +163,10 @@ def _git_commit() -> str:
 def summarize_report(lines: list[dict]) -> dict[str, dict]:
     """Per fused backend, what a GPU test run vouches for, from the JSON lines the test suite writes
     (tests/conftest.py, FUSEDRNN_VALIDATION_REPORT): one line per test marked ``validates(backend)``
-    with its outcome and its ``cell``/``dtype`` parameters, and a last line with the session's exit
-    status. A (cell, dtype) is validated when at least one of its tests passed and none failed; a
-    failed test that names no cell or no dtype withdraws everything it covers. A run that did not
-    finish vouches for nothing."""
+    with its outcome and the cell and dtype it covers, and a last line with the session's exit
+    status. A (cell, dtype) is validated when at least one test naming both passed and none
+    covering it failed; a failed test that names no cell or no dtype (the grid barrier, say)
+    withdraws everything it could cover. A run that did not finish vouches for nothing."""
     if not lines or lines[-1].get("event") != "finished":
         return {}
     out: dict[str, dict] = {}
@@ -175,13 +175,11 @@ def summarize_report(lines: list[dict]) -> dict[str, dict]:
         passed: dict[str, set] = {c: set() for c in CELLS}
         failed = []
         for t in tests:
-            cells = [t["cell"]] if t.get("cell") else list(CELLS)
             dtypes = [t["dtype"]] if t.get("dtype") else None
             if t["outcome"] == "failed":
                 failed.append(t)
-            elif t["outcome"] == "passed" and dtypes:
-                for c in cells:
-                    passed[c].update(dtypes)
+            elif t["outcome"] == "passed" and dtypes and t.get("cell"):
+                passed[t["cell"]].update(dtypes)
         for t in failed:
             cells = [t["cell"]] if t.get("cell") else list(CELLS)
             for c in cells:

@@ -6,8 +6,9 @@ On a GPU machine: ``FUSEDRNN_TEST_DEVICE=cuda pytest -m gpu`` leaves the interpr
 them (bench/gpu_run.sh does this). No GPU is queried at import time.
 
 Validation report: with ``FUSEDRNN_VALIDATION_REPORT=<path>``, every test marked
-``validates(backend)`` appends one JSON line (backend, outcome, and its ``cell`` / ``dtype``
-parameters) and the session appends a last "finished" line; ``python -m fusedrnn.evidence record
+``validates(backend)`` appends one JSON line (backend, outcome, and the cell and dtype its
+parameters name; a test naming a cell and no dtype runs float32) and the session appends a last
+"finished" line; ``python -m fusedrnn.evidence record
 <path>`` turns that into the package's GPU validation records (fusedrnn/evidence.py).
 """
 
@@ -45,13 +46,32 @@ VALIDATION_REPORT = os.environ.get("FUSEDRNN_VALIDATION_REPORT")
 _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp64": "float64", "tf32": "float32"}
 
 
-def _param_name(value) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, torch.dtype):
-        return str(value).replace("torch.", "")
-    text = str(value)
-    return _DTYPE_ALIASES.get(text, text)
+def _coverage(params: dict) -> tuple[str | None, str | None]:
+    """(cell, dtype) a validating test covers, read from its parameters (also inside tuples and
+    case objects, one level deep). A test with a cell but no dtype parameter runs float32."""
+    cell = dtype = None
+
+    def look(value):
+        nonlocal cell, dtype
+        if isinstance(value, torch.dtype):
+            dtype = dtype or str(value).replace("torch.", "")
+        elif isinstance(value, str):
+            if value in ("gru", "lstm"):
+                cell = cell or value
+            elif value in _DTYPE_ALIASES:
+                dtype = dtype or _DTYPE_ALIASES[value]
+
+    for value in params.values():
+        look(value)
+        if isinstance(value, (tuple, list)):
+            for v in value:
+                look(v)
+        elif hasattr(value, "__dict__") and not isinstance(value, torch.nn.Module):
+            for v in vars(value).values():
+                look(v)
+    if cell is not None and dtype is None:
+        dtype = "float32"
+    return cell, dtype
 
 
 def _append_report(line: dict) -> None:
@@ -68,10 +88,9 @@ def pytest_runtest_makereport(item, call):
     report = outcome.get_result()
     # One line per test: its call phase, or the setup phase when that failed or skipped it.
     if report.when == "call" or (report.when == "setup" and report.outcome != "passed"):
-        params = getattr(getattr(item, "callspec", None), "params", {})
+        cell, dtype = _coverage(getattr(getattr(item, "callspec", None), "params", {}))
         _append_report({"event": "test", "id": item.nodeid, "backend": marker.args[0], "outcome": report.outcome,
-                        "cell": _param_name(params.get("cell")),
-                        "dtype": _param_name(params.get("dtype", params.get("dtype_name")))})
+                        "cell": cell, "dtype": dtype})
 
 
 def pytest_sessionfinish(session, exitstatus):

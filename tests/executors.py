@@ -46,12 +46,7 @@ class Executor:
         return self.device == "cuda"
 
     def param(self):
-        marks = []
-        if self.on_gpu:
-            marks.append(pytest.mark.gpu)
-            if self.backend in FUSED:
-                marks.append(pytest.mark.validates(self.backend))
-        return pytest.param(self, id=self.id, marks=marks)
+        return pytest.param(self, id=self.id, marks=gpu_marks(self.backend) if self.on_gpu else [])
 
     def unavailable(self, cell: str = "gru", dtype: torch.dtype = torch.float32) -> list[str]:
         """Why this executor cannot run a small call of ``cell`` in ``dtype`` here (empty: it can)."""
@@ -72,3 +67,21 @@ GPU_FUSED = (Executor("triton", "cuda"), Executor("cuda", "cuda"))
 
 def params(*executors: Executor):
     return [e.param() for e in executors]
+
+
+def gpu_marks(backend: str) -> list:
+    """The marks of a check's GPU parametrisation for ``backend``: ``gpu``, and ``validates`` when
+    the backend is a fused one (its passing feeds the GPU validation records)."""
+    return [pytest.mark.gpu] + ([pytest.mark.validates(backend)] if backend in FUSED else [])
+
+
+def executor_params(backend: str, cpu_executor: str, cpu_skip_reason: str | None):
+    """String-named executors for a backend's own kernel tests: the CPU one (``cpu_executor``, e.g.
+    "interpreter"; skipped with ``cpu_skip_reason`` when it cannot run in this session) and "gpu"."""
+    cpu = pytest.param(cpu_executor, id=cpu_executor,
+                       marks=pytest.mark.skipif(cpu_skip_reason is not None, reason=cpu_skip_reason or ""))
+    return [cpu, pytest.param("gpu", id="gpu", marks=gpu_marks(backend))]
+
+
+def executor_device(executor: str) -> str:
+    return "cuda" if executor == "gpu" else "cpu"

@@ -182,18 +182,3 @@ def check_raw_recurrence_forward(ext, cell, dtype, reverse, device, T=7, B=19, H
     if cell == "lstm":
         assert torch.equal(saved[order[0]][:, 4 * H:], c0.float())  # c_prev of the first step is c0
         assert c_n.shape == (B, H)
-
-
-def executor_params(cpu_executor: str, cpu_skip_reason: str | None):
-    """pytest params for a check written once and run by every executor that can: the CPU one
-    (``cpu_executor``, e.g. the Triton interpreter; skipped with ``cpu_skip_reason`` when it cannot
-    run in this session) and "gpu" (marked ``gpu``: runs with FUSEDRNN_TEST_DEVICE=cuda)."""
-    import pytest
-
-    cpu = pytest.param(cpu_executor, id=cpu_executor,
-                       marks=pytest.mark.skipif(cpu_skip_reason is not None, reason=cpu_skip_reason or ""))
-    return [cpu, pytest.param("gpu", id="gpu", marks=pytest.mark.gpu)]
-
-
-def executor_device(executor: str) -> str:
-    return "cuda" if executor == "gpu" else "cpu"

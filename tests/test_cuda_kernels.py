@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import cuda_emu
 import pytest
 import torch
+from executors import gpu_marks
 from helpers import (
     assert_fp32_close,
     assert_lowp_within_baselines,
@@ -95,7 +96,7 @@ def _gpu(monkeypatch):
     return Executor("gpu", torch.device("cuda", torch.cuda.current_device()), _ext.load(), monkeypatch)
 
 
-@pytest.fixture(params=["emu", pytest.param("gpu", marks=pytest.mark.gpu)])
+@pytest.fixture(params=["emu", pytest.param("gpu", marks=gpu_marks("cuda"))])
 def ex(request, monkeypatch):
     executor = _emulator(monkeypatch) if request.param == "emu" else _gpu(monkeypatch)
     executor.tf32(False)  # the exact fp32 path unless a test says otherwise
@@ -121,7 +122,14 @@ def gpu(monkeypatch):
     return _gpu(monkeypatch)
 
 
-gpu_only = pytest.mark.gpu
+GPU_ONLY = gpu_marks("cuda")
+
+
+def gpu_only(test):
+    """A check only a GPU can make (marked gpu and validates("cuda"))."""
+    for mark in GPU_ONLY:
+        test = mark(test)
+    return test
 
 
 def _ref(cell):
@@ -171,7 +179,7 @@ GPU_CASES = [  # larger shapes, for the GPU only (minutes on the emulator)
     Case(17, 33, 32, 128, residual=True, reverse=True),
     Case(9, 1, 24, 520),
 ]
-ALL_CASES = [pytest.param(c, id=c.id) for c in CASES] + [pytest.param(c, id=c.id, marks=gpu_only) for c in GPU_CASES]
+ALL_CASES = [pytest.param(c, id=c.id) for c in CASES] + [pytest.param(c, id=c.id, marks=GPU_ONLY) for c in GPU_CASES]
 
 
 def _case_inputs(ex, cell, case, dtype, seed=None):

@@ -19,11 +19,11 @@ import pytest
 
 pytest.importorskip("triton")
 
-from helpers import executor_params  # noqa: E402
+from executors import executor_params  # noqa: E402
 
 from fusedrnn.kernels import barrier, common  # noqa: E402
 
-EXECUTORS = executor_params("interpreter", None if common.interpreter_on() else
+EXECUTORS = executor_params("triton", "interpreter", None if common.interpreter_on() else
                             "the Triton interpreter is off (FUSEDRNN_TEST_DEVICE=cuda)")
 
 

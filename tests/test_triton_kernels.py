@@ -18,7 +18,8 @@ import torch
 
 pytest.importorskip("triton")
 
-from helpers import FP32_TOL, assert_fp32_close, assert_lowp_within_baselines, executor_device, executor_params  # noqa: E402
+from executors import executor_device, executor_params  # noqa: E402
+from helpers import FP32_TOL, assert_fp32_close, assert_lowp_within_baselines  # noqa: E402
 from helpers import functional_call, make_cell_inputs, rel_err, run_cell_with_grads  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
@@ -27,7 +28,7 @@ import fusedrnn.functional as F  # noqa: E402
 from fusedrnn.backends import triton as triton_ops  # noqa: E402
 from fusedrnn.kernels import common, rnn  # noqa: E402
 
-EXECUTORS = executor_params("interpreter", None if common.interpreter_on() else
+EXECUTORS = executor_params("triton", "interpreter", None if common.interpreter_on() else
                             "the Triton interpreter is off (FUSEDRNN_TEST_DEVICE=cuda)")
 executor = pytest.fixture(params=EXECUTORS)(lambda request: request.param)
 

@@ -11,7 +11,8 @@ from torch.nn.utils.rnn import pack_padded_sequence
 
 import fusedrnn
 from fusedrnn import backends
-from helpers import assert_close_all, executor_params, run_with_grads
+from executors import executor_params
+from helpers import assert_close_all, run_with_grads
 
 _why = backends.get("triton").unavailable()
 pytestmark = pytest.mark.skipif(bool(_why), reason="; ".join(_why) or "available")
@@ -19,10 +20,10 @@ pytestmark = pytest.mark.skipif(bool(_why), reason="; ".join(_why) or "available
 if not _why:
     from fusedrnn.kernels import common
 
-    EXECUTORS = executor_params("interpreter", None if common.interpreter_on() else
+    EXECUTORS = executor_params("triton", "interpreter", None if common.interpreter_on() else
                                 "the Triton interpreter is off (FUSEDRNN_TEST_DEVICE=cuda)")
 else:
-    EXECUTORS = executor_params("interpreter", "; ".join(_why))
+    EXECUTORS = executor_params("triton", "interpreter", "; ".join(_why))
 
 # executor -> (dtype, device, input size, hidden, batch, steps, residual, atol/rtol outputs, grads)
 SETUPS = {

@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from helpers import executor_device, executor_params  # noqa: E402
+from executors import executor_device, executor_params  # noqa: E402
 
 import fusedrnn.functional as F  # noqa: E402
 from fusedrnn import backends  # noqa: E402
@@ -61,7 +61,7 @@ def test_every_plan_is_launchable(device, elem):
                     assert p.nprog_h <= p.n_blk
 
 
-@pytest.mark.parametrize("executor", executor_params("host", None))
+@pytest.mark.parametrize("executor", executor_params("triton", "host", None))
 def test_plans_fill_but_do_not_exceed_the_gpu(executor):
     """On a GPU, with its real SM count and shared memory (the interpreter plans for an H100)."""
     device = common.device_of(torch.device(executor_device(executor)))
