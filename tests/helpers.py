@@ -67,27 +67,39 @@ def run_cell_with_grads(cell, call, d, lens, reverse, dtype=None, seed=1):
     return res
 
 
-def make_cell_inputs(cell, T, B, I, H, dtype, bias=True, residual=False, lengths=False, seed=0):  # noqa: E741
-    """One layer-direction's tensors (the functional signature's names) and, optionally, lengths
-    with one full-length row."""
+def make_cell_inputs(cell, T, B, I, H, dtype, bias=True, residual=False, lengths=False, seed=0, P=None):  # noqa: E741
+    """The one input builder: one layer-direction's tensors, keyed by the functional signature's
+    names, and optionally lengths with one full-length row. ``P``: an LSTM projection width (adds
+    ``w_hr``; h0, w_hh and the residual then have width P)."""
     g = torch.Generator().manual_seed(seed)
     n = 3 if cell == "gru" else 4
     scale = H ** -0.5
+    P = P or H
 
     def rnd(*shape, s=1.0):
         return (torch.randn(*shape, generator=g, dtype=torch.float64) * s).to(dtype)
 
     d = dict(
-        x=rnd(T, B, I), h0=rnd(B, H, s=0.5), w_ih=rnd(n * H, I, s=scale), w_hh=rnd(n * H, H, s=scale),
+        x=rnd(T, B, I), h0=rnd(B, P, s=0.5), w_ih=rnd(n * H, I, s=scale), w_hh=rnd(n * H, P, s=scale),
         b_ih=rnd(n * H, s=0.3) if bias else None, b_hh=rnd(n * H, s=0.3) if bias else None,
-        residual=rnd(T, B, H) if residual else None,
+        residual=rnd(T, B, P) if residual else None,
     )
     if cell == "lstm":
         d["c0"] = rnd(B, H, s=0.5)
+        if P != H:
+            d["w_hr"] = rnd(P, H, s=scale)
     lens = torch.randint(1, T + 1, (B,), generator=g) if lengths else None
     if lengths and B > 1:
         lens[0] = T  # one full-length row and (very likely) shorter ones
     return d, lens
+
+
+def functional_args(cell, d) -> dict:
+    """make_cell_inputs' tensors in the order of fusedrnn.functional.gru/lstm's positional
+    arguments (x, h0, [c0], w_ih, w_hh, b_ih, b_hh, [w_hr]); the residual is a keyword there."""
+    names = ["x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"] if cell == "gru" else \
+        ["x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr"]
+    return {k: d.get(k) for k in names}
 
 
 def functional_call(backend):

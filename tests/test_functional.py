@@ -11,27 +11,15 @@ import torch
 import fusedrnn.functional as F
 from fusedrnn import backends, dispatch
 from fusedrnn.reference import gru_reference, lstm_reference
+from helpers import functional_args, make_cell_inputs
 
 DT = torch.float64
 
 
 def make_args(cell, T=6, B=4, I=5, H=3, P=None, bias=True, dtype=DT, requires_grad=False):  # noqa: E741
-    P = P or H
-    G = (3 if cell == "gru" else 4) * H
-    s = 0.5
-    g = torch.Generator().manual_seed(7)
-
-    def r(*shape):
-        return (torch.randn(*shape, generator=g, dtype=DT) * s).to(dtype).requires_grad_(requires_grad)
-
-    x = r(T, B, I)
-    args = {"x": x, "h0": r(B, P)}
-    if cell == "lstm":
-        args["c0"] = r(B, H)
-    args.update(w_ih=r(G, I), w_hh=r(G, P), b_ih=r(G) if bias else None, b_hh=r(G) if bias else None)
-    if cell == "lstm":
-        args["w_hr"] = r(P, H) if P != H else None
-    return args
+    """The functional arguments, in positional order, from the shared builder (tests/helpers.py)."""
+    d, _ = make_cell_inputs(cell, T, B, I, H, dtype, bias=bias, seed=7, P=P)
+    return {k: v if v is None else v.requires_grad_(requires_grad) for k, v in functional_args(cell, d).items()}
 
 
 def call(cell, args, **kw):

@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 import fusedrnn
 from executors import CPU, GPU_FUSED, Executor, params
-from helpers import run_with_grads
+from helpers import functional_args, make_cell_inputs, run_with_grads
 
 settings.register_profile("ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 # Longer run for nightly use: HYPOTHESIS_PROFILE=nightly python -m pytest tests/test_reliability.py -k fuzz
@@ -239,14 +239,9 @@ def test_no_memory_growth_over_repeated_calls(ex: Executor):
 
 
 def _functional_args(cell, T, B, H, dtype, device, requires_grad=True, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    G = (3 if cell == "gru" else 4) * H
-
-    def r(*s, scale=1.0):
-        return (torch.randn(*s, generator=g) * scale).to(device, dtype).requires_grad_(requires_grad)
-
-    states = [r(B, H)] if cell == "gru" else [r(B, H), r(B, H)]
-    return [r(T, B, H)] + states + [r(G, H, scale=H**-0.5), r(G, H, scale=H**-0.5), r(G, scale=0.1), r(G, scale=0.1)]
+    """Positional arguments of fusedrnn.functional.gru/lstm on ``device`` (the shared builder)."""
+    d, _ = make_cell_inputs(cell, T, B, H, H, dtype, seed=seed)
+    return [v.to(device).requires_grad_(requires_grad) for v in functional_args(cell, d).values() if v is not None]
 
 
 def _fwd_bwd(cell, args, backend, **kw):
