@@ -64,6 +64,10 @@ class _FusedRNNMixin:
 
     _cell: str  # "gru" | "lstm"
 
+    def __init__(self, *args, residual=False, backend: str = "auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        self._init_extras(residual, backend)
+
     def _init_extras(self, residual, backend) -> None:
         D = 2 if self.bidirectional else 1
         P = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -376,10 +380,6 @@ class GRU(_FusedRNNMixin, torch.nn.GRU):
     )
     _cell = "gru"
 
-    def __init__(self, *args, residual=False, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_extras(residual, backend)
-
     def _forward(self, input, hx, plan):  # mirrors torch.nn.GRU.forward; the _VF call is replaced
         self._update_flat_weights()
         orig_input = input
@@ -437,10 +437,6 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
         "Unlike torch, PackedSequence input is checked against input_size.\n"
     )
     _cell = "lstm"
-
-    def __init__(self, *args, residual=False, backend: str = "auto", **kwargs):
-        super().__init__(*args, **kwargs)
-        self._init_extras(residual, backend)
 
     def _forward(self, input, hx, plan):  # mirrors torch.nn.LSTM.forward; the _VF call is replaced
         self._update_flat_weights()
