@@ -148,7 +148,7 @@ def main(argv=None) -> int:
             msg = f"FAILED: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
         finally:
             torch.backends.cuda.matmul.allow_tf32 = False
-        print(f"{tag:<80}{msg}", flush=True)
+        print(f"{tag:<80} {msg}", flush=True)
     return 1 if failed else 0
 
 
