@@ -192,10 +192,25 @@ void cp_async_kernel(const void* p) {
 //   9 grid.sync() instead of flags                                           ok
 //  10 barrier_arrive(), barrier_wait()                                       ok
 //  11 barrier_arrive(), the store, barrier_wait()                            read not ordered
+//  12 the CTAs' flags at kFlagBase + X, after kFlagBase flags the host set;
+//     wait_ready on all kFlagBase + kFlagCtas of them (a second poll round)   ok
+//  13 as 12, but wait_ready on the first kFlagBase only                       read not ordered
 constexpr int kFlagCtas = 4;
+constexpr int kFlagBase = 128;  // wait_ready polls 128 flags per round (32 lanes x 4)
 void visibility_kernel(const void* p) {
   const Args& a = *static_cast<const Args*>(p);
   const int X = blockIdx.x, t = threadIdx.x, Y = (X + 1) % kFlagCtas, v = a.variant;
+  if (v == 12 || v == 13) {  // many flags: the neighbour's is polled in wait_ready's second round
+    for (int s = 0; s < a.n; ++s) {
+      fusedrnn::exchange_store(a.data + ((size_t)s * kFlagCtas + X) * kThreads + t, (float)(1000 * s + 100 * X + t));
+      __syncthreads();
+      fusedrnn::publish_ready(a.flags + kFlagBase + X, s + 1);
+      fusedrnn::wait_ready(a.flags, v == 12 ? kFlagBase + kFlagCtas : kFlagBase, s + 1);
+      const float* theirs = a.data + ((size_t)s * kFlagCtas + Y) * kThreads;
+      a.out[((size_t)s * kFlagCtas + X) * kThreads + t] = __ldcg(theirs + (t + 1) % kThreads);
+    }
+    return;
+  }
   for (int s = 0; s < a.n; ++s) {
     float* mine = a.data + ((size_t)s * kFlagCtas + X) * kThreads;
     const float value = (float)(1000 * s + 100 * X + t);
@@ -292,7 +307,8 @@ torch::Tensor selftest(const std::string& name, int64_t variant, const torch::Te
   } else if (name == "visibility") {
     a.n = 3;
     storage = torch::zeros({a.n * kFlagCtas * kThreads});
-    flags = torch::zeros({kFlagCtas}, torch::kInt);
+    flags = torch::zeros({kFlagBase + kFlagCtas}, torch::kInt);
+    if (variant == 12 || variant == 13) flags.slice(0, 0, kFlagBase).fill_(a.n);  // released before the launch
     a.data = storage.data_ptr<float>(), a.flags = flags.data_ptr<int>();
     entry = visibility_kernel, grid = kFlagCtas, out = torch::zeros({a.n, kFlagCtas, kThreads});
   } else if (name == "fast_math") {
