@@ -171,10 +171,12 @@ __device__ __forceinline__ void publish_ready(int* flag, int value) {
 }
 
 // Returns once flags[0 .. n-1] are all >= need. The warp's lanes poll the flags together, each its
-// own (lane, lane + 32, ...: acquire loads, all of a round in flight at once, one L2 round trip per
-// round); then __syncwarp() passes what each lane acquired on to every lane, so that the warp's reads
-// that follow (its cp.async staging) see what every producer wrote before its release. Every lane of
-// the warp must call it. (No vote in the loop: on sm_80 a vote in a loop is compiled to a CALL.)
+// own (lane, lane + 32, lane + 64, lane + 96 in a round of 128, then the next 128): acquire loads,
+// LDG.E.STRONG.GPU each followed by CCTL.IVALL in the sm_80/sm_90 SASS (whether a lane's up to four
+// loads of a round overlap is for a GPU to measure; up to 32 flags, one per lane). Then __syncwarp()
+// passes what each lane acquired on to every lane, so that the warp's reads that follow (its
+// cp.async staging) see what every producer wrote before its release. Every lane of the warp must
+// call it. (No vote in the loop: on sm_80 a vote in a loop is compiled to a CALL.)
 __device__ __forceinline__ void wait_ready(const int* flags, int n, int need) {
   const int lane = threadIdx.x & 31;
   for (int base = 0; base < n; base += 128) {
