@@ -14,19 +14,22 @@ forward step, per 16-row pass:
   cell      gates, fp32 state in shared memory, y/hist/saved stores; the inputs (gx, residual) were
             loaded one pass ahead and the sigmoid/tanh are ex2/rcp.approx (no CALL): math only
 then one grid barrier, split: the next step's first inputs are loaded between its arrive and wait (a
-load before the arrival would hold up the arrival's release fence for its HBM latency). Backward step: grid barrier (dgates[t] complete), then per pass the same
-product over K = gates·H with the W_hh column slice, dh += partials, and at once phase A of the next
-step for those rows (dgates from inputs loaded before the pass's MMA).
+load before the arrival would hold up the arrival's release fence for its HBM latency). Backward
+step: grid barrier (dgates[t] complete), then per pass the same product over K = gates·H with the
+W_hh column slice, dh += partials, and at once phase A of the next step for those rows (dgates from
+inputs loaded before the pass's MMA).
 
 Assumptions beyond perf_model.Machine (central values; a GPU session measures them):
   L2 -> SM fill 64 B/clk per SM (range 32-64); L2 read bandwidth 5.5 TB/s for all SMs together
   (range 4.5-7); mma.sync issue 1024 fp16/bf16 FMA/clk/SM (A100's rate; H100's mma.sync is reported
   at 60-70 % of its 2048 wgmma peak), TF32 half of that; __syncthreads 0.02 us.
-  Ready flags (FUSEDRNN_CUDA_READY_FLAGS=1, off by default, in the notes only): one step boundary
-  0.6 us (range 0.4-0.9) in place of the 1.2 us grid barrier: the release waits for the step's stores
-  to reach L2 (~0.25), the consumers' acquire polls see the flag one L2 read later (~0.2) plus half a
-  poll round; no shared arrival counter, and a batch group waits only for its own CTAs.
-  cuda_ops.barrier_floor(T, ready_flags=True) measures it on a GPU.
+  Ready flags (FUSEDRNN_CUDA_READY_FLAGS=1, off by default; in each estimate's notes only, as MODEL
+  figures): one step boundary READY_FLAGS_US = 0.6 us (range 0.4-0.9) in place of the grid barrier's
+  Machine.barrier_us (1.2): the release waits for the step's stores to reach L2 (~0.25), the
+  consumers' acquire polls see the flag one L2 read later (~0.2) plus half a poll round; no shared
+  arrival counter, and a batch group waits only for its own CTAs. Nothing else in the step changes.
+  fusedrnn.backends.cuda.barrier_floor(T, ready_flags=True) against barrier_floor(T) measures it on
+  a GPU.
 """
 
 from __future__ import annotations
@@ -195,7 +198,7 @@ def product_phases(p: Plan, m: Machine, label: str) -> list[Phase]:
     ]
 
 
-READY_FLAGS_US = 0.6
+READY_FLAGS_US = 0.6  # assumed step boundary with ready flags (module docstring); not measured
 
 
 def _boundary(m: Machine, flags: bool) -> Phase:
@@ -285,8 +288,9 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
     fwd_ms, fb_ms = whole_call_ms(case, dtype_name, fwd, bwd, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
     fwd_f, bwd_f = forward_step(fwd_plan, case, m, flags=True), backward_step(bwd_plan, case, m, flags=True)
     flags_ms = whole_call_ms(case, dtype_name, fwd_f, bwd_f, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
-    notes = (f"with ready flags (off by default): {fwd_f.us:.2f} / {bwd_f.us:.2f} us/step, "
-             f"{flags_ms[0]:.3f} / {flags_ms[1]:.3f} ms")
+    notes = (f"ready flags (FUSEDRNN_CUDA_READY_FLAGS=1, off by default), MODEL assuming a {READY_FLAGS_US} us "
+             f"step boundary in place of the {m.barrier_us} us grid barrier: {fwd_f.us:.2f} / {bwd_f.us:.2f} us/step, "
+             f"{flags_ms[0]:.3f} / {flags_ms[1]:.3f} ms fwd / fwd+bwd")
     if dtype_name == "fp32":
         notes += ("; fp32 with TF32 off (torch's default) runs 3xTF32 MMAs (hi·lo + lo·hi + hi·hi: fp32 accuracy); "
                   f"{_tf32_note(case, m)}; the projection GEMMs are costed at TF32 rate by perf_model")
