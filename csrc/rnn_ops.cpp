@@ -1,5 +1,5 @@
 // Torch-facing glue of the persistent recurrence kernels: named input checks, buffer allocation,
-// dtype dispatch, launch on the current CUDA stream. fusedrnn/cuda_ops.py wraps these in
+// dtype dispatch, launch on the current CUDA stream. fusedrnn/backends/cuda.py wraps these in
 // torch.library custom ops with fake implementations and autograd; the input projection
 // (x·W_ihᵀ + b_ih) and the weight/input gradients are torch GEMMs there.
 #include <torch/extension.h>
@@ -91,7 +91,7 @@ Tensor kernel_input(const Tensor& t, const char*) { return t.contiguous(); }
 std::vector<Tensor> outputs(std::vector<Tensor> v) { return v; }
 
 // The kernels are compiled for sm_80+ only; on an older device their body is __trap(), which would
-// poison the whole CUDA context, so refuse before launching (cuda_ops.limits says the same).
+// poison the whole CUDA context, so refuse before launching (fusedrnn.backends.cuda.limits says the same).
 void check_device(const Tensor& ref) {
   int major = 0, minor = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ref.device().index()));
@@ -105,7 +105,7 @@ void check_launch(cudaError_t err, const char* what) {
   if (err != cudaSuccess) (void)cudaGetLastError();
   if (err == cudaErrorCooperativeLaunchTooLarge) {
     TORCH_CHECK(false, "fusedrnn cuda: ", what, " cannot be launched: its grid of CTAs is not co-resident on this "
-                "GPU (shared memory or SM count); cuda_ops.limits() should have rejected this problem");
+                "GPU (shared memory or SM count); fusedrnn.backends.cuda.limits() should have rejected this problem");
   }
   C10_CUDA_CHECK(err);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -172,7 +172,7 @@ Plan device_plan(Cell cell, bool backward, DType dt, bool tf32, int64_t H, int64
 void check_rows(const Plan& p) {
   TORCH_CHECK(p.rows <= kMaxRows, "fusedrnn cuda: batch size ", p.B, " needs ", p.rows, " rows per CTA at H=", p.H,
               " (", p.n_bg, " batch groups); the kernels hold at most ", kMaxRows,
-              " (cuda_ops.limits() should have rejected this problem)");
+              " (fusedrnn.backends.cuda.limits() should have rejected this problem)");
 }
 
 // The plan's ready flags (one per CTA, zeroed), or an undefined tensor for grid barriers.
