@@ -13,14 +13,23 @@ forward step, per 16-row pass:
   partials  8 warps' fp32 partial sums through shared memory, one __syncthreads
   cell      gates, fp32 state in shared memory, y/hist/saved stores; the inputs (gx, residual) were
             loaded one pass ahead and the sigmoid/tanh are ex2/rcp.approx (no CALL): math only
-then one grid barrier. Backward step: grid barrier (dgates[t] complete), then per pass the same
-product over K = gates·H with the W_hh column slice, dh += partials, and at once phase A of the next
-step for those rows (dgates from inputs loaded before the pass's MMA).
+then one grid barrier, split: the next step's first inputs are loaded between its arrive and wait (a
+load before the arrival would hold up the arrival's release fence for its HBM latency). Backward
+step: grid barrier (dgates[t] complete), then per pass the same product over K = gates·H with the
+W_hh column slice, dh += partials, and at once phase A of the next step for those rows (dgates from
+inputs loaded before the pass's MMA).
 
 Assumptions beyond perf_model.Machine (central values; a GPU session measures them):
   L2 -> SM fill 64 B/clk per SM (range 32-64); L2 read bandwidth 5.5 TB/s for all SMs together
   (range 4.5-7); mma.sync issue 1024 fp16/bf16 FMA/clk/SM (A100's rate; H100's mma.sync is reported
   at 60-70 % of its 2048 wgmma peak), TF32 half of that; __syncthreads 0.02 us.
+  Ready flags (FUSEDRNN_CUDA_READY_FLAGS=1, off by default; in each estimate's notes only, as MODEL
+  figures): one step boundary READY_FLAGS_US = 0.6 us (range 0.4-0.9) in place of the grid barrier's
+  Machine.barrier_us (1.2): the release waits for the step's stores to reach L2 (~0.25), the
+  consumers' acquire polls see the flag one L2 read later (~0.2) plus half a poll round; no shared
+  arrival counter, and a batch group waits only for its own CTAs. Nothing else in the step changes.
+  fusedrnn.backends.cuda.barrier_floor(T, ready_flags=True) against barrier_floor(T) measures it on
+  a GPU.
 """
 
 from __future__ import annotations
@@ -57,7 +66,7 @@ def _round_up(x: int, m: int) -> int:
 def w_regs(mode: str, mtiles: int) -> int:
     """Registers per thread for W_hh fragments (w_regs in csrc/rnn_launch.h)."""
     if mode == "tf32x3":
-        return 24 if mtiles >= 3 else 48
+        return 24 if mtiles >= 3 else 32 if mtiles == 2 else 48
     return 96
 
 
@@ -189,7 +198,14 @@ def product_phases(p: Plan, m: Machine, label: str) -> list[Phase]:
     ]
 
 
-def forward_step(p: Plan, case: Case, m: Machine = H100) -> Step:
+READY_FLAGS_US = 0.6  # assumed step boundary with ready flags (module docstring); not measured
+
+
+def _boundary(m: Machine, flags: bool) -> Phase:
+    return Phase("ready flags", READY_FLAGS_US) if flags else Phase("grid.sync", m.barrier_us)
+
+
+def forward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False) -> Step:
     phases = []
     for q in range(p.passes):
         label = f"pass {q} " if p.passes > 1 else ""
@@ -197,12 +213,12 @@ def forward_step(p: Plan, case: Case, m: Machine = H100) -> Step:
         phases.append(Phase(f"{label}cell math", CELL_MATH_US[p.cell], "inputs prefetched, ex2/rcp.approx"))
         if q + 1 < p.passes:
             phases.append(Phase(f"{label}__syncthreads", SYNCTHREADS_US))
-    phases.append(Phase("grid.sync", m.barrier_us))
+    phases.append(_boundary(m, flags))
     return Step(tuple(_merge_passes(phases, p.passes)))
 
 
-def backward_step(p: Plan, case: Case, m: Machine = H100) -> Step:
-    phases = [Phase("grid.sync", m.barrier_us)]
+def backward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False) -> Step:
+    phases = [_boundary(m, flags)]
     for q in range(p.passes):
         label = f"pass {q} " if p.passes > 1 else ""
         phases += product_phases(p, m, "phase B " + label)
@@ -239,23 +255,44 @@ def describe(p: Plan) -> str:
             f"{p.units} units x {p.rows} rows per CTA, {p.passes} pass(es), {p.mode} MMA, {p.smem // 1024} KiB smem")
 
 
-@register("fusedrnn-cuda")
-def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
-    fwd_plan, bwd_plan = plans(case, dtype_name, m)
+def _misfit(fwd_plan: Plan, bwd_plan: Plan, m: Machine) -> str | None:
     for p in (fwd_plan, bwd_plan):
         if not p.fits(m.n_sm, m.smem_optin_bytes):
             kind = "backward" if p.backward else "forward"
-            return (f"H={case.H} B={case.B}: the {kind} plan needs {p.grid} CTAs, {p.smem // 1024} KiB and "
-                    f"{p.rows} rows per CTA")
+            return f"the {kind} plan needs {p.grid} CTAs, {p.smem // 1024} KiB and {p.rows} rows per CTA"
+    return None
+
+
+def _tf32_note(case: Case, m: Machine) -> str:
+    """fp32 with torch.backends.cuda.matmul.allow_tf32: one TF32 MMA per k-step."""
+    fwd_plan, bwd_plan = plans(case, "fp32", m, tf32=True)
+    misfit = _misfit(fwd_plan, bwd_plan, m)
+    if misfit:
+        return f"with TF32 allowed it does not fit either ({misfit})"
+    fwd, bwd = forward_step(fwd_plan, case, m), backward_step(bwd_plan, case, m)
+    return f"with TF32 allowed: {fwd.us:.2f} / {bwd.us:.2f} us/step"
+
+
+@register("fusedrnn-cuda")
+def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
+    fwd_plan, bwd_plan = plans(case, dtype_name, m)
+    misfit = _misfit(fwd_plan, bwd_plan, m)
+    if misfit:
+        why = f"H={case.H} B={case.B}: {misfit}; limits() refuses it, dispatch takes another backend"
+        return why + ("; " + _tf32_note(case, m) if dtype_name == "fp32" else "")
     fwd, bwd = forward_step(fwd_plan, case, m), backward_step(bwd_plan, case, m)
     gemm_f, gemm_b = 0.0, 0.0
     for layer_input in case.layer_inputs():
         f, b = projection_gemms_us(case, dtype_name, layer_input, m)
         gemm_f, gemm_b = max(gemm_f, f), max(gemm_b, b)
     fwd_ms, fb_ms = whole_call_ms(case, dtype_name, fwd, bwd, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
-    notes = ""
+    fwd_f, bwd_f = forward_step(fwd_plan, case, m, flags=True), backward_step(bwd_plan, case, m, flags=True)
+    flags_ms = whole_call_ms(case, dtype_name, fwd_f, bwd_f, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
+    notes = (f"ready flags (FUSEDRNN_CUDA_READY_FLAGS=1, off by default), MODEL assuming a {READY_FLAGS_US} us "
+             f"step boundary in place of the {m.barrier_us} us grid barrier: {fwd_f.us:.2f} / {bwd_f.us:.2f} us/step, "
+             f"{flags_ms[0]:.3f} / {flags_ms[1]:.3f} ms fwd / fwd+bwd")
     if dtype_name == "fp32":
-        notes = ("fp32 with TF32 off (torch's default) runs 3xTF32 MMAs (hi·lo + lo·hi + hi·hi: fp32 accuracy); "
-                 "the projection GEMMs are costed at TF32 rate by perf_model")
+        notes += ("; fp32 with TF32 off (torch's default) runs 3xTF32 MMAs (hi·lo + lo·hi + hi·hi: fp32 accuracy); "
+                  f"{_tf32_note(case, m)}; the projection GEMMs are costed at TF32 rate by perf_model")
     return Estimate("fusedrnn-cuda", case.id, dtype_name,
                     f"fwd: {describe(fwd_plan)}; bwd: {describe(bwd_plan)}", fwd, bwd, fwd_ms, fb_ms, notes=notes)

@@ -1,5 +1,5 @@
 // Python bindings for fusedrnn._C: build metadata, checked at import by fusedrnn/_ext.py.
-// The recurrence kernels' functions come from csrc/rnn_ops.cpp (register_rnn); fusedrnn/cuda_ops.py
+// The recurrence kernels' functions come from csrc/rnn_ops.cpp (register_rnn); fusedrnn/backends/cuda.py
 // wraps them in torch.library custom ops.
 #include <torch/extension.h>
 

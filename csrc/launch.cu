@@ -1,12 +1,13 @@
 // Cooperative launch of the persistent kernels (occupancy check first, so a grid that cannot be
-// co-resident fails with a clear error instead of hanging), and the barrier-only kernel that gives
-// the benchmark its latency floor: T grid barriers and nothing else.
+// co-resident fails with a clear error instead of hanging), and the synchronisation-only kernel that
+// gives the benchmark its latency floor: T grid barriers (or T rounds of ready flags) and nothing else.
 #include <cooperative_groups.h>
 
 #include <map>
 #include <mutex>
 #include <tuple>
 
+#include "ptx.cuh"
 #include "rnn_launch.h"
 
 namespace fusedrnn {
@@ -75,17 +76,27 @@ cudaError_t launch_cooperative(const void* kernel, const Plan& plan, void* param
   return cudaLaunchCooperativeKernel(kernel, dim3(plan.grid), dim3(kThreads), args, plan.bytes, stream);
 }
 
-__global__ void __launch_bounds__(kThreads, 1) barrier_floor_persistent_kernel(int steps) {
+// flags null: a grid barrier per step. Otherwise (gridDim.x zeroed flags) the kernels' ready-flag
+// step boundary: the pass's last __syncthreads(), publish, wait for every CTA's flag.
+__global__ void __launch_bounds__(kThreads, 1) barrier_floor_persistent_kernel(int steps, int* flags) {
   cg::grid_group g = cg::this_grid();
-  for (int s = 0; s < steps; ++s) g.sync();
+  for (int s = 0; s < steps; ++s) {
+    if (flags == nullptr) {
+      g.sync();
+    } else {
+      __syncthreads();
+      publish_ready(flags + blockIdx.x, s + 1);
+      wait_ready(flags, (int)gridDim.x, s + 1);
+    }
+  }
 }
 
-cudaError_t barrier_floor(int steps, int grid, cudaStream_t stream, float* ms) {
+cudaError_t barrier_floor(int steps, int grid, int* flags, cudaStream_t stream, float* ms) {
   const void* kernel = reinterpret_cast<const void*>(&barrier_floor_persistent_kernel);
   cudaEvent_t start, stop;
   FUSEDRNN_RETURN_IF_ERROR(cudaEventCreate(&start));
   FUSEDRNN_RETURN_IF_ERROR(cudaEventCreate(&stop));
-  void* args[] = {&steps};
+  void* args[] = {&steps, &flags};
   cudaError_t err = cudaEventRecord(start, stream);
   if (err == cudaSuccess) err = cudaLaunchCooperativeKernel(kernel, dim3(grid), dim3(kThreads), args, 0, stream);
   if (err == cudaSuccess) err = cudaEventRecord(stop, stream);

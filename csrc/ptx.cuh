@@ -96,35 +96,21 @@ template <int N> __device__ __forceinline__ void cp_async_wait() {
 // ---------------------------------------------------------------------------------------------
 // Fast-math intrinsics (one MUFU instruction each; accuracy in docs/numerics.md)
 // ---------------------------------------------------------------------------------------------
-__device__ __forceinline__ float ex2_approx(float x) {
 #if defined(FUSEDRNN_EMULATE)
-  return fusedrnn_emu::ex2_approx_ftz(x);
+#define FUSEDRNN_UNARY_F32(name, ptx, model) \
+  __device__ __forceinline__ float name(float x) { return fusedrnn_emu::model(x); }
 #else
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
+#define FUSEDRNN_UNARY_F32(name, ptx, model)         \
+  __device__ __forceinline__ float name(float x) {   \
+    float y;                                         \
+    asm(ptx " %0, %1;" : "=f"(y) : "f"(x));          \
+    return y;                                        \
+  }
 #endif
-}
-
-__device__ __forceinline__ float rcp_approx(float x) {
-#if defined(FUSEDRNN_EMULATE)
-  return fusedrnn_emu::rcp_approx_ftz(x);
-#else
-  float y;
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#endif
-}
-
-__device__ __forceinline__ float tanh_approx(float x) {
-#if defined(FUSEDRNN_EMULATE)
-  return fusedrnn_emu::tanh_approx(x);
-#else
-  float y;
-  asm("tanh.approx.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-#endif
-}
+FUSEDRNN_UNARY_F32(ex2_approx, "ex2.approx.ftz.f32", ex2_approx_ftz)
+FUSEDRNN_UNARY_F32(rcp_approx, "rcp.approx.ftz.f32", rcp_approx_ftz)
+FUSEDRNN_UNARY_F32(tanh_approx, "tanh.approx.f32", tanh_approx)
+#undef FUSEDRNN_UNARY_F32
 
 // cvt.rna.tf32.f32: round to a 10-bit mantissa, nearest, ties away from zero (kept in an fp32 word).
 __device__ __forceinline__ uint32_t tf32_rna(float x) {
@@ -135,6 +121,79 @@ __device__ __forceinline__ uint32_t tf32_rna(float x) {
   asm("cvt.rna.tf32.f32 %0, %1;" : "=r"(y) : "f"(x));
   return y;
 #endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Global memory that other CTAs read during the launch, and ready flags
+// ---------------------------------------------------------------------------------------------
+
+// A store of the exchanged operand (hist, dgh) that other CTAs read later in the same launch: a plain
+// store on the GPU; the emulator stamps it, and checks every read of it against the barriers and
+// flags that order the two (csrc/emu/cuda_emu.h).
+template <typename T> __device__ __forceinline__ void exchange_store(T* p, T v) {
+  *p = v;
+#if defined(FUSEDRNN_EMULATE)
+  fusedrnn_emu::exchange_store(p, (int)sizeof(T));
+#endif
+}
+
+// st.release.gpu: the value is written after every memory operation ordered before it, including
+// other threads' stores that a __syncthreads() ordered before this thread's release.
+__device__ __forceinline__ void flag_release(int* p, int v) {
+#if defined(FUSEDRNN_EMULATE)
+  fusedrnn_emu::flag_release(p, v);
+#else
+  asm volatile("st.release.gpu.global.s32 [%0], %1;\n" ::"l"(p), "r"(v) : "memory");
+#endif
+}
+
+// ld.acquire.gpu: this thread's later memory operations see what the releaser had ordered before the
+// release whose value this load returns.
+__device__ __forceinline__ int flag_acquire(const int* p) {
+#if defined(FUSEDRNN_EMULATE)
+  return fusedrnn_emu::flag_load(p, true);
+#else
+  int v;
+  asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+#endif
+}
+
+// Ready flags, one per CTA (batch group bg, unit group ug) at flags[bg * n_ug + ug]: the number of
+// steps whose exchanged rows the CTA has written. An alternative to the grid barrier (off unless the
+// glue passes flags): a producer publishes after the __syncthreads() that follows its stores, with no
+// shared counter to serialise on; a consumer waits only for the CTAs of its own batch group.
+
+// Thread 0 releases `value`; every thread of the CTA must call this after a __syncthreads() that
+// follows the stores it publishes.
+__device__ __forceinline__ void publish_ready(int* flag, int value) {
+  if (threadIdx.x == 0) flag_release(flag, value);
+}
+
+// Returns once flags[0 .. n-1] are all >= need. The warp's lanes poll the flags together, each its
+// own (lane, lane + 32, lane + 64, lane + 96 in a round of 128, then the next 128): acquire loads,
+// LDG.E.STRONG.GPU each followed by CCTL.IVALL in the sm_80/sm_90 SASS (whether a lane's up to four
+// loads of a round overlap is for a GPU to measure; up to 32 flags, one per lane). Then __syncwarp()
+// passes what each lane acquired on to every lane, so that the warp's reads that follow (its
+// cp.async staging) see what every producer wrote before its release. Every lane of the warp must
+// call it. (No vote in the loop: on sm_80 a vote in a loop is compiled to a CALL.)
+__device__ __forceinline__ void wait_ready(const int* flags, int n, int need) {
+  const int lane = threadIdx.x & 31;
+  for (int base = 0; base < n; base += 128) {
+    for (;;) {
+      int v[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = base + lane + 32 * e;
+        v[e] = i < n ? flag_acquire(flags + i) : need;
+      }
+      bool ok = true;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) ok = ok && v[e] >= need;
+      if (ok) break;
+    }
+  }
+  __syncwarp();
 }
 
 // Branch-free sigmoid and tanh from ex2.approx and rcp.approx: no IEEE-division slow path (a CALL)

@@ -14,6 +14,8 @@
 // Backward step: grid.sync (dgh[t] complete) | per pass: stage dgh[t] | MMA with the W_hh column
 //                slice | dh += partial sums | phase A of the next step for the same rows: dgates of
 //                the CTA's units (inputs loaded before the pass's MMA) -> dgh[t-1]
+// With ready flags (params.ready, off by default) each CTA publishes a per-CTA flag where the grid
+// barrier was, and waits for its batch group's flags before staging (ptx.cuh, wait_ready).
 // Math follows fusedrnn/reference.py; csrc/README.md walks the step's critical path.
 #pragma once
 
@@ -36,6 +38,7 @@
 
 #include <cstring>
 #include <type_traits>
+#include <utility>
 
 #include "ptx.cuh"
 #include "rnn_launch.h"
@@ -359,6 +362,16 @@ struct RecProduct {
     }
   }
 
+  // One pass: the product over this warp's blocks, its partial sums stored for every thread to reduce
+  // once the barrier at the end has passed.
+  __device__ void pass_product(float* part, uint4* stage_smem, const Source& src, const uint4* w_smem,
+                               const Plan& P) const {
+    float acc[MT][2][4];
+    run(acc, stage_smem, src, w_smem, P);
+    store_partials(part, acc, P);
+    __syncthreads();
+  }
+
   // Partial sums in fragment order: part[(warp, mt, nt)][lane][4 regs].
   __device__ static void store_partials(float* part, const float (&acc)[MT][2][4], const Plan& P) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -390,6 +403,26 @@ struct CellThread {
 __device__ __forceinline__ CellThread cell_thread() {
   const int tid = threadIdx.x, nt = tid >> 7, lane = (tid >> 2) & 31, reg = tid & 3;
   return {(lane >> 2) + 8 * (reg >> 1), nt * 8 + 2 * (lane & 3) + (reg & 1)};
+}
+
+// The grid barrier between forward steps, with `between` (the next step's input loads) after this
+// CTA's arrival and before its wait, so the loads fly through the barrier. Not before the arrival:
+// its release (in thread 0) waits for that thread's outstanding memory operations, loads included,
+// and would take their latency. barrier_arrive/barrier_wait where cooperative_groups has them (CUDA
+// 12.x and later), else grid.sync() and then the loads.
+template <typename G, typename = void> struct HasSplitBarrier : std::false_type {};
+template <typename G>
+struct HasSplitBarrier<G, std::void_t<decltype(std::declval<const G&>().barrier_arrive())>> : std::true_type {};
+
+template <typename F> __device__ __forceinline__ void grid_barrier_around(const cg::grid_group& grid, F&& between) {
+  if constexpr (HasSplitBarrier<cg::grid_group>::value) {
+    auto token = grid.barrier_arrive();
+    between();
+    grid.barrier_wait(std::move(token));
+  } else {
+    grid.sync();
+    between();
+  }
 }
 
 template <typename T> __device__ __forceinline__ bool aligned16(const T* p) {
@@ -463,17 +496,19 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const F
   load_inputs(p.reverse ? steps - 1 : 0, 0, in);
 
   cg::grid_group grid = cg::this_grid();
+  int* ready = p.ready != nullptr ? p.ready + bg * P.n_ug : nullptr;  // this batch group's flags
   for (int s = 0; s < steps; ++s) {
     const int t = p.reverse ? steps - 1 - s : s;
     const int t_next = p.reverse ? t - 1 : t + 1;
     const bool last = s + 1 == steps;
-    for (int q = 0; q < P.passes; ++q) {
+    // At least one pass (do-while: no path from the step's start to its boundary skips the MMAs, which
+    // the codegen check of hidden loads relies on).
+    int q = 0;
+    do {
       const int rb = q * kPassRows;
+      if (ready != nullptr && q == 0 && s > 0) wait_ready(ready, P.n_ug, s);  // hist[t] of every unit group
       const typename R::Source src{hist + (size_t)t * B * H, H, row0 + rb, min(kPassRows, my_rows - rb), vec_ok};
-      float acc[MT][2][4];
-      rec.run(acc, stage, src, w_smem, P);
-      R::store_partials(part, acc, P);
-      __syncthreads();
+      rec.pass_product(part, stage, src, w_smem, P);
 
       const int r = rb + ct.n;
       if (unit_ok && r < my_rows) {
@@ -524,16 +559,21 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const F
         }
         const float y_val = !valid ? 0.f : residual != nullptr ? h_new + bits_to_f<T>(in.res) : h_new;
         y[row * H + j] = from_f<T>(y_val);
-        if (!last) hist[((size_t)t_next * B + b) * H + j] = from_f<T>(h_new);
+        if (!last) exchange_store(hist + ((size_t)t_next * B + b) * H + j, from_f<T>(h_new));
       }
-      if (q + 1 < P.passes) {
-        load_inputs(t, q + 1, in);
-      } else if (!last) {
-        load_inputs(t_next, 0, in);
-      }
+      if (q + 1 < P.passes) load_inputs(t, q + 1, in);
       __syncthreads();  // the next pass or step rewrites the partial sums (unconditional: uniform control flow)
+    } while (++q < P.passes);
+    // The step boundary publishes hist[t_next] (every thread's stores precede the barrier above); the
+    // next step's first inputs are loaded after the release, which would otherwise wait for them.
+    if (!last) {
+      if (ready != nullptr) {
+        publish_ready(ready + ug, s + 1);
+        load_inputs(t_next, 0, in);
+      } else {
+        grid_barrier_around(grid, [&] { load_inputs(t_next, 0, in); });
+      }
     }
-    if (!last) grid.sync();
   }
   for (int q = 0; q < P.passes; ++q) {
     const int r = q * kPassRows + ct.n;
@@ -581,17 +621,21 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
     const int jj = j0 + row;
     return (jj < H && k < G) ? to_f(w_hh[(size_t)k * H + jj]) : 0.f;
   }, P, w_smem);
-  for (int q = 0; q < P.passes; ++q) {
-    const int r = q * kPassRows + ct.n;
+  // f(shared-memory index, global index) for each (row, unit) pair of the CTA this thread owns.
+  auto each_state = [&](auto&& f) {
+    for (int q = 0; q < P.passes; ++q) {
+      const int r = q * kPassRows + ct.n;
 #pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      const int u = m * 16 + ct.r, j = j0 + u;
-      if (j < H && r < my_rows) {
-        dh_s[r * U + u] = p.dh[(size_t)(row0 + r) * H + j];
-        if constexpr (CELL == 1) dc_s[r * U + u] = p.dc[(size_t)(row0 + r) * H + j];
+      for (int m = 0; m < MT; ++m) {
+        const int u = m * 16 + ct.r, j = j0 + u;
+        if (j < H && r < my_rows) f(r * U + u, (size_t)(row0 + r) * H + j);
       }
     }
-  }
+  };
+  each_state([&](int i, size_t g) {
+    dh_s[i] = p.dh[g];
+    if constexpr (CELL == 1) dc_s[i] = p.dc[g];
+  });
   for (int r = threadIdx.x; r < P.rows; r += kThreads)
     len_s[r] = r >= my_rows ? 0 : p.lengths != nullptr ? (int)min((int64_t)steps, p.lengths[row0 + r]) : steps;
   const bool vec_ok = G % R::EPP == 0 && aligned16(dgh);
@@ -631,7 +675,7 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
       T* dg = dgh + row * G;
       if (!valid) {  // state carried: dh, dc pass through unchanged; no gate gradient
 #pragma unroll
-        for (int g = 0; g < NG; ++g) dg[g * H + j] = from_f<T>(0.f);
+        for (int g = 0; g < NG; ++g) exchange_store(dg + g * H + j, from_f<T>(0.f));
         if constexpr (CELL == 0) dgx_n[row * H + j] = from_f<T>(0.f);
         continue;
       }
@@ -642,19 +686,19 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
         const float dn = dh * (1.f - zg) * (1.f - ng * ng);  // d(pre-tanh of n)
         const float dz = dh * (h_prev - ng) * zg * (1.f - zg);
         const float dr = dn * gh_n * rg * (1.f - rg);
-        dg[j] = from_f<T>(dr);
-        dg[H + j] = from_f<T>(dz);
-        dg[2 * H + j] = from_f<T>(dn * rg);  // gh_n enters as r * gh_n
+        exchange_store(dg + j, from_f<T>(dr));
+        exchange_store(dg + H + j, from_f<T>(dz));
+        exchange_store(dg + 2 * H + j, from_f<T>(dn * rg));  // gh_n enters as r * gh_n
         dgx_n[row * H + j] = from_f<T>(dn);
         dh_s[r * U + u] = dh * zg;  // direct path; phase B adds dgates · W_hh
       } else {
         const float ig = in.sv[m][0], fg = in.sv[m][1], gg = in.sv[m][2], og = in.sv[m][3], c_prev = in.sv[m][4];
         const float tc = tanh_fast(lstm_c_new(ig, fg, gg, c_prev));
         const float dc = dc_s[r * U + u] + dh * og * (1.f - tc * tc);
-        dg[j] = from_f<T>(dc * gg * ig * (1.f - ig));
-        dg[H + j] = from_f<T>(dc * c_prev * fg * (1.f - fg));
-        dg[2 * H + j] = from_f<T>(dc * ig * (1.f - gg * gg));
-        dg[3 * H + j] = from_f<T>(dh * tc * og * (1.f - og));
+        exchange_store(dg + j, from_f<T>(dc * gg * ig * (1.f - ig)));
+        exchange_store(dg + H + j, from_f<T>(dc * c_prev * fg * (1.f - fg)));
+        exchange_store(dg + 2 * H + j, from_f<T>(dc * ig * (1.f - gg * gg)));
+        exchange_store(dg + 3 * H + j, from_f<T>(dh * tc * og * (1.f - og)));
         dc_s[r * U + u] = dc * fg;
         dh_s[r * U + u] = 0.f;  // h_prev reaches h only through the gates
       }
@@ -663,7 +707,9 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
 
   // Phase A of the first step, then per step: grid barrier (dgh[t] complete), and for each pass
   // phase B of step t (dh += dgh[t] · W_hh[:, units]) followed at once by phase A of the next step
-  // for the same rows, whose inputs were loaded before the pass's MMA.
+  // for the same rows, whose inputs were loaded before the pass's MMA. With ready flags, the CTA
+  // publishes n + 1 once dgh of the n-th step it handles is written (the first by the prologue), and
+  // waits for its batch group's flags instead of the barrier.
   const int t_first = p.reverse ? 0 : steps - 1;
   Inputs in;
   for (int q = 0; q < P.passes; ++q) {
@@ -671,18 +717,25 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
     phase_a(t_first, q, in);
   }
   cg::grid_group grid = cg::this_grid();
+  int* ready = p.ready != nullptr ? p.ready + bg * P.n_ug : nullptr;  // this batch group's flags
+  if (ready != nullptr) {
+    __syncthreads();  // every thread's dgh stores of the first step precede the release
+    publish_ready(ready + ug, 1);
+  }
   for (int s = steps - 1; s >= 0; --s) {  // forward step index, walked backwards
     const int t = p.reverse ? steps - 1 - s : s;
     const int t_prev = p.reverse ? t + 1 : t - 1;  // the step phase A handles next
-    grid.sync();  // dgh[t] complete for every unit
+    const int n = steps - 1 - s;                   // steps handled before this one
+    if (ready != nullptr) {
+      wait_ready(ready, P.n_ug, n + 1);  // dgh[t] of every unit group of the batch group
+    } else {
+      grid.sync();  // dgh[t] complete for every unit
+    }
     for (int q = 0; q < P.passes; ++q) {
       if (s > 0) load_inputs(t_prev, q, in);
       const int rb = q * kPassRows;
       const typename R::Source src{dgh + (size_t)t * B * G, G, row0 + rb, min(kPassRows, my_rows - rb), vec_ok};
-      float acc[MT][2][4];
-      rec.run(acc, stage, src, w_smem, P);
-      R::store_partials(part, acc, P);
-      __syncthreads();
+      rec.pass_product(part, stage, src, w_smem, P);
       const int r = rb + ct.n;
       if (r < my_rows) {
 #pragma unroll
@@ -694,18 +747,12 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
       if (s > 0) phase_a(t_prev, q, in);
       __syncthreads();  // the next pass or step rewrites the partial sums (unconditional: uniform control flow)
     }
+    if (ready != nullptr && s > 0) publish_ready(ready + ug, n + 2);  // dgh[t_prev]: stores precede the barrier above
   }
-  for (int q = 0; q < P.passes; ++q) {
-    const int r = q * kPassRows + ct.n;
-#pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      const int u = m * 16 + ct.r, j = j0 + u;
-      if (j < H && r < my_rows) {
-        p.dh[(size_t)(row0 + r) * H + j] = dh_s[r * U + u];
-        if constexpr (CELL == 1) p.dc[(size_t)(row0 + r) * H + j] = dc_s[r * U + u];
-      }
-    }
-  }
+  each_state([&](int i, size_t g) {
+    p.dh[g] = dh_s[i];
+    if constexpr (CELL == 1) p.dc[g] = dc_s[i];
+  });
 #else
   __trap();
 #endif

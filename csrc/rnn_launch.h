@@ -43,10 +43,12 @@ constexpr int kInFlightBytes = 24 * 1024;
 constexpr int kFwdUnits = 16;  // hidden units per CTA in the forward: m-tile g holds gate g of the 16 units
 // Registers per thread for W_hh fragments held for the whole sequence; the rest of the CTA's slice
 // is in shared memory. 96, and for kTf32x3 (which splits operands into hi + lo registers where the
-// MMAs read them, and whose MMAs take longer than reading W from shared memory) 48 at 1-2 m-tiles,
-// 24 at 3-4: every kernel stays below 255 registers with no spills on sm_80 and sm_90 (ptxas report,
-// tests/test_cuda_codegen.py).
-FUSEDRNN_HD constexpr int w_regs(int mode, int mtiles) { return mode == 2 ? (mtiles >= 3 ? 24 : 48) : 96; }
+// MMAs read them, and whose MMAs take longer than reading W from shared memory) 48 at 1 m-tile, 32 at
+// 2, 24 at 3-4: every kernel stays within 255 registers with no spills on sm_80 and sm_90 (ptxas
+// report, tests/test_cuda_codegen.py).
+FUSEDRNN_HD constexpr int w_regs(int mode, int mtiles) {
+  return mode == 2 ? (mtiles >= 3 ? 24 : mtiles == 2 ? 32 : 48) : 96;
+}
 
 FUSEDRNN_HD constexpr int n_gates(int cell) { return cell == 0 ? 3 : 4; }
 // fp32 values saved per (t, b, unit) for the backward: GRU r,z,n,(W_hn h+b_hn); LSTM i,f,g,o,c_prev.
@@ -172,6 +174,7 @@ struct FwdParams {
   float* h_state;          // (B, H) fp32: h0 on entry, h_n on exit
   float* c_state;          // (B, H) fp32 (LSTM): c0 on entry, c_n on exit
   float* saved;            // (T, B, n_saved*H) fp32, or null when no backward will run
+  int* ready;              // (n_bg, n_ug) ready flags, zeroed; null: a grid barrier per step (ptx.cuh)
 };
 
 struct BwdParams {
@@ -187,6 +190,7 @@ struct BwdParams {
   void* dgx_n;             // (T, B, H) scalar (GRU): d(gx_n), which differs from dgh_n by a factor r
   float* dh;               // (B, H) fp32: dh_n on entry, dh0 on exit
   float* dc;               // (B, H) fp32 (LSTM): dc_n on entry, dc0 on exit
+  int* ready;              // (n_bg, n_ug) ready flags, zeroed; null: a grid barrier per step (ptx.cuh)
 };
 
 // What the device allows for a plan (launch.cu).
@@ -211,11 +215,12 @@ inline const void* rnn_kernel(const Plan& p, DType d) {
   return p.cell == 0 ? gru_fwd_kernel(d, p.mode) : lstm_fwd_kernel(d, p.mode);
 }
 
-// launch.cu: device properties, occupancy (cached), cooperative launch, and the barrier-only
-// latency floor kernel.
+// launch.cu: device properties, occupancy (cached), cooperative launch, and the synchronisation-only
+// latency floor kernel (a grid barrier per step, or with ready_flags the flags' publish and wait).
 cudaError_t device_limits(int* num_sms, int* smem_optin);
 cudaError_t occupancy(const void* kernel, size_t smem, Occupancy* occ);
 cudaError_t launch_cooperative(const void* kernel, const Plan& plan, void* params, cudaStream_t stream);
-cudaError_t barrier_floor(int steps, int grid, cudaStream_t stream, float* ms);
+// flags: grid zeroed ints for the ready-flag variant, or null for grid barriers.
+cudaError_t barrier_floor(int steps, int grid, int* flags, cudaStream_t stream, float* ms);
 
 }  // namespace fusedrnn

@@ -1,5 +1,5 @@
 // Torch-facing glue of the persistent recurrence kernels: named input checks, buffer allocation,
-// dtype dispatch, launch on the current CUDA stream. fusedrnn/cuda_ops.py wraps these in
+// dtype dispatch, launch on the current CUDA stream. fusedrnn/backends/cuda.py wraps these in
 // torch.library custom ops with fake implementations and autograd; the input projection
 // (x·W_ihᵀ + b_ih) and the weight/input gradients are torch GEMMs there.
 #include <torch/extension.h>
@@ -91,7 +91,7 @@ Tensor kernel_input(const Tensor& t, const char*) { return t.contiguous(); }
 std::vector<Tensor> outputs(std::vector<Tensor> v) { return v; }
 
 // The kernels are compiled for sm_80+ only; on an older device their body is __trap(), which would
-// poison the whole CUDA context, so refuse before launching (cuda_ops.limits says the same).
+// poison the whole CUDA context, so refuse before launching (fusedrnn.backends.cuda.limits says the same).
 void check_device(const Tensor& ref) {
   int major = 0, minor = 0;
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ref.device().index()));
@@ -105,7 +105,7 @@ void check_launch(cudaError_t err, const char* what) {
   if (err != cudaSuccess) (void)cudaGetLastError();
   if (err == cudaErrorCooperativeLaunchTooLarge) {
     TORCH_CHECK(false, "fusedrnn cuda: ", what, " cannot be launched: its grid of CTAs is not co-resident on this "
-                "GPU (shared memory or SM count); cuda_ops.limits() should have rejected this problem");
+                "GPU (shared memory or SM count); fusedrnn.backends.cuda.limits() should have rejected this problem");
   }
   C10_CUDA_CHECK(err);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -172,14 +172,20 @@ Plan device_plan(Cell cell, bool backward, DType dt, bool tf32, int64_t H, int64
 void check_rows(const Plan& p) {
   TORCH_CHECK(p.rows <= kMaxRows, "fusedrnn cuda: batch size ", p.B, " needs ", p.rows, " rows per CTA at H=", p.H,
               " (", p.n_bg, " batch groups); the kernels hold at most ", kMaxRows,
-              " (cuda_ops.limits() should have rejected this problem)");
+              " (fusedrnn.backends.cuda.limits() should have rejected this problem)");
+}
+
+// The plan's ready flags (one per CTA, zeroed), or an undefined tensor for grid barriers.
+Tensor ready_flags_for(const Plan& p, bool ready_flags, const at::TensorOptions& opts) {
+  return ready_flags ? at::zeros({(int64_t)p.n_bg * p.n_ug}, opts.dtype(at::kInt)) : Tensor();
 }
 
 // gx (T,B,G), h0 (B,H), c0 (B,H) for LSTM, w_hh (G,H), b_hh (G,), residual (T,B,H), lengths (B,).
-// Returns {y, h_n, c_n (LSTM; else undefined), hist, saved (empty unless save)}.
+// Returns {y, h_n, c_n (LSTM; else undefined), hist, saved (empty unless save)}. ready_flags: per-CTA
+// ready flags between steps instead of grid barriers (off by default; see ptx.cuh).
 std::vector<Tensor> rnn_forward(Cell cell, const Tensor& gx, const Tensor& h0, const OptTensor& c0, const Tensor& w_hh,
                                 const OptTensor& b_hh, const OptTensor& residual, const OptTensor& lengths,
-                                bool reverse, bool save, bool allow_tf32) {
+                                bool reverse, bool save, bool allow_tf32, bool ready_flags) {
   TORCH_CHECK(on_kernel_device(gx) && gx.dim() == 3, "fusedrnn cuda: gx must be a 3-D ", kDeviceKind,
               " tensor (T, B, G), got ", gx.sizes(), " on ", gx.device());
   const DType dt = dtype_of(gx.scalar_type());
@@ -233,6 +239,8 @@ std::vector<Tensor> rnn_forward(Cell cell, const Tensor& gx, const Tensor& h0, c
   p.h_state = h_state.data_ptr<float>();
   p.c_state = is_lstm ? c_state.data_ptr<float>() : nullptr;
   p.saved = save ? saved.data_ptr<float>() : nullptr;
+  const Tensor ready = ready_flags_for(p.plan, ready_flags, opts);
+  p.ready = ready.defined() ? ready.data_ptr<int>() : nullptr;
   check_launch(launch_cooperative(rnn_kernel(p.plan, dt), p.plan, &p, current_stream()), "the forward kernel");
   return outputs({y, h_state.to(gx.scalar_type()), is_lstm ? c_state.to(gx.scalar_type()) : Tensor(), hist, saved});
 }
@@ -241,7 +249,7 @@ std::vector<Tensor> rnn_forward(Cell cell, const Tensor& gx, const Tensor& h0, c
 // Returns {dgh (T,B,G), dgx_n (T,B,H) for GRU (else undefined), dh0, dc0 (LSTM; else undefined)}.
 std::vector<Tensor> rnn_backward(Cell cell, const Tensor& dy, const Tensor& dh_n, const OptTensor& dc_n,
                                  const Tensor& w_hh, const Tensor& hist, const Tensor& saved,
-                                 const OptTensor& lengths, bool reverse, bool allow_tf32) {
+                                 const OptTensor& lengths, bool reverse, bool allow_tf32, bool ready_flags) {
   TORCH_CHECK(on_kernel_device(dy) && dy.dim() == 3, "fusedrnn cuda: dy must be a 3-D ", kDeviceKind,
               " tensor (T, B, H), got ", dy.sizes(), " on ", dy.device());
   const DType dt = dtype_of(dy.scalar_type());
@@ -289,6 +297,8 @@ std::vector<Tensor> rnn_backward(Cell cell, const Tensor& dy, const Tensor& dh_n
   p.dgx_n = is_lstm ? nullptr : dgx_n.data_ptr();
   p.dh = dh.data_ptr<float>();
   p.dc = is_lstm ? dc.data_ptr<float>() : nullptr;
+  const Tensor ready = ready_flags_for(p.plan, ready_flags, opts);
+  p.ready = ready.defined() ? ready.data_ptr<int>() : nullptr;
   check_launch(launch_cooperative(rnn_kernel(p.plan, dt), p.plan, &p, current_stream()), "the backward kernel");
   return outputs({dgh, dgx_n, dh.to(dy.scalar_type()), is_lstm ? dc.to(dy.scalar_type()) : Tensor()});
 }
@@ -297,30 +307,34 @@ std::vector<Tensor> rnn_backward(Cell cell, const Tensor& dy, const Tensor& dh_n
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
                                                        const OptTensor& b_hh, const OptTensor& residual,
                                                        const OptTensor& lengths, bool reverse, bool save,
-                                                       bool allow_tf32) {
-  auto o = rnn_forward(Cell::GRU, gx, h0, std::nullopt, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32);
+                                                       bool allow_tf32, bool ready_flags) {
+  auto o = rnn_forward(Cell::GRU, gx, h0, std::nullopt, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32,
+                       ready_flags);
   return {o[0], o[1], o[3], o[4]};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& gx, const Tensor& h0, const Tensor& c0,
                                                                 const Tensor& w_hh, const OptTensor& b_hh,
                                                                 const OptTensor& residual, const OptTensor& lengths,
-                                                                bool reverse, bool save, bool allow_tf32) {
-  auto o = rnn_forward(Cell::LSTM, gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32);
+                                                                bool reverse, bool save, bool allow_tf32,
+                                                                bool ready_flags) {
+  auto o = rnn_forward(Cell::LSTM, gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, ready_flags);
   return {o[0], o[1], o[2], o[3], o[4]};
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& w_hh,
                                                 const Tensor& hist, const Tensor& saved, const OptTensor& lengths,
-                                                bool reverse, bool allow_tf32) {
-  auto o = rnn_backward(Cell::GRU, dy, dh_n, std::nullopt, w_hh, hist, saved, lengths, reverse, allow_tf32);
+                                                bool reverse, bool allow_tf32, bool ready_flags) {
+  auto o = rnn_backward(Cell::GRU, dy, dh_n, std::nullopt, w_hh, hist, saved, lengths, reverse, allow_tf32,
+                        ready_flags);
   return {o[0], o[1], o[2]};
 }
 
 std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n,
                                                  const Tensor& w_hh, const Tensor& hist, const Tensor& saved,
-                                                 const OptTensor& lengths, bool reverse, bool allow_tf32) {
-  auto o = rnn_backward(Cell::LSTM, dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32);
+                                                 const OptTensor& lengths, bool reverse, bool allow_tf32,
+                                                 bool ready_flags) {
+  auto o = rnn_backward(Cell::LSTM, dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32, ready_flags);
   return {o[0], o[2], o[3]};
 }
 
@@ -386,7 +400,7 @@ pybind11::dict plan(const std::string& cell, bool backward, const std::string& d
 }
 
 #if !defined(FUSEDRNN_EMULATE)
-double barrier_floor_ms(int64_t T, int64_t grid) {
+double barrier_floor_ms(int64_t T, int64_t grid, bool ready_flags) {
   TORCH_CHECK(T >= 0, "fusedrnn cuda: barrier_floor: T must be >= 0, got ", T);
   const int device = (int)c10::cuda::current_device();
   int sms = 0;
@@ -394,8 +408,11 @@ double barrier_floor_ms(int64_t T, int64_t grid) {
   if (grid <= 0) grid = sms;
   TORCH_CHECK(grid <= sms, "fusedrnn cuda: barrier_floor: grid ", grid, " exceeds the ", sms,
               " SMs (one CTA per SM keeps every CTA co-resident)");
+  const Tensor flags = ready_flags ? at::zeros({grid}, at::TensorOptions().device(at::kCUDA, device).dtype(at::kInt))
+                                   : Tensor();
   float ms = 0.f;
-  C10_CUDA_CHECK(barrier_floor((int)T, (int)grid, c10::cuda::getCurrentCUDAStream(), &ms));
+  C10_CUDA_CHECK(barrier_floor((int)T, (int)grid, flags.defined() ? flags.data_ptr<int>() : nullptr,
+                               c10::cuda::getCurrentCUDAStream(), &ms));
   return ms;
 }
 #endif  // !FUSEDRNN_EMULATE
@@ -406,16 +423,16 @@ void register_rnn(pybind11::module_& m) {
   namespace py = pybind11;
   m.def("gru_forward", &gru_forward, "persistent GRU recurrence forward -> (y, h_n, hist, saved)", py::arg("gx"),
         py::arg("h0"), py::arg("w_hh"), py::arg("b_hh"), py::arg("residual"), py::arg("lengths"), py::arg("reverse"),
-        py::arg("save"), py::arg("allow_tf32"));
+        py::arg("save"), py::arg("allow_tf32"), py::arg("ready_flags") = false);
   m.def("lstm_forward", &lstm_forward, "persistent LSTM recurrence forward -> (y, h_n, c_n, hist, saved)",
         py::arg("gx"), py::arg("h0"), py::arg("c0"), py::arg("w_hh"), py::arg("b_hh"), py::arg("residual"),
-        py::arg("lengths"), py::arg("reverse"), py::arg("save"), py::arg("allow_tf32"));
+        py::arg("lengths"), py::arg("reverse"), py::arg("save"), py::arg("allow_tf32"), py::arg("ready_flags") = false);
   m.def("gru_backward", &gru_backward, "persistent GRU recurrence backward -> (dgh, dgx_n, dh0)", py::arg("dy"),
         py::arg("dh_n"), py::arg("w_hh"), py::arg("hist"), py::arg("saved"), py::arg("lengths"), py::arg("reverse"),
-        py::arg("allow_tf32"));
+        py::arg("allow_tf32"), py::arg("ready_flags") = false);
   m.def("lstm_backward", &lstm_backward, "persistent LSTM recurrence backward -> (dgh, dh0, dc0)", py::arg("dy"),
         py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"), py::arg("hist"), py::arg("saved"), py::arg("lengths"),
-        py::arg("reverse"), py::arg("allow_tf32"));
+        py::arg("reverse"), py::arg("allow_tf32"), py::arg("ready_flags") = false);
   m.def("launch_shape", &launch_shape, "the launch plan for a device of num_sms SMs and smem_optin bytes (no GPU)",
         py::arg("cell"), py::arg("backward"), py::arg("dtype"), py::arg("tf32"), py::arg("H"), py::arg("B"),
         py::arg("num_sms"), py::arg("smem_optin"));
@@ -423,9 +440,9 @@ void register_rnn(pybind11::module_& m) {
         py::arg("dtype"), py::arg("tf32"), py::arg("H"), py::arg("B"), py::arg("device"));
 #if !defined(FUSEDRNN_EMULATE)
   m.def("barrier_floor", &barrier_floor_ms,
-        "time (ms, CUDA events) of a persistent kernel doing T grid barriers and nothing else; grid <= 0: one CTA "
-        "per SM",
-        py::arg("T"), py::arg("grid") = 0);
+        "time (ms, CUDA events) of a persistent kernel doing T grid barriers (ready_flags: T rounds of the "
+        "kernels' ready flags) and nothing else; grid <= 0: one CTA per SM",
+        py::arg("T"), py::arg("grid") = 0, py::arg("ready_flags") = false);
 #endif
 }
 

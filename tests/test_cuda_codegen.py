@@ -326,6 +326,53 @@ def test_step_loops_hide_every_global_load(sass):
         assert not found, f"{key}: global loads waited for with nothing to hide them:\n" + "\n".join(found)
 
 
+def ready_flag_ordering(body: list[Insn]) -> tuple[int, int]:
+    """(releases, acquires) of the ready flags in a step loop. A release (st.release.gpu) is a
+    STG.E.STRONG.GPU whose nearest memory instruction before it is a MEMBAR.ALL.GPU; an acquire
+    (ld.acquire.gpu) is a LDG.E.STRONG.GPU followed by CCTL.IVALL (L1 invalidated) before the next
+    memory instruction. The grid barrier is an ATOM and polls through generic LDs, so neither
+    counts it."""
+    memory = ("LD", "ST", "ATOM", "RED", "MEMBAR", "CCTL", "BAR")
+    releases = acquires = 0
+    for n, insn in enumerate(body):
+        if insn.op.startswith("STG") and "STRONG.GPU" in insn.op:
+            before = next((i for i in reversed(body[:n]) if i.op.startswith(memory)), None)
+            releases += before is not None and before.op.startswith("MEMBAR") and "GPU" in before.op
+        elif insn.op.startswith("LDG") and "STRONG.GPU" in insn.op:
+            after = next((i for i in body[n + 1:] if i.op.startswith(memory)), None)
+            acquires += after is not None and after.op == "CCTL.IVALL"
+    return releases, acquires
+
+
+@needs_cuobjdump
+def test_step_loops_release_and_acquire_ready_flags(sass):
+    """The ready-flag path (FUSEDRNN_CUDA_READY_FLAGS=1) survives compilation with its ordering: every
+    step loop publishes with a fenced strong store and polls with acquire loads."""
+    for key, insns in sass.items():
+        releases, acquires = ready_flag_ordering(step_loop(insns))
+        assert releases >= 1 and acquires >= 1, f"{key}: ready flags without release/acquire: {releases}, {acquires}"
+
+
+def test_ready_flag_check_tells_release_and_acquire_from_plain_accesses():
+    """The check above on hand-written SASS: a fenced strong store and an acquire load count; the same
+    store without the fence, and the same load without the L1 invalidation, do not."""
+    text = """
+        code for sm_90
+        Function : k
+        /*0000*/  HMMA.16816.F32.BF16 R4, R8, R12, R4 ;
+        /*0010*/  MEMBAR.ALL.GPU ;
+        /*0020*/  ERRBAR;
+        /*0030*/  STG.E.STRONG.GPU desc[UR6][R2.64], R11 ;
+        /*0040*/  LDG.E.STRONG.GPU R10, desc[UR6][R8.64] ;
+        /*0050*/  CCTL.IVALL ;
+        /*0060*/  ATOM.E.ADD.STRONG.GPU PT, R3, desc[UR4][R6.64], R3 ;
+        /*0070*/  BRA 0x0 ;
+    """
+    assert ready_flag_ordering(step_loop(parse_sass(text)[("k", "90")])) == (1, 1)
+    plain = text.replace("MEMBAR.ALL.GPU", "NOP").replace("CCTL.IVALL", "NOP")
+    assert ready_flag_ordering(step_loop(parse_sass(plain)[("k", "90")])) == (0, 0)
+
+
 def test_uncovered_load_check_fires_on_a_load_used_at_once():
     """The check above on hand-written SASS: a gx load consumed by the sigmoid before the grid barrier
     is reported; the same load consumed only after the barrier (a prefetch) is not."""

@@ -106,6 +106,34 @@ def test_cp_async_lands_at_the_wait(emu):
         emu.selftest("cp_async", 5, x.clone())
 
 
+def _visibility_want():
+    s, x, t = torch.meshgrid(torch.arange(3), torch.arange(4), torch.arange(256), indexing="ij")
+    return (1000 * s + 100 * ((x + 1) % 4) + (t + 1) % 256).float()
+
+
+@pytest.mark.parametrize("mode", ["in_order", "reversed", "shuffled", "eager", "eager_shuffled"])
+def test_reads_of_other_ctas_writes_must_be_ordered(emu, mode):
+    """A CTA that reads what another CTA wrote in the same launch must be ordered after the write: by
+    a release -> acquire ready flag (acquire loads, or relaxed loads then fence.acq_rel; passed on to
+    the other lanes by __syncwarp or __syncthreads), by grid.sync, or by a split grid barrier whose
+    barrier_arrive comes after the write; wait_ready over more flags than one poll round (128) takes
+    them all. The emulator checks the order itself, whatever values the
+    schedule happens to produce: every broken variant fails under every schedule (csrc/emu/selftest.cpp
+    lists them)."""
+    emu.set_schedule(mode, 5)
+    x = _randn(4)
+    for ok in (0, 6, 8, 9, 10, 12):
+        assert torch.equal(emu.selftest("visibility", ok, x), _visibility_want()), ok
+    for broken in (1, 2, 3, 4, 7, 11, 13):
+        with pytest.raises(RuntimeError, match="read before the write is visible"):
+            emu.selftest("visibility", broken, x)
+
+
+def test_unreleased_ready_flag_is_a_deadlock(emu):
+    with pytest.raises(RuntimeError, match="deadlock: threads poll ready flags that nobody releases"):
+        emu.selftest("visibility", 5, _randn(4))
+
+
 def test_fast_math_at_documented_accuracy(emu):
     """ex2.approx / rcp.approx carry errors of the documented size (not libm's), the kernels'
     sigmoid (ex2 + rcp) stays within 1e-6 and saturates (to 0 exactly, to 1 within rcp's error), and

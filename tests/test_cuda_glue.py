@@ -214,6 +214,15 @@ def test_launch_shape_arithmetic():
         (48, 32, 12, 6, 6, 8)
 
 
+@needs_cuda_ops
+def test_ready_flags_are_off_unless_asked_for(monkeypatch):
+    """Per-CTA ready flags instead of grid barriers stay off until a GPU has measured them."""
+    monkeypatch.delenv("FUSEDRNN_CUDA_READY_FLAGS", raising=False)
+    assert not cuda_ops._ready_flags()
+    monkeypatch.setenv("FUSEDRNN_CUDA_READY_FLAGS", "1")
+    assert cuda_ops._ready_flags()
+
+
 # ---------------------------------------------------------------------------------------------
 # Op registration, fake shapes, autograd plumbing on meta tensors
 # ---------------------------------------------------------------------------------------------

@@ -317,7 +317,8 @@ def _count_kernels(fn, needle):
 @pytest.mark.parametrize("T", [1, 2, 6])
 def test_one_launch_per_direction(ex, cell, T):
     """The design's promise, counted: one cooperative launch per direction (the profiler on a GPU;
-    the emulator also counts T-1 grid barriers in the forward and T in the backward)."""
+    the emulator also counts T-1 grid barriers in the forward and T in the backward, none with ready
+    flags)."""
     d, lens = ex.inputs(cell, T, 3, 5, 40, torch.bfloat16, residual=True, lengths=True, seed=T)
     leaves = {k: v.clone().requires_grad_() for k, v in d.items() if v is not None}
     a = {k: leaves.get(k) for k in d}
@@ -341,10 +342,11 @@ def test_one_launch_per_direction(ex, cell, T):
     ex.emu.reset_stats()
     forward()
     fwd = ex.emu.stats()
-    assert (fwd["launches"], fwd["grid_barriers"]) == (1, T - 1)
+    barriers = 0 if cuda_ops._ready_flags() else 1
+    assert (fwd["launches"], fwd["grid_barriers"]) == (1, (T - 1) * barriers)
     backward()
     bwd = ex.emu.stats()
-    assert (bwd["launches"] - 1, bwd["grid_barriers"] - (T - 1)) == (1, T)
+    assert (bwd["launches"] - 1, bwd["grid_barriers"] - fwd["grid_barriers"]) == (1, T * barriers)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -425,6 +427,41 @@ def test_property_fp32_matches_reference(ex, cell, T, B, I, H, residual, lengths
 
 
 # ---------------------------------------------------------------------------------------------
+# Ready flags between steps (FUSEDRNN_CUDA_READY_FLAGS=1; off by default)
+# ---------------------------------------------------------------------------------------------
+
+# Element-wise staging with reverse and lengths; 3 batch groups (and 32 units per CTA in the backward);
+# three passes per step; 33 unit groups (flags past the first 32 lanes); T=1 (the backward's flag from
+# before the loop only); two n-tiles and a 1-unit last group.
+FLAG_CASES = [CASES[1], CASES[2], CASES[3], CASES[5], CASES[6], CASES[7]]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in FLAG_CASES])
+def test_ready_flags_same_results_as_barriers(ex, cell, case):
+    """Per-CTA ready flags instead of grid barriers change only the synchronisation: fp32 (3xTF32)
+    outputs and every gradient within the oracle's fp32 rule, bf16 bitwise the same as with grid
+    barriers, and no grid barrier. On the emulator every read of another CTA's hist or dgh is also
+    checked to be ordered after its write by a flag the reader acquired."""
+    ex.set_sms(case.sms)
+    d, lens = _case_inputs(ex, cell, case, torch.float64)
+    ex.monkeypatch.delenv("FUSEDRNN_CUDA_READY_FLAGS", raising=False)
+    barriers = run_cell_with_grads(cell, ex.call(cell), d, lens, case.reverse, dtype=torch.bfloat16)
+    ex.monkeypatch.setenv("FUSEDRNN_CUDA_READY_FLAGS", "1")
+    if ex.emu is not None:
+        ex.emu.reset_stats()
+    flags = run_cell_with_grads(cell, ex.call(cell), d, lens, case.reverse, dtype=torch.bfloat16)
+    for k in barriers:
+        assert torch.equal(flags[k], barriers[k]), k
+    d32, lens = _case_inputs(ex, cell, case, torch.float32)
+    want = run_cell_with_grads(cell, _ref(cell), d32, lens, case.reverse)
+    got = run_cell_with_grads(cell, ex.call(cell), d32, lens, case.reverse)
+    assert_fp32_close(got, want, f"{cell} {case.id} ready flags")
+    if ex.emu is not None:
+        assert ex.emu.stats()["grid_barriers"] == 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Only the emulator can check these
 # ---------------------------------------------------------------------------------------------
 
@@ -445,6 +482,11 @@ def test_results_do_not_depend_on_thread_order(emu, cell, dtype):
     for mode, seed in [("eager", 0), ("in_order", 0), ("reversed", 0), ("shuffled", 1), ("eager_shuffled", 2)]:
         emu.emu.set_schedule(mode, seed)
         results.append(run_cell_with_grads(cell, emu.call(cell), d, lens, True, dtype=dt))
+    if dtype == torch.bfloat16:  # ready flags let CTAs drift apart by steps: other interleavings
+        emu.monkeypatch.setenv("FUSEDRNN_CUDA_READY_FLAGS", "1")
+        for mode, seed in [("in_order", 0), ("shuffled", 3)]:
+            emu.emu.set_schedule(mode, seed)
+            results.append(run_cell_with_grads(cell, emu.call(cell), d, lens, True, dtype=dt))
     for other in results[1:]:
         for k in results[0]:
             assert torch.equal(results[0][k], other[k]), k
@@ -542,10 +584,15 @@ def test_lengths_on_device_same_as_on_cpu(gpu, cell):
 
 
 @gpu_only
-def test_barrier_floor(gpu):
+def test_barrier_floor(gpu, capsys):
+    """The step boundary alone, per step: grid barriers, and the ready flags' publish + wait (the
+    latency model assumes 1.2 and 0.6 us; printed so a GPU session can record them)."""
     ms = gpu.ext.barrier_floor(T=1000, grid=gpu.sm_count())
-    assert 0 < ms < 1000
+    flags_ms = gpu.ext.barrier_floor(T=1000, grid=gpu.sm_count(), ready_flags=True)
+    assert 0 < ms < 1000 and 0 < flags_ms < 1000
     assert gpu.ext.barrier_floor(T=10) > 0
+    with capsys.disabled():
+        print(f"\n  per step on {gpu.sm_count()} CTAs: grid barrier {ms:.3f} us, ready flags {flags_ms:.3f} us")
 
 
 @gpu_only

@@ -13,6 +13,16 @@
 // - mma.sync with the PTX ISA's fragment layouts; cp.async landing at the issuing thread's matching
 //   wait (destination NaN until then, source checked unchanged); ex2/rcp/tanh.approx at their
 //   documented error.
+// - visibility of global memory between threads (release/acquire, at barrier granularity): a store
+//   that other CTAs read during the launch (exchange_store) is stamped with its writer and the
+//   writer's CTA epoch (__syncthreads()/grid.sync() completed so far); a cp.async or __ldcg read of a
+//   stamped location fails the launch unless the write is ordered before it: by the reader's own
+//   program order, a __syncthreads() of the writer's CTA since the write (same CTA), a grid.sync(), or
+//   a ready flag the writer's CTA released after a __syncthreads() that followed the write and the
+//   reader acquired (an acquire load, or a relaxed load and then fence.acq_rel), passed on to other
+//   lanes only by __syncwarp() or __syncthreads(). A GPU would return stale data there; the emulator
+//   says which rule was broken. Polling a flag yields, so producers run; threads that only poll
+//   flags nobody releases are reported as a deadlock.
 // - dynamic shared memory is a per-CTA buffer of exactly the launch's size between guard zones (0xFD
 //   bytes, at least as large as the buffer), filled with 0xFF bytes (NaN in fp16, bf16 and fp32) so
 //   that reading what nobody wrote shows.
@@ -40,6 +50,9 @@ unsigned char* dynamic_smem();
 // to a barrier).
 void syncthreads(const char* file, int line);
 void grid_sync(const char* file, int line);
+// grid_group::barrier_arrive(): the CTA barrier, then this CTA's writes so far are published at the
+// next grid barrier (barrier_wait() is grid_sync); writes between the two are not.
+void grid_arrive(const char* file, int line);
 
 // A warp-collective operation as the lanes called it: every lane of the warp must call the same
 // operation (for mma.sync: the same shape and types); the runtime checks that all 32 lanes agree
@@ -80,10 +93,24 @@ inline uint32_t tf32_rna(float f) {
   return bits;
 }
 
+// Visibility between CTAs (see the top of this file). exchange_store stamps bytes [p, p + bytes)
+// just written; check_read fails the launch if the calling thread may not see every stamped write in
+// [p, p + bytes) yet.
+void exchange_store(const void* p, int bytes);
+void check_read(const void* p, int bytes);
+// Ready flags: ld.acquire.gpu / ld.relaxed.gpu (both yield to the scheduler: a poll loop lets the
+// producers run), st.release.gpu, fence.acq_rel.gpu.
+int flag_load(const int* p, bool acquire);
+void flag_release(int* p, int value);
+void fence_acq_rel();
+// __syncwarp(full mask) over the whole warp.
+void syncwarp();
+
 // Global loads (__ldcg): the address must be aligned to the access size, as on the GPU.
 template <typename T>
 inline T ldcg(const T* p) {
   if (reinterpret_cast<uintptr_t>(p) % sizeof(T) != 0) fail("__ldcg: address not aligned to the access size");
+  check_read(p, (int)sizeof(T));
   return *p;
 }
 
@@ -113,6 +140,10 @@ template <typename T>
 inline T __ldcg(const T* p) {
   return fusedrnn_emu::ldcg(p);
 }
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+  if (mask != 0xffffffffu) fusedrnn_emu::fail("__syncwarp: only the full-warp mask is emulated");
+  fusedrnn_emu::syncwarp();
+}
 inline float __fmaf_rn(float a, float b, float c) { return std::fma(a, b, c); }
 inline float __fmul_rn(float a, float b) {
   volatile float r = a * b;  // one rounding, never contracted into a later add
@@ -121,11 +152,19 @@ inline float __fmul_rn(float a, float b) {
 inline int min(int a, int b) { return a < b ? a : b; }
 
 // ---------------------------------------------------------------------------------------------
-// cooperative_groups: this_grid().sync()
+// cooperative_groups: this_grid().sync(), barrier_arrive() / barrier_wait()
 // ---------------------------------------------------------------------------------------------
 namespace cooperative_groups {
 struct grid_group {
+  using arrival_token = unsigned int;
   void sync(std::source_location at = std::source_location::current()) const {
+    fusedrnn_emu::grid_sync(at.file_name(), (int)at.line());
+  }
+  arrival_token barrier_arrive(std::source_location at = std::source_location::current()) const {
+    fusedrnn_emu::grid_arrive(at.file_name(), (int)at.line());
+    return 0;
+  }
+  void barrier_wait(arrival_token&&, std::source_location at = std::source_location::current()) const {
     fusedrnn_emu::grid_sync(at.file_name(), (int)at.line());
   }
 };

@@ -24,6 +24,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "../rnn_launch.h"
@@ -93,6 +94,12 @@ struct Thread {
   int next_group = 0;             // id the next cp.async.commit_group gives its group
 };
 
+// Who wrote a byte pair of global memory that other threads read during the launch, and when: the
+// writer's CTA epoch (its completed __syncthreads() and grid.sync() calls) at the write.
+struct Stamp {
+  int block, tid, epoch;
+};
+
 struct Launch {
   void (*entry)(const void*) = nullptr;
   const void* params = nullptr;
@@ -106,6 +113,16 @@ struct Launch {
   Context sched;
   Thread* cur = nullptr;
   std::string error;
+  // Visibility (cuda_emu.h). A write by CTA X at epoch e is visible to every thread once e < floor[X]
+  // (a grid.sync since), to a thread of another CTA once e < know[thread][X] (acquired through ready
+  // flags), to a thread of X once e < epoch[X] (a __syncthreads() since) or if it wrote it itself.
+  std::vector<int> epoch, floor;
+  std::vector<int> arrived;  // per CTA: its epoch at grid_group::barrier_arrive(), -1 if not split
+  std::unordered_map<uintptr_t, Stamp> stamps;  // by byte-pair address
+  bool flags_used = false;  // know/pending exist once a flag is touched
+  std::vector<int> know, pending;  // [thread][CTA]; pending: relaxed flag reads not yet fenced
+  std::unordered_map<const int*, std::vector<int>> released;  // a flag's releaser's knowledge at its latest release
+  int64_t idle_polls = 0;  // flag polls since anything else progressed (deadlock detection)
 };
 
 Launch* g_launch = nullptr;
@@ -194,6 +211,26 @@ std::string describe(const Launch& L) {
   return os.str();
 }
 
+constexpr int kSyncwarpOp = 32;  // WarpOp kinds: 10+/20+ mma.sync, 32 __syncwarp
+
+// Joins the knowledge of threads [first, first + n) (a __syncwarp or __syncthreads completed).
+void join_knowledge(Launch& L, size_t first, int n) {
+  if (!L.flags_used) return;
+  const size_t g = (size_t)L.grid;
+  int* rows = L.know.data() + first * g;
+  for (size_t x = 0; x < g; ++x) {
+    int m = 0;
+    for (int i = 0; i < n; ++i) m = std::max(m, rows[(size_t)i * g + x]);
+    for (int i = 0; i < n; ++i) rows[(size_t)i * g + x] = m;
+  }
+}
+
+void block_barrier_done(Launch& L, int block) {
+  L.epoch[block]++;
+  L.idle_polls = 0;
+  join_knowledge(L, (size_t)block * L.threads, L.threads);
+}
+
 // Orders a group of threads that became ready together (the launch's threads, or the participants
 // of a barrier that just completed) and queues them: at the back (breadth-first: everybody advances
 // one barrier interval at a time) or, for the eager schedules, at the front (depth-first: the released
@@ -237,6 +274,7 @@ bool run(Launch& L) {
         return false;
       case St::Done:
         ++done;
+        L.idle_polls = 0;
         break;
       case St::AtBlock:
         if (++at_block[t->block] == L.threads) {
@@ -248,6 +286,7 @@ bool run(Launch& L) {
               return false;
             }
           for (int i = 0; i < L.threads; ++i) group.push_back(blk + i);
+          block_barrier_done(L, t->block);
           enqueue(q, group, rng);
           g_stats.block_barriers++;
         }
@@ -264,6 +303,7 @@ bool run(Launch& L) {
               return false;
             }
           for (int l = 0; l < kWarpLanes; ++l) group.push_back(blk + w * kWarpLanes + l);
+          if (lanes[0].op.kind == kSyncwarpOp) join_knowledge(L, (size_t)(lanes - L.th.data()), kWarpLanes);
           enqueue(q, group, rng);
           g_stats.warp_barriers++;
         }
@@ -278,13 +318,21 @@ bool run(Launch& L) {
               return false;
             }
           for (auto& th : L.th) group.push_back(&th);
+          // A CTA barrier for every CTA too. Every write before grid.sync() becomes visible to all;
+          // after a split barrier, only the writes before barrier_arrive().
+          for (int b = 0; b < L.grid; ++b) {
+            L.floor[b] = std::max(L.floor[b], L.arrived[b] >= 0 ? L.arrived[b] : L.epoch[b] + 1);
+            L.arrived[b] = -1;
+            ++L.epoch[b];
+          }
+          L.idle_polls = 0;
           enqueue(q, group, rng);
           g_stats.grid_barriers++;
         }
         break;
-      case St::Ready:
-        L.error = "internal: a thread yielded without a reason";
-        return false;
+      case St::Ready:  // polled a flag: runs again after the others
+        q.push_back(t);
+        break;
     }
   }
   if (done == total) return true;
@@ -334,6 +382,10 @@ void grid_sync(const char* file, int line) {
   g_launch->cur->site_line = line;
   yield(St::AtGrid);
 }
+void grid_arrive(const char* file, int line) {
+  syncthreads(file, line);  // barrier_arrive() begins with the CTA barrier
+  g_launch->arrived[g_launch->cur->block] = g_launch->epoch[g_launch->cur->block];
+}
 void warp_sync(const WarpOp& op) {
   g_launch->cur->op = op;
   yield(St::AtWarp);
@@ -365,6 +417,99 @@ void fail(const char* what) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Visibility between CTAs, ready flags, __syncwarp
+// ---------------------------------------------------------------------------------------------
+
+namespace {
+size_t cur_index(const Launch& L) { return (size_t)(L.cur - L.th.data()); }
+
+void use_flags(Launch& L) {
+  if (L.flags_used) return;
+  L.flags_used = true;
+  L.know.assign(L.th.size() * (size_t)L.grid, 0);
+  L.pending.assign(L.th.size() * (size_t)L.grid, 0);
+}
+
+// Polls past which, with no barrier, release or thread exit in between, the launch is a deadlock:
+// every thread left polls flags that nobody will release.
+int64_t poll_limit(const Launch& L) { return 64 * (int64_t)L.th.size() + 100000; }
+}  // namespace
+
+void exchange_store(const void* p, int bytes) {
+  Launch& L = *g_launch;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  const Stamp st{L.cur->block, L.cur->tid, L.epoch[L.cur->block]};
+  for (uintptr_t u = a & ~uintptr_t(1); u < a + (uintptr_t)bytes; u += 2) L.stamps[u] = st;
+}
+
+void check_read(const void* p, int bytes) {
+  Launch& L = *g_launch;
+  if (L.stamps.empty() || bytes <= 0) return;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  const Thread& me = *L.cur;
+  for (uintptr_t u = a & ~uintptr_t(1); u < a + (uintptr_t)bytes; u += 2) {
+    const auto it = L.stamps.find(u);
+    if (it == L.stamps.end()) continue;
+    const Stamp& w = it->second;
+    bool visible;
+    if (w.block == me.block) {
+      visible = w.tid == me.tid || w.epoch < L.epoch[w.block];
+    } else {
+      const int known = L.flags_used ? L.know[cur_index(L) * L.grid + w.block] : 0;
+      visible = w.epoch < std::max(L.floor[w.block], known);
+    }
+    if (!visible) {
+      static char what[320];  // no heap object on this stack: fail() abandons it
+      std::snprintf(what, sizeof what,
+                    "global memory read before the write is visible to this thread: block %d thread %d wrote it, "
+                    "and no grid.sync(), __syncthreads() (same block) or released -> acquired ready flag orders "
+                    "that write before this read (a GPU may return stale data)",
+                    w.block, w.tid);
+      fail(what);
+    }
+  }
+}
+
+int flag_load(const int* p, bool acquire) {
+  Launch& L = *g_launch;
+  use_flags(L);
+  if (++L.idle_polls > poll_limit(L))
+    fail("deadlock: threads poll ready flags that nobody releases (no barrier, release or exit for too long)");
+  const int v = *reinterpret_cast<const volatile int*>(p);
+  const auto it = L.released.find(p);
+  if (it != L.released.end()) {  // the knowledge of the release whose value was just read
+    int* mine = (acquire ? L.know.data() : L.pending.data()) + cur_index(L) * L.grid;
+    for (int x = 0; x < L.grid; ++x) mine[x] = std::max(mine[x], it->second[(size_t)x]);
+  }
+  yield(St::Ready);
+  return v;
+}
+
+void fence_acq_rel() {
+  Launch& L = *g_launch;
+  if (!L.flags_used) return;
+  int* know = L.know.data() + cur_index(L) * L.grid;
+  const int* pending = L.pending.data() + cur_index(L) * L.grid;
+  for (int x = 0; x < L.grid; ++x) know[x] = std::max(know[x], pending[x]);
+}
+
+void flag_release(int* p, int value) {
+  Launch& L = *g_launch;
+  use_flags(L);
+  const int* know = L.know.data() + cur_index(L) * L.grid;
+  std::vector<int>& rel = L.released[p];
+  rel.resize((size_t)L.grid);
+  for (int x = 0; x < L.grid; ++x) rel[(size_t)x] = std::max(know[x], L.floor[x]);
+  // The releaser's own CTA: writes before its last completed __syncthreads() (not writes of other
+  // threads after it, which the release does not order).
+  rel[(size_t)L.cur->block] = std::max(rel[(size_t)L.cur->block], L.epoch[L.cur->block]);
+  *reinterpret_cast<volatile int*>(p) = value;
+  L.idle_polls = 0;
+}
+
+void syncwarp() { warp_sync({kSyncwarpOp}); }
+
+// ---------------------------------------------------------------------------------------------
 // cp.async
 // ---------------------------------------------------------------------------------------------
 
@@ -385,6 +530,7 @@ void cp_async(void* smem_dst, const void* gmem_src, int src_bytes) {
   if (reinterpret_cast<uintptr_t>(dst) % 16 != 0) fail("cp.async: destination not 16-byte aligned");
   if (src_bytes < 0 || src_bytes > 16) fail("cp.async: source size must be 0..16 bytes");
   if (src_bytes > 0 && reinterpret_cast<uintptr_t>(gmem_src) % 16 != 0) fail("cp.async: source not 16-byte aligned");
+  if (src_bytes > 0) check_read(gmem_src, src_bytes);  // the read is the issuing thread's, ordered at issue
   AsyncCopy c{dst, static_cast<const unsigned char*>(gmem_src), src_bytes, -1, {}};
   std::memcpy(c.snapshot, c.src, (size_t)src_bytes);
   std::memset(dst, kUnwrittenByte, 16);  // undefined until the copy completes
@@ -559,6 +705,9 @@ bool launch(void (*entry)(const void*), const void* params, int grid, int thread
   L.th.resize(total);
   L.stacks.reset(new char[total * kStackBytes]);
   L.exchange.assign((size_t)grid * (threads / kWarpLanes) * kWarpLanes * kExchangeSlots, nullptr);
+  L.epoch.assign(grid, 0);
+  L.floor.assign(grid, 0);
+  L.arrived.assign(grid, -1);
   for (size_t i = 0; i < total; ++i) {
     Thread& t = L.th[i];
     t.block = (int)(i / threads);

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "runtime.h"
 #include "cuda_emu.h"
@@ -21,6 +22,8 @@ struct Args {
   float* out;
   int n;
   int variant;
+  float* data = nullptr;  // ready_flags: the exchanged slots
+  int* flags = nullptr;   // ready_flags: one per CTA
 };
 
 constexpr int kThreads = 256;
@@ -84,20 +87,16 @@ void grid_barrier_kernel(const void* p) {
 // in[256:320] as 8x8), both row-major; a.n selects 0 f16, 1 bf16, 2 tf32. Variant 1 packs B with
 // its row and column swapped (a layout bug); variant 2: lane 7 skips the mma; variant 3: lane 5
 // calls the bf16 shape while the others call f16 (lanes disagreeing on the operation).
-template <typename T> uint32_t pack2(float lo, float hi);
-template <> uint32_t pack2<__half>(float lo, float hi) {
-  const __half l = __float2half_rn(lo), h = __float2half_rn(hi);
-  uint16_t bl, bh;
-  std::memcpy(&bl, &l, 2);
-  std::memcpy(&bh, &h, 2);
-  return (uint32_t)bl | ((uint32_t)bh << 16);
-}
-template <> uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
-  const __nv_bfloat16 l = __float2bfloat16_rn(lo), h = __float2bfloat16_rn(hi);
-  uint16_t bl, bh;
-  std::memcpy(&bl, &l, 2);
-  std::memcpy(&bh, &h, 2);
-  return (uint32_t)bl | ((uint32_t)bh << 16);
+template <typename T> uint32_t pack2(float lo, float hi) {  // lo in the low half, as the ISA packs pairs
+  T pair[2];
+  if constexpr (std::is_same<T, __half>::value) {
+    pair[0] = __float2half_rn(lo), pair[1] = __float2half_rn(hi);
+  } else {
+    pair[0] = __float2bfloat16_rn(lo), pair[1] = __float2bfloat16_rn(hi);
+  }
+  uint32_t word;
+  std::memcpy(&word, pair, 4);
+  return word;
 }
 
 template <typename T>
@@ -178,6 +177,86 @@ void cp_async_kernel(const void* p) {
   }
 }
 
+// kFlagCtas CTAs exchange data for a.n steps: at step s every thread writes its element of the CTA's
+// slot s (an exchange store), the CTA publishes it, and every thread then reads element t + 1 of its
+// neighbour CTA's slot s (__ldcg) into out. How the reader is ordered after the writes:
+//   0 wait_ready on the neighbour's flag (acquire loads, __syncwarp)         ok
+//   1 polls the flag with relaxed loads and no fence                         read not ordered
+//   2 does not wait                                                          read not ordered
+//   3 thread 0 publishes before the __syncthreads() that orders the others'  read not ordered
+//   4 waits for its own flag instead of the neighbour's                      read not ordered
+//   5 nobody publishes                                                       deadlock
+//   6 relaxed polls, then fence.acq_rel (the acquire pattern)                ok
+//   7 lane 0 of each warp acquires, the other lanes read without __syncwarp  read not ordered
+//   8 thread 0 acquires, then __syncthreads()                                ok
+//   9 grid.sync() instead of flags                                           ok
+//  10 barrier_arrive(), barrier_wait()                                       ok
+//  11 barrier_arrive(), the store, barrier_wait()                            read not ordered
+//  12 the CTAs' flags at kFlagBase + X, after kFlagBase flags the host set;
+//     wait_ready on all kFlagBase + kFlagCtas of them (a second poll round)   ok
+//  13 as 12, but wait_ready on the first kFlagBase only                       read not ordered
+constexpr int kFlagCtas = 4;
+constexpr int kFlagBase = 128;  // wait_ready polls 128 flags per round (32 lanes x 4)
+void visibility_kernel(const void* p) {
+  const Args& a = *static_cast<const Args*>(p);
+  const int X = blockIdx.x, t = threadIdx.x, Y = (X + 1) % kFlagCtas, v = a.variant;
+  if (v == 12 || v == 13) {  // many flags: the neighbour's is polled in wait_ready's second round
+    for (int s = 0; s < a.n; ++s) {
+      fusedrnn::exchange_store(a.data + ((size_t)s * kFlagCtas + X) * kThreads + t, (float)(1000 * s + 100 * X + t));
+      __syncthreads();
+      fusedrnn::publish_ready(a.flags + kFlagBase + X, s + 1);
+      fusedrnn::wait_ready(a.flags, v == 12 ? kFlagBase + kFlagCtas : kFlagBase, s + 1);
+      const float* theirs = a.data + ((size_t)s * kFlagCtas + Y) * kThreads;
+      a.out[((size_t)s * kFlagCtas + X) * kThreads + t] = __ldcg(theirs + (t + 1) % kThreads);
+    }
+    return;
+  }
+  for (int s = 0; s < a.n; ++s) {
+    float* mine = a.data + ((size_t)s * kFlagCtas + X) * kThreads;
+    const float value = (float)(1000 * s + 100 * X + t);
+    if (v == 10 || v == 11) {
+      if (v == 10) fusedrnn::exchange_store(mine + t, value);
+      auto token = cg::this_grid().barrier_arrive();
+      if (v == 11) fusedrnn::exchange_store(mine + t, value);
+      cg::this_grid().barrier_wait(std::move(token));
+    } else {
+      fusedrnn::exchange_store(mine + t, value);
+    }
+    if (v == 10 || v == 11) {
+    } else if (v == 3) {
+      if (t == 0) fusedrnn::flag_release(a.flags + X, s + 1);
+      __syncthreads();
+    } else if (v == 9) {
+      cg::this_grid().sync();
+    } else {
+      __syncthreads();
+      if (v != 5) fusedrnn::publish_ready(a.flags + X, s + 1);
+    }
+    const int* flag = a.flags + (v == 4 ? X : Y);
+    if (v == 1) {
+      while (flag_load(flag, false) < s + 1) {
+      }
+    } else if (v == 6) {
+      while (flag_load(flag, false) < s + 1) {
+      }
+      fence_acq_rel();
+    } else if (v == 7) {
+      if (t % 32 == 0)
+        while (fusedrnn::flag_acquire(flag) < s + 1) {
+        }
+    } else if (v == 8) {
+      if (t == 0)
+        while (fusedrnn::flag_acquire(flag) < s + 1) {
+        }
+      __syncthreads();
+    } else if (v != 2 && v < 9) {
+      fusedrnn::wait_ready(flag, 1, s + 1);
+    }
+    const float* theirs = a.data + ((size_t)s * kFlagCtas + Y) * kThreads;
+    a.out[((size_t)s * kFlagCtas + X) * kThreads + t] = __ldcg(theirs + (t + 1) % kThreads);
+  }
+}
+
 // out[4i .. 4i+3] = ex2.approx(x), rcp.approx(x), sigmoid from ex2 + rcp (what the kernels use),
 // sigmoid as 0.5 + 0.5 tanh.approx(x / 2) (a tempting shortcut that is too inaccurate for fp32).
 void fast_math_kernel(const void* p) {
@@ -200,14 +279,14 @@ torch::Tensor selftest(const std::string& name, int64_t variant, const torch::Te
   void (*entry)(const void*) = nullptr;
   int grid = 1;
   size_t smem = 0;
-  torch::Tensor out;
+  torch::Tensor out, storage, flags;
   clear_guards();
   if (name == "neighbour") {
     entry = neighbour_kernel, smem = kThreads * sizeof(float), out = torch::zeros({kThreads});
   } else if (name == "smem_oob") {
     entry = smem_oob_kernel, a.n = 64, smem = 64 * sizeof(float), out = torch::zeros({1});
   } else if (name == "global_oob") {  // 64 floats between guard zones, as rnn_ops.cpp allocates them
-    torch::Tensor storage = torch::empty({64 + 2 * 64});
+    storage = torch::empty({64 + 2 * 64});
     storage.view(at::kByte).fill_(kGuardByte);
     add_guard(storage.data_ptr<float>(), 64 * sizeof(float), "selftest (before)");
     add_guard(storage.data_ptr<float>() + 128, 64 * sizeof(float), "selftest (after)");
@@ -225,6 +304,13 @@ torch::Tensor selftest(const std::string& name, int64_t variant, const torch::Te
   } else if (name == "cp_async") {
     TORCH_CHECK(in.numel() >= 2048, "cp_async self-test: 2048 inputs");
     entry = cp_async_kernel, smem = 2048 * sizeof(float), out = torch::zeros({2048});
+  } else if (name == "visibility") {
+    a.n = 3;
+    storage = torch::zeros({a.n * kFlagCtas * kThreads});
+    flags = torch::zeros({kFlagBase + kFlagCtas}, torch::kInt);
+    if (variant == 12 || variant == 13) flags.slice(0, 0, kFlagBase).fill_(a.n);  // released before the launch
+    a.data = storage.data_ptr<float>(), a.flags = flags.data_ptr<int>();
+    entry = visibility_kernel, grid = kFlagCtas, out = torch::zeros({a.n, kFlagCtas, kThreads});
   } else if (name == "fast_math") {
     entry = fast_math_kernel, a.n = (int)in.numel(), out = torch::zeros({in.numel(), 4});
   } else {

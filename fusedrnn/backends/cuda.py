@@ -3,6 +3,8 @@
 Per call (one layer, one direction, whole sequence):
   gx = x·W_ihᵀ + b_ih                   one torch GEMM for all steps (cuBLAS)
   y, h_n[, c_n] = recurrence(gx, ...)    one cooperative kernel launch, one grid barrier per step
+                                         (FUSEDRNN_CUDA_READY_FLAGS=1: per-CTA ready flags instead; off
+                                         by default until a GPU has measured them)
 and for the backward:
   dgh[, dgx_n], dh0[, dc0] = recurrence_backward(...)   one cooperative launch, reverse time
   dW_hh = dghᵀ·h_prev, db_hh = Σ dgh, dresidual = dy masked to valid steps   torch GEMMs/reductions
@@ -16,6 +18,7 @@ limits: csrc/README.md.
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional
 
 import torch
@@ -42,6 +45,12 @@ _LIMIT_BATCH = 64
 
 def _ext():
     return load()
+
+
+def _ready_flags() -> bool:
+    """Per-CTA ready flags between steps instead of grid barriers (csrc/ptx.cuh): experimental, read
+    from FUSEDRNN_CUDA_READY_FLAGS=1 at each call."""
+    return os.environ.get("FUSEDRNN_CUDA_READY_FLAGS", "0") == "1"
 
 
 def unavailable() -> list[str]:
@@ -151,7 +160,7 @@ def _gru_recurrence(
     gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], residual: Optional[Tensor],
     lengths: Optional[Tensor], reverse: bool, save: bool, allow_tf32: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_ext().gru_forward(gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32))
+    return tuple(_ext().gru_forward(gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, _ready_flags()))
 
 
 @_gru_recurrence.register_fake
@@ -167,7 +176,7 @@ def _gru_recurrence_backward(
     dy: Tensor, dh_n: Tensor, w_hh: Tensor, hist: Tensor, saved: Tensor, lengths: Optional[Tensor],
     reverse: bool, allow_tf32: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(_ext().gru_backward(dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32))
+    return tuple(_ext().gru_backward(dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32, _ready_flags()))
 
 
 @_gru_recurrence_backward.register_fake
@@ -181,7 +190,9 @@ def _lstm_recurrence(
     gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], residual: Optional[Tensor],
     lengths: Optional[Tensor], reverse: bool, save: bool, allow_tf32: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_ext().lstm_forward(gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32))
+    return tuple(
+        _ext().lstm_forward(gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, _ready_flags())
+    )
 
 
 @_lstm_recurrence.register_fake
@@ -197,7 +208,9 @@ def _lstm_recurrence_backward(
     dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, hist: Tensor, saved: Tensor,
     lengths: Optional[Tensor], reverse: bool, allow_tf32: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(_ext().lstm_backward(dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32))
+    return tuple(
+        _ext().lstm_backward(dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32, _ready_flags())
+    )
 
 
 @_lstm_recurrence_backward.register_fake
@@ -315,9 +328,10 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
     return y, h_n, c_n
 
 
-def barrier_floor(T: int, grid: int = 0) -> float:
-    """Milliseconds for a persistent kernel doing T grid barriers and nothing else (grid <= 0: one CTA per SM)."""
-    return float(_ext().barrier_floor(T, grid))
+def barrier_floor(T: int, grid: int = 0, ready_flags: bool = False) -> float:
+    """Milliseconds for a persistent kernel doing T grid barriers and nothing else (grid <= 0: one CTA
+    per SM); ready_flags: T rounds of the kernels' ready flags instead (publish, wait for every CTA)."""
+    return float(_ext().barrier_floor(T, grid, ready_flags))
 
 
 # ---------------------------------------------------------------------------------------------
