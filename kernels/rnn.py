@@ -204,6 +204,40 @@ def load_bwd_inputs(dh_ptr, dy_ptr, act_ptr, hseq_ptr, cseq_ptr, dc_ptr, rows64,
     return dh, dy, act0, act1, act2, act3, dc, h_prev, c_prev, c_new
 
 
+@triton.jit
+def unit_blocks(H, BH: tl.constexpr):
+    """This program's first unit block, the stride between its blocks (the programs along H) and
+    the number of blocks."""
+    return tl.program_id(0), tl.num_programs(0), (H + BH - 1) // BH
+
+
+@triton.jit
+def unit_block(j, BH: tl.constexpr, H, rows64, row_ok):
+    """Unit block j: its units, the (rows, units) mask, and the offsets of its tile of a (B, H) state."""
+    units = j * BH + tl.arange(0, BH)
+    m2 = row_ok[:, None] & (units < H)[None, :]
+    return units, m2, rows64[:, None] * H + units[None, :]
+
+
+@triton.jit
+def step_wait(counter_ptr, s, nprog_h, USE_GRID_BARRIER: tl.constexpr):
+    """Before step s reads the exchange: wait until every program of this batch tile finished step s-1."""
+    if USE_GRID_BARRIER:
+        if s > 0:
+            barrier_wait(counter_ptr + tl.program_id(1), s * nprog_h)
+
+
+@triton.jit
+def step_end(counter_ptr, s, n_steps, USE_GRID_BARRIER: tl.constexpr):
+    """After step s: arrive at the grid barrier; a lone program (no grid barrier) still needs a CTA
+    barrier, so that its own exchange stores are visible to its other threads in step s+1."""
+    if s < n_steps - 1:
+        if USE_GRID_BARRIER:
+            barrier_arrive(counter_ptr + tl.program_id(1))
+        else:
+            tl.debug_barrier()
+
+
 @triton.jit(do_not_specialize=["T", "B", "H", "n_slots", "t_begin", "n_steps"])
 def rnn_fwd_kernel(
     gx_ptr,  # (T, B, NG*H) acc
@@ -226,11 +260,9 @@ def rnn_fwd_kernel(
     BB: tl.constexpr, BH: tl.constexpr, HP: tl.constexpr, KS: tl.constexpr, BLOCK_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, RESIDENT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    pid_h = tl.program_id(0)
-    nprog_h = tl.num_programs(0)
+    pid_h, nprog_h, n_blk = unit_blocks(H, BH)
     NG: tl.constexpr = 3 if CELL == "gru" else 4
     N: tl.constexpr = 4 * BH
-    n_blk = (H + BH - 1) // BH
     G = NG * H
     acc_dtype: tl.constexpr = hseq_ptr.dtype.element_ty
     x_dtype: tl.constexpr = xchg_ptr.dtype.element_ty
@@ -259,13 +291,9 @@ def rnn_fwd_kernel(
         a_ptr = xchg_ptr + (q % 2).to(tl.int64) * slot
         out_xchg = xchg_ptr + ((q + 1) % 2).to(tl.int64) * slot
         if not RESIDENT:
-            if USE_GRID_BARRIER:
-                if s > 0:
-                    barrier_wait(counter_ptr + tl.program_id(1), s * nprog_h)
+            step_wait(counter_ptr, s, nprog_h, USE_GRID_BARRIER)
         for j in range(pid_h, blk_end, nprog_h):
-            units = j * BH + tl.arange(0, BH)
-            m2 = row_ok[:, None] & (units < H)[None, :]
-            st_offs = rows64[:, None] * H + units[None, :]
+            units, m2, st_offs = unit_block(j, BH, H, rows64, row_ok)
             # Everything that does not depend on the other programs' h_{t-1}. With W resident (one
             # block per program) the barrier wait comes after these loads, which are then in
             # flight while the program spins.
@@ -284,9 +312,7 @@ def rnn_fwd_kernel(
                     b0 = tl.full((BB, BH), 0.0, dtype=acc_dtype)
                     b1, b2, b3 = b0, b0, b0
             if RESIDENT:
-                if USE_GRID_BARRIER:
-                    if s > 0:
-                        barrier_wait(counter_ptr + tl.program_id(1), s * nprog_h)
+                step_wait(counter_ptr, s, nprog_h, USE_GRID_BARRIER)
 
             acc = recurrent_product(a_ptr, rows64, row_ok, k_valid, 1, w_ptr, j, w_res, acc_dtype, BB, HP, N, HP,
                                     KS, BLOCK_K, NUM_STAGES, RESIDENT, DOT_PRECISION)
@@ -307,11 +333,7 @@ def rnn_fwd_kernel(
             if SAVE_ACT:
                 store_gate_tiles(act_ptr, t64 * B * 4 * H + rows64[:, None] * (4 * H) + units[None, :], m2, H,
                                  act0, act1, act2, act3, 4)
-        if s < n_steps - 1:
-            if USE_GRID_BARRIER:
-                barrier_arrive(counter_ptr + tl.program_id(1))
-            else:
-                tl.debug_barrier()  # own exchange stores visible to the program's other threads
+        step_end(counter_ptr, s, n_steps, USE_GRID_BARRIER)
 
 
 @triton.jit(do_not_specialize=["T", "B", "H", "t_begin", "n_steps"])
@@ -340,11 +362,9 @@ def rnn_bwd_kernel(
     # stored in the exchange by every program before the last barrier; zeros before the first
     # step), then computes its own dgates. One barrier per step; the recurrent term of step 0
     # (grad h0) is one torch GEMM in the launcher.
-    pid_h = tl.program_id(0)
-    nprog_h = tl.num_programs(0)
+    pid_h, nprog_h, n_blk = unit_blocks(H, BH)
     NG: tl.constexpr = 3 if CELL == "gru" else 4
     K: tl.constexpr = 4 * HP
-    n_blk = (H + BH - 1) // BH
     G = NG * H
     acc_dtype: tl.constexpr = dh_ptr.dtype.element_ty
     x_dtype: tl.constexpr = xchg_ptr.dtype.element_ty
@@ -368,18 +388,13 @@ def rnn_bwd_kernel(
         a_ptr = xchg_ptr + ((q_bwd + 1) % 2).to(tl.int64) * slot
         out_xchg = xchg_ptr + (q_bwd % 2).to(tl.int64) * slot
         if not PREFETCH:
-            if USE_GRID_BARRIER:
-                if s > 0:
-                    barrier_wait(counter_ptr + tl.program_id(1), s * nprog_h)
+            step_wait(counter_ptr, s, nprog_h, USE_GRID_BARRIER)
         for j in range(pid_h, blk_end, nprog_h):
-            units = j * BH + tl.arange(0, BH)
-            m2 = row_ok[:, None] & (units < H)[None, :]
-            st_offs = rows64[:, None] * H + units[None, :]
+            units, m2, st_offs = unit_block(j, BH, H, rows64, row_ok)
             if PREFETCH:  # issued before the barrier wait, in flight while the program spins
                 dh, dy, act0, act1, act2, act3, dc, h_prev, c_prev, c_new = load_bwd_inputs(
                     dh_ptr, dy_ptr, act_ptr, hseq_ptr, cseq_ptr, dc_ptr, rows64, units, m2, t64, q, B, H, CELL, HAS_DY)
-                if s > 0:
-                    barrier_wait(counter_ptr + tl.program_id(1), s * nprog_h)
+                step_wait(counter_ptr, s, nprog_h, USE_GRID_BARRIER)
             prod = recurrent_product(a_ptr, rows64, row_ok, k_valid, NG, w_ptr, j, w_res, acc_dtype, BB, K, BH, HP, KS,
                                      BLOCK_K, NUM_STAGES, RESIDENT, DOT_PRECISION)
             if not PREFETCH:  # not held across the product: registers for the K loop's pipeline
@@ -407,11 +422,7 @@ def rnn_bwd_kernel(
             tl.store(dh_ptr + st_offs, tl.where(ok, dh_direct, dh), mask=m2)
             if CELL == "lstm":
                 tl.store(dc_ptr + st_offs, tl.where(ok, dc_prev, dc), mask=m2)
-        if s < n_steps - 1:
-            if USE_GRID_BARRIER:
-                barrier_arrive(counter_ptr + tl.program_id(1))
-            else:
-                tl.debug_barrier()
+        step_end(counter_ptr, s, n_steps, USE_GRID_BARRIER)
 
 
 # ------------------------------------------------------------------------------------------------
