@@ -49,7 +49,10 @@ def _cuda_tool(name: str) -> str | None:
 
 NVCC = _cuda_tool("nvcc")
 CUOBJDUMP = _cuda_tool("cuobjdump")
-pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA_HOME, /usr/local/cuda, PATH)")
+pytestmark = [
+    pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA_HOME, /usr/local/cuda, PATH)"),
+    pytest.mark.xdist_group("nvcc"),  # one worker compiles the module's builds once (pytest -n)
+]
 needs_cuobjdump = pytest.mark.skipif(CUOBJDUMP is None, reason="cuobjdump not found (CUDA toolkit or Triton)")
 
 # ---------------------------------------------------------------------------------------------
