@@ -22,8 +22,17 @@ if TEST_DEVICE == "cpu":
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # pytest -n: the workers are the parallelism; one intra-op thread each, so that n workers do
+    # not run n x cores threads that contend for the cores.
+    torch.set_num_threads(1)
+
 
 def pytest_collection_modifyitems(config, items):
+    # The longest modules first (marked ``compiles``: whole nvcc or Triton compile passes): under
+    # pytest -n --dist loadfile each file runs on one worker, and started first they overlap with
+    # the rest instead of finishing alone at the end.
+    items.sort(key=lambda item: item.get_closest_marker("compiles") is None)
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return

@@ -51,7 +51,7 @@ NVCC = _cuda_tool("nvcc")
 CUOBJDUMP = _cuda_tool("cuobjdump")
 pytestmark = [
     pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA_HOME, /usr/local/cuda, PATH)"),
-    pytest.mark.xdist_group("nvcc"),  # one worker compiles the module's builds once (pytest -n)
+    pytest.mark.compiles,
 ]
 needs_cuobjdump = pytest.mark.skipif(CUOBJDUMP is None, reason="cuobjdump not found (CUDA toolkit or Triton)")
 

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import pytest
 
-# One worker (pytest -n): the dry runs create and remove their folders under bench/results/.
-pytestmark = pytest.mark.xdist_group("bench_results")
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "bench" / "gpu_run.sh"
 

@@ -46,9 +46,7 @@ from pathlib import Path
 
 import pytest
 
-# One worker (pytest -n) for the module: its tests share the side install of Triton 3.6 and each
-# compile already uses the cores.
-pytestmark = pytest.mark.xdist_group("triton_compile")
+pytestmark = pytest.mark.compiles
 ROOT = Path(__file__).resolve().parents[1]
 TRITON36 = "3.6.0"
 ARCHS = (80, 90)
