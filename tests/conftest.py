@@ -12,6 +12,7 @@ parameters name; a test naming a cell and no dtype runs float32) and the session
 <path>`` turns that into the package's GPU validation records (fusedrnn/evidence.py).
 """
 
+import collections
 import json
 import os
 
@@ -28,11 +29,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 
+def pytest_configure(config):
+    # Under pytest -n --dist loadfile the order set below is the schedule; xdist's own reorder (by
+    # test count per file) would put the few-test compile modules last, to finish alone.
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
 def pytest_collection_modifyitems(config, items):
-    # The longest modules first (marked ``compiles``: whole nvcc or Triton compile passes): under
-    # pytest -n --dist loadfile each file runs on one worker, and started first they overlap with
-    # the rest instead of finishing alone at the end.
-    items.sort(key=lambda item: item.get_closest_marker("compiles") is None)
+    # The longest modules first: those marked ``compiles`` (whole nvcc or Triton compile passes),
+    # then files by test count. Under pytest -n --dist loadfile each file runs on one worker, so the
+    # long ones overlap with the rest instead of finishing alone at the end.
+    per_file = collections.Counter(item.nodeid.split("::")[0] for item in items)
+    items.sort(key=lambda item: (item.get_closest_marker("compiles") is None, -per_file[item.nodeid.split("::")[0]]))
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return
