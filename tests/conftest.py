@@ -40,8 +40,8 @@ def pytest_collection_modifyitems(config, items):
     # The longest modules first: those marked ``compiles`` (whole nvcc or Triton compile passes),
     # then files by test count. Under pytest -n --dist loadfile each file runs on one worker, so the
     # long ones overlap with the rest instead of finishing alone at the end.
-    per_file = collections.Counter(item.nodeid.split("::")[0] for item in items)
-    items.sort(key=lambda item: (item.get_closest_marker("compiles") is None, -per_file[item.nodeid.split("::")[0]]))
+    per_file = collections.Counter(item.path for item in items)
+    items.sort(key=lambda item: (item.get_closest_marker("compiles") is None, -per_file[item.path]))
     gpu_items = [item for item in items if "gpu" in item.keywords]
     if not gpu_items:
         return
