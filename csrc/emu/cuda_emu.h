@@ -36,7 +36,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <source_location>
 #include <type_traits>
 
 namespace fusedrnn_emu {
@@ -157,15 +156,18 @@ inline int min(int a, int b) { return a < b ? a : b; }
 namespace cooperative_groups {
 struct grid_group {
   using arrival_token = unsigned int;
-  void sync(std::source_location at = std::source_location::current()) const {
-    fusedrnn_emu::grid_sync(at.file_name(), (int)at.line());
+  // The call site (file, line) names the barrier in the emulator's diagnostics. __builtin_FILE /
+  // __builtin_LINE as default arguments give it under C++17 (g++ and clang), which some torch
+  // versions' cpp_extension compile with; std::source_location would need C++20.
+  void sync(const char* file = __builtin_FILE(), int line = __builtin_LINE()) const {
+    fusedrnn_emu::grid_sync(file, line);
   }
-  arrival_token barrier_arrive(std::source_location at = std::source_location::current()) const {
-    fusedrnn_emu::grid_arrive(at.file_name(), (int)at.line());
+  arrival_token barrier_arrive(const char* file = __builtin_FILE(), int line = __builtin_LINE()) const {
+    fusedrnn_emu::grid_arrive(file, line);
     return 0;
   }
-  void barrier_wait(arrival_token&&, std::source_location at = std::source_location::current()) const {
-    fusedrnn_emu::grid_sync(at.file_name(), (int)at.line());
+  void barrier_wait(arrival_token&&, const char* file = __builtin_FILE(), int line = __builtin_LINE()) const {
+    fusedrnn_emu::grid_sync(file, line);
   }
 };
 inline grid_group this_grid() { return {}; }
