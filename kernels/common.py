@@ -99,6 +99,31 @@ def interpreter_on() -> bool:
     return isinstance(sigmoid, InterpretedFunction)
 
 
+def _fix_interpreter_loop_bounds() -> None:
+    """Triton < 3.7's interpreter turns a scalar used as a loop bound (an int argument such as a
+    step count, a program id) into ``int(array of shape (1,))``, which numpy >= 2.5 refuses ("only
+    0-dimensional arrays can be converted to Python scalars"); every kernel with a runtime loop
+    bound then fails under the interpreter. Triton 3.7 squeezes the array first; this applies the
+    same one-line change to an older interpreter's tensor patching. Interpreter only: compiled
+    kernels never see it."""
+    from triton.runtime import interpreter
+
+    patch_tensor = getattr(interpreter, "_patch_lang_tensor", None)
+    if patch_tensor is None or getattr(patch_tensor, "fusedrnn_squeezes_index", False):
+        return
+
+    def patch_tensor_squeezing_index(tensor, scope):
+        patch_tensor(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.squeeze()))
+
+    patch_tensor_squeezing_index.fusedrnn_squeezes_index = True
+    interpreter._patch_lang_tensor = patch_tensor_squeezing_index
+
+
+if interpreter_on() and tuple(int(v) for v in triton.__version__.split(".")[:2]) < (3, 7):
+    _fix_interpreter_loop_bounds()
+
+
 def device_of(device) -> Device:
     """The plan's view of a torch device: SM count and opt-in shared memory per block (an H100's
     under the interpreter)."""
