@@ -2,9 +2,9 @@
 
 The interpreter (what tests/test_triton_kernels.py runs on the CPU) accepts code that the real
 compiler rejects, so every shipped configuration is compiled here with ``triton.compile`` for
-sm_80 (with the plans an A100 gets) and sm_90 (an H100's / H200's), with Triton 3.8 (this
-environment) and Triton 3.6 (the GPU machine's; installed on first use into a side directory,
-see ``triton36_dir``), and the compiled code is checked for what the latency model
+sm_80 (with the plans an A100 gets) and sm_90 (an H100's / H200's), with both tested Tritons, 3.8
+and 3.6 (the GPU machine's): the environment's own, and the other installed on first use into a
+side directory (``side_triton_dir``), and the compiled code is checked for what the latency model
 (bench/model_triton.py) and the memory model rely on:
 
 - it compiles; no spills (no local-memory STL/LDL in the SASS of the cubin Triton built);
@@ -30,7 +30,7 @@ the code), plus one all-off variant per kernel and architecture.
 
 The compiles run in subprocesses with the interpreter off (conftest.py sets TRITON_INTERPRET=1,
 under which @triton.jit yields interpreter functions). Run this file as a script to see the
-table: ``python tests/test_triton_codegen.py [--triton36]``.
+table: ``python tests/test_triton_codegen.py [--triton 3.6.0]``.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ import os
 import re
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 
@@ -48,7 +49,9 @@ import pytest
 
 pytestmark = pytest.mark.compiles
 ROOT = Path(__file__).resolve().parents[1]
-TRITON36 = "3.6.0"
+# The Triton versions of the two tested stacks (CI legs): each compile check runs with both, the
+# environment's own and a side install of the other (side_triton_dir).
+TRITON_VERSIONS = ("3.8.0", "3.6.0")
 ARCHS = (80, 90)
 # (dtype, tl.dot input precision) as the launcher passes them on a GPU
 DTYPES = [("bfloat16", "ieee"), ("float16", "ieee"), ("float32", "ieee"), ("float32", "tf32"),
@@ -407,23 +410,27 @@ def _worker(which: str, jobs: int) -> None:
             sys.stdout.flush()
 
 
-def triton36_dir() -> tuple[Path | None, str]:
-    """A directory holding triton==3.6.0 (the GPU machine's version), installed on first use with
-    pip (``pip download`` + ``pip install --no-deps --target``) into ~/.cache/fusedrnn/ (or
-    $FUSEDRNN_TRITON36_DIR); used only by the compile subprocesses, which put it first on the path.
+def side_triton_dir(version: str) -> tuple[Path | None, str]:
+    """A directory holding triton==``version`` for this Python and platform, installed on first use
+    with pip (``pip download`` + ``pip install --no-deps --target``) into ~/.cache/fusedrnn/ (or
+    under $FUSEDRNN_TRITON_SIDE_DIR); used only by the compile subprocesses, which put it first on
+    the path. A Triton wheel is built for one Python ABI and platform, so the directory is keyed by
+    both as well as the version: a Python 3.12 run never leaves a wheel that Python 3.11 would load.
     Returns (directory, "") or (None, why not)."""
-    target = Path(os.environ.get("FUSEDRNN_TRITON36_DIR") or Path.home() / ".cache" / "fusedrnn" / f"triton-{TRITON36}")
+    key = f"triton-{version}-{sys.implementation.cache_tag}{sys.abiflags}-{sysconfig.get_platform()}"
+    base = Path(os.environ.get("FUSEDRNN_TRITON_SIDE_DIR") or Path.home() / ".cache" / "fusedrnn")
+    target = base / key
     version_file = target / "triton" / "__init__.py"
-    if version_file.exists() and re.search(rf"__version__ = ['\"]{re.escape(TRITON36)}['\"]", version_file.read_text()):
+    if version_file.exists() and re.search(rf"__version__ = ['\"]{re.escape(version)}['\"]", version_file.read_text()):
         return target, ""
     download = target.with_name(target.name + ".download")
     res = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                          f"triton=={TRITON36}", "-d", str(download)], capture_output=True, text=True)
+                          f"triton=={version}", "-d", str(download)], capture_output=True, text=True)
     if res.returncode != 0:
-        return None, f"pip download triton=={TRITON36} failed: {res.stderr.strip()[-500:]}"
-    wheels = sorted(download.glob(f"triton-{TRITON36}-*.whl"))
+        return None, f"pip download triton=={version} failed: {res.stderr.strip()[-500:]}"
+    wheels = sorted(download.glob(f"triton-{version}-*.whl"))
     if not wheels:
-        return None, f"pip download left no triton-{TRITON36} wheel in {download}"
+        return None, f"pip download left no triton-{version} wheel in {download}"
     tmp = target.with_name(target.name + ".partial")
     res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--upgrade", "--target", str(tmp),
                           str(wheels[-1])], capture_output=True, text=True)
@@ -438,8 +445,8 @@ def triton36_dir() -> tuple[Path | None, str]:
 
 
 def run_compiles(which: str, triton_dir: Path | None = None) -> list[dict]:
-    """Compile ``which`` ("shipped" or "planted") in a subprocess; with ``triton_dir`` first on the
-    path (Triton 3.6). Returns the JSON rows."""
+    """Compile ``which`` ("shipped" or "planted") in a subprocess; with ``triton_dir`` (a side
+    install of another Triton) first on the path. Returns the JSON rows."""
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)
     if triton_dir is not None:
@@ -501,27 +508,26 @@ def _check_rows(rows: list[dict], expected: list[Config], version: str) -> None:
 
 
 def _rows_for(version: str, which: str = "shipped") -> list[dict]:
-    """Compile ``which`` with Triton ``version``: this environment's, or 3.6 from its side directory."""
-    if version == TRITON36:
-        path, why = triton36_dir()
-        if path is None:
-            pytest.skip(f"triton {TRITON36} not available: {why}")
-        return run_compiles(which, path)
+    """Compile ``which`` with Triton ``version``: this environment's when it is that version, else
+    a side install of it (``side_triton_dir``)."""
     import triton as this_triton
 
-    if not this_triton.__version__.startswith(version):
-        pytest.skip(f"this environment has Triton {this_triton.__version__}, not {version}")
-    return run_compiles(which)
+    if this_triton.__version__ == version:
+        return run_compiles(which)
+    path, why = side_triton_dir(version)
+    if path is None:
+        pytest.skip(f"triton {version} not available: {why}")
+    return run_compiles(which, path)
 
 
-@pytest.mark.parametrize("version", ["3.8", TRITON36], ids=lambda v: f"triton-{v}")
+@pytest.mark.parametrize("version", TRITON_VERSIONS, ids=lambda v: f"triton-{v}")
 def test_every_shipped_config_compiles_clean(version):
     rows = _rows_for(version)
     print("\n" + format_rows(rows))
     _check_rows(rows, configs(), version)
 
 
-@pytest.mark.parametrize("version", ["3.8", TRITON36], ids=lambda v: f"triton-{v}")
+@pytest.mark.parametrize("version", TRITON_VERSIONS, ids=lambda v: f"triton-{v}")
 def test_barrier_check_rejects_planted_barriers(version):
     """The barrier check passes the real barrier and fails each planted mistake, for the reason
     planted (compiled for sm_90 with each Triton: they lower the thread-0 predicate differently)."""
@@ -534,6 +540,22 @@ def test_barrier_check_rejects_planted_barriers(version):
             assert found == [], f"{name}: {found}"
         else:
             assert any(reason in v for v in found), f"{name}: expected '{reason}', the check found {found}"
+
+
+def test_side_install_is_keyed_by_python_and_platform(tmp_path, monkeypatch):
+    """A side install made by another Python (another ABI) is not picked up: its directory differs."""
+    monkeypatch.setenv("FUSEDRNN_TRITON_SIDE_DIR", str(tmp_path))
+    other = tmp_path / f"triton-{TRITON_VERSIONS[1]}-cpython-399-linux-x86_64" / "triton"
+    other.mkdir(parents=True)
+    (other / "__init__.py").write_text(f'__version__ = "{TRITON_VERSIONS[1]}"\n')
+    calls = []
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: calls.append(a) or subprocess.CompletedProcess(a, 1, "", "offline"))
+    path, why = side_triton_dir(TRITON_VERSIONS[1])
+    assert path is None and calls, "the other Python's install was used"
+    mine = tmp_path / f"triton-{TRITON_VERSIONS[1]}-{sys.implementation.cache_tag}{sys.abiflags}-{sysconfig.get_platform()}"
+    (mine / "triton").mkdir(parents=True)
+    (mine / "triton" / "__init__.py").write_text(f'__version__ = "{TRITON_VERSIONS[1]}"\n')
+    assert side_triton_dir(TRITON_VERSIONS[1]) == (mine, "")
 
 
 def test_configs_cover_every_plan_path():
@@ -566,8 +588,8 @@ if __name__ == "__main__":
         _worker(sys.argv[i + 1], int(sys.argv[i + 2]))
     else:
         d = None
-        if "--triton36" in sys.argv:
-            d, why = triton36_dir()
+        if "--triton" in sys.argv:  # --triton 3.6.0: compile with a side install of that version
+            d, why = side_triton_dir(sys.argv[sys.argv.index("--triton") + 1])
             if d is None:
                 sys.exit(why)
         print(format_rows(run_compiles("shipped", d)))
