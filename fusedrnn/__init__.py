@@ -5,10 +5,8 @@
     model = fusedrnn.convert(model)                              # or swap every GRU/LSTM in a model
 """
 
-from . import _ext, functional
+from . import functional
 from .modules import GRU, LSTM, convert
 from .version import __version__
-
-_ext.warn_if_mismatched()
 
 __all__ = ["GRU", "LSTM", "convert", "functional", "__version__"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import importlib.util
 import warnings
 
 import torch
@@ -26,7 +25,9 @@ def check_build_info(info: dict) -> None:
 
 @functools.lru_cache(maxsize=None)
 def load():
-    """Return the fusedrnn._C module, or raise ExtensionError saying why it is unusable."""
+    """Return the fusedrnn._C module, or raise ExtensionError saying why it is unusable. Called on
+    first use of the cuda backend, never at ``import fusedrnn``; a built extension that does not
+    match the running torch gets one clear warning then."""
     try:
         from . import _C
     except ImportError as e:
@@ -35,8 +36,17 @@ def load():
             "reinstall with a CUDA toolkit present: pip install --no-build-isolation -e . "
             "(see python -m fusedrnn.info)"
         ) from e
-    check_build_info(_C.build_info())
+    try:
+        check_build_info(_C.build_info())
+    except ExtensionError as e:
+        if not _mismatch_warned:
+            _mismatch_warned.append(str(e))
+            warnings.warn(f"fusedrnn: the cuda backend is disabled: {e}", RuntimeWarning, stacklevel=2)
+        raise
     return _C
+
+
+_mismatch_warned: list[str] = []  # the mismatch is warned about once per process
 
 
 def build_info() -> dict | str:
@@ -45,14 +55,3 @@ def build_info() -> dict | str:
         return dict(load().build_info())
     except ExtensionError as e:
         return str(e)
-
-
-def warn_if_mismatched() -> None:
-    """At import: a built extension that does not match the running torch gets one clear warning.
-    (Not built at all is not worth a warning: the Triton and torch backends still work.)"""
-    if importlib.util.find_spec("fusedrnn._C") is None:
-        return
-    try:
-        load()
-    except ExtensionError as e:
-        warnings.warn(f"fusedrnn: the cuda backend is disabled: {e}", RuntimeWarning, stacklevel=3)

@@ -33,7 +33,7 @@ import torch
 
 from . import evidence
 from ._precision import cuda_matmul_allows_tf32
-from .backends import FUSED, NAMES, Backend, CallSpec, get
+from .backends import FUSED, NAMES, Backend, CallSpec, get, timing
 
 __all__ = ["CHOICES", "CallSpec", "StackPlan", "choose", "plan", "plan_module", "check_backend_name", "default_backend",
            "explain", "clear_caches"]
@@ -47,6 +47,10 @@ _logged: set = set()
 _warned: set = set()
 _autotuned: dict = {}
 _SPEC_FIELDS = tuple(f.name for f in dataclasses.fields(CallSpec))
+# Every backend, held from dispatch's import on: a call (which torch.compile may be tracing) looks
+# its backend up in this dict and never imports anything. The backend modules import cheaply: the
+# Triton kernels and the CUDA extension load on first use, inside the backends.
+BACKENDS: dict[str, Backend] = {name: get(name) for name in NAMES}
 
 
 def env_backend() -> str | None:
@@ -130,53 +134,12 @@ def _table_choice(spec: CallSpec, candidates: list[str]) -> tuple[str, str]:
     return best, f"{family} dispatch table: " + ", ".join(f"{n} {t:.3f} ms" for n, t in sorted(times.items()))
 
 
-def time_candidate(name: str, spec: CallSpec) -> float:
-    """Milliseconds for one call of ``spec`` on backend ``name``, on random inputs of its shape
-    (forward, and backward when the call will need one), median of a few runs after a warm-up."""
-    from . import functional
-
-    dev, dt = spec.device, spec.dtype
-    g = 4 if spec.cell == "lstm" else 3
-    rnd = functools.partial(torch.randn, device=dev, dtype=dt)
-    x = rnd(spec.T, spec.B, spec.I, requires_grad=spec.needs_grad)
-    weights = [rnd(g * spec.H, spec.I) / spec.H**0.5, rnd(g * spec.H, spec.P) / spec.H**0.5, rnd(g * spec.H), rnd(g * spec.H)]
-    kw = dict(residual=rnd(spec.T, spec.B, spec.P) if spec.has_residual else None, reverse=spec.reverse, backend=name,
-              lengths=torch.full((spec.B,), spec.T, dtype=torch.int64) if spec.has_lengths else None)
-    h0 = rnd(spec.B, spec.P)
-    if spec.cell == "gru":
-        def call():
-            return functional.gru(x, h0, *weights, **kw)
-    else:
-        c0 = rnd(spec.B, spec.H)
-        w_hr = rnd(spec.P, spec.H) if spec.has_proj else None
-
-        def call():
-            return functional.lstm(x, h0, c0, *weights, w_hr, **kw)
-
-    def once():
-        with torch.set_grad_enabled(spec.needs_grad):
-            y = call()[0]
-            if spec.needs_grad:
-                y.sum().backward()
-
-    once()
-    times = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        once()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return sorted(times)[len(times) // 2]
-
-
 def _autotune(spec: CallSpec, candidates: list[str]) -> tuple[str, str]:
     if spec not in _autotuned:
         times = {}
         for name in candidates:
             try:
-                times[name] = time_candidate(name, spec)
+                times[name] = timing.time_call(name, spec)
             except Exception as e:  # noqa: BLE001 - a candidate that fails is not chosen
                 logger.debug("fusedrnn: autotune: %s failed on %s (%s: %s)", name, spec, type(e).__name__, e)
         best = min(times, key=times.get) if times else "torch"
@@ -200,7 +163,7 @@ def explain(spec: CallSpec) -> list[tuple[str, list[str]]]:
     """For ``auto``: each backend with the reasons it cannot serve ``spec`` (gate included)."""
     out = []
     for name in NAMES:
-        reasons = get(name).reasons(spec, forced=False)
+        reasons = BACKENDS[name].reasons(spec, forced=False)
         if not reasons and name in FUSED:
             reasons = gate_reasons(name, spec)
         out.append((name, reasons))
@@ -213,7 +176,7 @@ def _decide(backend: str, spec: CallSpec, benchmark: bool, tf32: bool) -> str:
     Cached: the answer depends only on the arguments (``benchmark`` and ``tf32`` are there to key
     the cache on the switches that change it) and on the records, which only tests change."""
     if backend != "auto":
-        reasons = get(backend).reasons(spec, forced=True)
+        reasons = BACKENDS[backend].reasons(spec, forced=True)
         if reasons:
             return f"fusedrnn backend {backend!r} cannot run this {spec.cell.upper()} call: " + "; ".join(reasons)
         return backend
@@ -240,10 +203,23 @@ def _switches(spec: CallSpec) -> tuple[bool, bool]:
     return bool(torch.backends.cudnn.benchmark), cuda_matmul_allows_tf32()
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without its cost: that decorator imports
+    torch._dynamo (over a second) only to set this mark, which Dynamo reads when it meets ``fn``.
+    tests/test_torch_compile.py checks that the decorator still sets exactly this mark, so a torch
+    that changes it fails there, not silently here."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def _decide_traced(backend: str, *fields) -> str:
     # Plain-value arguments and a str result, so torch.compile runs this once at trace time and
-    # bakes the answer in (it imports optional modules and reads files: not traceable).
+    # bakes the answer in (it reads files and may load a backend's kernels: not traceable).
+    # Here, not in the traced caller: Dynamo folds a traced torch.compiler.is_exporting() to True
+    # under plain torch.compile too (torch 2.11); called from here it reads the real flag.
+    if _exporting():
+        return "torch"
     spec = CallSpec(*fields)
     return _decide(backend, spec, *_switches(spec))
 
@@ -260,14 +236,14 @@ def _exporting() -> bool:
 
 
 def _resolve(backend: str, spec: CallSpec) -> str:
-    if _exporting():
-        # The exported graph should hold torch's RNN ops (as torch.nn exports), whatever runs eagerly.
-        return "torch"
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # torch.compile, or torch.export (which _decide_traced tells apart)
         # T, B and I vary between calls (automatic dynamic shapes makes them symbolic) and only the
         # measured table decides on them: blanked, so one graph serves every shape.
         spec = dataclasses.replace(spec, tracing=True, T=0, B=0, I=0)
         return _decide_traced(backend, *(getattr(spec, f) for f in _SPEC_FIELDS))
+    if _exporting():
+        # The exported graph should hold torch's RNN ops (as torch.nn exports), whatever runs eagerly.
+        return "torch"
     return _decide(backend, spec, *_switches(spec))
 
 
@@ -279,7 +255,7 @@ def _backend_for(backend: str, spec: CallSpec) -> Backend:
         raise ValueError(name)
     if name in FUSED and not torch.compiler.is_compiling():
         _warn_unvalidated(name, spec)
-    return get(name)
+    return BACKENDS[name]
 
 
 def choose(backend: str, spec: CallSpec) -> Backend:

@@ -45,7 +45,7 @@ def fake_gpu(monkeypatch, tmp_path):
     """Every backend serves every call; the GPU is an sm_90; the records live in tmp_path; the
     installed kernels have the fingerprints 'cu-1' / 'tr-1'; Triton is 3.6."""
     fakes = {n: FakeBackend(n) for n in backends.NAMES}
-    monkeypatch.setattr(dispatch, "get", lambda name: fakes[name])
+    monkeypatch.setattr(dispatch, "BACKENDS", fakes)
     monkeypatch.setattr(evidence, "RECORDS_DIR", tmp_path)
     monkeypatch.setattr(evidence, "device_family", lambda device: "sm_90")
     monkeypatch.setattr(evidence, "kernel_fingerprint", lambda b: {"cuda": "cu-1", "triton": "tr-1"}[b])
@@ -193,7 +193,7 @@ def test_cudnn_benchmark_times_candidates_once_per_shape(fake_gpu, monkeypatch, 
         timed.append((name, s.B))
         return fake_ms[name]
 
-    monkeypatch.setattr(dispatch, "time_candidate", fake_time)
+    monkeypatch.setattr(dispatch.timing, "time_call", fake_time)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     with caplog.at_level(logging.DEBUG, logger="fusedrnn"):
         assert dispatch.choose("auto", spec(B=16)).name == "triton"
@@ -214,7 +214,7 @@ def test_cudnn_benchmark_skips_a_failing_candidate(fake_gpu, monkeypatch):
             raise RuntimeError("launch failed")
         return 1.0
 
-    monkeypatch.setattr(dispatch, "time_candidate", fake_time)
+    monkeypatch.setattr(dispatch.timing, "time_call", fake_time)
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
     assert dispatch.choose("auto", spec()).name == "torch"
 

@@ -60,3 +60,17 @@ def test_varying_sequence_and_batch_sizes_do_not_break_the_graph():
         x, h0 = torch.randn(T, B, 3), torch.zeros(B, 5)
         for a, b in zip(compiled(x, h0), f(x, h0)):
             torch.testing.assert_close(a, b)
+
+
+def test_dispatch_marks_its_decision_as_torch_does():
+    """dispatch marks its traced decision constant the way torch.compiler.assume_constant_result
+    does, without importing torch._dynamo at `import fusedrnn`: a torch that marks differently
+    fails here."""
+    from fusedrnn import dispatch
+
+    def decision():
+        return "torch"
+
+    torch.compiler.assume_constant_result(decision)
+    assert vars(decision) == {"_dynamo_marked_constant": True}
+    assert vars(dispatch._decide_traced) == {"_dynamo_marked_constant": True}

@@ -347,11 +347,11 @@ class CudaBackend(Backend):
         return unavailable()
 
     def reasons(self, spec, forced):
+        if spec.device.type != "cuda":  # decided without loading the extension
+            return [f"device={spec.device.type} (supported: cuda)"]
         reasons = self.unavailable()
         if reasons:
             return reasons
-        if spec.device.type != "cuda":
-            return [f"device={spec.device.type} (supported: cuda)"]
         return limits(spec, forced)
 
     def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):

@@ -11,18 +11,22 @@ switch allows it (read at each call, so a change of the switch takes effect at t
 
 ``gru``, ``lstm`` and ``limits`` are what fusedrnn.backends.TritonBackend calls; arguments arrive
 validated by fusedrnn.functional.
+
+Importing this module registers the ops and nothing more: Triton and the kernels (fusedrnn.kernels)
+are imported on first use (``_kernels``), so ``import fusedrnn`` never pays for Triton, and
+dispatch can hold every backend from its own import on (nothing is imported inside a call that
+torch.compile traces).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
 from torch import Tensor
 
 from fusedrnn._precision import cuda_matmul_allows_tf32
-from fusedrnn.kernels import rnn
-from fusedrnn.kernels.common import interpreter_on
 
 from . import FLOAT_DTYPES, Backend, dtype_reasons
 
@@ -32,6 +36,36 @@ PROJ_REASON = "proj_size>0 (w_hr) is not supported by the Triton kernels"
 
 
 MAX_H = 16384  # the packed W_hh (4 x HP x HP elements) is indexed with 32-bit offsets
+_kernels_module = None
+_import_error: str | None = None
+
+
+def _kernels():
+    """fusedrnn.kernels.rnn (imports Triton), imported on first use."""
+    global _kernels_module
+    if _kernels_module is None:
+        from fusedrnn.kernels import rnn
+
+        _kernels_module = rnn
+    return _kernels_module
+
+
+def unavailable() -> list[str]:
+    """Why the Triton kernels cannot run in this process at all (Triton missing or failing to import)."""
+    global _import_error
+    if _kernels_module is None and _import_error is None:
+        try:
+            _kernels()
+        except Exception as e:  # noqa: BLE001 - ImportError, or Triton failing to initialise
+            _import_error = f"fusedrnn.kernels cannot be imported ({type(e).__name__}: {e})"
+    return [] if _import_error is None else [_import_error]
+
+
+def interpreter_on() -> bool:
+    """Whether the kernels run in Triton's interpreter (fusedrnn.kernels.common.interpreter_on)."""
+    from fusedrnn.kernels.common import interpreter_on as kernels_interpreter_on
+
+    return kernels_interpreter_on()
 
 
 def limits(p) -> list[str]:
@@ -55,7 +89,7 @@ def _needs_save(*tensors) -> bool:
 def _saved_shapes(x: Tensor, H: int, save: bool, lstm: bool) -> list[Tensor]:
     """Fake (hseq, [cseq,] act) as the forward op returns them."""
     T, B, _ = x.shape
-    acc = rnn.acc_dtype_for(x.dtype)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # the kernels' accumulator
     if not save:
         return [x.new_empty(0, dtype=acc) for _ in range(3 if lstm else 2)]
     seq = [x.new_empty(T + 1, B, H, dtype=acc) for _ in range(2 if lstm else 1)]
@@ -88,7 +122,7 @@ def _gru_fwd(
     x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
     residual: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, save: bool, strategy: Optional[str],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    y, h_n, _, hseq, _, act = rnn.forward(
+    y, h_n, _, hseq, _, act = _kernels().forward(
         "gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save,
         allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy)
     return y, h_n, hseq, act
@@ -107,7 +141,7 @@ def _gru_bwd(
     lengths: Optional[Tensor], hseq: Tensor, act: Tensor, reverse: bool, needs: list[bool], strategy: Optional[str],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     need_x, need_h0, *rest = needs
-    grads = rnn.backward("gru", dy, dh_n, None, x, w_ih, w_hh, lengths, hseq, None, act, reverse,
+    grads = _kernels().backward("gru", dy, dh_n, None, x, w_ih, w_hh, lengths, hseq, None, act, reverse,
                          (need_x, need_h0, False, *rest), allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy)
     return _grads_out(grads, x, lstm=False)
 
@@ -162,7 +196,7 @@ def _lstm_fwd(
     b_hh: Optional[Tensor], residual: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, save: bool,
     strategy: Optional[str],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    return rnn.forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save,
+    return _kernels().forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save,
                        allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy)
 
 
@@ -179,7 +213,7 @@ def _lstm_bwd(
     w_hh: Tensor, lengths: Optional[Tensor], hseq: Tensor, cseq: Tensor, act: Tensor, reverse: bool,
     needs: list[bool], strategy: Optional[str],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
-    grads = rnn.backward("lstm", dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reverse, tuple(needs),
+    grads = _kernels().backward("lstm", dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reverse, tuple(needs),
                          allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy)
     return _grads_out(grads, x, lstm=True)
 
@@ -235,8 +269,17 @@ class TritonBackend(Backend):
     name = "triton"
     description = "fused Triton kernels: whole sequence per launch (CUDA; CPU only under TRITON_INTERPRET=1)"
 
+    def unavailable(self):
+        return unavailable()
+
     def reasons(self, spec, forced):
-        reasons = []
+        if spec.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") \
+                and _kernels_module is None:
+            # Decided without importing Triton: on the CPU the kernels run only under its interpreter.
+            return ["device=cpu: Triton kernels run on CUDA, or on CPU only under TRITON_INTERPRET=1"]
+        reasons = self.unavailable()
+        if reasons:
+            return reasons
         interpreted = interpreter_on()
         if spec.device.type == "cuda":
             if not interpreted:
