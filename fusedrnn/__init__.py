@@ -5,8 +5,17 @@
     model = fusedrnn.convert(model)                              # or swap every GRU/LSTM in a model
 """
 
+import torch as _torch
+
 from . import functional
 from .modules import GRU, LSTM, convert
 from .version import __version__
+
+# torch.load's weights-only default (torch >= 2.6) accepts only allowlisted classes. A fusedrnn
+# module pickles as its class plus torch.nn's state and its own extras (residual: bool or int,
+# _residual_layers: tuple of ints, backend: str), all of types that unpickler accepts, so
+# allowlisting the two classes makes a whole-model checkpoint load wherever the program
+# allowlists the torch.nn classes around them.
+_torch.serialization.add_safe_globals([GRU, LSTM])
 
 __all__ = ["GRU", "LSTM", "convert", "functional", "__version__"]

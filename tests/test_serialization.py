@@ -1,0 +1,133 @@
+"""Whole-model checkpoints (torch.save(model)) of fusedrnn modules load under torch.load's
+weights-only default wherever torch.nn's classes are allowlisted: `import fusedrnn` registers its
+classes, and everything a module pickles is of types the weights-only unpickler accepts."""
+
+import io
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import fusedrnn
+
+# Every option a module has; the backend is an execution choice pickled as its name.
+OPTIONS = [
+    (fusedrnn.LSTM, dict()),
+    (fusedrnn.GRU, dict()),
+    (fusedrnn.LSTM, dict(residual=True)),
+    (fusedrnn.GRU, dict(residual=1)),
+    (fusedrnn.LSTM, dict(proj_size=3)),
+    (fusedrnn.GRU, dict(bidirectional=True)),
+    (fusedrnn.LSTM, dict(bidirectional=True, proj_size=2, residual=True)),
+    (fusedrnn.GRU, dict(batch_first=True)),
+    (fusedrnn.LSTM, dict(bias=False, batch_first=True)),
+    (fusedrnn.GRU, dict(bias=False, residual=True)),
+    (fusedrnn.LSTM, dict(dropout=0.5)),
+] + [(cls, dict(backend=b)) for cls in (fusedrnn.GRU, fusedrnn.LSTM) for b in fusedrnn.dispatch.CHOICES]
+
+RUNS_ON_CPU = ("auto", "torch", "reference")
+
+
+class Model(nn.Module):
+    """A word_language_model-like wrapper: torch.nn modules around the recurrent one."""
+
+    def __init__(self, cls, kwargs):
+        super().__init__()
+        self.rnn = cls(4, 4, num_layers=2, **kwargs)
+        width = (2 if self.rnn.bidirectional else 1) * (self.rnn.proj_size or self.rnn.hidden_size)
+        self.head = nn.Sequential(nn.Dropout(0.0), nn.Linear(width, 3))
+
+    def forward(self, x):
+        return self.head(self.rnn(x)[0])
+
+
+def _torch_nn_classes():
+    """What a program without fusedrnn would allowlist for this model: torch.nn's classes only."""
+    return [Model, nn.Sequential, nn.Dropout, nn.Linear, nn.GRU, nn.LSTM]
+
+
+def _reload(model, **load_kwargs):
+    buf = io.BytesIO()
+    torch.save(model, buf)
+    buf.seek(0)
+    with torch.serialization.safe_globals(_torch_nn_classes()):
+        return torch.load(buf, **load_kwargs)  # weights_only: torch's default
+
+
+@pytest.mark.parametrize("cls,kwargs", OPTIONS, ids=[f"{c.__name__}-{k}" for c, k in OPTIONS])
+def test_whole_model_checkpoint_loads_weights_only(cls, kwargs):
+    torch.manual_seed(0)
+    model = Model(cls, kwargs).double().eval()
+    loaded = _reload(model)
+    assert type(loaded) is Model and type(loaded.rnn) is cls
+    for name in ("residual", "_residual_layers", "backend", "bidirectional", "batch_first", "bias",
+                 "proj_size", "num_layers", "dropout", "hidden_size", "input_size"):
+        assert getattr(loaded.rnn, name) == getattr(model.rnn, name), name
+    assert loaded.rnn.extra_repr() == model.rnn.extra_repr()
+    sd, sd2 = model.state_dict(), loaded.state_dict()
+    assert list(sd) == list(sd2)
+    for k in sd:
+        assert torch.equal(sd[k], sd2[k]), k
+    if model.rnn.backend in RUNS_ON_CPU:
+        x = torch.randn(2, 5, 4, dtype=torch.float64) if model.rnn.batch_first else torch.randn(5, 2, 4, dtype=torch.float64)
+        assert torch.equal(loaded(x), model(x))
+
+
+def test_checkpoint_of_a_module_that_ran_holds_no_caches():
+    """A forward caches its plan on the module; the pickle leaves it out (it holds a dispatch
+    object the weights-only unpickler would refuse, and is this process's decision)."""
+    model = Model(fusedrnn.LSTM, dict(residual=True)).eval()
+    x = torch.randn(5, 2, 4)
+    want = model(x)
+    assert "_last_plan" in model.rnn.__dict__
+    loaded = _reload(model)
+    assert "_last_plan" not in loaded.rnn.__dict__
+    torch.testing.assert_close(loaded(x), want, rtol=0, atol=0)
+
+
+def test_checkpoint_from_another_process_loads_after_import_fusedrnn(tmp_path):
+    """word_language_model's flow: one process saves the whole model, a fresh one that imports
+    fusedrnn (and allowlists only torch.nn's classes) loads it with a plain torch.load(f)."""
+    path = tmp_path / "model.pt"
+    save = f"""
+        import torch, fusedrnn
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(fusedrnn.GRU(4, 4, 2, residual=True, bidirectional=False),)
+        torch.save(model, {str(path)!r})
+        torch.save(model(torch.ones(3, 1, 4))[0], {str(path) + ".out"!r})
+    """
+    load = f"""
+        import torch, fusedrnn
+        with torch.serialization.safe_globals([torch.nn.Sequential, torch.nn.GRU]):
+            model = torch.load({str(path)!r})
+        out = torch.load({str(path) + ".out"!r})
+        assert type(model[0]) is fusedrnn.GRU and model[0].residual is True, model
+        assert torch.equal(model[0](torch.ones(3, 1, 4))[0], out)
+        print("ok")
+    """
+    for code in (save, load):
+        r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
+def test_without_import_fusedrnn_the_load_fails_with_torchs_message(tmp_path):
+    """The registration is what makes it load: a process that never imports fusedrnn gets torch's
+    weights-only error naming the class (and the fix torch suggests)."""
+    path = tmp_path / "model.pt"
+    torch.save(nn.Sequential(fusedrnn.LSTM(2, 2)), path)
+    code = f"""
+        import sys, torch
+        try:
+            with torch.serialization.safe_globals([torch.nn.Sequential, torch.nn.LSTM]):
+                torch.load({str(path)!r})
+        except Exception as e:
+            print(type(e).__name__, "fusedrnn.modules.LSTM" in str(e))
+        print("fusedrnn" in sys.modules)
+    """
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["UnpicklingError", "True", "False"]
