@@ -3,12 +3,13 @@
     import fusedrnn
     rnn = fusedrnn.LSTM(256, 256, num_layers=4, residual=True)   # was torch.nn.LSTM(...)
     model = fusedrnn.convert(model)                              # or swap every GRU/LSTM in a model
+    model = fusedrnn.unconvert(model)                            # and back to torch.nn's classes
 """
 
 import torch as _torch
 
 from . import functional
-from .modules import GRU, LSTM, convert
+from .modules import GRU, LSTM, convert, unconvert
 from .version import __version__
 
 # torch.load's weights-only default (torch >= 2.6) accepts only allowlisted classes. A fusedrnn
@@ -18,4 +19,4 @@ from .version import __version__
 # allowlists the torch.nn classes around them.
 _torch.serialization.add_safe_globals([GRU, LSTM])
 
-__all__ = ["GRU", "LSTM", "convert", "functional", "__version__"]
+__all__ = ["GRU", "LSTM", "convert", "unconvert", "functional", "__version__"]

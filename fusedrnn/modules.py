@@ -29,7 +29,7 @@ from . import dispatch
 from .backends import native
 from .dispatch import check_backend_name
 
-__all__ = ["GRU", "LSTM", "convert"]
+__all__ = ["GRU", "LSTM", "convert", "unconvert"]
 
 
 def _residual_layers(residual, num_layers: int, layer_widths: list[tuple[int, int]]) -> tuple[int, ...]:
@@ -494,28 +494,104 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
         return output, self.permute_hidden(hidden, unsorted_indices)
 
 _TWINS = {torch.nn.GRU: GRU, torch.nn.LSTM: LSTM}
+_TORCH_OF = {GRU: torch.nn.GRU, LSTM: torch.nn.LSTM}
+# What fusedrnn's modules keep on top of torch.nn's state (options and per-process caches).
+_EXTRAS = ("residual", "_residual_layers", "backend", "_last_plan", "_flat_weight_shapes")
 
 
-def convert(model: torch.nn.Module) -> torch.nn.Module:
+def _path(name: str) -> str:
+    return repr(name) if name else "the model itself"
+
+
+def _left_alone(module: torch.nn.Module) -> str | None:
+    """Why convert leaves this recurrent torch module as it is, or None (not recurrent, or converted)."""
+    from torch.nn.utils import parametrize
+
+    if type(module) in _TWINS or isinstance(module, (GRU, LSTM)):
+        return None  # converted; or already fusedrnn's, and converting again changes nothing
+    if isinstance(module, (torch.nn.GRU, torch.nn.LSTM)):
+        if parametrize.is_parametrized(module):
+            return (f"a parametrized torch.nn.{module._get_name().removeprefix('Parametrized')} "
+                    "(converting would drop its parametrizations)")
+        return (f"a subclass of torch.nn.{'GRU' if isinstance(module, torch.nn.GRU) else 'LSTM'} "
+                "(its own forward would be replaced)")
+    if isinstance(module, torch.nn.RNN):
+        return "fusedrnn has no tanh/ReLU RNN yet (nn.RNN runs on torch as before)"
+    if isinstance(module, torch.nn.RNNBase):
+        return "a recurrent module fusedrnn has no twin for"
+    if isinstance(module, torch.nn.RNNCellBase):
+        return "a single-step cell (fusedrnn converts whole-sequence GRU/LSTM modules)"
+    return None
+
+
+def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
     """Turn every torch.nn.GRU / torch.nn.LSTM in ``model`` (or ``model`` itself) into its fusedrnn
     twin, in place, and return the model.
 
     The module object stays the same and only its class changes, so everything it holds is kept:
     the Parameter objects (optimizers holding them keep working), device, dtype, training mode,
     hooks, extra attributes, weight_norm, and sharing (a module used twice stays one module). No
-    random numbers are drawn. Subclasses of torch's modules (their own forward) and modules under
-    torch.nn.utils.parametrize are left as they are, with a warning: converting them would change
-    what they compute or drop their parametrizations.
+    random numbers are drawn. Modules already converted are left as they are, so converting twice
+    changes nothing and says nothing.
+
+    Every other recurrent torch module is left as it is, with a warning naming its path in the
+    model and why: torch.nn.RNN (no fusedrnn twin yet), single-step cells, subclasses of torch's
+    GRU/LSTM (their own forward) and parametrized modules (torch.nn.utils.parametrize; converting
+    would drop the parametrizations). With ``strict=True`` those raise one ValueError naming them
+    all instead, and nothing is converted.
     """
+    left = [(f"{_path(name)} ({type(module).__name__})", why) for name, module in model.named_modules()
+            if (why := _left_alone(module)) is not None]
+    if left and strict:
+        raise ValueError("fusedrnn.convert(strict=True): cannot convert "
+                         + "; ".join(f"{n}: {why}" for n, why in left))
     for module in list(model.modules()):
         cls = type(module)
         if cls in _TWINS:
             module.__class__ = _TWINS[cls]
             module._init_extras(False, "auto")
-        elif isinstance(module, (torch.nn.GRU, torch.nn.LSTM)) and not isinstance(module, (GRU, LSTM)):
-            warnings.warn(
-                f"fusedrnn.convert: left {cls.__name__} unconverted (a subclass or parametrized "
-                "module: converting would change its forward or drop its parametrizations)",
-                stacklevel=2,
-            )
+    for name, why in left:
+        warnings.warn(f"fusedrnn.convert: left {name} unconverted: {why}", stacklevel=2)
+    return model
+
+
+def unconvert(model: torch.nn.Module) -> torch.nn.Module:
+    """The inverse of convert: turn every fusedrnn.GRU / fusedrnn.LSTM in ``model`` (or ``model``
+    itself) back into exactly torch.nn.GRU / torch.nn.LSTM, in place, and return the model.
+
+    The module objects and their Parameter objects stay the same (optimizers keep working); the
+    outputs are torch.nn's, which are fusedrnn's own bit for bit wherever fusedrnn runs torch's op
+    (the CPU default). ``backend`` is dropped: it chooses where the same function runs, not what it
+    computes. The result pickles and exports as plain torch.nn, so checkpoints load without
+    fusedrnn installed; ``convert`` turns it back.
+
+    Options torch.nn cannot express (a residual add on some layer) raise a ValueError naming
+    each such module's path in the model and the option; every module is checked before any is
+    changed, so on an error nothing is. Subclasses of fusedrnn's modules (their own code) and
+    parametrized ones raise as well.
+    """
+    from torch.nn.utils import parametrize
+
+    swaps, problems = [], []
+    for name, module in model.named_modules():
+        if not isinstance(module, (GRU, LSTM)):
+            continue
+        cls = type(module)
+        if cls not in _TORCH_OF:
+            why = ("parametrized (remove the parametrization first: torch.nn.utils.parametrize."
+                   "remove_parametrizations)" if parametrize.is_parametrized(module)
+                   else f"a subclass {cls.__qualname__} of fusedrnn.{module._cell.upper()} (its own code "
+                   "would be dropped)")
+            problems.append(f"{_path(name)} is {why}")
+        elif module._residual_layers:
+            problems.append(f"{_path(name)} has residual={module.residual!r} (residual adds on layers "
+                            f"{list(module._residual_layers)}), which torch.nn.{cls.__name__} cannot express")
+        else:
+            swaps.append(module)
+    if problems:
+        raise ValueError("fusedrnn.unconvert: nothing was changed: " + "; ".join(problems))
+    for module in swaps:
+        module.__class__ = _TORCH_OF[type(module)]
+        for key in _EXTRAS:
+            module.__dict__.pop(key, None)
     return model
