@@ -7,6 +7,7 @@
     python -m fusedrnn.bench --list                # the cases and providers
     python -m fusedrnn.bench --model               # the per-step latency model (no GPU needed)
     python -m fusedrnn.bench --write-dispatch      # GPU: measure and write the dispatch table
+    python -m fusedrnn.bench --import-cost         # what `import fusedrnn` adds to `import torch`
 
 Without a GPU the Triton kernels can only run under the Triton interpreter, which must be switched
 on before triton is imported. ``python -m fusedrnn.bench`` imports the fusedrnn package first, and
@@ -77,6 +78,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                          "(bench/dispatch_sweep.py); --budget-s bounds it, --dtypes picks the dtypes")
     ap.add_argument("--model", action="store_true",
                     help="print the per-step latency model (a MODEL, not a measurement) and exit; no GPU needed")
+    ap.add_argument("--import-cost", action="store_true",
+                    help="print `import torch` against `import torch, fusedrnn` (median of 10 fresh processes each; "
+                         "bench/import_cost.py) and exit")
     return ap.parse_args(argv)
 
 
@@ -157,6 +161,11 @@ def main(argv=None) -> int:
         return 0
     if args.model:
         return print_model(args)
+    if args.import_cost:
+        from . import import_cost
+
+        print(import_cost.format_figure(import_cost.measure()))
+        return 0
     if args.write_dispatch:
         if not torch.cuda.is_available():
             print("--write-dispatch measures on a GPU; no CUDA device is visible")

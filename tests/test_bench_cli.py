@@ -121,3 +121,16 @@ def test_model_table_takes_measured_rows():
     triton = next(r for r in rows if r["provider"] == "fusedrnn-triton")
     assert triton["measured_fwd_ms"] is None
     assert "meas fwd" in perf_model.format_table(rows)
+
+
+def test_import_cost_figure():
+    """`python -m fusedrnn.bench --import-cost` reports the figure (fresh processes; no time is
+    asserted: the figure is for reading, sys.modules is what tests/test_import_cost.py asserts)."""
+    from fusedrnn.bench import import_cost
+    from fusedrnn.bench.__main__ import parse_args
+
+    assert parse_args(["--import-cost"]).import_cost
+    r = import_cost.measure(n=1)
+    assert r["n"] == 1 and 0 < r["import torch"] and 0 < r["import fusedrnn after torch"] < r["import torch, fusedrnn"]
+    text = import_cost.format_figure(r)
+    assert "median of 1 fresh processes" in text and "import torch, fusedrnn" in text and "(difference " in text
