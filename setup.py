@@ -1,10 +1,13 @@
 """Build and install fusedrnn.
 
-    pip install --no-build-isolation .
+    pip install --no-build-isolation .   # torch importable: fusedrnn._C is built ahead of time
+    pip install .                        # pip's build isolation (an index, an sdist): no torch here,
+                                         # so no prebuilt extension; the cuda backend JIT-compiles
+                                         # it on first use (fusedrnn/_ext.py)
 
-torch must already be importable (the CUDA extension is built against the installed torch).
-The extension ``fusedrnn._C`` is built from csrc/ with torch's cpp_extension and ninja whenever a
-CUDA toolkit and a CUDA build of torch are present, also with no GPU visible.
+With torch importable, the extension ``fusedrnn._C`` is built from csrc/ with torch's cpp_extension
+and ninja whenever a CUDA toolkit and a CUDA build of torch are present, also with no GPU visible.
+Either way the CUDA sources are installed as fusedrnn/csrc/ for the JIT build.
 
 Environment switches:
   FUSEDRNN_SKIP_CUDA_BUILD=1   install without the CUDA extension
@@ -12,15 +15,26 @@ Environment switches:
   MAX_JOBS                     parallel compile jobs (default: from cores and memory)
 """
 
-import glob
-import hashlib
+import importlib.util
 import os
 import sys
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCH_LIST = "8.0;9.0"
+
+
+def _load_build_module():
+    # fusedrnn/_build.py by its path: importing the fusedrnn package would import torch.
+    spec = importlib.util.spec_from_file_location("_fusedrnn_build", os.path.join(ROOT, "fusedrnn", "_build.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_build = _load_build_module()
+DEFAULT_ARCH_LIST = _build.DEFAULT_ARCH_LIST
+source_hash = _build.source_hash
 
 
 def _say(msg: str) -> None:
@@ -35,27 +49,6 @@ def _default_max_jobs() -> str:
     except (ValueError, OSError):
         mem_gb = 4.0
     return str(max(1, min(cores, int(mem_gb // 2.5))))
-
-
-def _find_cuda_home() -> None:
-    # torch guesses CUDA_HOME from the nvcc on PATH; a wrapper such as /usr/local/bin/nvcc makes it
-    # guess /usr/local, which has no CUDA libraries. Prefer the toolkit's own directory.
-    if os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH"):
-        return
-    for candidate in ("/usr/local/cuda",):
-        if os.path.exists(os.path.join(candidate, "bin", "nvcc")):
-            os.environ["CUDA_HOME"] = candidate
-            return
-
-
-def source_hash(paths) -> str:
-    """The kernel fingerprint of csrc/ (fusedrnn.evidence: GPU validation vouches for one fingerprint)."""
-    h = hashlib.sha256()
-    for p in sorted(paths, key=os.path.basename):
-        h.update(os.path.basename(p).encode())
-        with open(p, "rb") as f:
-            h.update(f.read())
-    return h.hexdigest()[:16]
 
 
 def _nvcc_version(cuda_home: str) -> str | None:
@@ -76,13 +69,14 @@ def cuda_extensions():
     if os.environ.get("FUSEDRNN_SKIP_CUDA_BUILD", "0") == "1":
         _say("FUSEDRNN_SKIP_CUDA_BUILD=1: installing without the CUDA extension")
         return [], {}
-    _find_cuda_home()
+    _build.find_cuda_home()
     try:
         import torch
         from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CUDAExtension
     except ImportError:
-        _say("torch is not importable; install torch first and use `pip install --no-build-isolation .`")
-        raise
+        _say("torch is not importable here (pip's build isolation): installing without a prebuilt CUDA extension; "
+             "the cuda backend compiles it on first use (for one ahead of time: pip install --no-build-isolation .)")
+        return [], {}
     has_nvcc = CUDA_HOME is not None and os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc"))
     if torch.version.cuda is None or not has_nvcc:
         why = "torch is a CPU build" if torch.version.cuda is None else "no CUDA toolkit found (CUDA_HOME/nvcc)"
@@ -98,22 +92,11 @@ def cuda_extensions():
         )
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCH_LIST)
     os.environ.setdefault("MAX_JOBS", _default_max_jobs())
-    sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/*.cu"))
-    build_defines = [
-        f'-DFUSEDRNN_TORCH_VERSION="{torch.__version__}"',
-        f'-DFUSEDRNN_CUDA_VERSION="{torch.version.cuda}"',
-        f'-DFUSEDRNN_ARCH_LIST="{os.environ["TORCH_CUDA_ARCH_LIST"]}"',
-        f'-DFUSEDRNN_SOURCE_HASH="{source_hash(sources + glob.glob("csrc/*.h") + glob.glob("csrc/*.cuh"))}"',
-    ]
-    nvcc_flags = [
-        "-O3",
-        "-lineinfo",
-        "--expt-relaxed-constexpr",
-        "-Xptxas=-v",  # register / shared-memory / spill report, read by CI
-        "-U__CUDA_NO_HALF_OPERATORS__",
-        "-U__CUDA_NO_HALF_CONVERSIONS__",
-        "-U__CUDA_NO_BFLOAT16_CONVERSIONS__",
-    ]
+    csrc = os.path.join(ROOT, "csrc")
+    sources = [os.path.relpath(p, ROOT) for p in _build.sources(csrc)]
+    build_defines = _build.defines(torch.__version__, torch.version.cuda, os.environ["TORCH_CUDA_ARCH_LIST"],
+                                   source_hash(_build.fingerprint_files(csrc)))
+    nvcc_flags = list(_build.NVCC_FLAGS)
     _say(
         f"building fusedrnn._C for arch {os.environ['TORCH_CUDA_ARCH_LIST']} with CUDA {torch.version.cuda} "
         f"(MAX_JOBS={os.environ['MAX_JOBS']})"
@@ -123,7 +106,7 @@ def cuda_extensions():
         name="fusedrnn._C",
         sources=sources,
         include_dirs=[os.path.join(ROOT, "csrc")],
-        extra_compile_args={"cxx": ["-O3"] + build_defines, "nvcc": nvcc_flags + build_defines},
+        extra_compile_args={"cxx": _build.CXX_FLAGS + build_defines, "nvcc": nvcc_flags + build_defines},
     )
     return [ext], {"build_ext": BuildExtension.with_options(use_ninja=True)}
 
@@ -131,9 +114,11 @@ def cuda_extensions():
 ext_modules, cmdclass = cuda_extensions()
 
 setup(
-    packages=["fusedrnn", "fusedrnn.backends", "fusedrnn.kernels", "fusedrnn.bench"],
-    package_dir={"fusedrnn": "fusedrnn", "fusedrnn.kernels": "kernels", "fusedrnn.bench": "bench"},
-    package_data={"fusedrnn": ["gpu_records/*.json"]},
+    packages=["fusedrnn", "fusedrnn.backends", "fusedrnn.kernels", "fusedrnn.bench", "fusedrnn.csrc"],
+    package_dir={"fusedrnn": "fusedrnn", "fusedrnn.kernels": "kernels", "fusedrnn.bench": "bench",
+                 "fusedrnn.csrc": "csrc"},
+    # csrc/ ships as data (fusedrnn/csrc/) for the JIT build of installs whose build had no torch.
+    package_data={"fusedrnn": ["gpu_records/*.json"], "fusedrnn.csrc": ["*.cpp", "*.cu", "*.h", "*.cuh"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -65,7 +65,7 @@ def report() -> str:
     else:
         lines.append("no CUDA device visible")
         device = torch.device("cpu")
-    lines.append(f"extension fusedrnn._C: {_ext.build_info()}")
+    lines.append(f"CUDA extension: {_ext.status()}")
     lines += _records_lines(family)
     lines.append(f"default backend: {dispatch.default_backend()} (FUSEDRNN_BACKEND)")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -83,9 +83,22 @@ def report() -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m fusedrnn.info", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--build", action="store_true",
+                    help="compile the CUDA extension now if this install has none prebuilt (JIT, cached), then report")
+    args = ap.parse_args(argv)
+    if args.build:
+        try:
+            _ext.load(build=True)
+        except _ext.ExtensionError as e:
+            print(f"fusedrnn: no CUDA extension: {e}")
+            return 1
     print(report())
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -27,6 +27,7 @@ from .._precision import cuda_matmul_allows_tf32
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import _ext as _extension
 from .._ext import ExtensionError, load
 from . import Backend
 
@@ -349,6 +350,11 @@ class CudaBackend(Backend):
     def reasons(self, spec, forced):
         if spec.device.type != "cuda":  # decided without loading the extension
             return [f"device={spec.device.type} (supported: cuda)"]
+        if not forced and _extension.needs_jit_build():
+            # Installed without a prebuilt extension: a forced use compiles it; `auto` never starts
+            # a build of minutes inside a forward (a cached build is loaded and considered).
+            return ["the CUDA extension is not built yet: it is JIT-compiled on first use of backend='cuda' "
+                    "(or python -m fusedrnn.info --build)"]
         reasons = self.unavailable()
         if reasons:
             return reasons
