@@ -3,27 +3,37 @@ nor the CUDA extension (they load on first use). Checked in a fresh process by w
 holds, which is stable; the time itself is a figure the bench prints (python -m fusedrnn.bench
 --import-cost), not something a test asserts."""
 
+import os
 import subprocess
 import sys
 import textwrap
 
+import pytest
+
 HEAVY = ("torch._dynamo", "triton", "fusedrnn._C", "fusedrnn.kernels")
 
 
-def _fresh(code: str) -> str:
-    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300)
+def _fresh(code: str, interpreter: bool = False) -> str:
+    """Run code in a fresh process started as a user's is (no TRITON_INTERPRET, which this suite
+    sets for itself), or, with ``interpreter``, as a test worker's."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if interpreter:
+        env["TRITON_INTERPRET"] = "1"
+    r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=300,
+                       env=env)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
 
-def test_import_fusedrnn_loads_no_dynamo_triton_or_extension():
+@pytest.mark.parametrize("interpreter", [False, True], ids=["user", "TRITON_INTERPRET=1"])
+def test_import_fusedrnn_loads_no_dynamo_triton_or_extension(interpreter):
     out = _fresh(f"""
         import sys
         import torch
         before = {{m for m in {HEAVY!r} if m in sys.modules}}
         import fusedrnn
         print(sorted(before), sorted(m for m in {HEAVY!r} if m in sys.modules))
-    """)
+    """, interpreter)
     assert out == "[] []", f"(before, after `import fusedrnn`): {out}"
 
 
