@@ -476,22 +476,31 @@ class Machine:
             else:
                 self.set(ops[0], a * b + c)
         elif base in ("IADD3", "UIADD3"):
-            if ".X" in op:
-                return False
             srcs = [o for o in ops[1:] if not _PRED.match(o.strip())]
+            outs = [o for o in ops[1:3] if _PRED.match(o.strip())]  # carry-out predicates
             vals = [V(o) for o in srcs]
-            self.clobber(insn)  # carry predicates
-            self.set(ops[0], None if None in vals else sum(vals))
+            if ".X" in op:  # carry-ins: the trailing predicates
+                vals += [self.pred(o) for o in ops[1 + len(outs) + len(srcs):]]
+            total = None if None in vals else sum(int(v) for v in vals)
+            self.set(ops[0], total)
+            for k, o in enumerate(outs):  # the first carry out: bit 32 (of a + b + c, 2 at most with 3 terms)
+                self.set(o, None if total is None else (total >> 32) >> k & 1)
         elif base == "VIADD":
             a, b = V(ops[1]), V(ops[2])
             self.set(ops[0], None if None in (a, b) else a + b)
         elif base in ("LEA", "ULEA"):
-            if ".HI" in op:
-                return False
-            srcs = [o for o in ops[1:] if not _PRED.match(o.strip())]
-            a, b, s = V(srcs[0]), V(srcs[1]), V(srcs[2])
-            self.clobber(insn)
-            self.set(ops[0], None if None in (a, b, s) else (a << s) + b)
+            outs = [o for o in ops[1:2] if _PRED.match(o.strip())]
+            srcs = [o for o in ops[1 + len(outs):] if not _PRED.match(o.strip())]
+            if ".HI" in op:  # LEA.HI[.X] d, a, b, c, s[, carry]: d = high word of (c:a) << s, + b (+ carry)
+                a, b, c, s = V(srcs[0]), V(srcs[1]), V(srcs[2]) if len(srcs) > 3 else 0, V(srcs[-1])
+                carry = self.pred(ops[-1]) if ".X" in op else False
+                r = None if None in (a, b, c, s, carry) else ((((c << 32) | a) << s) >> 32) + b + int(carry)
+            else:
+                a, b, s = V(srcs[0]), V(srcs[1]), V(srcs[2])
+                r = None if None in (a, b, s) else ((a << s) & M32) + b
+            self.set(ops[0], r)
+            for o in outs:
+                self.set(o, None if r is None else r >> 32 & 1)
         elif base in ("SHF", "USHF"):
             lo, s, hi = V(ops[1]), V(ops[2]), V(ops[3])
             if None in (lo, s, hi):
@@ -506,17 +515,17 @@ class Machine:
             else:
                 self.set(ops[0], lo << (s & 31))
         elif base in ("LOP3", "ULOP3"):
-            if _PRED.match(ops[0]):
-                return False
+            pdest = ops.pop(0) if _PRED.match(ops[0]) else None  # LOP3.LUT P0, R1, ...: P0 = (result != 0)
             a, b, c, lut = V(ops[1]), V(ops[2]), V(ops[3]), V(ops[4])
-            if None in (a, b, c, lut):
-                self.set(ops[0], None)
-                return True
-            r = 0
-            for bit in range(32):
-                idx = ((a >> bit) & 1) << 2 | ((b >> bit) & 1) << 1 | ((c >> bit) & 1)
-                r |= ((lut >> idx) & 1) << bit
+            r = None
+            if None not in (a, b, c, lut):
+                r = 0
+                for bit in range(32):
+                    idx = ((a >> bit) & 1) << 2 | ((b >> bit) & 1) << 1 | ((c >> bit) & 1)
+                    r |= ((lut >> idx) & 1) << bit
             self.set(ops[0], r)
+            if pdest is not None:
+                self.set(pdest, None if r is None else int(r != 0))
         elif base in ("SEL", "USEL"):
             g = self.pred(ops[3])
             self.set(ops[0], None if g is None else V(ops[1]) if g else V(ops[2]))
@@ -702,6 +711,8 @@ class _Walker:
             return None if g is not False else n + 1
         if insn.op.startswith("BRX"):
             return self._switch(n)
+        if insn.op.startswith("BRA.DIV"):  # taken only when the warp has diverged: one converged warp
+            return n + 1
         target = insn.branch_target()
         if target is None or target not in self.index:
             return n + 1

@@ -85,7 +85,7 @@ def _plan_mmas(p) -> int:
 
 
 def _cases():
-    return [(c, d) for c in cases.CASES for d in ("bf16", "fp32")]
+    return [(c, d) for c in cases.CASES for d in ("bf16", "fp16", "fp32")]
 
 
 def compute_phase_below_stalls(step, s: model_cuda.SassCompute) -> str | None:
