@@ -646,7 +646,8 @@ class Walk:
 
     kernel: str
     executed: int = 0  # instructions issued (predicated-off ones included: they take issue slots)
-    hmma: int = 0
+    hmma: int = 0  # HMMAs issued, predicated-off ones included
+    hmma_live: int = 0  # HMMAs whose predicate lane 0 holds true (or unpredicated)
     ldgsts: int = 0
     stall_clk: int = 0  # Σ stall counts on the executed path: a hard lower bound for one warp
     issue_clk: int = 0  # the warp's last issue + its stall, scoreboards and cp.async groups waited for
@@ -753,7 +754,7 @@ class _Walker:
 
 
 def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latencies(), kernel: str = "",
-         budget: int = 400_000) -> Walk:
+         budget: int = 400_000, trace: list | None = None) -> Walk:
     """Run lane 0 of warp 0 of CTA 0 (integer state only) from the kernel's entry to its step loop,
     then one step of the loop issued with the control words (see bench/README.md)."""
     rng = step_loop_range(insns)
@@ -789,16 +790,18 @@ def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latenc
         c = insn.ctrl or Control(1, 0, NO_BARRIER, NO_BARRIER, 0, 0)
         issue = max([t] + [sb[b] for b in c.waits_on()])
         op = insn.op
+        live = (w.m.pred(insn.pred) if insn.pred else True) is not False
         if op.startswith("HMMA"):
-            issue = max(issue, hmma_free)
-            hmma_free = issue + lat.hmma_pipe
             out.hmma += 1
+            if live:  # a predicated-off HMMA takes its issue slot, not the tensor pipe
+                issue = max(issue, hmma_free)
+                hmma_free = issue + lat.hmma_pipe
+                out.hmma_live += 1
         if op.startswith("DEPBAR"):
             m = re.search(r"SB0,\s*(0x[0-9a-f]+|\d+)", insn.args)
             allowed = int(m.group(1), 0) if m else 0
             done = groups[:max(0, len(groups) - allowed)]
             issue = max([issue] + done)
-        live = (w.m.pred(insn.pred) if insn.pred else True) is not False
         if op.startswith("LDGSTS"):
             out.ldgsts += 1
             if live:
@@ -816,6 +819,8 @@ def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latenc
             sb[c.rbar] = max(sb[c.rbar], issue + lat.read)
         out.stall_clk += stall
         out.executed += 1
+        if trace is not None:  # (address, opcode, issue cycle, cycles waited beyond the previous stall)
+            trace.append((insn.addr, op, issue, issue - t))
         t = nxt
         w.m.execute(insn)
         pc = w.next_pc(pc)
@@ -825,3 +830,37 @@ def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latenc
     out.issue_clk = max([t] + groups)
     out.guessed = w.guessed
     return out
+
+
+def report(dtypes: tuple[str, ...] = ("bf16",)) -> str:
+    """The per-case table: analytic compute phase vs the SASS-derived one, per step (all MODEL)."""
+    from . import cases, model_cuda
+    from .perf_model import H100
+
+    rows = ["MODEL, not measured (sm_90 SASS of the built extension; H100 assumptions of bench/perf_model.py)",
+            "| case | dtype | fwd step us: analytic / SASS | fwd compute: analytic / SASS (stall sum) | "
+            "bwd step us: analytic / SASS | bwd compute: analytic / SASS (stall sum) |",
+            "|---|---|---|---|---|---|"]
+    for case in cases.CASES:
+        for dtype in dtypes:
+            est = model_cuda.model(case, dtype)
+            if isinstance(est, str):
+                rows.append(f"| {case.id} | {dtype} | does not fit | | | |")
+                continue
+            cells = []
+            for p, step in zip(model_cuda.plans(case, dtype), (est.fwd_step, est.bwd_step)):
+                body = model_cuda.backward_step if p.backward else model_cuda.forward_step
+                old = body(p, case, H100, analytic=True)
+                s = model_cuda.sass_compute(p, case, dtype, H100)
+                if s is None:
+                    cells += [f"{old.us:.2f} / -", "no SASS"]
+                else:
+                    cells += [f"{old.us:.2f} / {step.us:.2f}", f"{s.analytic_us:.2f} / {s.us:.2f} ({s.stall_us:.2f})"]
+            rows.append(f"| {case.id} | {dtype} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(report(tuple(sys.argv[1:]) or ("bf16",)))
