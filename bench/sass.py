@@ -174,15 +174,19 @@ def cuda_tool(name: str) -> str | None:
 
 
 def extension_path() -> Path | None:
-    """The built extension next to the package (this interpreter's ABI first)."""
+    """The built extension next to the package (this interpreter's ABI first): fusedrnn/_C*.so in a
+    checkout (bench/ beside fusedrnn/), or beside bench/ when installed as fusedrnn.bench."""
     import sysconfig
 
-    pkg = ROOT / "fusedrnn"
-    mine = pkg / ("_C" + (sysconfig.get_config_var("EXT_SUFFIX") or ".so"))
-    if mine.exists():
-        return mine
-    found = sorted(pkg.glob("_C*.so"))
-    return found[0] if found else None
+    suffix = sysconfig.get_config_var("EXT_SUFFIX") or ".so"
+    for pkg in (ROOT / "fusedrnn", Path(__file__).resolve().parent.parent):
+        if (pkg / ("_C" + suffix)).exists():
+            return pkg / ("_C" + suffix)
+    for pkg in (ROOT / "fusedrnn", Path(__file__).resolve().parent.parent):
+        found = sorted(pkg.glob("_C*.so"))
+        if found:
+            return found[0]
+    return None
 
 
 def _cache_dir() -> Path:

@@ -22,7 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.sass import Insn, cuda_tool, parse_sass, step_loop  # the project's one SASS parser
+try:  # the project's one SASS parser (bench/sass.py; fusedrnn.bench when installed)
+    from fusedrnn.bench.sass import Insn, cuda_tool, parse_sass, step_loop
+except ImportError:
+    from bench.sass import Insn, cuda_tool, parse_sass, step_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import pytest
 
-from bench import cases, model_cuda, sass
-from bench.perf_model import H100
+try:  # installed: bench/ is fusedrnn.bench; a checkout run from its root: bench
+    from fusedrnn.bench import cases, model_cuda, sass
+    from fusedrnn.bench.perf_model import H100
+except ImportError:
+    from bench import cases, model_cuda, sass
+    from bench.perf_model import H100
 
 # --- the control-word decoder on encodings cuobjdump printed for sm_90 ------------------------------
 
