@@ -19,6 +19,11 @@ step: grid barrier (dgates[t] complete), then per pass the same product over K =
 W_hh column slice, dh += partials, and at once phase A of the next step for those rows (dgates from
 inputs loaded before the pass's MMA).
 
+The compute phase (the whole step but its boundary) comes from the kernel's compiled sm_90 SASS when
+the extension is built and cuobjdump is found (bench/sass.py: the executed path of one step under the
+plan, issued for one warp with its control words, then the bandwidth floors; bench/README.md); the
+analytic phases below are the fallback and are shown beside it in the estimate's notes.
+
 Assumptions beyond perf_model.Machine (central values; a GPU session measures them):
   L2 -> SM fill 64 B/clk per SM (range 32-64); L2 read bandwidth 5.5 TB/s for all SMs together
   (range 4.5-7); mma.sync issue 1024 fp16/bf16 FMA/clk/SM (A100's rate; H100's mma.sync is reported
