@@ -267,13 +267,14 @@ def sass_compute(p: Plan, case: Case, dtype_name: str, m: Machine = H100) -> Sas
         return None
     from . import sass
 
-    insns = kernels.get(sass.kernel_name(p.cell, p.backward, p.elem, p.mode, p.mtiles, dtype_name))
+    name = sass.kernel_name(p.cell, p.backward, p.elem, p.mode, p.mtiles, dtype_name)
+    insns = kernels.get(name)
     if not insns:
         return None
     null = {"ready"} | (set() if case.residual else {"residual"}) | (set() if case.packed else {"lengths"})
     lat = sass.Latencies(clk_ghz=1.0 / (m.clk_us * 1e3), l2=round(m.l2_us / m.clk_us),
                          hbm=round(m.hbm_us / m.clk_us) if hasattr(m, "hbm_us") else sass.Latencies().hbm)
-    w = sass.walk(insns, p, sass.param_constants(p, case.T, null), lat, kernel=p.cell)
+    w = sass.walk(insns, p, sass.param_constants(p, case.T, null), lat, kernel=name)
     if w.stopped and w.stopped != "exit":
         return None
     analytic = _analytic_compute_us(p, case, m)
@@ -397,11 +398,13 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
              f"{flags_ms[0]:.3f} / {flags_ms[1]:.3f} ms fwd / fwd+bwd")
     old_f = forward_step(fwd_plan, case, m, analytic=True)
     old_b = backward_step(bwd_plan, case, m, analytic=True)
+    old_ms = whole_call_ms(case, dtype_name, old_f, old_b, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
     sf, sb = sass_compute(fwd_plan, case, dtype_name, m), sass_compute(bwd_plan, case, dtype_name, m)
     if sf is not None and sb is not None:
         notes += (f"; compute phase from the sm_90 SASS (MODEL): fwd {sf.us:.2f} / bwd {sb.us:.2f} us (stall-count "
                   f"sums {sf.stall_us:.2f} / {sb.stall_us:.2f}); the analytic model's step: {old_f.us:.2f} / "
-                  f"{old_b.us:.2f} us (compute {sf.analytic_us:.2f} / {sb.analytic_us:.2f})")
+                  f"{old_b.us:.2f} us (compute {sf.analytic_us:.2f} / {sb.analytic_us:.2f}), "
+                  f"{old_ms[0]:.3f} / {old_ms[1]:.3f} ms fwd / fwd+bwd")
     else:
         notes += "; compute phase from the analytic model (no built extension or cuobjdump: no SASS to walk)"
     if dtype_name == "fp32":

@@ -751,7 +751,8 @@ class _Walker:
         for j in range(n + 1, min(n + 120, len(self.insns))):
             i = self.insns[j]
             if i.op.startswith("DEPBAR") and re.search(rf"SB0,\s*{hex(k)}\b", i.args):
-                self.guessed.append(f"{self.insns[n].addr:#x} BRX: the switch case wait_group {k} (jump table not dumped)")
+                self.guessed.append(f"{self.insns[n].addr:#x} BRX: the switch case wait_group {k} "
+                                    "(jump table not dumped)")
                 return j
         self.guessed.append(f"{self.insns[n].addr:#x} BRX with no case found: fall through")
         return n + 1
@@ -843,13 +844,14 @@ def report(dtypes: tuple[str, ...] = ("bf16",)) -> str:
 
     rows = ["MODEL, not measured (sm_90 SASS of the built extension; H100 assumptions of bench/perf_model.py)",
             "| case | dtype | fwd step us: analytic / SASS | fwd compute: analytic / SASS (stall sum) | "
-            "bwd step us: analytic / SASS | bwd compute: analytic / SASS (stall sum) |",
-            "|---|---|---|---|---|---|"]
+            "bwd step us: analytic / SASS | bwd compute: analytic / SASS (stall sum) | "
+            "fwd / f+b ms: analytic, then SASS |",
+            "|---|---|---|---|---|---|---|"]
     for case in cases.CASES:
         for dtype in dtypes:
             est = model_cuda.model(case, dtype)
             if isinstance(est, str):
-                rows.append(f"| {case.id} | {dtype} | does not fit | | | |")
+                rows.append(f"| {case.id} | {dtype} | does not fit | | | | |")
                 continue
             cells = []
             for p, step in zip(model_cuda.plans(case, dtype), (est.fwd_step, est.bwd_step)):
@@ -860,6 +862,9 @@ def report(dtypes: tuple[str, ...] = ("bf16",)) -> str:
                     cells += [f"{old.us:.2f} / -", "no SASS"]
                 else:
                     cells += [f"{old.us:.2f} / {step.us:.2f}", f"{s.analytic_us:.2f} / {s.us:.2f} ({s.stall_us:.2f})"]
+            m = re.search(r"(\d+\.\d+) / (\d+\.\d+) ms fwd / fwd\+bwd(?!.*ms fwd / fwd\+bwd)", est.notes)
+            old_ms = f"{m.group(1)} / {m.group(2)}" if m and "SASS" in est.notes else "-"
+            cells.append(f"{old_ms} / {est.fwd_ms:.3f} / {est.fb_ms:.3f}")
             rows.append(f"| {case.id} | {dtype} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
