@@ -243,7 +243,10 @@ def _kernels():
         return None
     from . import sass
 
-    return sass.kernel_sass()
+    try:
+        return sass.kernel_sass()
+    except RuntimeError:  # cuobjdump could not read the extension: the analytic model, as without one
+        return None
 
 
 def _floor_us(p: Plan, m: Machine) -> float:

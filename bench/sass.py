@@ -197,7 +197,8 @@ def _cache_dir() -> Path:
 
 def kernel_sass(so: Path | None = None, arch: str = "90") -> dict[str, list[Insn]] | None:
     """{mangled name: instructions} of the persistent kernels for `arch` in the extension, or None
-    when the extension or cuobjdump is absent. The dump is cached by the .so's SHA-256."""
+    when the extension or cuobjdump is absent (RuntimeError when cuobjdump fails on it). The dump is
+    cached by the .so's SHA-256."""
     so = so or extension_path()
     tool = cuda_tool("cuobjdump")
     if so is None or not so.exists() or tool is None:
@@ -209,7 +210,7 @@ def kernel_sass(so: Path | None = None, arch: str = "90") -> dict[str, list[Insn
     else:
         proc = subprocess.run([tool, "-sass", "-arch", f"sm_{arch}", str(so)], capture_output=True, text=True)
         if proc.returncode != 0:
-            return None
+            raise RuntimeError(f"{tool} -sass -arch sm_{arch} {so} failed: {proc.stderr.strip()[-500:]}")
         # keep only the persistent kernels (the cache stays small)
         keep, text_lines = False, []
         for line in proc.stdout.splitlines():
