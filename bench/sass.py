@@ -727,6 +727,10 @@ class _Walker:
         if g is not None:
             return t if g else n + 1
         # a branch the plan does not decide (data- or pointer-alignment-dependent): by rule
+        if self.insns[t].op.startswith(("BPT", "EXIT")) or (
+                t + 1 < len(self.insns) and self.insns[t].op.startswith("BPT")):
+            self.guessed.append(f"{insn.addr:#x} not taken: it leads to a trap or exit")
+            return n + 1
         if t < n:
             self.guessed.append(f"{insn.addr:#x} backward branch, not taken (one trip)")
             return n + 1
