@@ -226,7 +226,9 @@ class SassCompute:
     stall_us: float
     floor_us: float
     analytic_us: float
-    hmma: int
+    hmma: int  # HMMAs issued on the path, predicated-off ones included
+    hmma_live: int  # those lane 0 executes: the plan's MMAs when the walk followed the plan
+    copies: int  # cp.async copies lane 0 executes
     executed: int
     guessed: tuple[str, ...]
 
@@ -282,7 +284,7 @@ def sass_compute(p: Plan, case: Case, dtype_name: str, m: Machine = H100) -> Sas
         return None
     analytic = _analytic_compute_us(p, case, m)
     return SassCompute(w.issue_clk * m.clk_us, w.stall_clk * m.clk_us, _floor_us(p, m), analytic, w.hmma,
-                       w.executed, tuple(w.guessed))
+                       w.hmma_live, w.ldgsts_live, w.executed, tuple(w.guessed))
 
 
 def _analytic_compute_us(p: Plan, case: Case, m: Machine) -> float:
@@ -297,7 +299,7 @@ def _sass_phase(p: Plan, case: Case, m: Machine, dtype_name: str) -> Phase | Non
         return None
     return Phase("compute (SASS)", s.us,
                  f"sm_90 SASS, one warp: executed path {s.walk_us:.2f} us ({s.executed} instructions, {s.hmma} "
-                 f"HMMAs), stall-count sum {s.stall_us:.2f} us, bandwidth floors {s.floor_us:.2f} us; "
+                 f"HMMAs of which {s.hmma - s.hmma_live} predicated off), stall-count sum {s.stall_us:.2f} us, bandwidth floors {s.floor_us:.2f} us; "
                  f"the analytic model said {s.analytic_us:.2f} us")
 
 

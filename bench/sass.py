@@ -469,9 +469,11 @@ class Machine:
                     a, b = (a - (1 << 32) if a >> 31 else a), (b - (1 << 32) if b >> 31 else b)
                 self.set_pair(ops[0], (a * b + cv) & ((1 << 64) - 1))
                 return True
-            if ".X" in op:
-                return False
             c = V(ops[3]) if len(ops) > 3 else 0
+            if ".X" in op:  # IMAD.X d, a, b, c, carry: a * b + c + carry (a 64-bit add's high word, or + 1 with PT)
+                carry = self.pred(ops[4]) if len(ops) > 4 else False
+                self.set(ops[0], None if None in (a, b, c, carry) else a * b + c + int(carry))
+                return True
             if None in (a, b, c):
                 self.set(ops[0], None)
             elif ".HI" in op:
@@ -653,7 +655,8 @@ class Walk:
     executed: int = 0  # instructions issued (predicated-off ones included: they take issue slots)
     hmma: int = 0  # HMMAs issued, predicated-off ones included
     hmma_live: int = 0  # HMMAs whose predicate lane 0 holds true (or unpredicated)
-    ldgsts: int = 0
+    ldgsts: int = 0  # cp.async copies issued, predicated-off ones included
+    ldgsts_live: int = 0
     stall_clk: int = 0  # Σ stall counts on the executed path: a hard lower bound for one warp
     issue_clk: int = 0  # the warp's last issue + its stall, scoreboards and cp.async groups waited for
     guessed: list[str] = field(default_factory=list)  # branches resolved by a rule, not by the plan
@@ -815,6 +818,7 @@ def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latenc
         if op.startswith("LDGSTS"):
             out.ldgsts += 1
             if live:
+                out.ldgsts_live += 1
                 group_done = max(group_done, issue + lat.l2)
         if op.startswith("LDGDEPBAR"):
             groups.append(max(group_done, issue))

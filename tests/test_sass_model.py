@@ -57,6 +57,20 @@ def test_integer_state_resolves_a_plan_branch():
     assert m.r["R168"] == 3 and m.pred("P1") is False and m.pred("!P1") is True
 
 
+def test_integer_state_follows_64_bit_pointers_and_carries():
+    """A null pointer parameter decides its check; IMAD.X with PT adds one (the compiler's i + 1)."""
+    m = sass.Machine({0x2F0: 0, 0x2F4: 0, 0x2E8: 0x10000000, 0x2EC: 0x7F00})
+    for text in ("LDC.64 R4, c[0x0][0x2f0]", "ISETP.NE.U32.AND P0, PT, R4, RZ, PT",
+                 "ISETP.NE.AND.EX P0, PT, R5, RZ, PT, P0", "ULDC.64 UR4, c[0x0][0x2e8]",
+                 "IADD3 R6, P1, R4, UR4, RZ", "IADD3.X R7, R5, UR5, RZ, P1, !PT",
+                 "ISETP.NE.U32.AND P2, PT, R6, RZ, PT", "ISETP.NE.AND.EX P2, PT, R7, RZ, PT, P2",
+                 "MOV R8, 0x6", "IMAD.X R9, R8, 0x1, RZ, PT"):
+        op, args = text.split(" ", 1)
+        m.execute(sass.Insn(0, "", op, args))
+    assert m.pred("P0") is False and m.pred("P2") is True
+    assert (m.r["R6"], m.r["R7"], m.r["R9"]) == (0x10000000, 0x7F00, 7)
+
+
 def test_issue_waits_for_scoreboards_and_cp_async_groups():
     """A four-instruction loop: the copy's group completes one L2 trip after issue; DEPBAR waits for it;
     the HMMA after it. The issue time exceeds the stall sum by about the L2 trip."""
@@ -111,8 +125,11 @@ def test_modelled_compute_phase_is_not_below_the_stall_sum(case, dtype):
         s = model_cuda.sass_compute(p, case, dtype, H100)
         assert s is not None, f"{case.id} {dtype}: the walk of {'bwd' if p.backward else 'fwd'} did not finish"
         assert compute_phase_below_stalls(step, s) is None, (case.id, dtype, p.backward)
-        # the walk went through the plan's product: every MMA the plan needs was issued
-        assert s.hmma >= _plan_mmas(p), (case.id, dtype, p.backward, s.hmma, _plan_mmas(p))
+        # the walk followed the plan through the product: exactly its MMAs and cp.async copies ran (the
+        # branches and trip counts came out of the plan's fields, not out of a rule)
+        assert s.hmma_live == _plan_mmas(p), (case.id, dtype, p.backward, s.hmma_live, _plan_mmas(p))
+        assert s.copies == p.passes * p.blocks_per_warp * p.pass_ntiles, (case.id, dtype, p.backward, s.copies)
+        assert s.hmma >= s.hmma_live
         assert "MODEL" in est.notes or "SASS" in step.describe()
 
 
