@@ -19,6 +19,11 @@ step: grid barrier (dgates[t] complete), then per pass the same product over K =
 W_hh column slice, dh += partials, and at once phase A of the next step for those rows (dgates from
 inputs loaded before the pass's MMA).
 
+The compute phase (the whole step but its boundary) comes from the kernel's compiled sm_90 SASS when
+the extension is built and cuobjdump is found (bench/sass.py: the executed path of one step under the
+plan, issued for one warp with its control words, then the bandwidth floors; bench/README.md); the
+analytic phases below are the fallback and are shown beside it in the estimate's notes.
+
 Assumptions beyond perf_model.Machine (central values; a GPU session measures them):
   L2 -> SM fill 64 B/clk per SM (range 32-64); L2 read bandwidth 5.5 TB/s for all SMs together
   (range 4.5-7); mma.sync issue 1024 fp16/bf16 FMA/clk/SM (A100's rate; H100's mma.sync is reported
@@ -34,6 +39,7 @@ Assumptions beyond perf_model.Machine (central values; a GPU session measures th
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from .cases import Case
@@ -205,7 +211,104 @@ def _boundary(m: Machine, flags: bool) -> Phase:
     return Phase("ready flags", READY_FLAGS_US) if flags else Phase("grid.sync", m.barrier_us)
 
 
-def forward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False) -> Step:
+# --- the compute phase from the compiled SASS (bench/sass.py) --------------------------------------
+
+SASS_ENV = "FUSEDRNN_MODEL_SASS"  # "0": the analytic compute phase only (no disassembly)
+
+
+@dataclass(frozen=True)
+class SassCompute:
+    """One step's compute phase of a plan from the kernel's sm_90 SASS, all MODEL: the executed path
+    issued for one warp (``walk_us``), Σ stall counts on it (``stall_us``, a hard lower bound), the
+    shared-memory / L2 bandwidth floors (``floor_us``) and the analytic figure beside them."""
+
+    walk_us: float
+    stall_us: float
+    floor_us: float
+    analytic_us: float
+    hmma: int  # HMMAs issued on the path, predicated-off ones included
+    hmma_live: int  # those lane 0 executes: the plan's MMAs when the walk followed the plan
+    copies: int  # cp.async copies lane 0 executes
+    executed: int
+    guessed: tuple[str, ...]
+
+    @property
+    def us(self) -> float:
+        return max(self.walk_us, self.floor_us, self.stall_us)
+
+
+@functools.lru_cache(maxsize=1)
+def _kernels():
+    import os
+
+    if os.environ.get(SASS_ENV, "1") == "0":
+        return None
+    from . import sass
+
+    try:
+        return sass.kernel_sass()
+    except RuntimeError:  # cuobjdump could not read the extension: the analytic model, as without one
+        return None
+
+
+def _floor_us(p: Plan, m: Machine) -> float:
+    """Per step: each pass's operand pull (one L2 trip, then the SM's L2 port, L2 bandwidth or the
+    SM's shared-memory bandwidth, whichever binds)."""
+    staged = WARPS * p.blocks_per_warp * p.pass_ntiles * 32 * 16
+    pull_sm = staged / _assumption(m, "l2_fill_bytes_per_clk", L2_FILL_BYTES_PER_CLK) * m.clk_us
+    pull_l2 = p.grid * staged / (_assumption(m, "l2_read_tbps", L2_READ_TBPS) * 1e12) * 1e6
+    w_smem = WARPS * p.smem_blocks * p.mtiles * W_WORDS * 128
+    part = WARPS * p.mtiles * p.pass_ntiles * 512
+    smem = smem_us(2 * staged + w_smem + 2 * part, m)
+    return p.passes * (m.l2_us + max(pull_sm, pull_l2, smem))
+
+
+@functools.lru_cache(maxsize=None)
+def sass_compute(p: Plan, case: Case, dtype_name: str, m: Machine = H100) -> SassCompute | None:
+    """The compute phase of one step of `p` from the built extension's SASS, or None without the
+    extension, cuobjdump, or the kernel in it."""
+    kernels = _kernels()
+    if not kernels:
+        return None
+    from . import sass
+
+    name = sass.kernel_name(p.cell, p.backward, p.elem, p.mode, p.mtiles, dtype_name)
+    insns = kernels.get(name)
+    if not insns:
+        return None
+    null = {"ready"} | (set() if case.residual else {"residual"}) | (set() if case.packed else {"lengths"})
+    lat = sass.Latencies(clk_ghz=1.0 / (m.clk_us * 1e3), l2=round(m.l2_us / m.clk_us),
+                         hbm=round(m.hbm_us / m.clk_us) if hasattr(m, "hbm_us") else sass.Latencies().hbm)
+    w = sass.walk(insns, p, sass.param_constants(p, case.T, null), lat, kernel=name)
+    if w.stopped and w.stopped != "exit":
+        return None
+    analytic = _analytic_compute_us(p, case, m)
+    return SassCompute(w.issue_clk * m.clk_us, w.stall_clk * m.clk_us, _floor_us(p, m), analytic, w.hmma,
+                       w.hmma_live, w.ldgsts_live, w.executed, tuple(w.guessed))
+
+
+def _analytic_compute_us(p: Plan, case: Case, m: Machine) -> float:
+    body = forward_step if not p.backward else backward_step
+    step = body(p, case, m, analytic=True)
+    return sum(ph.us for ph in step.phases if ph.name not in ("grid.sync", "ready flags"))
+
+
+def _sass_phase(p: Plan, case: Case, m: Machine, dtype_name: str) -> Phase | None:
+    s = sass_compute(p, case, dtype_name, m)
+    if s is None:
+        return None
+    return Phase("compute (SASS)", s.us,
+                 f"sm_90 SASS, one warp: executed path {s.walk_us:.2f} us ({s.executed} instructions, {s.hmma} "
+                 f"HMMAs of which {s.hmma - s.hmma_live} predicated off), stall-count sum {s.stall_us:.2f} us, bandwidth floors {s.floor_us:.2f} us; "
+                 f"the analytic model said {s.analytic_us:.2f} us")
+
+
+def forward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False, analytic: bool = False,
+                 dtype_name: str = "bf16") -> Step:
+    if not analytic:
+        ph = _sass_phase(p, case, m, dtype_name)
+        if ph is not None:
+            return Step((ph, _boundary(m, flags)))
     phases = []
     for q in range(p.passes):
         label = f"pass {q} " if p.passes > 1 else ""
@@ -217,7 +320,12 @@ def forward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False) ->
     return Step(tuple(_merge_passes(phases, p.passes)))
 
 
-def backward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False) -> Step:
+def backward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False, analytic: bool = False,
+                  dtype_name: str = "bf16") -> Step:
+    if not analytic:
+        ph = _sass_phase(p, case, m, dtype_name)
+        if ph is not None:
+            return Step((_boundary(m, flags), ph))
     phases = [_boundary(m, flags)]
     for q in range(p.passes):
         label = f"pass {q} " if p.passes > 1 else ""
@@ -269,7 +377,7 @@ def _tf32_note(case: Case, m: Machine) -> str:
     misfit = _misfit(fwd_plan, bwd_plan, m)
     if misfit:
         return f"with TF32 allowed it does not fit either ({misfit})"
-    fwd, bwd = forward_step(fwd_plan, case, m), backward_step(bwd_plan, case, m)
+    fwd, bwd = forward_step(fwd_plan, case, m, dtype_name="fp32"), backward_step(bwd_plan, case, m, dtype_name="fp32")
     return f"with TF32 allowed: {fwd.us:.2f} / {bwd.us:.2f} us/step"
 
 
@@ -280,17 +388,30 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
     if misfit:
         why = f"H={case.H} B={case.B}: {misfit}; limits() refuses it, dispatch takes another backend"
         return why + ("; " + _tf32_note(case, m) if dtype_name == "fp32" else "")
-    fwd, bwd = forward_step(fwd_plan, case, m), backward_step(bwd_plan, case, m)
+    fwd = forward_step(fwd_plan, case, m, dtype_name=dtype_name)
+    bwd = backward_step(bwd_plan, case, m, dtype_name=dtype_name)
     gemm_f, gemm_b = 0.0, 0.0
     for layer_input in case.layer_inputs():
         f, b = projection_gemms_us(case, dtype_name, layer_input, m)
         gemm_f, gemm_b = max(gemm_f, f), max(gemm_b, b)
     fwd_ms, fb_ms = whole_call_ms(case, dtype_name, fwd, bwd, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
-    fwd_f, bwd_f = forward_step(fwd_plan, case, m, flags=True), backward_step(bwd_plan, case, m, flags=True)
+    fwd_f = forward_step(fwd_plan, case, m, flags=True, dtype_name=dtype_name)
+    bwd_f = backward_step(bwd_plan, case, m, flags=True, dtype_name=dtype_name)
     flags_ms = whole_call_ms(case, dtype_name, fwd_f, bwd_f, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
     notes = (f"ready flags (FUSEDRNN_CUDA_READY_FLAGS=1, off by default), MODEL assuming a {READY_FLAGS_US} us "
              f"step boundary in place of the {m.barrier_us} us grid barrier: {fwd_f.us:.2f} / {bwd_f.us:.2f} us/step, "
              f"{flags_ms[0]:.3f} / {flags_ms[1]:.3f} ms fwd / fwd+bwd")
+    old_f = forward_step(fwd_plan, case, m, analytic=True)
+    old_b = backward_step(bwd_plan, case, m, analytic=True)
+    old_ms = whole_call_ms(case, dtype_name, old_f, old_b, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
+    sf, sb = sass_compute(fwd_plan, case, dtype_name, m), sass_compute(bwd_plan, case, dtype_name, m)
+    if sf is not None and sb is not None:
+        notes += (f"; compute phase from the sm_90 SASS (MODEL): fwd {sf.us:.2f} / bwd {sb.us:.2f} us (stall-count "
+                  f"sums {sf.stall_us:.2f} / {sb.stall_us:.2f}); the analytic model's step: {old_f.us:.2f} / "
+                  f"{old_b.us:.2f} us (compute {sf.analytic_us:.2f} / {sb.analytic_us:.2f}), "
+                  f"{old_ms[0]:.3f} / {old_ms[1]:.3f} ms fwd / fwd+bwd")
+    else:
+        notes += "; compute phase from the analytic model (no built extension or cuobjdump: no SASS to walk)"
     if dtype_name == "fp32":
         notes += ("; fp32 with TF32 off (torch's default) runs 3xTF32 MMAs (hi·lo + lo·hi + hi·hi: fp32 accuracy); "
                   f"{_tf32_note(case, m)}; the projection GEMMs are costed at TF32 rate by perf_model")

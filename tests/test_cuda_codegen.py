@@ -13,17 +13,19 @@ without it. Run with -s to see the register / spill table.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+try:  # the project's one SASS parser (bench/sass.py; fusedrnn.bench when installed)
+    from fusedrnn.bench.sass import Insn, cuda_tool, parse_sass, step_loop
+except ImportError:
+    from bench.sass import Insn, cuda_tool, parse_sass, step_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
@@ -33,22 +35,8 @@ ARCHS = ("80", "90")
 INSTANTIATIONS = {"gru_fwd.cu": 4, "lstm_fwd.cu": 4, "gru_bwd.cu": 8, "lstm_bwd.cu": 8, "launch.cu": 1}
 
 
-def _cuda_tool(name: str) -> str | None:
-    for home in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
-        if home and os.path.exists(os.path.join(home, "bin", name)):
-            return os.path.join(home, "bin", name)
-    if shutil.which(name):
-        return shutil.which(name)
-    spec = importlib.util.find_spec("triton")  # Triton's wheel ships cuobjdump and nvdisasm
-    if spec is not None and spec.origin:
-        candidate = Path(spec.origin).parent / "backends" / "nvidia" / "bin" / name
-        if candidate.exists():
-            return str(candidate)
-    return None
-
-
-NVCC = _cuda_tool("nvcc")
-CUOBJDUMP = _cuda_tool("cuobjdump")
+NVCC = cuda_tool("nvcc")
+CUOBJDUMP = cuda_tool("cuobjdump")
 pytestmark = [
     pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA_HOME, /usr/local/cuda, PATH)"),
     pytest.mark.compiles,
@@ -141,84 +129,6 @@ def test_kernel_sources_do_not_include_torch():
 # ---------------------------------------------------------------------------------------------
 # The step loop in the SASS
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Insn:
-    addr: int
-    pred: str  # "" or e.g. "@!P0"
-    op: str  # opcode with modifiers, e.g. "LDG.E.U16"
-    args: str  # operand text
-
-    def dest_regs(self) -> set[int]:
-        m = re.match(r"\s*R(\d+)\b", self.args)
-        if not m or self.op.startswith(("ST", "RED", "BAR", "BRA")):
-            return set()
-        width = 4 if ".128" in self.op else 2 if (".64" in self.op or "WIDE" in self.op) else 1
-        return {int(m.group(1)) + i for i in range(width)}
-
-    def source_regs(self) -> set[int]:
-        if self.op.startswith(("ST", "RED", "ATOM")):  # stores read every register operand
-            text = self.args
-        else:
-            text = self.args.split(",", 1)[1] if "," in self.args else ""
-        width = 4 if ".128" in self.op else 2 if ".64" in self.op else 1
-        regs = set()
-        for m in re.finditer(r"\[([^\]]*)\]", text):  # addresses: a register, or a pair when .64
-            for r in re.finditer(r"\bR(\d+)(\.64)?\b", m.group(1)):
-                regs |= {int(r.group(1)) + i for i in range(2 if r.group(2) else 1)}
-        for m in re.finditer(r"\bR(\d+)\b", re.sub(r"\[[^\]]*\]", "", text)):  # data operands: the op's width
-            regs |= {int(m.group(1)) + i for i in range(width)}
-        return regs
-
-    def branch_target(self) -> int | None:
-        if not self.op.startswith("BRA"):
-            return None
-        targets = re.findall(r"0x([0-9a-f]+)", self.args)
-        return int(targets[-1], 16) if targets else None
-
-
-_ARCH_LINE = re.compile(r"code for sm_(\d+)")
-_FUNC_LINE = re.compile(r"Function : (\S+)")
-_INSN_LINE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)\s*(.*?)\s*;")
-
-
-def parse_sass(text: str) -> dict[tuple[str, str], list[Insn]]:
-    """{(function, arch): instructions} from cuobjdump -sass output."""
-    out, arch, func = {}, "?", None
-    for line in text.splitlines():
-        m = _ARCH_LINE.search(line)
-        if m:
-            arch = m.group(1)
-            continue
-        m = _FUNC_LINE.search(line)
-        if m:
-            func = (m.group(1), arch)
-            out[func] = []
-            continue
-        m = _INSN_LINE.search(line)
-        if m and func is not None:
-            out[func].append(Insn(int(m.group(1), 16), (m.group(2) or "").strip(), m.group(3), m.group(4)))
-    return out
-
-
-def step_loop(insns: list[Insn]) -> list[Insn]:
-    """The innermost loop (a backward branch's range) holding both the tensor-core MMAs and the grid
-    barrier's atomic: the kernel's step loop."""
-    index = {insn.addr: n for n, insn in enumerate(insns)}
-    hmma = [n for n, i in enumerate(insns) if i.op.startswith("HMMA")]
-    atom = [n for n, i in enumerate(insns) if i.op.startswith(("ATOM", "RED"))]
-    best = None
-    for end, br in enumerate(insns):
-        target = br.branch_target()
-        if target is None or target >= br.addr or target not in index:
-            continue
-        start = index[target]
-        if best is not None and end - start >= best[1] - best[0]:
-            continue
-        if any(start <= n <= end for n in hmma) and any(start <= n <= end for n in atom):
-            best = (start, end)
-    return insns[best[0]:best[1] + 1] if best else []
 
 
 def uncovered_loads(body: list[Insn]) -> list[str]:

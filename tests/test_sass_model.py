@@ -1,0 +1,144 @@
+"""The latency model's compute phase against the shipped SASS (bench/sass.py, bench/model_cuda.py).
+
+CPU-only. Needs the built extension (fusedrnn/_C*.so) and cuobjdump (CUDA toolkit or Triton's wheel)
+for the walk; the control-word decoder tests need neither. The disassembly is cached per .so hash
+(FUSEDRNN_SASS_CACHE or ~/.cache/fusedrnn/sass), so only the first run pays for cuobjdump.
+All figures are MODEL.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+try:  # installed: bench/ is fusedrnn.bench; a checkout run from its root: bench
+    from fusedrnn.bench import cases, model_cuda, sass
+    from fusedrnn.bench.perf_model import H100
+except ImportError:
+    from bench import cases, model_cuda, sass
+    from bench.perf_model import H100
+
+# --- the control-word decoder on encodings cuobjdump printed for sm_90 ------------------------------
+
+
+@pytest.mark.parametrize("hi, stall, yield_, wbar, rbar, wait", [
+    (0x000FE40000000800, 2, 1, 7, 7, 0),  # LDC R1, c[0x0][0x28]: fixed latency here, no scoreboard
+    (0x000EA8000C1E1900, 4, 1, 2, 7, 0),  # LDG.E: result on scoreboard 2
+    (0x000EA40000000800, 2, 1, 2, 7, 0),  # LDC R20, c[0x2][R22+0xc]: scoreboard 2
+    (0x004FC80000011414, 4, 0, 7, 7, 0b000100),  # SHF after that LDC: waits on scoreboard 2
+    (0x000FF00000000800, 8, 1, 7, 7, 0),  # a stall of 8
+    (0x01CFCA0000000000, 5, 0, 7, 7, 0b011100),  # VIADD waiting on scoreboards 2, 3, 4
+])
+def test_control_word_decoder(hi, stall, yield_, wbar, rbar, wait):
+    c = sass.Control.decode(hi)
+    assert (c.stall, c.yield_, c.wbar, c.rbar, c.wait) == (stall, yield_, wbar, rbar, wait)
+
+
+def test_parse_sass_reads_the_control_word_from_the_second_line():
+    text = """
+        code for sm_90
+                Function : k
+        /*0000*/                   LDC R1, c[0x0][0x28] ;        /* 0x00000a00ff017b82 */
+                                                                 /* 0x000fe40000000800 */
+        /*0010*/                   LDG.E R2, desc[UR4][R4.64] ;  /* 0x0000000404027981 */
+                                                                 /* 0x000ea8000c1e1900 */
+        /*0020*/                   FADD R3, R2, R2 ;
+    """
+    insns = sass.parse_sass(text)[("k", "90")]
+    assert [i.op for i in insns] == ["LDC", "LDG.E", "FADD"]
+    assert insns[0].ctrl.stall == 2 and insns[1].ctrl.wbar == 2 and insns[2].ctrl is None
+
+
+def test_integer_state_resolves_a_plan_branch():
+    """The walker's integer state: a plan field from the constant bank decides a branch."""
+    m = sass.Machine({0x260: 3})
+    for text in ("LDC R168, c[0x0][0x260]", "ISETP.GE.AND P1, PT, R168, 0x4, PT"):
+        op, args = text.split(" ", 1)
+        m.execute(sass.Insn(0, "", op, args))
+    assert m.r["R168"] == 3 and m.pred("P1") is False and m.pred("!P1") is True
+
+
+def test_integer_state_follows_64_bit_pointers_and_carries():
+    """A null pointer parameter decides its check; IMAD.X with PT adds one (the compiler's i + 1)."""
+    m = sass.Machine({0x2F0: 0, 0x2F4: 0, 0x2E8: 0x10000000, 0x2EC: 0x7F00})
+    for text in ("LDC.64 R4, c[0x0][0x2f0]", "ISETP.NE.U32.AND P0, PT, R4, RZ, PT",
+                 "ISETP.NE.AND.EX P0, PT, R5, RZ, PT, P0", "ULDC.64 UR4, c[0x0][0x2e8]",
+                 "IADD3 R6, P1, R4, UR4, RZ", "IADD3.X R7, R5, UR5, RZ, P1, !PT",
+                 "ISETP.NE.U32.AND P2, PT, R6, RZ, PT", "ISETP.NE.AND.EX P2, PT, R7, RZ, PT, P2",
+                 "MOV R8, 0x6", "IMAD.X R9, R8, 0x1, RZ, PT"):
+        op, args = text.split(" ", 1)
+        m.execute(sass.Insn(0, "", op, args))
+    assert m.pred("P0") is False and m.pred("P2") is True
+    assert (m.r["R6"], m.r["R7"], m.r["R9"]) == (0x10000000, 0x7F00, 7)
+
+
+def test_issue_waits_for_scoreboards_and_cp_async_groups():
+    """A four-instruction loop: the copy's group completes one L2 trip after issue; DEPBAR waits for it;
+    the HMMA after it. The issue time exceeds the stall sum by about the L2 trip."""
+    def ins(addr, op, args, stall, wait=0, wbar=7):
+        bits = stall | 1 << 4 | wbar << 5 | 7 << 8 | wait << 11
+        return sass.Insn(addr, "", op, args, bits << 41)
+    insns = [
+        ins(0x00, "LDGSTS.E.BYPASS.128", "[R2], desc[UR4][R4.64]", 1),
+        ins(0x10, "LDGDEPBAR", "", 1),
+        ins(0x20, "DEPBAR.LE", "SB0, 0x0", 1),
+        ins(0x30, "HMMA.16816.F32.BF16", "R8, R12, R16, R8", 2, wbar=1),
+        ins(0x40, "ATOM.E.ADD.STRONG.GPU", "PT, R3, desc[UR4][R6.64], R3", 1),
+        ins(0x50, "BRA", "0x0", 1),
+    ]
+    lat = sass.Latencies()
+    w = sass.walk(insns, plan=None, const={}, lat=lat)
+    assert w.executed == 6 and w.hmma == 1 and w.stall_clk == 7
+    assert w.issue_clk >= lat.l2 + 2
+
+
+# --- the shipped kernels -------------------------------------------------------------------------
+
+KERNELS = sass.kernel_sass()
+needs_sass = pytest.mark.skipif(
+    KERNELS is None, reason="no built extension (fusedrnn/_C*.so) or no cuobjdump: no SASS to walk")
+
+
+def _plan_mmas(p) -> int:
+    return p.passes * p.blocks_per_warp * p.mtiles * p.pass_ntiles * 2 * model_cuda.MMAS_PER_KSTEP[p.mode]
+
+
+def _cases():
+    return [(c, d) for c in cases.CASES for d in ("bf16", "fp16", "fp32")]
+
+
+def compute_phase_below_stalls(step, s: model_cuda.SassCompute) -> str | None:
+    """The complaint when a step's compute phases (all but the step boundary) sum below the executed
+    path's stall counts, else None."""
+    compute = sum(ph.us for ph in step.phases if ph.name not in ("grid.sync", "ready flags"))
+    if compute < s.stall_us:
+        return f"compute phase {compute:.2f} us < stall-count sum {s.stall_us:.2f} us"
+    return None
+
+
+@needs_sass
+@pytest.mark.parametrize("case, dtype", _cases(), ids=lambda x: getattr(x, "id", x))
+def test_modelled_compute_phase_is_not_below_the_stall_sum(case, dtype):
+    est = model_cuda.model(case, dtype)
+    if isinstance(est, str):
+        pytest.skip(est)
+    for p, step in zip(model_cuda.plans(case, dtype), (est.fwd_step, est.bwd_step)):
+        s = model_cuda.sass_compute(p, case, dtype, H100)
+        assert s is not None, f"{case.id} {dtype}: the walk of {'bwd' if p.backward else 'fwd'} did not finish"
+        assert compute_phase_below_stalls(step, s) is None, (case.id, dtype, p.backward)
+        # the walk followed the plan through the product: exactly its MMAs and cp.async copies ran (the
+        # branches and trip counts came out of the plan's fields, not out of a rule)
+        assert s.hmma_live == _plan_mmas(p), (case.id, dtype, p.backward, s.hmma_live, _plan_mmas(p))
+        assert s.copies == p.passes * p.blocks_per_warp * p.pass_ntiles, (case.id, dtype, p.backward, s.copies)
+        assert s.hmma >= s.hmma_live
+        assert "MODEL" in est.notes or "SASS" in step.describe()
+
+
+@needs_sass
+def test_the_check_fires_on_the_analytic_compute_phase():
+    """The analytic model alone (before this walk) puts flashrnn's backward compute phase below the
+    shipped SASS's stall-count sum: the check above reports it."""
+    case = cases.BY_ID["flashrnn"]
+    _, bwd = model_cuda.plans(case, "bf16")
+    s = model_cuda.sass_compute(bwd, case, "bf16", H100)
+    old = model_cuda.backward_step(bwd, case, H100, analytic=True)
+    assert compute_phase_below_stalls(old, s) is not None
