@@ -81,6 +81,8 @@ def _check_against_packing(f, t, x, hx, lengths, lengths_for_f, tol):
         return pad_packed_sequence(y, batch_first=bf, total_length=T)[0], state
 
     got = run_with_grads(f, leaves, lambda: f(x, hx_arg, lengths=lengths_for_f))
+    if f.backend != "auto" and "_last_plan" in f.__dict__:  # (the CPU's cached plan) the backend asked for ran
+        assert {b.name for b in f.__dict__["_last_plan"][1].backends} == {f.backend}
     want = run_with_grads(t, leaves, packed_call)
     assert_close_all(got[0], want[0], atol=tol, rtol=tol, what="outputs, h_n(, c_n)")
     assert_close_all(got[1], want[1], atol=tol, rtol=tol, what="input/hx grads")
