@@ -280,32 +280,36 @@ class StackPlan:
 
 def plan_module(backend: str, cell: str, device: torch.device, dtype: torch.dtype, T: int, B: int,
                 input_size: int, hidden_size: int, proj_size: int, num_layers: int, bidirectional: bool,
-                residual_layers: tuple[int, ...], packed: bool, needs_grad: bool) -> StackPlan:
+                residual_layers: tuple[int, ...], packed: bool, needs_grad: bool,
+                device_lengths: bool = False) -> StackPlan:
     """The plan for one call of a fusedrnn.GRU/LSTM: decided once per forward from plain values
     (cached on them, so a repeated call costs a dictionary lookup). T, B and needs_grad only feed
-    the measured GPU choices: callers on other devices may pass 0, 0, False."""
+    the measured GPU choices: callers on other devices may pass 0, 0, False. ``packed``: the call
+    has per-row lengths (a PackedSequence or ``lengths=``); ``device_lengths``: those lengths live
+    off the CPU (backends that would read them on the host are skipped)."""
     if backend == "auto":
         backend = default_backend()
     if tracing():
         return _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
-                            bidirectional, residual_layers, packed, needs_grad)
+                            bidirectional, residual_layers, packed, needs_grad, device_lengths)
     if device.type == "cuda":
         switches = (bool(torch.backends.cudnn.benchmark), cuda_matmul_allows_tf32())
     else:
         switches = (False, False)
     return _cached_module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
-                               bidirectional, residual_layers, packed, needs_grad, switches)
+                               bidirectional, residual_layers, packed, needs_grad, switches, device_lengths)
 
 
 def _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
-                 bidirectional, residual_layers, packed, needs_grad) -> StackPlan:
+                 bidirectional, residual_layers, packed, needs_grad, device_lengths=False) -> StackPlan:
     check_backend_name(backend)
     D = 2 if bidirectional else 1
     P = proj_size if proj_size > 0 else hidden_size
     specs = tuple(
         CallSpec(cell=cell, device=device, dtype=dtype, T=T, B=B, I=input_size if layer == 0 else D * P,
                  H=hidden_size, P=P, has_residual=layer in residual_layers, has_lengths=packed,
-                 reverse=direction == 1, has_proj=proj_size > 0, needs_grad=needs_grad)
+                 reverse=direction == 1, has_proj=proj_size > 0, needs_grad=needs_grad,
+                 device_lengths=device_lengths)
         for layer in range(num_layers) for direction in range(D)
     )
     backends = plan(backend, specs)
@@ -314,6 +318,7 @@ def _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, pr
 
 @functools.lru_cache(maxsize=1024)
 def _cached_module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
-                        bidirectional, residual_layers, packed, needs_grad, switches) -> StackPlan:
+                        bidirectional, residual_layers, packed, needs_grad, switches,
+                        device_lengths=False) -> StackPlan:
     return _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
-                        bidirectional, residual_layers, packed, needs_grad)
+                        bidirectional, residual_layers, packed, needs_grad, device_lengths)

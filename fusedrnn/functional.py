@@ -40,22 +40,42 @@ def _check_tensor(argname: str, t, shape: tuple, ref: Tensor) -> None:
         _fail(argname, f"device {ref.device} (the device of x)", t.device)
 
 
-def _check_lengths(lengths, T: int, B: int) -> None:
+def check_lengths(lengths, T: int, B: int) -> Tensor | None:
+    """Validate per-row ``lengths`` for a (T, B, .) sequence and return them as int64 (same device).
+
+    The dtype and shape are checked on the host (ValueError naming ``lengths``). The values must
+    lie in [1, T]: lengths on the CPU are checked on the host (ValueError); lengths on another
+    device, or any lengths while torch.compile traces, are checked where they live with
+    torch._assert_async, so the check never waits for the device (a failure surfaces as a device
+    assert at the next synchronisation).
+    """
     if lengths is None:
-        return
+        return None
     if not isinstance(lengths, Tensor):
-        _fail("lengths", "None or an int64 Tensor of shape (B,)", type(lengths).__name__)
-    if lengths.dtype != torch.int64:
-        _fail("lengths", "dtype torch.int64", lengths.dtype)
+        _fail("lengths", "None or a 1-D integer Tensor of shape (B,)", type(lengths).__name__)
+    if lengths.is_floating_point() or lengths.is_complex() or lengths.dtype == torch.bool:
+        _fail("lengths", "dtype torch.int64 (or another integer dtype)", lengths.dtype)
     if tuple(lengths.shape) != (B,):
         _fail("lengths", f"shape ({B},) (one length per batch row)", tuple(lengths.shape))
-    if B > 0 and lengths.device.type != "meta" and not torch.compiler.is_compiling():  # values need a sync
-        lo, hi = int(lengths.min()), int(lengths.max())
-        if lo < 1 or hi > T:
-            _fail("lengths", f"values in [1, {T}] (1 <= length <= T)", f"min {lo}, max {hi}")
+    if B > 0 and lengths.device.type != "meta":
+        if lengths.device.type == "cpu" and not torch.compiler.is_compiling():
+            lo, hi = int(lengths.min()), int(lengths.max())
+            if lo < 1 or hi > T:
+                _fail("lengths", f"values in [1, {T}] (1 <= length <= T)", f"min {lo}, max {hi}")
+        else:
+            torch._assert_async(
+                ((lengths >= 1) & (lengths <= T)).all(), f"lengths: expected values in [1, {T}] (1 <= length <= T)"
+            )
+    return lengths if lengths.dtype == torch.int64 else lengths.long()
 
 
-def _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=None, w_hr=None) -> CallSpec:
+def _on_device(lengths: Tensor | None) -> bool:
+    """lengths that live off the CPU: reading them on the host would wait for the device."""
+    return lengths is not None and lengths.device.type not in ("cpu", "meta")
+
+
+def _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=None, w_hr=None):
+    """Validate one call's arguments -> (its CallSpec, lengths as int64 or None)."""
     if not isinstance(x, Tensor):
         _fail("x", "a Tensor", type(x).__name__)
     if x.dim() != 3:
@@ -94,7 +114,7 @@ def _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=No
     _check_tensor("h0", h0, (B, P), x)
     if residual is not None:
         _check_tensor("residual", residual, (T, B, P), x)
-    _check_lengths(lengths, T, B)
+    lengths = check_lengths(lengths, T, B)
     if not isinstance(reverse, bool):
         _fail("reverse", "a bool", type(reverse).__name__)
     needs_grad = torch.is_grad_enabled() and any(
@@ -103,8 +123,8 @@ def _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=No
     return CallSpec(
         cell=cell, device=x.device, dtype=x.dtype, T=T, B=B, I=I, H=H, P=P,
         has_residual=residual is not None, has_lengths=lengths is not None, reverse=reverse,
-        has_proj=w_hr is not None, needs_grad=needs_grad,
-    )
+        has_proj=w_hr is not None, needs_grad=needs_grad, device_lengths=_on_device(lengths),
+    ), lengths
 
 
 def gru(
@@ -123,10 +143,11 @@ def gru(
     """One GRU layer-direction over a whole sequence.
 
     x (T, B, I), h0 (B, H), w_ih (3H, I), w_hh (3H, H), b_ih/b_hh (3H,) or None (gate rows r|z|n,
-    torch's layout); residual None or (T, B, H); lengths None or int64 (B,) with 1 <= lengths <= T.
+    torch's layout); residual None or (T, B, H); lengths None or an integer (B,) tensor on any
+    device with 1 <= lengths <= T (see ``check_lengths``).
     Returns y (T, B, H) and h_n (B, H).
     """
-    spec = _spec("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+    spec, lengths = _spec("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
     return choose(backend, spec).gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
 
 
@@ -148,8 +169,8 @@ def lstm(
     """One LSTM layer-direction over a whole sequence.
 
     x (T, B, I), h0 (B, P), c0 (B, H), w_ih (4H, I), w_hh (4H, P), b_ih/b_hh (4H,) or None (gate
-    rows i|f|g|o), w_hr (P, H) or None; residual None or (T, B, P); lengths None or int64 (B,).
+    rows i|f|g|o), w_hr (P, H) or None; residual None or (T, B, P); lengths None or an integer (B,) tensor.
     Returns y (T, B, P), h_n (B, P) and c_n (B, H).
     """
-    spec = _spec("lstm", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=c0, w_hr=w_hr)
+    spec, lengths = _spec("lstm", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=c0, w_hr=w_hr)
     return choose(backend, spec).lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse)

@@ -13,6 +13,11 @@ Extra keyword-only arguments:
   residual=False | True | k   y_l = rnn_l(x_l) + x_l for layers k, k+1, ... (True: every layer whose
                               input width equals its output width D*P). h_n stays the RNN state.
   backend="auto" | "cuda" | "triton" | "torch" | "reference"
+
+forward(input, hx=None, *, lengths=None): ``lengths`` (an integer tensor of shape (B,), on any
+device) gives each row of a padded input its valid length, with the results of packing with
+``pack_padded_sequence(enforce_sorted=False)`` and unpacking with ``total_length=T``; nothing is
+packed and, with lengths on the GPU, nothing waits for the device (fusedrnn.functional.check_lengths).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from torch.nn.utils.rnn import PackedSequence
 from . import dispatch
 from .backends import native
 from .dispatch import check_backend_name
+from .functional import _on_device, check_lengths
 
 __all__ = ["GRU", "LSTM", "convert", "unconvert"]
 
@@ -121,15 +127,18 @@ class _FusedRNNMixin:
         dropped = PackedSequence(F.dropout(packed.data, p=self.dropout, training=True), packed.batch_sizes)
         return torch.nn.utils.rnn.pad_packed_sequence(dropped, total_length=output.shape[0])[0]
 
-    def forward(self, input, hx=None):
-        plan = self._plan(input, hx)
-        if plan is not None and plan.on_torch and not self._residual_layers:
+    def forward(self, input, hx=None, *, lengths=None):
+        if lengths is not None and isinstance(input, PackedSequence):
+            raise ValueError("lengths: must be None for a PackedSequence input (its lengths are in its batch_sizes); "
+                             "pass either a padded tensor with lengths= or a PackedSequence")
+        plan = self._plan(input, hx, lengths)
+        if plan is not None and plan.on_torch and not self._residual_layers and lengths is None:
             if hx is not None or isinstance(input, PackedSequence):
                 self._checks_torch_skips(input, hx)
             return super().forward(input, hx)  # torch.nn.GRU/LSTM.forward: the stack exactly as torch runs it
-        return self._forward(input, hx, plan)
+        return self._forward(input, hx, plan, lengths)
 
-    def _plan(self, input, hx) -> dispatch.StackPlan | None:
+    def _plan(self, input, hx, lengths=None) -> dispatch.StackPlan | None:
         """The backends of this call (fusedrnn.dispatch.plan_module), or None when the input is
         malformed (the checks of the full path then raise torch's error). On the CPU the plan
         depends only on the dtype, autocast, packing and the backend asked for, so the last one is
@@ -139,8 +148,11 @@ class _FusedRNNMixin:
         x = input.data if packed else input
         if not isinstance(x, Tensor):
             return None
+        has_lengths = packed or lengths is not None  # per-row lengths: packed, or padded with lengths=
+        device_lengths = isinstance(lengths, Tensor) and _on_device(lengths)
         if x.is_cpu:
-            key = (x.dtype, packed, self.backend, dispatch.env_backend(), torch._C._is_any_autocast_enabled())
+            key = (x.dtype, has_lengths, self.backend, dispatch.env_backend(), torch._C._is_any_autocast_enabled(),
+                   device_lengths)
             cached = self.__dict__.get("_last_plan")
             if cached is not None and cached[0] == key:
                 plan = cached[1]
@@ -148,16 +160,17 @@ class _FusedRNNMixin:
                 if (plan.on_torch and not torch.compiler.is_compiling()) or not dispatch.tracing():
                     return plan
             if not dispatch.tracing():
-                plan = self._plan_for(x.device, key[0], key[4], packed, 0, 0, False)
+                plan = self._plan_for(x.device, key[0], key[4], has_lengths, 0, 0, False, device_lengths)
                 self.__dict__["_last_plan"] = (key, plan)
                 return plan
         if x.dim() not in ((2,) if packed else (2, 3)):
             return None
         if x.is_cuda:
-            return self._plan_gpu(x, input, hx, packed)
-        return self._plan_for(x.device, x.dtype, torch._C._is_any_autocast_enabled(), packed, 0, 0, False)
+            return self._plan_gpu(x, input, hx, packed, has_lengths, device_lengths)
+        return self._plan_for(x.device, x.dtype, torch._C._is_any_autocast_enabled(), has_lengths, 0, 0, False,
+                              device_lengths)
 
-    def _plan_gpu(self, x, input, hx, packed) -> dispatch.StackPlan:
+    def _plan_gpu(self, x, input, hx, packed, has_lengths, device_lengths) -> dispatch.StackPlan:
         # The measured GPU choices depend on the shape and on whether a backward will run.
         if packed:
             T, B = input.batch_sizes.numel(), int(input.batch_sizes[0])
@@ -169,16 +182,18 @@ class _FusedRNNMixin:
             x.requires_grad or any(w.requires_grad for w in self._flat_weights)
             or any(h.requires_grad for h in _as_tuple(hx))
         )
-        return self._plan_for(x.device, x.dtype, torch._C._is_any_autocast_enabled(), packed, T, B, needs_grad)
+        return self._plan_for(x.device, x.dtype, torch._C._is_any_autocast_enabled(), has_lengths, T, B, needs_grad,
+                              device_lengths)
 
-    def _plan_for(self, device, dtype, autocast: bool, packed: bool, T: int, B: int, needs_grad: bool):
+    def _plan_for(self, device, dtype, autocast: bool, packed: bool, T: int, B: int, needs_grad: bool,
+                  device_lengths: bool = False):
         if autocast:
             autocast_dtype = self._autocast_dtype_for(device.type, packed)
             if autocast_dtype is not None and autocast_dtype is not _INPUT_DTYPE:
                 dtype = autocast_dtype
         return dispatch.plan_module(
             self.backend, self._cell, device, dtype, T, B, self.input_size, self.hidden_size, self.proj_size,
-            self.num_layers, self.bidirectional, self._residual_layers, packed, needs_grad,
+            self.num_layers, self.bidirectional, self._residual_layers, packed, needs_grad, device_lengths,
         )
 
     def _checks_torch_skips(self, input, hx) -> None:
@@ -217,10 +232,13 @@ class _FusedRNNMixin:
         return shapes
 
     def _run_stack(self, x: Tensor, states: tuple[Tensor, ...], lengths: Tensor | None, weights: list,
-                   plan: dispatch.StackPlan):
+                   plan: dispatch.StackPlan, sorted_lengths: bool = True):
         """x (T, B, I) time-major; states: (h0,) or (h0, c0), each (L*D, B, .); weights: the flat list
         in torch's order (passed in, never swapped on self, so concurrent calls cannot see each
-        other's casts). Each layer-direction runs on its planned backend. -> y, final states."""
+        other's casts). Each layer-direction runs on its planned backend. -> y, final states.
+        ``sorted_lengths``: lengths come from a PackedSequence (sorted, on the CPU), so inter-layer
+        dropout can draw exactly as torch does on packed data; otherwise (lengths=) it draws over
+        the padded output, whose padding is zero and stays zero."""
         D = 2 if self.bidirectional else 1
         finals: list[list[Tensor]] = [[] for _ in states]
         P = self.proj_size if self.proj_size > 0 else self.hidden_size
@@ -248,7 +266,7 @@ class _FusedRNNMixin:
                     acc.append(s)
             output = outputs[0] if D == 1 else torch.cat(outputs, dim=-1)
             if self.dropout > 0 and self.training and layer < self.num_layers - 1:
-                output = self._dropout_between_layers(output, lengths)
+                output = self._dropout_between_layers(output, lengths if sorted_lengths else None)
             layer_input = output
         return layer_input, tuple(torch.stack(acc, 0) for acc in finals)
 
@@ -274,20 +292,27 @@ class _FusedRNNMixin:
             layer_input = output
         return layer_input, tuple(torch.cat(acc, 0) for acc in finals)
 
-    def _compute(self, input: Tensor, hx: tuple[Tensor, ...], batch_sizes: Tensor | None, plan: dispatch.StackPlan):
-        """Replaces torch's _VF call: input is (T,B,I)/(B,T,I) dense or packed data (N, I)."""
+    def _compute(self, input: Tensor, hx: tuple[Tensor, ...], batch_sizes: Tensor | None, plan: dispatch.StackPlan,
+                 lengths: Tensor | None = None):
+        """Replaces torch's _VF call: input is (T,B,I)/(B,T,I) dense or packed data (N, I); ``lengths``
+        (dense input only): each row's valid length (forward's lengths=)."""
         if batch_sizes is None and input.size(0 if not self.batch_first else 1) == 0:
             raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        if lengths is not None:
+            T, B = (input.size(1), input.size(0)) if self.batch_first else (input.size(0), input.size(1))
+            lengths = check_lengths(lengths, T, B)
         weights = self._flat_weights
         _check_devices(input, hx, weights)
         self._check_weights(weights)
         if batch_sizes is not None:
             _check_batch_sizes(batch_sizes)
-        dtype = self._autocast_dtype(input, packed=batch_sizes is not None)
+        dtype = self._autocast_dtype(input, packed=batch_sizes is not None or lengths is not None)
         # Autocast is handled here once, as torch's RNN ops do; inside, the stack runs in `dtype`.
         with torch.autocast(input.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
             if dtype is not None:
                 input, hx, weights = input.to(dtype), tuple(h.to(dtype) for h in hx), [w.to(dtype) for w in weights]
+            if lengths is not None:
+                return self._compute_padded(input, hx, lengths, weights, plan)
             if plan.on_torch:
                 return self._run_torch_layers(input, batch_sizes, hx, weights)
             if batch_sizes is None:
@@ -299,6 +324,30 @@ class _FusedRNNMixin:
         if batch_sizes is None:
             return (y.transpose(0, 1) if self.batch_first else y), finals
         return torch.nn.utils.rnn.pack_padded_sequence(y, lengths, enforce_sorted=True).data, finals
+
+    def _compute_padded(self, input: Tensor, hx: tuple[Tensor, ...], lengths: Tensor, weights: list,
+                        plan: dispatch.StackPlan):
+        """Dense input with per-row ``lengths`` (int64, validated). On torch's op throughout: packed
+        as pack_padded_sequence(enforce_sorted=False) would (torch's op needs lengths on the CPU,
+        which the plan guarantees), run, unpacked with total_length=T. Otherwise the planned
+        backends take the padded sequence and the lengths as they are: nothing is packed or sorted,
+        and lengths go to the input's device without a synchronisation."""
+        T = input.size(1 if self.batch_first else 0)
+        if plan.on_torch:
+            packed = torch.nn.utils.rnn.pack_padded_sequence(input, lengths, batch_first=self.batch_first,
+                                                             enforce_sorted=False)
+            order, unorder = packed.sorted_indices, packed.unsorted_indices
+            data, finals = self._run_torch_layers(packed.data, packed.batch_sizes,
+                                                  tuple(h.index_select(1, order) for h in hx), weights)
+            y = torch.nn.utils.rnn.pad_packed_sequence(
+                PackedSequence(data, packed.batch_sizes, order, unorder), batch_first=self.batch_first, total_length=T
+            )[0]
+            return y, tuple(h.index_select(1, unorder) for h in finals)
+        x = input.transpose(0, 1) if self.batch_first else input
+        if not any(b.name == "torch" for b in plan.backends):  # torch's op (mixed stacks) reads them on the CPU
+            lengths = lengths.to(x.device, non_blocking=True)
+        y, finals = self._run_stack(x, hx, lengths, weights, plan, sorted_lengths=False)
+        return (y.transpose(0, 1) if self.batch_first else y), finals
 
     def _autocast_dtype(self, x: Tensor, packed: bool):
         """The dtype torch's RNN op would run in under autocast, or None when autocast is off."""
@@ -380,7 +429,7 @@ class GRU(_FusedRNNMixin, torch.nn.GRU):
     )
     _cell = "gru"
 
-    def _forward(self, input, hx, plan):  # mirrors torch.nn.GRU.forward; the _VF call is replaced
+    def _forward(self, input, hx, plan, lengths=None):  # mirrors torch.nn.GRU.forward; the _VF call is replaced
         self._update_flat_weights()
         orig_input = input
         if isinstance(orig_input, PackedSequence):
@@ -419,7 +468,7 @@ class GRU(_FusedRNNMixin, torch.nn.GRU):
         self.check_forward_args(input, hx, batch_sizes)
         if not _autocast_on(input.device.type):
             _check_hx_dtype(input, (hx,))
-        output, (hidden,) = self._compute(input, (hx,), batch_sizes, plan)
+        output, (hidden,) = self._compute(input, (hx,), batch_sizes, plan, lengths)
         if isinstance(orig_input, PackedSequence):
             output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
             return output_packed, self.permute_hidden(hidden, unsorted_indices)
@@ -438,7 +487,7 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
     )
     _cell = "lstm"
 
-    def _forward(self, input, hx, plan):  # mirrors torch.nn.LSTM.forward; the _VF call is replaced
+    def _forward(self, input, hx, plan, lengths=None):  # mirrors torch.nn.LSTM.forward; the _VF call is replaced
         self._update_flat_weights()
         orig_input = input
         batch_sizes = None
@@ -484,7 +533,7 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
                 hx = self.permute_hidden(hx, sorted_indices)
         if not _autocast_on(input.device.type):
             _check_hx_dtype(input, tuple(hx))
-        output, hidden = self._compute(input, tuple(hx), batch_sizes, plan)
+        output, hidden = self._compute(input, tuple(hx), batch_sizes, plan, lengths)
         if isinstance(orig_input, PackedSequence):
             output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
             return output_packed, self.permute_hidden(hidden, unsorted_indices)

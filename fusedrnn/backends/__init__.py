@@ -54,6 +54,7 @@ class CallSpec:
     has_proj: bool  # LSTM with a projection w_hr
     needs_grad: bool = False  # autograd will run a backward through this call
     tracing: bool = False  # under torch.compile: T, B and I are blanked, only traceable paths qualify
+    device_lengths: bool = False  # lengths live off the CPU: a backend reading them on the host would sync
 
 
 def dtype_reasons(dtype: torch.dtype, supported) -> list[str]:

@@ -31,6 +31,9 @@ class TorchBackend(Backend):
     def reasons(self, spec, forced):
         if spec.has_lengths and spec.tracing:
             return ["lengths under torch.compile (torch's packing functions are not traceable)"]
+        if spec.has_lengths and spec.device_lengths:
+            return ["lengths on the GPU (torch's packed op takes them on the CPU: reading them would "
+                    "synchronise with the device; pass lengths on the CPU to use torch's op)"]
         if spec.tracing and spec.cell == "lstm" and spec.device.type == "cpu":
             return ["LSTM on CPU under torch.compile (torch's mkldnn LSTM op does not trace through AOT autograd)"]
         if spec.has_proj and spec.P == spec.H:
