@@ -13,6 +13,9 @@ Extra keyword-only arguments:
   residual=False | True | k   y_l = rnn_l(x_l) + x_l for layers k, k+1, ... (True: every layer whose
                               input width equals its output width D*P). h_n stays the RNN state.
   backend="auto" | "cuda" | "triton" | "torch" | "reference"
+  dropconnect=p               float in [0, 1): in training, each layer-direction's weight_hh is used as
+                              weight_hh * m / (1 - p), m ~ Bernoulli(1 - p) elementwise, drawn once per
+                              forward call (_dropconnect). In evaluation weight_hh is used as is.
 
 forward(input, hx=None, *, lengths=None): ``lengths`` (an integer tensor of shape (B,), on any
 device) gives each row of a padded input its valid length, with the results of packing with
@@ -65,27 +68,39 @@ def _residual_layers(residual, num_layers: int, layer_widths: list[tuple[int, in
     return tuple(range(residual, num_layers))
 
 
+def _check_dropconnect(p) -> float:
+    if isinstance(p, bool) or not isinstance(p, (float, int)):
+        raise ValueError(f"dropconnect should be a float in [0, 1), got: {p!r} ({type(p).__name__})")
+    if not 0 <= p < 1:
+        raise ValueError(f"dropconnect should be a float in [0, 1), got: {p!r}")
+    return float(p)
+
+
 class _FusedRNNMixin:
     """Shared by GRU and LSTM: extra arguments, and the layer/direction stack over the functional op."""
 
     _cell: str  # "gru" | "lstm"
 
-    def __init__(self, *args, residual=False, backend: str = "auto", **kwargs):
+    def __init__(self, *args, residual=False, backend: str = "auto", dropconnect: float = 0.0, **kwargs):
+        dropconnect = _check_dropconnect(dropconnect)
         super().__init__(*args, **kwargs)
-        self._init_extras(residual, backend)
+        self._init_extras(residual, backend, dropconnect)
 
-    def _init_extras(self, residual, backend) -> None:
+    def _init_extras(self, residual, backend, dropconnect: float = 0.0) -> None:
         D = 2 if self.bidirectional else 1
         P = self.proj_size if self.proj_size > 0 else self.hidden_size
         widths = [(self.input_size if k == 0 else D * P, D * P) for k in range(self.num_layers)]
         self.residual = residual
         self._residual_layers = _residual_layers(residual, self.num_layers, widths)
         self.backend = check_backend_name(backend)
+        self.dropconnect = _check_dropconnect(dropconnect)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
         if self.residual is not False:
             s += f", residual={self.residual}"
+        if self.dropconnect:
+            s += f", dropconnect={self.dropconnect}"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s
@@ -103,6 +118,7 @@ class _FusedRNNMixin:
         self.__dict__.setdefault("residual", False)
         self.__dict__.setdefault("_residual_layers", ())
         self.__dict__.setdefault("backend", "auto")
+        self.__dict__.setdefault("dropconnect", 0.0)
 
     def _zero_states(self, batch: int, input: Tensor) -> tuple[Tensor, ...]:
         """Default hx: zeros (L*D, batch, P) (and c0 (L*D, batch, H) for LSTM) in the input's dtype/device."""
@@ -132,7 +148,8 @@ class _FusedRNNMixin:
             raise ValueError("lengths: must be None for a PackedSequence input (its lengths are in its batch_sizes); "
                              "pass either a padded tensor with lengths= or a PackedSequence")
         plan = self._plan(input, hx, lengths)
-        if plan is not None and plan.on_torch and not self._residual_layers and lengths is None:
+        if (plan is not None and plan.on_torch and not self._residual_layers and lengths is None
+                and not self._dropconnect_active()):
             if hx is not None or isinstance(input, PackedSequence):
                 self._checks_torch_skips(input, hx)
             return super().forward(input, hx)  # torch.nn.GRU/LSTM.forward: the stack exactly as torch runs it
@@ -206,6 +223,26 @@ class _FusedRNNMixin:
             _check_hx_dtype(data, _as_tuple(hx))
         if self._cell == "lstm" and isinstance(input, PackedSequence):
             self.check_input(data, input.batch_sizes)
+
+    def _dropconnect_active(self) -> bool:
+        return self.training and self.dropconnect > 0
+
+    def _dropconnect(self, weights: list) -> list:
+        """DropConnect on the recurrent weights, the one place it happens: in training with p > 0,
+        each weight_hh (in _flat_weights_names order, one draw each from torch's generator) becomes
+        weight_hh * (Bernoulli(1 - p) mask / (1 - p)), the same for every step and batch row of this
+        call. Autograd of the multiply carries the gradient to the real parameter. Every backend
+        then runs the transformed weights unchanged."""
+        if not self._dropconnect_active():
+            return weights
+        keep = 1.0 - self.dropconnect
+        out = list(weights)
+        for i, name in enumerate(self._flat_weights_names):
+            if name.startswith("weight_hh_l"):
+                w = out[i]
+                mask = torch.bernoulli(torch.full_like(w, keep, memory_format=torch.contiguous_format))
+                out[i] = w * (mask / keep)
+        return out
 
     def _check_weights(self, weights: list) -> None:
         """The flat weights still have the shapes torch.nn gave them (a replaced parameter could
@@ -304,6 +341,7 @@ class _FusedRNNMixin:
         weights = self._flat_weights
         _check_devices(input, hx, weights)
         self._check_weights(weights)
+        weights = self._dropconnect(weights)
         if batch_sizes is not None:
             _check_batch_sizes(batch_sizes)
         dtype = self._autocast_dtype(input, packed=batch_sizes is not None or lengths is not None)
@@ -425,7 +463,8 @@ class GRU(_FusedRNNMixin, torch.nn.GRU):
     __doc__ = (
         "Drop-in torch.nn.GRU running on fusedrnn's fused kernels.\n\n"
         "Same arguments, parameters, state_dict, outputs and errors as torch.nn.GRU, plus keyword-only\n"
-        "``residual`` (False | True | first layer index) and ``backend`` (see fusedrnn.modules).\n"
+        "``residual`` (False | True | first layer index), ``backend`` and ``dropconnect`` (see\n"
+        "fusedrnn.modules).\n"
     )
     _cell = "gru"
 
@@ -482,7 +521,8 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
     __doc__ = (
         "Drop-in torch.nn.LSTM running on fusedrnn's fused kernels.\n\n"
         "Same arguments (proj_size included), parameters, state_dict, outputs and errors as\n"
-        "torch.nn.LSTM, plus keyword-only ``residual`` and ``backend`` (see fusedrnn.modules).\n"
+        "torch.nn.LSTM, plus keyword-only ``residual``, ``backend`` and ``dropconnect`` (see\n"
+        "fusedrnn.modules).\n"
         "Unlike torch, PackedSequence input is checked against input_size.\n"
     )
     _cell = "lstm"
@@ -545,7 +585,7 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
 _TWINS = {torch.nn.GRU: GRU, torch.nn.LSTM: LSTM}
 _TORCH_OF = {GRU: torch.nn.GRU, LSTM: torch.nn.LSTM}
 # What fusedrnn's modules keep on top of torch.nn's state (options and per-process caches).
-_EXTRAS = ("residual", "_residual_layers", "backend", "_last_plan", "_flat_weight_shapes")
+_EXTRAS = ("residual", "_residual_layers", "backend", "dropconnect", "_last_plan", "_flat_weight_shapes")
 
 
 def _path(name: str) -> str:
@@ -614,7 +654,7 @@ def unconvert(model: torch.nn.Module) -> torch.nn.Module:
     computes. The result pickles and exports as plain torch.nn, so checkpoints load without
     fusedrnn installed; ``convert`` turns it back.
 
-    Options torch.nn cannot express (a residual add on some layer) raise a ValueError naming
+    Options torch.nn cannot express (a residual add on some layer, dropconnect > 0) raise a ValueError naming
     each such module's path in the model and the option; every module is checked before any is
     changed, so on an error nothing is. Subclasses of fusedrnn's modules (their own code) and
     parametrized ones raise as well.
@@ -635,6 +675,9 @@ def unconvert(model: torch.nn.Module) -> torch.nn.Module:
         elif module._residual_layers:
             problems.append(f"{_path(name)} has residual={module.residual!r} (residual adds on layers "
                             f"{list(module._residual_layers)}), which torch.nn.{cls.__name__} cannot express")
+        elif module.dropconnect > 0:
+            problems.append(f"{_path(name)} has dropconnect={module.dropconnect!r} (a random mask on weight_hh "
+                            f"in training), which torch.nn.{cls.__name__} cannot express")
         else:
             swaps.append(module)
     if problems:
