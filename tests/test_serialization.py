@@ -26,6 +26,8 @@ OPTIONS = [
     (fusedrnn.LSTM, dict(bias=False, batch_first=True)),
     (fusedrnn.GRU, dict(bias=False, residual=True)),
     (fusedrnn.LSTM, dict(dropout=0.5)),
+    (fusedrnn.GRU, dict(dropconnect=0.25)),
+    (fusedrnn.LSTM, dict(bidirectional=True, dropconnect=0.5, residual=True)),
 ] + [(cls, dict(backend=b)) for cls in (fusedrnn.GRU, fusedrnn.LSTM) for b in fusedrnn.dispatch.CHOICES]
 
 RUNS_ON_CPU = ("auto", "torch", "reference")
@@ -63,7 +65,7 @@ def test_whole_model_checkpoint_loads_weights_only(cls, kwargs):
     model = Model(cls, kwargs).double().eval()
     loaded = _reload(model)
     assert type(loaded) is Model and type(loaded.rnn) is cls
-    for name in ("residual", "_residual_layers", "backend", "bidirectional", "batch_first", "bias",
+    for name in ("residual", "_residual_layers", "backend", "dropconnect", "bidirectional", "batch_first", "bias",
                  "proj_size", "num_layers", "dropout", "hidden_size", "input_size"):
         assert getattr(loaded.rnn, name) == getattr(model.rnn, name), name
     assert loaded.rnn.extra_repr() == model.rnn.extra_repr()
@@ -86,6 +88,19 @@ def test_checkpoint_of_a_module_that_ran_holds_no_caches():
     loaded = _reload(model)
     assert "_last_plan" not in loaded.rnn.__dict__
     torch.testing.assert_close(loaded(x), want, rtol=0, atol=0)
+
+
+def test_dropconnect_checkpoint_trains_the_same_and_old_checkpoints_get_the_default():
+    model = Model(fusedrnn.LSTM, dict(dropconnect=0.5)).train()
+    loaded = _reload(model)
+    x = torch.randn(5, 2, 4)
+    torch.manual_seed(0)
+    want = model(x)
+    torch.manual_seed(0)
+    torch.testing.assert_close(loaded(x), want, rtol=0, atol=0)
+    old = Model(fusedrnn.GRU, dict())
+    del old.rnn.__dict__["dropconnect"]  # a checkpoint written before the option existed
+    assert _reload(old).rnn.dropconnect == 0.0
 
 
 def test_checkpoint_from_another_process_loads_after_import_fusedrnn(tmp_path):
