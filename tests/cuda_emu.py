@@ -12,7 +12,9 @@ import functools
 import hashlib
 import os
 import pathlib
+import re
 import shutil
+import sys
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
@@ -55,11 +57,15 @@ def _digest() -> str:
 @functools.cache
 def load():
     """Build (once per source version; cached by torch's extension builder) and import the emulator."""
+    import torch
     from torch.utils import cpp_extension
 
     inc = cuda_include_dir()
     return cpp_extension.load(
-        name=f"fusedrnn_emu_{_digest()}",  # any change under csrc/ is a new module: no stale builds
+        # Any change under csrc/ is a new module (no stale builds), and each Python and torch builds its
+        # own: with TORCH_EXTENSIONS_DIR set, two stacks share one folder, and a torch that finds
+        # another torch's build lock there waits on it for ever.
+        name=re.sub(r"\W", "_", f"fusedrnn_emu_{_digest()}_{sys.implementation.cache_tag}_torch{torch.__version__}"),
         sources=[str(s) for s in SOURCES],
         extra_cflags=["-O1", "-DFUSEDRNN_EMULATE", f"-I{inc}", f"-I{CSRC}"],
         verbose=False,
