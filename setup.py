@@ -1,6 +1,7 @@
 """Build and install fusedrnn.
 
     pip install --no-build-isolation .   # torch importable: fusedrnn._C is built ahead of time
+    pip wheel --no-build-isolation .     # a wheel holding the prebuilt extension
     pip install .                        # pip's build isolation (an index, an sdist): no torch here,
                                          # so no prebuilt extension; the cuda backend JIT-compiles
                                          # it on first use (fusedrnn/_ext.py)
@@ -11,7 +12,7 @@ Either way the CUDA sources are installed as fusedrnn/csrc/ for the JIT build.
 
 Environment switches:
   FUSEDRNN_SKIP_CUDA_BUILD=1   install without the CUDA extension
-  TORCH_CUDA_ARCH_LIST         target archs (default "8.0;9.0": A100 and H100/H200)
+  TORCH_CUDA_ARCH_LIST         target archs (default "8.0;9.0+PTX": A100, H100/H200, PTX for newer GPUs)
   MAX_JOBS                     parallel compile jobs (default: from cores and memory)
 """
 

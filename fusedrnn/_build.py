@@ -9,7 +9,8 @@ import hashlib
 import os
 from pathlib import Path
 
-DEFAULT_ARCH_LIST = "8.0;9.0"
+# SASS for A100 (sm_80) and H100/H200 (sm_90), and compute_90 PTX that the driver JIT-compiles on newer GPUs.
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 SOURCE_SUFFIXES = (".cpp", ".cu")          # compiled
 HEADER_SUFFIXES = (".h", ".cuh")           # included; part of the fingerprint
 NVCC_FLAGS = [

@@ -4,6 +4,7 @@ torch.utils.cpp_extension.load is replaced by a stand-in here (no GPU, and a rea
 minutes); the real build is what a GPU session checks."""
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,11 @@ import torch
 
 from fusedrnn import _build, _ext
 from fusedrnn.backends import CallSpec, get
+
+try:  # the project's CUDA tool finder (bench/sass.py; fusedrnn.bench when installed)
+    from fusedrnn.bench.sass import cuda_tool
+except ImportError:
+    from bench.sass import cuda_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -93,6 +99,29 @@ def test_prebuilt_and_jit_builds_share_the_kernel_fingerprint():
     if not _ext.prebuilt_present() or not isinstance(info, dict):
         pytest.skip(f"no prebuilt extension here: {info}")
     assert info["source_hash"] == _build.source_hash(_build.fingerprint_files(_ext.csrc_dir()))
+
+
+def extension_targets(so: Path, cuobjdump: str) -> tuple[set[str], set[str]]:
+    """({"80", "90"}, {"90"}): the SASS architectures and the PTX virtual architectures in a shared
+    object, as cuobjdump lists them (one entry per translation unit)."""
+    elf = subprocess.run([cuobjdump, "--list-elf", str(so)], capture_output=True, text=True).stdout
+    ptx = subprocess.run([cuobjdump, "--list-ptx", str(so)], capture_output=True, text=True).stdout
+    return (set(re.findall(r"\.sm_(\d+)\.cubin", elf)), set(re.findall(r"\.sm_(\d+)\.ptx", ptx)))
+
+
+def test_prebuilt_extension_targets_the_default_archs():
+    """The ahead-of-time build (what `pip wheel --no-build-isolation .` packs): SASS for sm_80 and
+    sm_90, and compute_90 PTX that the driver compiles for GPUs newer than both."""
+    info = _ext.build_info()
+    if not _ext.prebuilt_present() or not isinstance(info, dict):
+        pytest.skip(f"no prebuilt extension here: {info}")
+    if info["arch_list"] != _build.DEFAULT_ARCH_LIST:
+        pytest.skip(f"built for TORCH_CUDA_ARCH_LIST={info['arch_list']!r}, not the default")
+    cuobjdump = cuda_tool("cuobjdump")
+    if cuobjdump is None:
+        pytest.skip("cuobjdump not found (CUDA toolkit or Triton)")
+    sass, ptx = extension_targets(Path(_ext._load_prebuilt().__file__), cuobjdump)
+    assert sass == {"80", "90"} and ptx == {"90"}, (sass, ptx)
 
 
 # --- the JIT build, with torch's loader stood in for -----------------------------------------------
