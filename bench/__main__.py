@@ -89,7 +89,9 @@ def list_cases() -> str:
     for c in cases_mod.CASES:
         notes = ", ".join(x for x in ("bidirectional" if c.bidirectional else "",
                                       f"packed ({c.tokens()} tokens)" if c.packed else "",
-                                      "residual" if c.residual else "", c.anchor) if x)
+                                      "residual" if c.residual else "",
+                                      f"streaming: {c.T} calls of one step, forward only" if c.stream else "",
+                                      c.anchor) if x)
         lines.append(f"{c.id:<16}{c.cell:<6}{c.B:>5}{c.H:>6}{c.T:>6}{c.layers:>8}  {notes}")
     lines.append("\nproviders: " + ", ".join(f"{p.name} ({p.label})" for p in providers.PROVIDERS.values()))
     lines.append("modes: " + ", ".join(cases_mod.MODES) + "; dtypes: " + ", ".join(cases_mod.DTYPES))

@@ -6,6 +6,10 @@ lengths, residual adds). A measurement is a case × provider × mode × dtype; p
 
 Nothing here touches a GPU at import time.
 
+A streaming case (``stream=True``) is timed as T successive calls with one step each (input
+(1, B, I)), the state of one call fed to the next: what an RL policy or a streaming recognizer does
+per frame. It is inference only; its ``us_per_step`` is the time per call.
+
 FLOP and byte counts (``flops`` / ``min_bytes``) feed the roofline floor. Per layer-direction, with
 N = valid tokens (B·T, or Σ lengths when packed), I = that layer's input width, G = gates·H
 (gates = 3 for GRU, 4 for LSTM), W = G·I + G·H + 2G weight and bias elements, s = bytes per element:
@@ -20,6 +24,7 @@ N = valid tokens (B·T, or Σ lengths when packed), I = that layer's input width
                                      + N·I + N·H  re-read x and h for dW
                                      + N·I        write dx
                                      + 2·W)       re-read W, write dW
+A streaming case reads the weights and the states once per call (T times).
 These are lower bounds a fused kernel could reach in principle (every tensor touched once), not a
 model of any implementation; the roofline floor is max(FLOPs / peak FLOP/s, bytes / peak bandwidth).
 """
@@ -48,6 +53,7 @@ class Case:
     bidirectional: bool = False
     packed: bool = False  # variable lengths in [T // 4, T], longest exactly T, fed as a PackedSequence
     residual: bool = False  # fusedrnn residual=True vs torch.nn per layer + add
+    stream: bool = False  # streaming inference: T calls of one step each (T=1 input), carrying the state
     anchor: str = ""
     scaled_from: str | None = field(default=None, compare=False)  # set by scaled_down()
 
@@ -58,6 +64,11 @@ class Case:
     @property
     def D(self) -> int:
         return 2 if self.bidirectional else 1
+
+    @property
+    def modes(self) -> tuple[str, ...]:
+        """The modes this case is measured in: a streaming case is inference only."""
+        return ("forward",) if self.stream else MODES
 
     @property
     def gates(self) -> int:
@@ -91,10 +102,11 @@ class Case:
         """Fewest bytes one call must move through device memory (see the module docstring)."""
         G, H, N, s = self.gates * self.H, self.H, self.tokens(), elem_bytes
         total = 0.0
+        calls = self.T if self.stream else 1  # a streaming call reads the weights and states each time
         for i in self.layer_inputs():
             W = G * i + G * H + 2 * G
             states = (2 if self.cell == "lstm" else 1) * 2 * self.B * H  # h0(,c0) in, h_n(,c_n) out
-            fwd = N * i + N * H + W + states
+            fwd = N * i + N * H + calls * (W + states)
             per = fwd if mode == "forward" else fwd + 2 * N * G + N * H + 2 * N * i + N * H + 2 * W + states
             total += self.D * s * per
         return total
@@ -109,6 +121,8 @@ class Case:
             parts.append("bidirectional")
         if self.residual:
             parts.append("residual")
+        if self.stream:
+            parts.append(f"streaming: {self.T} calls of one step carrying the state")
         if self.scaled_from:
             parts.append(f"scaled down from {self.scaled_from}")
         return ", ".join(parts)
@@ -137,6 +151,14 @@ CASES: tuple[Case, ...] = (
          anchor="fusedrnn residual=True vs torch.nn GRU per layer + add"),
     Case("packed-bilstm", "lstm", B=32, H=512, T=200, layers=2, bidirectional=True, packed=True,
          anchor="speech-style packed batch"),
+    Case("lstm-stack4", "lstm", B=32, H=512, T=256, layers=4, residual=True,
+         anchor="deep residual LSTM stack: fusedrnn residual=True vs torch.nn LSTM per layer + add"),
+    Case("gru-stack8", "gru", B=16, H=256, T=512, layers=8, residual=True,
+         anchor="deep residual GRU stack: fusedrnn residual=True vs torch.nn GRU per layer + add"),
+    Case("stream-gru2-b1", "gru", B=1, H=512, T=256, layers=2, stream=True,
+         anchor="streaming inference (RL policy, streaming speech): per-call us with and without CUDA graphs"),
+    Case("stream-gru2-b64", "gru", B=64, H=512, T=256, layers=2, stream=True,
+         anchor="batched streaming inference: per-call us with and without CUDA graphs"),
 )
 BY_ID = {c.id: c for c in CASES}
 

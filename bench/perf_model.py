@@ -183,11 +183,25 @@ def _load_models() -> None:
                 raise
 
 
+def _model(provider: str, case: Case, dtype_name: str, m: Machine) -> Estimate | str:
+    """A backend's model of one case. A streaming case is T calls of a one-step case: the model of
+    that call (its GEMM, launches and one step per layer) times T; inference only."""
+    if not case.stream:
+        return MODELS[provider](case, dtype_name, m)
+    one = MODELS[provider](dataclasses.replace(case, T=1, stream=False), dtype_name, m)
+    if not isinstance(one, Estimate):
+        return one
+    return dataclasses.replace(
+        one, case=case.id, fwd_ms=one.fwd_ms * case.T, fb_ms=None, bwd_step=None,
+        notes=(f"streaming: {case.T} eager calls of {one.fwd_ms * 1e3:.1f} us (one T=1 call, launches included); "
+               + one.notes).strip("; "))
+
+
 def estimate(provider: str, case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
     _load_models()
     if provider not in MODELS:
         return f"no latency model registered for {provider}"
-    return MODELS[provider](case, dtype_name, m)
+    return _model(provider, case, dtype_name, m)
 
 
 def estimates(cases=CASES, dtypes=("bf16", "fp16", "fp32"), m: Machine = H100) -> list[Estimate | tuple]:
@@ -197,7 +211,7 @@ def estimates(cases=CASES, dtypes=("bf16", "fp16", "fp32"), m: Machine = H100) -
     for case in cases:
         for dtype_name in dtypes:
             for provider in sorted(MODELS):
-                e = MODELS[provider](case, dtype_name, m)
+                e = _model(provider, case, dtype_name, m)
                 out.append(e if isinstance(e, Estimate) else (provider, case.id, dtype_name, e))
     return out
 

@@ -9,8 +9,13 @@
   fusedrnn-cuda       fusedrnn.GRU/LSTM(..., backend="cuda")
   fusedrnn-torch      fusedrnn.GRU/LSTM(..., backend="torch")      (CPU demonstration)
   fusedrnn-reference  fusedrnn.GRU/LSTM(..., backend="reference")  (CPU demonstration)
+  torch-nn-graphed, fusedrnn-triton-graphed, fusedrnn-cuda-graphed
+                      streaming cases only (GPU): one T=1 call, state carried inside, captured in a
+                      CUDA graph (torch.cuda.graph) and replayed once per step after copying that
+                      step's input into the graph's input buffer
 
-For residual cases the torch baselines are what a user writes today: one single-layer torch.nn module
+Streaming cases (``case.stream``) run T calls of one step each, the state of one call fed to the
+next (inference only). For residual cases the torch baselines are what a user writes today: one single-layer torch.nn module
 (or cell loop) per layer, plus ``y = rnn(x) + x``; fusedrnn gets ``residual=True``.
 
 ``build(case_inputs, provider, mode)`` returns a zero-argument callable doing one timed call: in
@@ -58,9 +63,15 @@ PROVIDERS: dict[str, Provider] = {
         Provider("fusedrnn-cuda", "fusedrnn cuda", ("cuda",), fused=True),
         Provider("fusedrnn-torch", "fusedrnn torch backend", ("cuda", "cpu"), fused=True),
         Provider("fusedrnn-reference", "fusedrnn reference backend", ("cuda", "cpu"), fused=True),
+        Provider("torch-nn-graphed", "torch.nn, one CUDA graph per streaming call", ("cuda",)),
+        Provider("fusedrnn-triton-graphed", "fusedrnn triton, one CUDA graph per streaming call", ("cuda",),
+                 fused=True),
+        Provider("fusedrnn-cuda-graphed", "fusedrnn cuda, one CUDA graph per streaming call", ("cuda",), fused=True),
     )
 }
-GPU_DEFAULT = ("torch-nn", "torch-nn-nocudnn", "cell-loop", "cell-loop-compiled", "fusedrnn-triton", "fusedrnn-cuda")
+GRAPHED = "-graphed"
+GPU_DEFAULT = ("torch-nn", "torch-nn-nocudnn", "cell-loop", "cell-loop-compiled", "fusedrnn-triton", "fusedrnn-cuda",
+               "torch-nn-graphed", "fusedrnn-triton-graphed", "fusedrnn-cuda-graphed")
 CPU_DEMO_DEFAULT = ("torch-nn", "cell-loop", "fusedrnn-torch", "fusedrnn-reference")
 
 
@@ -109,7 +120,16 @@ def _module_model(inp: Inputs, fused_backend: str | None):
         def run(seq):
             return modules(seq)[0]
 
-    if case.packed:
+    if case.stream:
+        if case.packed or case.residual:
+            raise Unavailable("a streaming case is neither packed nor residual")
+
+        def forward(x):
+            state = None
+            for t in range(x.shape[0]):  # one call per step, the state carried
+                out, state = modules(x[t:t + 1], state)
+            return out
+    elif case.packed:
         if case.residual:
             raise Unavailable("packed + residual is not a benchmark case")
         lengths = inp.lengths
@@ -120,6 +140,49 @@ def _module_model(inp: Inputs, fused_backend: str | None):
     else:
         forward = run
     return forward, list(modules.parameters())
+
+
+def _graphed_stream_model(inp: Inputs, fused_backend: str | None):
+    """(forward(x) -> None, params): a streaming case with each call replayed from a CUDA graph.
+
+    One T=1 call, with the new state copied into the state it read, is captured once (after a few
+    warm-up calls on a side stream, torch's capture recipe: kernels compiled, plans cached, workspaces
+    allocated); a timed call then copies each step's input into the graph's input buffer and replays."""
+    case = inp.case
+    if not case.stream:
+        raise Unavailable("the CUDA-graph providers time the streaming cases only")
+    if inp.x.device.type != "cuda":
+        raise Unavailable("CUDA graphs need a GPU")
+    cls = _rnn_cls(case.cell, fused_backend)
+    kw = {} if fused_backend is None else {"backend": fused_backend}
+    module = cls(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional, **kw)
+    module.load_state_dict(inp.state_dict)
+    module = module.to(device=inp.x.device, dtype=inp.x.dtype)
+    x1 = inp.x[:1].clone()
+    h = inp.x.new_zeros(case.layers * case.D, case.B, case.H)
+    state = (h, torch.zeros_like(h)) if case.cell == "lstm" else h
+
+    def one_call():
+        _, new = module(x1, state)
+        for old, fresh in zip(state if isinstance(state, tuple) else (state,), new if isinstance(new, tuple) else (new,)):
+            old.copy_(fresh)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(side):
+        for _ in range(3):
+            one_call()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        one_call()
+
+    def forward(x):
+        for t in range(x.shape[0]):
+            x1.copy_(x[t:t + 1])
+            graph.replay()
+
+    return forward, list(module.parameters())
 
 
 # --- the per-step cell loop -------------------------------------------------------------------------
@@ -184,7 +247,26 @@ def _cell_loop_model(inp: Inputs, compiled: bool):
             h, c = h_new, c_new
         return torch.stack(ys, 0)
 
+    def stream(x):
+        # one call per step, every layer, the states carried (what a streaming user writes)
+        hs = [x.new_zeros(B, H) for _ in range(case.layers)]
+        cs = [x.new_zeros(B, H) for _ in range(case.layers)] if case.cell == "lstm" else None
+        for t in range(T):
+            inp_t = x[t]
+            for k in range(case.layers):
+                cell = cells[k][0]
+                if case.cell == "gru":
+                    hs[k] = step(inp_t, hs[k], cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh) if step \
+                        else cell(inp_t, hs[k])
+                else:
+                    args = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+                    hs[k], cs[k] = step(inp_t, hs[k], cs[k], *args) if step else cell(inp_t, (hs[k], cs[k]))
+                inp_t = hs[k]
+        return inp_t
+
     def forward(x):
+        if case.stream:
+            return stream(x)
         seq = x
         for k in range(case.layers):
             outs = [direction(cells[k][d], seq, reverse=d == 1) for d in range(case.D)]
@@ -196,6 +278,12 @@ def _cell_loop_model(inp: Inputs, compiled: bool):
 
 
 # --- build ---------------------------------------------------------------------------------------
+
+def applies(case, provider: str, mode: str) -> bool:
+    """Whether the grid holds this measurement at all: a streaming case is inference only, and the
+    CUDA-graph providers time the streaming cases only. (Whether it can run here is build's call.)"""
+    return mode in case.modes and (case.stream or not provider.endswith(GRAPHED))
+
 
 def check_device(provider: str, device) -> None:
     p = PROVIDERS.get(provider)
@@ -213,6 +301,10 @@ def build(inp: Inputs, provider: str, mode: str) -> Callable[[], None]:
     its reasons); the first call inside build() also catches a backend's ValueError at dispatch."""
     check_device(provider, inp.x.device)
     case = inp.case
+    if mode not in case.modes:
+        raise Unavailable(f"{case.id} is measured in {', '.join(case.modes)} only")
+    if case.stream and case.bidirectional:
+        raise Unavailable("a streaming case is unidirectional")
     ctx: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     mask = None
     if provider in (TORCH_NN, "torch-nn-nocudnn"):
@@ -222,6 +314,9 @@ def build(inp: Inputs, provider: str, mode: str) -> Callable[[], None]:
                 return torch.backends.cudnn.flags(enabled=False)
     elif provider in ("cell-loop", "cell-loop-compiled"):
         forward, params, mask = _cell_loop_model(inp, compiled=provider == "cell-loop-compiled")
+    elif provider.endswith(GRAPHED):
+        name = provider[: -len(GRAPHED)]
+        forward, params = _graphed_stream_model(inp, None if name == TORCH_NN else name.split("-", 1)[1])
     else:
         forward, params = _module_model(inp, provider.split("-", 1)[1])
 

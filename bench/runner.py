@@ -27,7 +27,7 @@ from .timing import measure, peak_memory_mib
 
 ROOT = Path(__file__).resolve().parent.parent
 CSV_FIELDS = (
-    "case", "cell", "B", "H", "T", "layers", "bidirectional", "packed", "residual", "tokens", "scaled_from",
+    "case", "cell", "B", "H", "T", "layers", "bidirectional", "packed", "residual", "stream", "tokens", "scaled_from",
     "provider", "mode", "dtype", "device", "gpu", "status", "reason",
     "median_ms", "p20_ms", "p80_ms", "mean_ms", "reps", "timing_method",
     "us_per_step", "tokens_per_s", "ratio_torch_nn", "floor_ms", "floor_kind", "ratio_floor",
@@ -92,7 +92,7 @@ def _case_fields(case: Case) -> dict:
     return {
         "case": case.id, "cell": case.cell, "B": case.B, "H": case.H, "T": case.T, "layers": case.layers,
         "bidirectional": case.bidirectional, "packed": case.packed, "residual": case.residual,
-        "tokens": case.tokens(), "scaled_from": case.scaled_from or "",
+        "stream": case.stream, "tokens": case.tokens(), "scaled_from": case.scaled_from or "",
     }
 
 
@@ -170,7 +170,8 @@ def add_floors(rows: list[dict], env: dict, device, *, measure_barrier: bool = T
 # Providers measured first when a time budget may cut the grid short: the ratio baseline and the
 # fused kernels over every case before the slower baselines.
 TIERS = {"torch-nn": 0, "fusedrnn-triton": 0, "fusedrnn-cuda": 0, "fusedrnn-torch": 0, "fusedrnn-reference": 0,
-         "torch-nn-nocudnn": 1, "cell-loop": 1, "cell-loop-compiled": 2}
+         "torch-nn-nocudnn": 1, "cell-loop": 1, "cell-loop-compiled": 2,
+         "torch-nn-graphed": 1, "fusedrnn-triton-graphed": 1, "fusedrnn-cuda-graphed": 1}
 
 
 def run_grid(cases: list[Case], provider_names, modes, dtype_names, device, *, quick: bool,
@@ -181,7 +182,8 @@ def run_grid(cases: list[Case], provider_names, modes, dtype_names, device, *, q
     a run killed from outside keeps what it measured."""
     env = environment(device)
     env["label"] = label
-    grid = [(c, p, m, d) for c in cases for m in modes for d in dtype_names for p in provider_names]
+    grid = [(c, p, m, d) for c in cases for m in modes for d in dtype_names for p in provider_names
+            if providers.applies(c, p, m)]
     grid.sort(key=lambda g: TIERS.get(g[1], 3))  # stable: case order kept within a tier
     try:
         from tqdm import tqdm
@@ -210,7 +212,8 @@ def run_grid(cases: list[Case], provider_names, modes, dtype_names, device, *, q
         rows.append(row)
     # Restore the grid's natural order (case, mode, dtype, provider) for the tables.
     order = {(c.id, p, m, d): i for i, (c, p, m, d) in
-             enumerate((c, p, m, d) for c in cases for m in modes for d in dtype_names for p in provider_names)}
+             enumerate((c, p, m, d) for c in cases for m in modes for d in dtype_names for p in provider_names
+                       if providers.applies(c, p, m))}
     rows.sort(key=lambda r: order[(r["case"], r["provider"], r["mode"], r["dtype"])])
     floor_info = add_floors(rows, env, device)
     for r in rows:

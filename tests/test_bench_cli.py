@@ -3,6 +3,7 @@ without a GPU runs the labelled CPU demonstration, writes CSV/JSON, and exits 0 
 correctness check that could run passed."""
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -134,3 +135,59 @@ def test_import_cost_figure():
     assert r["n"] == 1 and 0 < r["import torch"] and 0 < r["import fusedrnn after torch"] < r["import torch, fusedrnn"]
     text = import_cost.format_figure(r)
     assert "median of 1 fresh processes" in text and "import torch, fusedrnn" in text and "(difference " in text
+
+
+# --- streaming and stack cases ---------------------------------------------------------------------
+
+
+def test_streaming_cases_are_inference_only_and_graph_providers_time_only_them():
+    from fusedrnn.bench import providers
+
+    stream = [c for c in cases.CASES if c.stream]
+    assert {c.id for c in stream} >= {"stream-gru2-b1", "stream-gru2-b64"}
+    assert all(c.modes == ("forward",) and c.layers == 2 and not c.bidirectional for c in stream)
+    assert providers.applies(stream[0], "torch-nn-graphed", "forward")
+    assert not providers.applies(stream[0], "torch-nn", "forward+backward")
+    assert not providers.applies(cases.get("flashrnn"), "fusedrnn-cuda-graphed", "forward")
+    assert providers.applies(cases.get("flashrnn"), "fusedrnn-cuda", "forward+backward")
+    # the weights and states are read once per call
+    s = stream[0]
+    one = dataclasses.replace(s, T=1, stream=False)
+    assert s.min_bytes("forward", 2) == pytest.approx(s.T * one.min_bytes("forward", 2))
+    with pytest.raises(providers.Unavailable, match="runs on cuda only"):
+        inp = cases.make_inputs(cases.get("small-lstm").scaled_down(tiny=True), torch.float32, "cpu", "forward")
+        providers.build(inp, "torch-nn-graphed", "forward")
+
+
+@pytest.mark.parametrize("provider", ["torch-nn", "fusedrnn-reference", "cell-loop"])
+def test_streaming_providers_carry_the_state(provider):
+    """A streaming call (T calls of one step, the state carried) ends where one call over the whole
+    sequence ends: every provider times the same computation."""
+    from fusedrnn.bench import providers
+
+    case = cases.get("stream-gru2-b64").scaled_down(tiny=True)
+    inp = cases.make_inputs(case, torch.float64, "cpu", "forward")
+    whole = torch.nn.GRU(case.I, case.H, num_layers=case.layers).double()
+    whole.load_state_dict(inp.state_dict)
+    want = whole(inp.x)[0][-1]
+    if provider == "cell-loop":
+        forward, _, _ = providers._cell_loop_model(inp, compiled=False)
+    else:
+        forward, _ = providers._module_model(inp, None if provider == "torch-nn" else "reference")
+    with torch.no_grad():
+        got = forward(inp.x)
+    torch.testing.assert_close(got.reshape(want.shape), want)
+    assert providers.build(inp, provider, "forward") is not None  # builds and runs once
+
+
+def test_stack_and_streaming_cases_are_modelled():
+    from fusedrnn.bench import perf_model
+
+    picked = [cases.get(i) for i in ("lstm-stack4", "gru-stack8", "stream-gru2-b1")]
+    rows = perf_model.table(picked, ["bf16"])
+    for r in rows:
+        assert "why" not in r, r
+        if r["case"].startswith("stream"):
+            assert r["model_fb_ms"] is None and "streaming: 256 eager calls" in r["notes"]
+        else:
+            assert r["model_fb_ms"] > r["model_fwd_ms"] > 0
