@@ -30,6 +30,8 @@ class Head(torch.nn.Module):
 MODELS = {
     "lstm-2-layers": (lambda: fusedrnn.LSTM(8, 16, num_layers=2), "LSTM", 2),
     "gru-residual-bidirectional": (lambda: fusedrnn.GRU(8, 4, num_layers=2, bidirectional=True, residual=True), "GRU", 2),
+    # in evaluation DropConnect uses W_hh as it is: torch.nn's graph
+    "lstm-dropconnect-eval": (lambda: fusedrnn.LSTM(8, 16, num_layers=2, dropconnect=0.3), "LSTM", 2),
 }
 
 
