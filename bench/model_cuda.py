@@ -31,8 +31,11 @@ Assumptions beyond perf_model.Machine (central values; a GPU session measures th
   Ready flags (FUSEDRNN_CUDA_READY_FLAGS=1, off by default; in each estimate's notes only, as MODEL
   figures): one step boundary READY_FLAGS_US = 0.6 us (range 0.4-0.9) in place of the grid barrier's
   Machine.barrier_us (1.2): the release waits for the step's stores to reach L2 (~0.25), the
-  consumers' acquire polls see the flag one L2 read later (~0.2) plus half a poll round; no shared
-  arrival counter, and a batch group waits only for its own CTAs. Nothing else in the step changes.
+  consumer's polls (warp 0 only, relaxed loads that overlap) see the flag one L2 read later (~0.2)
+  plus half a poll round and at most one backoff (<= 0.13), then one fence and a CTA barrier (~0.05);
+  no shared arrival counter, and a batch group waits only for its own CTAs. Nothing else in the step
+  changes. (Before the polls were relaxed and moved to one warp, an independent review of the SASS
+  put this boundary at 0.75-0.9 us: four serialised acquire loads per lane, eight warps polling.)
   fusedrnn.backends.cuda.barrier_floor(T, ready_flags=True) against barrier_floor(T) measures it on
   a GPU.
 """

@@ -170,30 +170,67 @@ __device__ __forceinline__ void publish_ready(int* flag, int value) {
   if (threadIdx.x == 0) flag_release(flag, value);
 }
 
-// Returns once flags[0 .. n-1] are all >= need. The warp's lanes poll the flags together, each its
-// own (lane, lane + 32, lane + 64, lane + 96 in a round of 128, then the next 128): acquire loads,
-// LDG.E.STRONG.GPU each followed by CCTL.IVALL in the sm_80/sm_90 SASS (whether a lane's up to four
-// loads of a round overlap is for a GPU to measure; up to 32 flags, one per lane). Then __syncwarp()
-// passes what each lane acquired on to every lane, so that the warp's reads that follow (its
-// cp.async staging) see what every producer wrote before its release. Every lane of the warp must
-// call it. (No vote in the loop: on sm_80 a vote in a loop is compiled to a CALL.)
+// ld.relaxed.gpu: a strong load with no ordering of its own (no L1 invalidation after it); with a
+// fence_acquire() after it, the acquire pattern of the PTX memory model.
+__device__ __forceinline__ int flag_relaxed(const int* p) {
+#if defined(FUSEDRNN_EMULATE)
+  return fusedrnn_emu::flag_load(p, false);
+#else
+  int v;
+  asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];\n" : "=r"(v) : "l"(p) : "memory");
+  return v;
+#endif
+}
+
+// fence.acq_rel.gpu: this thread's later memory operations see what the releasers of every value
+// its earlier relaxed loads returned had ordered before their releases.
+__device__ __forceinline__ void fence_acquire() {
+#if defined(FUSEDRNN_EMULATE)
+  fusedrnn_emu::fence_acq_rel();
+#else
+  asm volatile("fence.acq_rel.gpu;\n" ::: "memory");
+#endif
+}
+
+// Backoff between poll rounds that came back short (no-op in the emulator: its polls yield anyway).
+__device__ __forceinline__ void poll_backoff(unsigned ns) {
+#if !defined(FUSEDRNN_EMULATE)
+  __nanosleep(ns);
+#endif
+}
+
+// Returns once flags[0 .. n-1] are all >= need; every thread of the CTA must call it (uniform control
+// flow: it ends in a __syncthreads()). One warp polls, so the CTA's other 7 warps add no traffic to
+// the 1-2 cache lines every CTA of the batch group polls: each lane reads its flags (lane, lane + 32,
+// lane + 64, lane + 96 in a round of 128, then the next 128) with relaxed loads, which overlap (no
+// L1 invalidation after each, as an acquire load has), and backs off (32, 64, 128 ns) between rounds
+// that came back short. After success one fence.acq_rel.gpu per lane makes its relaxed reads an
+// acquire, and the __syncthreads() passes what the warp acquired on to every thread of the CTA, so
+// that the reads that follow (the cp.async staging) see what every producer wrote before its
+// release. (No vote in the loop: on sm_80 a vote in a loop is compiled to a CALL.)
 __device__ __forceinline__ void wait_ready(const int* flags, int n, int need) {
-  const int lane = threadIdx.x & 31;
-  for (int base = 0; base < n; base += 128) {
-    for (;;) {
-      int v[4];
+  if (threadIdx.x < 32) {
+    const int lane = threadIdx.x;
+    for (int base = 0; base < n; base += 128) {
+      unsigned backoff_ns = 0;
+      for (;;) {
+        int v[4];
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int i = base + lane + 32 * e;
-        v[e] = i < n ? flag_acquire(flags + i) : need;
+        for (int e = 0; e < 4; ++e) {
+          const int i = base + lane + 32 * e;
+          v[e] = i < n ? flag_relaxed(flags + i) : need;
+        }
+        bool ok = true;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) ok = ok && v[e] >= need;
+        if (ok) break;
+        if (backoff_ns != 0) poll_backoff(backoff_ns);
+        backoff_ns = backoff_ns == 0 ? 32u : (backoff_ns < 128u ? 2u * backoff_ns : backoff_ns);
       }
-      bool ok = true;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) ok = ok && v[e] >= need;
-      if (ok) break;
     }
+    fence_acquire();
   }
-  __syncwarp();
+  __syncthreads();
 }
 
 // Branch-free sigmoid and tanh from ex2.approx and rcp.approx: no IEEE-division slow path (a CALL)

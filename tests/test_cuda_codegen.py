@@ -241,18 +241,29 @@ def test_step_loops_hide_every_global_load(sass):
 
 def ready_flag_ordering(body: list[Insn]) -> tuple[int, int]:
     """(releases, acquires) of the ready flags in a step loop. A release (st.release.gpu) is a
-    STG.E.STRONG.GPU whose nearest memory instruction before it is a MEMBAR.ALL.GPU; an acquire
-    (ld.acquire.gpu) is a LDG.E.STRONG.GPU followed by CCTL.IVALL (L1 invalidated) before the next
-    memory instruction. The grid barrier is an ATOM and polls through generic LDs, so neither
-    counts it."""
+    STG.E.STRONG.GPU whose nearest memory instruction before it is a MEMBAR.ALL.GPU. An acquire is
+    either an acquire load (ld.acquire.gpu: a LDG.E.STRONG.GPU followed by CCTL.IVALL, L1
+    invalidated, before the next memory instruction) or the acquire pattern wait_ready uses (strong
+    relaxed polls, then fence.acq_rel.gpu: a MEMBAR.ALL.GPU whose next memory instruction is a
+    CCTL.IVALL, in a loop that polls with LDG.E.STRONG.GPU; the compiler may lay the poll loop out
+    after the fence and branch back to it, so their order in the listing is not checked). The grid
+    barrier is an ATOM, fences before it, and polls through generic LDs, so neither counts it."""
     memory = ("LD", "ST", "ATOM", "RED", "MEMBAR", "CCTL", "BAR")
     releases = acquires = 0
+    polls = any(i.op.startswith("LDG") and "STRONG.GPU" in i.op for i in body)
+
+    def nearest(seq):
+        return next((i for i in seq if i.op.startswith(memory)), None)
+
     for n, insn in enumerate(body):
         if insn.op.startswith("STG") and "STRONG.GPU" in insn.op:
-            before = next((i for i in reversed(body[:n]) if i.op.startswith(memory)), None)
+            before = nearest(reversed(body[:n]))
             releases += before is not None and before.op.startswith("MEMBAR") and "GPU" in before.op
         elif insn.op.startswith("LDG") and "STRONG.GPU" in insn.op:
-            after = next((i for i in body[n + 1:] if i.op.startswith(memory)), None)
+            after = nearest(body[n + 1:])
+            acquires += after is not None and after.op == "CCTL.IVALL"
+        elif insn.op.startswith("MEMBAR") and "GPU" in insn.op and polls:
+            after = nearest(body[n + 1:])
             acquires += after is not None and after.op == "CCTL.IVALL"
     return releases, acquires
 
@@ -268,7 +279,8 @@ def test_step_loops_release_and_acquire_ready_flags(sass):
 
 def test_ready_flag_check_tells_release_and_acquire_from_plain_accesses():
     """The check above on hand-written SASS: a fenced strong store and an acquire load count; the same
-    store without the fence, and the same load without the L1 invalidation, do not."""
+    store without the fence, and the same load without the L1 invalidation, do not; relaxed polls
+    count once the fence follows them."""
     text = """
         code for sm_90
         Function : k
@@ -284,6 +296,24 @@ def test_ready_flag_check_tells_release_and_acquire_from_plain_accesses():
     assert ready_flag_ordering(step_loop(parse_sass(text)[("k", "90")])) == (1, 1)
     plain = text.replace("MEMBAR.ALL.GPU", "NOP").replace("CCTL.IVALL", "NOP")
     assert ready_flag_ordering(step_loop(parse_sass(plain)[("k", "90")])) == (0, 0)
+    # wait_ready's form: relaxed polls (no CCTL after each), one fence after them, then the CTA barrier
+    polls = """
+        code for sm_90
+        Function : k
+        /*0000*/  HMMA.16816.F32.BF16 R4, R8, R12, R4 ;
+        /*0010*/  LDG.E.STRONG.GPU R8, desc[UR4][R2.64] ;
+        /*0020*/  LDG.E.STRONG.GPU R5, desc[UR4][R2.64+0x80] ;
+        /*0030*/  NANOSLEEP R4 ;
+        /*0040*/  MEMBAR.ALL.GPU ;
+        /*0050*/  ERRBAR;
+        /*0060*/  CCTL.IVALL ;
+        /*0070*/  BAR.SYNC.DEFER_BLOCKING 0x0 ;
+        /*0080*/  ATOM.E.ADD.STRONG.GPU PT, R3, desc[UR4][R6.64], R3 ;
+        /*0090*/  BRA 0x0 ;
+    """
+    assert ready_flag_ordering(step_loop(parse_sass(polls)[("k", "90")])) == (0, 1)
+    no_fence = polls.replace("MEMBAR.ALL.GPU", "NOP").replace("CCTL.IVALL", "NOP")  # the fence's two parts
+    assert ready_flag_ordering(step_loop(parse_sass(no_fence)[("k", "90")])) == (0, 0)
 
 
 def test_uncovered_load_check_fires_on_a_load_used_at_once():

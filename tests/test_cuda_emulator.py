@@ -115,7 +115,8 @@ def _visibility_want():
 def test_reads_of_other_ctas_writes_must_be_ordered(emu, mode):
     """A CTA that reads what another CTA wrote in the same launch must be ordered after the write: by
     a release -> acquire ready flag (acquire loads, or relaxed loads then fence.acq_rel; passed on to
-    the other lanes by __syncwarp or __syncthreads), by grid.sync, or by a split grid barrier whose
+    the other lanes by __syncwarp or __syncthreads: wait_ready polls with warp 0 only, so dropping
+    either its fence or its __syncthreads() is a planted bug), by grid.sync, or by a split grid barrier whose
     barrier_arrive comes after the write; wait_ready over more flags than one poll round (128) takes
     them all. The emulator checks the order itself, whatever values the
     schedule happens to produce: every broken variant fails under every schedule (csrc/emu/selftest.cpp
@@ -124,7 +125,7 @@ def test_reads_of_other_ctas_writes_must_be_ordered(emu, mode):
     x = _randn(4)
     for ok in (0, 6, 8, 9, 10, 12):
         assert torch.equal(emu.selftest("visibility", ok, x), _visibility_want()), ok
-    for broken in (1, 2, 3, 4, 7, 11, 13):
+    for broken in (1, 2, 3, 4, 7, 11, 13, 14, 15):
         with pytest.raises(RuntimeError, match="read before the write is visible"):
             emu.selftest("visibility", broken, x)
 

@@ -180,7 +180,8 @@ void cp_async_kernel(const void* p) {
 // kFlagCtas CTAs exchange data for a.n steps: at step s every thread writes its element of the CTA's
 // slot s (an exchange store), the CTA publishes it, and every thread then reads element t + 1 of its
 // neighbour CTA's slot s (__ldcg) into out. How the reader is ordered after the writes:
-//   0 wait_ready on the neighbour's flag (acquire loads, __syncwarp)         ok
+//   0 wait_ready on the neighbour's flag (warp 0: relaxed polls, fence;      ok
+//     then __syncthreads())
 //   1 polls the flag with relaxed loads and no fence                         read not ordered
 //   2 does not wait                                                          read not ordered
 //   3 thread 0 publishes before the __syncthreads() that orders the others'  read not ordered
@@ -195,6 +196,8 @@ void cp_async_kernel(const void* p) {
 //  12 the CTAs' flags at kFlagBase + X, after kFlagBase flags the host set;
 //     wait_ready on all kFlagBase + kFlagCtas of them (a second poll round)   ok
 //  13 as 12, but wait_ready on the first kFlagBase only                       read not ordered
+//  14 wait_ready's warp-0 polls and fence, no __syncthreads() after them      read not ordered
+//  15 wait_ready's warp-0 relaxed polls and __syncthreads(), no fence         read not ordered
 constexpr int kFlagCtas = 4;
 constexpr int kFlagBase = 128;  // wait_ready polls 128 flags per round (32 lanes x 4)
 void visibility_kernel(const void* p) {
@@ -249,6 +252,13 @@ void visibility_kernel(const void* p) {
         while (fusedrnn::flag_acquire(flag) < s + 1) {
         }
       __syncthreads();
+    } else if (v == 14 || v == 15) {
+      if (t < 32) {
+        while (fusedrnn::flag_relaxed(flag) < s + 1) {
+        }
+        if (v == 14) fusedrnn::fence_acquire();
+      }
+      if (v == 15) __syncthreads();
     } else if (v != 2 && v < 9) {
       fusedrnn::wait_ready(flag, 1, s + 1);
     }
