@@ -271,7 +271,11 @@ def _split(cell, direction, strategy, H, BH, n_btiles, cap, elem_bytes, fma) -> 
     slots = gate_slots(cell)
     K = HP if direction == "fwd" else slots * HP
     while True:
-        N = slots * BH if direction == "fwd" else BH
+        # The table's tile limits hold for GATE_SLOTS gates per unit: a cell with fewer slots (the
+        # RNN) gets the unit block GRU/LSTM would get, so its per-unit tiles (the step's epilogue)
+        # stay as large as theirs; its product is narrower (compiled with 1 slot per unit, wider
+        # blocks spilled: 2-4 STL/LDL with Triton 3.8 on sm_90).
+        N = GATE_SLOTS * BH if direction == "fwd" else BH
         num_warps = row.num_warps if K >= 16 * row.num_warps else max(1, K // 16)
         ks = row.ks_tile if direction == "fwd" else row.bwd_ks_tile
         if not fma and num_warps > 1 and BLOCK_B * N <= ks and BLOCK_B * BH <= row.ks_gate:
