@@ -10,12 +10,12 @@ from torch.nn.utils.rnn import PackedSequence
 
 
 class ComposedTorch(torch.nn.Module):
-    """The per-layer torch.nn stack equivalent to ``fmod`` (a fusedrnn.GRU/LSTM), holding copies of
+    """The per-layer torch.nn stack equivalent to ``fmod`` (a fusedrnn.GRU/LSTM/RNN), holding copies of
     its weights in their dtype."""
 
     def __init__(self, fmod):
         super().__init__()
-        cls = torch.nn.LSTM if isinstance(fmod, torch.nn.LSTM) else torch.nn.GRU
+        cls = next(c for c in (torch.nn.LSTM, torch.nn.RNN, torch.nn.GRU) if isinstance(fmod, c))
         D = 2 if fmod.bidirectional else 1
         P = fmod.proj_size if getattr(fmod, "proj_size", 0) else fmod.hidden_size
         dtype = fmod.weight_ih_l0.dtype
@@ -28,6 +28,8 @@ class ComposedTorch(torch.nn.Module):
                       device=fmod.weight_ih_l0.device)
             if self.is_lstm:
                 kw["proj_size"] = fmod.proj_size
+            if cls is torch.nn.RNN:
+                kw["nonlinearity"] = fmod.nonlinearity
             m = cls(fmod.input_size if layer == 0 else D * P, fmod.hidden_size, **kw)
             with torch.no_grad():
                 for name, p in m.named_parameters():

@@ -1,9 +1,10 @@
 """The functional seam: one layer, one direction, a whole time-major sequence.
 
 Every backend (cuda, triton, torch, reference) plugs in here, and the modules compose layers,
-directions, dropout, projection, packing and residual stacks from these two calls only.
+directions, dropout, projection, packing and residual stacks from these calls only: gru, lstm, and
+the Elman RNN cells of torch.nn.RNN, rnn_tanh and rnn_relu (h' = tanh / relu(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh)).
 
-Shapes: T steps, B batch, I input width, H hidden width, G = 3H (GRU) or 4H (LSTM),
+Shapes: T steps, B batch, I input width, H hidden width, G = 3H (GRU), 4H (LSTM) or H (RNN),
 P = proj_size (LSTM with projection) or H.
 
 Semantics (identical on every backend; fusedrnn.reference is the executable definition):
@@ -19,10 +20,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .backends import CallSpec
+from .backends import CELLS, CallSpec
 from .dispatch import choose
 
-__all__ = ["gru", "lstm"]
+__all__ = ["gru", "lstm", "rnn_tanh", "rnn_relu"]
 
 
 def _fail(argname: str, expected: str, got) -> None:
@@ -85,7 +86,7 @@ def _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=No
     T, B, I = x.shape  # noqa: E741
     if T == 0:
         raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-    n_gates = 3 if cell == "gru" else 4
+    n_gates = CELLS[cell]
     if not isinstance(w_hh, Tensor) or w_hh.dim() != 2 or w_hh.shape[0] % n_gates:
         got = tuple(w_hh.shape) if isinstance(w_hh, Tensor) else type(w_hh).__name__
         _fail("w_hh", f"a 2-D tensor ({n_gates}*H, P)", got)
@@ -94,8 +95,8 @@ def _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=No
     if H < 1 or P < 1:
         _fail("w_hh", f"a non-empty ({n_gates}*H, P) tensor with H >= 1, P >= 1", tuple(w_hh.shape))
     G = n_gates * H
-    if cell == "gru" and P != H:
-        _fail("w_hh", f"shape ({G}, {H}) for a GRU", tuple(w_hh.shape))
+    if cell != "lstm" and P != H:
+        _fail("w_hh", f"shape ({G}, {H}) for a{'' if cell == 'gru' else 'n'} {cell.upper()}", tuple(w_hh.shape))
     _check_tensor("w_ih", w_ih, (G, I), x)
     _check_tensor("w_hh", w_hh, (G, P), x)
     if (b_ih is None) != (b_hh is None):
@@ -149,6 +150,51 @@ def gru(
     """
     spec, lengths = _spec("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
     return choose(backend, spec).gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+
+
+def _rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, backend):
+    spec, lengths = _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+    return choose(backend, spec).rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+
+
+def rnn_tanh(
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None = None,
+    b_hh: Tensor | None = None,
+    *,
+    residual: Tensor | None = None,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """One Elman RNN layer-direction with tanh (torch.nn.RNN's default cell) over a whole sequence:
+    h_t = tanh(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh).
+
+    x (T, B, I), h0 (B, H), w_ih (H, I), w_hh (H, H), b_ih/b_hh (H,) or None; residual None or
+    (T, B, H); lengths None or an integer (B,) tensor (see ``check_lengths``).
+    Returns y (T, B, H) and h_n (B, H).
+    """
+    return _rnn("rnn_tanh", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, backend)
+
+
+def rnn_relu(
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None = None,
+    b_hh: Tensor | None = None,
+    *,
+    residual: Tensor | None = None,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+    backend: str = "auto",
+) -> tuple[Tensor, Tensor]:
+    """rnn_tanh with ReLU (torch.nn.RNN(nonlinearity="relu")): h_t = relu(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)."""
+    return _rnn("rnn_relu", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, backend)
 
 
 def lstm(

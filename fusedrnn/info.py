@@ -9,7 +9,7 @@ import platform
 import torch
 
 from . import _ext, dispatch, evidence
-from .backends import NAMES, CallSpec, get
+from .backends import CELLS, NAMES, CallSpec, get
 from .version import __version__
 
 
@@ -69,14 +69,14 @@ def report() -> str:
     lines += _records_lines(family)
     lines.append(f"default backend: {dispatch.default_backend()} (FUSEDRNN_BACKEND)")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    lines.append(f"backends under `auto`, for a {dtype} GRU/LSTM (T=128, B=16, H=256) on {device}:")
+    lines.append(f"backends under `auto`, for a {dtype} GRU/LSTM/RNN (T=128, B=16, H=256) on {device}:")
     explained = {}
-    for cell in ("gru", "lstm"):
+    for cell in CELLS:
         spec = CallSpec(cell, device, dtype, 128, 16, 256, 256, 256, False, False, False, False)
         explained[cell] = (dict(dispatch.explain(spec)), dispatch.choose("auto", spec).name)
     for name in NAMES:
         lines.append(f"  {name:<9} {get(name).description}")
-        for cell in ("gru", "lstm"):
+        for cell in CELLS:
             reasons, chosen = explained[cell]
             verdict = "chosen" if chosen == name else ("can serve" if not reasons[name] else "; ".join(reasons[name]))
             lines.append(f"            {cell}: {verdict}")

@@ -1,9 +1,11 @@
-"""Drop-in modules: fusedrnn.GRU / fusedrnn.LSTM subclass torch.nn.GRU / torch.nn.LSTM.
+"""Drop-in modules: fusedrnn.GRU / fusedrnn.LSTM / fusedrnn.RNN subclass torch.nn.GRU / torch.nn.LSTM /
+torch.nn.RNN (the Elman RNN, nonlinearity "tanh" or "relu": cells rnn_tanh / rnn_relu).
 
 Construction, parameters, initialisation, state_dict, argument checks and the shape of the
 results are torch's own (inherited, or mirrored line by line from torch's forward). Each forward
 asks fusedrnn.dispatch once for a plan: a backend per layer-direction. Then:
-- every layer-direction on torch's op and no residual: torch.nn's own forward runs (same op, same
+- every layer-direction on torch's op and no residual (nor lengths=, nor dropconnect in training):
+  torch.nn's own forward runs (same op, same
   dropout draws, bitwise the same results; nothing is added but the plan lookup);
 - every layer-direction on torch's op, with residual adds: torch's op layer by layer plus the adds;
 - otherwise the module composes layers, directions, inter-layer dropout, packing and residual adds
@@ -34,11 +36,11 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from . import dispatch
-from .backends import native
+from .backends import CELLS, native
 from .dispatch import check_backend_name
 from .functional import _on_device, check_lengths
 
-__all__ = ["GRU", "LSTM", "convert", "unconvert"]
+__all__ = ["GRU", "LSTM", "RNN", "convert", "unconvert"]
 
 
 def _residual_layers(residual, num_layers: int, layer_widths: list[tuple[int, int]]) -> tuple[int, ...]:
@@ -77,9 +79,9 @@ def _check_dropconnect(p) -> float:
 
 
 class _FusedRNNMixin:
-    """Shared by GRU and LSTM: extra arguments, and the layer/direction stack over the functional op."""
+    """Shared by GRU, LSTM and RNN: extra arguments, and the layer/direction stack over the functional op."""
 
-    _cell: str  # "gru" | "lstm"
+    _cell: str  # "gru" | "lstm" | "rnn_tanh" | "rnn_relu"
 
     def __init__(self, *args, residual=False, backend: str = "auto", dropconnect: float = 0.0, **kwargs):
         dropconnect = _check_dropconnect(dropconnect)
@@ -124,7 +126,7 @@ class _FusedRNNMixin:
         """Default hx: zeros (L*D, batch, P) (and c0 (L*D, batch, H) for LSTM) in the input's dtype/device."""
         D = 2 if self.bidirectional else 1
         P = self.proj_size if self.proj_size > 0 else self.hidden_size
-        widths = (P,) if self._cell == "gru" else (P, self.hidden_size)
+        widths = (P, self.hidden_size) if self._cell == "lstm" else (P,)
         return tuple(
             torch.zeros(self.num_layers * D, batch, w, dtype=input.dtype, device=input.device) for w in widths
         )
@@ -257,7 +259,7 @@ class _FusedRNNMixin:
         shapes = self.__dict__.get("_flat_weight_shapes")
         if shapes is None:
             D = 2 if self.bidirectional else 1
-            G = (3 if self._cell == "gru" else 4) * self.hidden_size
+            G = CELLS[self._cell] * self.hidden_size
             P = self.proj_size if self.proj_size > 0 else self.hidden_size
             kinds = {"weight_hh": (G, P), "bias_ih": (G,), "bias_hh": (G,), "weight_hr": (P, self.hidden_size)}
             shapes = []
@@ -290,8 +292,9 @@ class _FusedRNNMixin:
                 w_ih, w_hh = w[0], w[1]
                 b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
                 res = None if residual is None else residual[..., direction * P : (direction + 1) * P]
-                if self._cell == "gru":
-                    y, h_n = backend.gru(layer_input, states[0][idx], w_ih, w_hh, b_ih, b_hh, res, lengths, direction == 1)
+                if self._cell != "lstm":  # gru, rnn_tanh, rnn_relu: one state
+                    y, h_n = getattr(backend, self._cell)(layer_input, states[0][idx], w_ih, w_hh, b_ih, b_hh, res,
+                                                          lengths, direction == 1)
                     new_states = (h_n,)
                 else:
                     w_hr = w[-1] if self.proj_size > 0 else None
@@ -395,14 +398,65 @@ class _FusedRNNMixin:
     def _autocast_dtype_for(self, device_type: str, packed: bool):
         """Under autocast, torch's RNN ops run: CUDA: float16 for everything (cuDNN's policy, even
         when bf16 was asked); CPU: LSTM in the autocast dtype, except packed input, which torch
-        leaves alone; GRU in the input's dtype (_INPUT_DTYPE). None when autocast is off."""
+        leaves alone; RNN (tanh/relu) in the autocast dtype, packed or not; GRU in the input's dtype
+        (_INPUT_DTYPE). None when autocast is off."""
         if not _autocast_on(device_type):
             return None
         if device_type == "cuda":
             return torch.float16
-        if device_type == "cpu" and self._cell == "lstm" and not packed:
+        if device_type == "cpu" and ((self._cell == "lstm" and not packed) or self._cell in ("rnn_tanh", "rnn_relu")):
             return torch.get_autocast_dtype("cpu")
         return _INPUT_DTYPE
+
+    def _forward_one_state(self, input, hx, plan, lengths=None):
+        """GRU and RNN: mirrors torch.nn.GRU.forward / torch.nn.RNN.forward (the same code but for
+        the message naming the module); the _VF call is replaced."""
+        self._update_flat_weights()
+        orig_input = input
+        if isinstance(orig_input, PackedSequence):
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            max_batch_size = int(batch_sizes[0])
+            if hx is None:
+                (hx,) = self._zero_states(max_batch_size, input)
+            else:
+                hx = self.permute_hidden(hx, sorted_indices)
+        else:
+            batch_sizes = None
+            if input.dim() not in (2, 3):
+                raise ValueError(self._input_dim_error.format(input.dim()))
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+                if hx is not None:
+                    if hx.dim() != 2:
+                        raise RuntimeError(
+                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
+                        )
+                    hx = hx.unsqueeze(1)
+            else:
+                if hx is not None and hx.dim() != 3:
+                    raise RuntimeError(
+                        f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
+                    )
+            max_batch_size = input.size(0) if self.batch_first else input.size(1)
+            sorted_indices = None
+            unsorted_indices = None
+            if hx is None:
+                (hx,) = self._zero_states(max_batch_size, input)
+            else:
+                hx = self.permute_hidden(hx, sorted_indices)
+        self.check_forward_args(input, hx, batch_sizes)
+        if not _autocast_on(input.device.type):
+            _check_hx_dtype(input, (hx,))
+        output, (hidden,) = self._compute(input, (hx,), batch_sizes, plan, lengths)
+        if isinstance(orig_input, PackedSequence):
+            output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
+            return output_packed, self.permute_hidden(hidden, unsorted_indices)
+        if not is_batched:
+            output = output.squeeze(batch_dim)
+            hidden = hidden.squeeze(1)
+        return output, self.permute_hidden(hidden, unsorted_indices)
 
 
 _INPUT_DTYPE = object()  # "the input's own dtype", from _autocast_dtype_for
@@ -467,54 +521,10 @@ class GRU(_FusedRNNMixin, torch.nn.GRU):
         "fusedrnn.modules).\n"
     )
     _cell = "gru"
+    _input_dim_error = "GRU: Expected input to be 2D or 3D, got {}D instead"  # torch's message
 
-    def _forward(self, input, hx, plan, lengths=None):  # mirrors torch.nn.GRU.forward; the _VF call is replaced
-        self._update_flat_weights()
-        orig_input = input
-        if isinstance(orig_input, PackedSequence):
-            input, batch_sizes, sorted_indices, unsorted_indices = input
-            max_batch_size = int(batch_sizes[0])
-            if hx is None:
-                (hx,) = self._zero_states(max_batch_size, input)
-            else:
-                hx = self.permute_hidden(hx, sorted_indices)
-        else:
-            batch_sizes = None
-            if input.dim() not in (2, 3):
-                raise ValueError(f"GRU: Expected input to be 2D or 3D, got {input.dim()}D instead")
-            is_batched = input.dim() == 3
-            batch_dim = 0 if self.batch_first else 1
-            if not is_batched:
-                input = input.unsqueeze(batch_dim)
-                if hx is not None:
-                    if hx.dim() != 2:
-                        raise RuntimeError(
-                            f"For unbatched 2-D input, hx should also be 2-D but got {hx.dim()}-D tensor"
-                        )
-                    hx = hx.unsqueeze(1)
-            else:
-                if hx is not None and hx.dim() != 3:
-                    raise RuntimeError(
-                        f"For batched 3-D input, hx should also be 3-D but got {hx.dim()}-D tensor"
-                    )
-            max_batch_size = input.size(0) if self.batch_first else input.size(1)
-            sorted_indices = None
-            unsorted_indices = None
-            if hx is None:
-                (hx,) = self._zero_states(max_batch_size, input)
-            else:
-                hx = self.permute_hidden(hx, sorted_indices)
-        self.check_forward_args(input, hx, batch_sizes)
-        if not _autocast_on(input.device.type):
-            _check_hx_dtype(input, (hx,))
-        output, (hidden,) = self._compute(input, (hx,), batch_sizes, plan, lengths)
-        if isinstance(orig_input, PackedSequence):
-            output_packed = PackedSequence(output, batch_sizes, sorted_indices, unsorted_indices)
-            return output_packed, self.permute_hidden(hidden, unsorted_indices)
-        if not is_batched:
-            output = output.squeeze(batch_dim)
-            hidden = hidden.squeeze(1)
-        return output, self.permute_hidden(hidden, unsorted_indices)
+    def _forward(self, input, hx, plan, lengths=None):
+        return self._forward_one_state(input, hx, plan, lengths)
 
 
 class LSTM(_FusedRNNMixin, torch.nn.LSTM):
@@ -582,8 +592,27 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
             hidden = (hidden[0].squeeze(1), hidden[1].squeeze(1))
         return output, self.permute_hidden(hidden, unsorted_indices)
 
-_TWINS = {torch.nn.GRU: GRU, torch.nn.LSTM: LSTM}
-_TORCH_OF = {GRU: torch.nn.GRU, LSTM: torch.nn.LSTM}
+
+class RNN(_FusedRNNMixin, torch.nn.RNN):
+    __doc__ = (
+        "Drop-in torch.nn.RNN (the Elman RNN, nonlinearity 'tanh' or 'relu') running on fusedrnn's\n"
+        "fused kernels.\n\n"
+        "Same arguments, parameters, state_dict, outputs and errors as torch.nn.RNN, plus keyword-only\n"
+        "``residual``, ``backend`` and ``dropconnect`` (see fusedrnn.modules). The cell is torch's\n"
+        "mode: rnn_tanh or rnn_relu (fusedrnn.functional.rnn_tanh / rnn_relu).\n"
+    )
+    _input_dim_error = "RNN: Expected input to be 2D or 3D, got {}D tensor instead"  # torch's message
+
+    @property
+    def _cell(self) -> str:
+        return self.mode.lower()  # "RNN_TANH" -> "rnn_tanh": what torch.nn.RNN.forward runs
+
+    def _forward(self, input, hx, plan, lengths=None):
+        return self._forward_one_state(input, hx, plan, lengths)
+
+
+_TWINS = {torch.nn.GRU: GRU, torch.nn.LSTM: LSTM, torch.nn.RNN: RNN}
+_TORCH_OF = {GRU: torch.nn.GRU, LSTM: torch.nn.LSTM, RNN: torch.nn.RNN}
 # What fusedrnn's modules keep on top of torch.nn's state (options and per-process caches).
 _EXTRAS = ("residual", "_residual_layers", "backend", "dropconnect", "_last_plan", "_flat_weight_shapes")
 
@@ -596,26 +625,24 @@ def _left_alone(module: torch.nn.Module) -> str | None:
     """Why convert leaves this recurrent torch module as it is, or None (not recurrent, or converted)."""
     from torch.nn.utils import parametrize
 
-    if type(module) in _TWINS or isinstance(module, (GRU, LSTM)):
+    if type(module) in _TWINS or isinstance(module, (GRU, LSTM, RNN)):
         return None  # converted; or already fusedrnn's, and converting again changes nothing
-    if isinstance(module, (torch.nn.GRU, torch.nn.LSTM)):
+    base = next((cls for cls in _TWINS if isinstance(module, cls)), None)
+    if base is not None:
         if parametrize.is_parametrized(module):
             return (f"a parametrized torch.nn.{module._get_name().removeprefix('Parametrized')} "
                     "(converting would drop its parametrizations)")
-        return (f"a subclass of torch.nn.{'GRU' if isinstance(module, torch.nn.GRU) else 'LSTM'} "
-                "(its own forward would be replaced)")
-    if isinstance(module, torch.nn.RNN):
-        return "fusedrnn has no tanh/ReLU RNN yet (nn.RNN runs on torch as before)"
+        return f"a subclass of torch.nn.{base.__name__} (its own forward would be replaced)"
     if isinstance(module, torch.nn.RNNBase):
         return "a recurrent module fusedrnn has no twin for"
     if isinstance(module, torch.nn.RNNCellBase):
-        return "a single-step cell (fusedrnn converts whole-sequence GRU/LSTM modules)"
+        return "a single-step cell (fusedrnn converts whole-sequence GRU/LSTM/RNN modules)"
     return None
 
 
 def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
-    """Turn every torch.nn.GRU / torch.nn.LSTM in ``model`` (or ``model`` itself) into its fusedrnn
-    twin, in place, and return the model.
+    """Turn every torch.nn.GRU / torch.nn.LSTM / torch.nn.RNN in ``model`` (or ``model`` itself) into
+    its fusedrnn twin, in place, and return the model.
 
     The module object stays the same and only its class changes, so everything it holds is kept:
     the Parameter objects (optimizers holding them keep working), device, dtype, training mode,
@@ -624,8 +651,8 @@ def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
     changes nothing and says nothing.
 
     Every other recurrent torch module is left as it is, with a warning naming its path in the
-    model and why: torch.nn.RNN (no fusedrnn twin yet), single-step cells, subclasses of torch's
-    GRU/LSTM (their own forward) and parametrized modules (torch.nn.utils.parametrize; converting
+    model and why: single-step cells, subclasses of torch's GRU/LSTM/RNN (their own forward),
+    other torch.nn.RNNBase modules and parametrized modules (torch.nn.utils.parametrize; converting
     would drop the parametrizations). With ``strict=True`` those raise one ValueError naming them
     all instead, and nothing is converted.
     """
@@ -645,8 +672,9 @@ def convert(model: torch.nn.Module, strict: bool = False) -> torch.nn.Module:
 
 
 def unconvert(model: torch.nn.Module) -> torch.nn.Module:
-    """The inverse of convert: turn every fusedrnn.GRU / fusedrnn.LSTM in ``model`` (or ``model``
-    itself) back into exactly torch.nn.GRU / torch.nn.LSTM, in place, and return the model.
+    """The inverse of convert: turn every fusedrnn.GRU / fusedrnn.LSTM / fusedrnn.RNN in ``model`` (or
+    ``model`` itself) back into exactly torch.nn.GRU / torch.nn.LSTM / torch.nn.RNN, in place, and
+    return the model.
 
     The module objects and their Parameter objects stay the same (optimizers keep working); the
     outputs are torch.nn's, which are fusedrnn's own bit for bit wherever fusedrnn runs torch's op
@@ -663,13 +691,14 @@ def unconvert(model: torch.nn.Module) -> torch.nn.Module:
 
     swaps, problems = [], []
     for name, module in model.named_modules():
-        if not isinstance(module, (GRU, LSTM)):
+        if not isinstance(module, (GRU, LSTM, RNN)):
             continue
         cls = type(module)
         if cls not in _TORCH_OF:
             why = ("parametrized (remove the parametrization first: torch.nn.utils.parametrize."
                    "remove_parametrizations)" if parametrize.is_parametrized(module)
-                   else f"a subclass {cls.__qualname__} of fusedrnn.{module._cell.upper()} (its own code "
+                   else f"a subclass {cls.__qualname__} of "
+                   f"fusedrnn.{next(c.__name__ for c in _TORCH_OF if isinstance(module, c))} (its own code "
                    "would be dropped)")
             problems.append(f"{_path(name)} is {why}")
         elif module._residual_layers:

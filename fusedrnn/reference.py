@@ -84,6 +84,50 @@ def gru_reference(
     return y.to(out_dtype), h.to(out_dtype)
 
 
+def rnn_reference(
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    *,
+    nonlinearity: str = "tanh",
+    residual: Tensor | None = None,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Elman RNN (torch.nn.RNN's cell) over a whole sequence: h' = act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh),
+    act = tanh or relu. x (T, B, I), h0 (B, H) -> y (T, B, H), h_n (B, H)."""
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
+    act = torch.tanh if nonlinearity == "tanh" else torch.relu
+    out_dtype = x.dtype
+    ct = compute_dtype(out_dtype)
+    x, h, w_ih, w_hh = (t.to(ct) for t in (x, h0, w_ih, w_hh))
+    b_ih = None if b_ih is None else b_ih.to(ct)
+    b_hh = None if b_hh is None else b_hh.to(ct)
+    T, B = x.shape[0], x.shape[1]
+    H = w_hh.shape[1]
+
+    gx = _input_projection(x, w_ih, b_ih)
+    ys: list[Tensor | None] = [None] * T
+    for t in _steps(T, reverse):
+        pre = gx[t] + h @ w_hh.t()
+        if b_hh is not None:
+            pre = pre + b_hh
+        h_new = act(pre)
+        y_t = h_new if residual is None else h_new + residual[t].to(ct)
+        valid = _valid_mask(lengths, t, B, x.device)
+        if valid is not None:
+            h_new = torch.where(valid, h_new, h)
+            y_t = torch.where(valid, y_t, torch.zeros_like(y_t))
+        h = h_new
+        ys[t] = y_t
+    y = torch.stack(ys, 0) if T > 0 else x.new_zeros(0, B, H)
+    return y.to(out_dtype), h.to(out_dtype)
+
+
 def lstm_reference(
     x: Tensor,
     h0: Tensor,

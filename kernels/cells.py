@@ -7,7 +7,10 @@ Semantics are fusedrnn.reference's (torch's gate order):
     GRU:  r = σ(gx_r + W_hr h + b_hr), z = σ(gx_z + W_hz h + b_hz),
           n = tanh(gx_n + r * (W_hn h + b_hn)), h' = (1 - z) n + z h
     LSTM: i, f, o = σ(gx + W h + b), g = tanh(gx_g + W_hg h + b_hg), c' = f c + i g, h' = o tanh(c')
-Saved activations (four per unit, (T, B, 4H)): GRU r, z, n, ghn = W_hn h + b_hn; LSTM i, f, g, o.
+    RNN:  h' = act(gx + W h + b), act = tanh (rnn_tanh) or relu (rnn_relu); one gate
+Saved activations (kernels/plan.py SAVED_ACTS; four per unit, (T, B, 4H), or one for the RNN):
+GRU r, z, n, ghn = W_hn h + b_hn; LSTM i, f, g, o; RNN h' (the derivative of tanh / relu is a
+function of h': 1 - h'^2, h' > 0 as torch's relu backward).
 """
 
 from __future__ import annotations
@@ -21,15 +24,15 @@ from .common import sigmoid, tanh
 @triton.jit
 def gates_forward(CELL: tl.constexpr, x0, x1, x2, x3, a0, a1, a2, a3, h_prev, c_prev):
     """One step of the cell for a tile. x*: input projections gx (bias b_ih included) per gate;
-    a*: recurrent terms W_hh h + b_hh per gate (a3 unused for GRU). Returns
-    (h', c', act0, act1, act2, act3); c' is c_prev for GRU."""
+    a*: recurrent terms W_hh h + b_hh per gate (a3 unused for GRU, a1..a3 for the RNN). Returns
+    (h', c', act0, act1, act2, act3); c' is c_prev for GRU and the RNN, act1..3 unused for the RNN."""
     if CELL == "gru":
         r = sigmoid(x0 + a0)
         z = sigmoid(x1 + a1)
         n = tanh(x2 + r * a2)
         h = (1.0 - z) * n + z * h_prev
         return h, c_prev, r, z, n, a2
-    else:
+    elif CELL == "lstm":
         i = sigmoid(x0 + a0)
         f = sigmoid(x1 + a1)
         g = tanh(x2 + a2)
@@ -37,6 +40,12 @@ def gates_forward(CELL: tl.constexpr, x0, x1, x2, x3, a0, a1, a2, a3, h_prev, c_
         c = f * c_prev + i * g
         h = o * tanh(c)
         return h, c, i, f, g, o
+    else:  # rnn_tanh, rnn_relu
+        if CELL == "rnn_tanh":
+            h = tanh(x0 + a0)
+        else:
+            h = tl.maximum(x0 + a0, 0.0)
+        return h, c_prev, h, a1, a2, a3
 
 
 @triton.jit
@@ -45,14 +54,15 @@ def gates_backward(CELL: tl.constexpr, dh, dc, act0, act1, act2, act3, h_prev, c
     Returns (dgx0..3, dgh2, dh_direct, dc_prev): dgx* are the gradients of the pre-activations as
     the input projection sees them; the recurrent product sees the same except for GRU's n gate
     (dgh2 = dn * r, the gradient of W_hn h + b_hn); dh_direct is what reaches h_{t-1} other than
-    through W_hh (GRU: dh * z; LSTM: 0); dc_prev reaches c_{t-1} (LSTM)."""
+    through W_hh (GRU: dh * z; LSTM, RNN: 0); dc_prev reaches c_{t-1} (LSTM). The RNN has one
+    gate: dgx0 (= its dgh), the others are zeros."""
     if CELL == "gru":
         r, z, n, ghn = act0, act1, act2, act3
         dn = dh * (1.0 - z) * (1.0 - n * n)
         dz = dh * (h_prev - n) * z * (1.0 - z)
         dr = dn * ghn * r * (1.0 - r)
         return dr, dz, dn, 0.0 * dn, dn * r, dh * z, dc
-    else:
+    elif CELL == "lstm":
         i, f, g, o = act0, act1, act2, act3
         tc = tanh(c_new)
         dc_t = dc + dh * o * (1.0 - tc * tc)
@@ -61,3 +71,10 @@ def gates_backward(CELL: tl.constexpr, dh, dc, act0, act1, act2, act3, h_prev, c
         dg = dc_t * i * (1.0 - g * g)
         do = dh * tc * o * (1.0 - o)
         return di, df, dg, do, dg, 0.0 * dh, dc_t * f
+    else:  # rnn_tanh, rnn_relu: act0 = h'
+        if CELL == "rnn_tanh":
+            d = dh * (1.0 - act0 * act0)
+        else:
+            d = tl.where(act0 > 0.0, dh, 0.0)
+        zero = 0.0 * d
+        return d, zero, zero, zero, zero, zero, dc

@@ -26,11 +26,21 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-CELLS = {"gru": 3, "lstm": 4}  # gates per cell
-# Gate slots per unit in the packed weights and in the product's output columns: GRU's fourth
-# slot is zeros. Four slots make the output (BB, 4*BH) split into per-gate tiles with two tl.split
-# (a power-of-two width) and keep every gate of a unit in the thread that holds that unit.
+CELLS = {"gru": 3, "lstm": 4, "rnn_tanh": 1, "rnn_relu": 1}  # gates per cell
+# Gate slots per unit in the packed weights and in the product's output columns: the gate count
+# rounded up to a power of two (gate_slots), so GRU's fourth slot is zeros. Four slots make the
+# output (BB, 4*BH) split into per-gate tiles with two tl.split (a power-of-two width) and keep
+# every gate of a unit in the thread that holds that unit; the Elman RNN's one gate is one slot
+# (its product is (BB, BH): no zero columns). GATE_SLOTS: GRU's and LSTM's.
 GATE_SLOTS = 4
+# Activations saved per unit and step for the backward: GRU r, z, n, W_hn h + b_hn; LSTM i, f, g,
+# o; RNN h' (its derivative is a function of h': 1 - h'^2 for tanh, h' > 0 for relu).
+SAVED_ACTS = {"gru": 4, "lstm": 4, "rnn_tanh": 1, "rnn_relu": 1}
+
+
+def gate_slots(cell: str) -> int:
+    """Gate slots of ``cell`` in the packed weights and the product's columns (see GATE_SLOTS)."""
+    return next_pow2(CELLS[cell])
 STRATEGIES = ("persistent", "batch_tile")
 DIRECTIONS = ("fwd", "bwd")
 BLOCK_B = 16  # batch rows per program: tl.dot's M on tensor cores (mma.sync m16)
@@ -65,7 +75,7 @@ class Plan:
     direction: str  # "fwd" | "bwd"
     strategy: str
     BB: int  # batch rows per program (>= 16)
-    BH: int  # hidden units per block (>= 8); the product has 4*BH output columns (fwd) or BH (bwd)
+    BH: int  # hidden units per block (>= 8); the product has slots*BH output columns (fwd) or BH (bwd)
     HP: int  # H padded to a power of two (>= 16)
     KS: int  # warps splitting the reduction (3-D product); 1: the warps split the output columns
     BLOCK_K: int  # reduction chunk per K-loop iteration; the whole reduction when resident
@@ -93,14 +103,19 @@ class Plan:
         return min(255, 65536 // (32 * self.num_warps))
 
     @property
+    def slots(self) -> int:
+        """Gate slots per unit (gate_slots): 4 for GRU and LSTM, 1 for the Elman RNN."""
+        return gate_slots(self.cell)
+
+    @property
     def K(self) -> int:
         """Reduction length of the step's product."""
-        return self.HP if self.direction == "fwd" else GATE_SLOTS * self.HP
+        return self.HP if self.direction == "fwd" else self.slots * self.HP
 
     @property
     def N(self) -> int:
         """Output columns of the step's product."""
-        return GATE_SLOTS * self.BH if self.direction == "fwd" else self.BH
+        return self.slots * self.BH if self.direction == "fwd" else self.BH
 
     @property
     def w_slice_bytes(self) -> int:
@@ -253,8 +268,13 @@ def _split(cell, direction, strategy, H, BH, n_btiles, cap, elem_bytes, fma) -> 
     tiles stay within the table's limits, else the columns; BH halves until one of them fits."""
     row = _TABLE[elem_bytes]
     HP = max(16, next_pow2(H))
-    K = HP if direction == "fwd" else GATE_SLOTS * HP
+    slots = gate_slots(cell)
+    K = HP if direction == "fwd" else slots * HP
     while True:
+        # The table's tile limits hold for GATE_SLOTS gates per unit: a cell with fewer slots (the
+        # RNN) gets the unit block GRU/LSTM would get, so its per-unit tiles (the step's epilogue)
+        # stay as large as theirs; its product is narrower (compiled with 1 slot per unit, wider
+        # blocks spilled: 2-4 STL/LDL with Triton 3.8 on sm_90).
         N = GATE_SLOTS * BH if direction == "fwd" else BH
         num_warps = row.num_warps if K >= 16 * row.num_warps else max(1, K // 16)
         ks = row.ks_tile if direction == "fwd" else row.bwd_ks_tile

@@ -1,11 +1,12 @@
-"""GRU and LSTM, one layer and one direction: the recurrent Triton kernels (one forward, one
-backward, both cells) and their host launchers. README.md in this folder describes the step loop.
+"""GRU, LSTM and the Elman RNN (tanh / relu), one layer and one direction: the recurrent Triton
+kernels (one forward, one backward, every cell: ``CELL`` is a constexpr) and their host launchers. README.md in this folder describes the step loop.
 
 Buffers (acc = float64 for float64 inputs, float32 otherwise; "weight dtype" = the input dtype):
 - ``gx`` (T, B, NG*H) acc: x W_ihᵀ + b_ih for all steps (one torch GEMM, never in the kernel).
-- ``w_fwd`` (n_blk, HP, 4*BH) / ``w_bwd`` (n_blk, 4*HP, BH) weight dtype: W_hh re-arranged once per
-  call (pack_weights) so that each program's slice is contiguous and zero-padded: rows and gate
-  columns load as 16-byte vectors without masks.
+- ``w_fwd`` (n_blk, HP, S*BH) / ``w_bwd`` (n_blk, S*HP, BH) weight dtype, S = the cell's gate slots
+  (plan.gate_slots: 4 for GRU/LSTM, 1 for the RNN): W_hh re-arranged once per call (pack_weights)
+  so that each program's slice is contiguous and zero-padded: rows and gate columns load as
+  16-byte vectors without masks.
 - ``hseq`` / ``cseq`` (n_slots, B, H) acc, indexed by *processing order* q (the q-th step walked:
   t = q forward, t = T-1-q reversed): slot 0 = h0 (c0), slot q+1 = state after step q (carried
   on invalid steps). n_slots = T+1 saves the sequence for the backward; inference keeps 2.
@@ -13,11 +14,12 @@ Buffers (acc = float64 for float64 inputs, float32 otherwise; "weight dtype" = t
   of the next step's product, slot q % 2; written by the unit block's owner, read by every program
   of the batch tile after the barrier. Rounding h to the weight dtype here is the rounding of the
   MMA operand, so the numerics are those of an fp32 state with a low-precision product.
-- ``act`` (T, B, 4H) acc by time: r, z, n, ghn (GRU) / i, f, g, o (LSTM), everything the backward
-  needs besides the states; no GEMM is recomputed in the backward.
+- ``act`` (T, B, NA*H) acc by time: r, z, n, ghn (GRU) / i, f, g, o (LSTM) / h' (RNN; NA = 1,
+  plan.SAVED_ACTS), everything the backward needs besides the states; no GEMM is recomputed in the
+  backward.
 - backward: ``dgx`` (T, B, NG*H) acc, d(pre-activations) as the input GEMM sees them; GRU also
   ``dgh`` (the recurrent GEMM's view: dgh_n = dgx_n * r; for LSTM dgh is dgx); the exchange
-  (2, BP, 4*HP) weight dtype holds dgh_{q} for the next (earlier) step; ``dh`` / ``dc`` (B, H)
+  (2, BP, S*HP) weight dtype holds dgh_{q} for the next (earlier) step; ``dh`` / ``dc`` (B, H)
   acc carry the state gradients across steps.
 """
 
@@ -118,35 +120,50 @@ def recurrent_product(a_ptr, rows64, row_ok, k_valid, n_seg, w_ptr, blk, w_res, 
 
 
 @triton.jit
-def split_gates(acc, BB: tl.constexpr, BH: tl.constexpr):
-    """(BB, 4*BH) product columns g*BH + u -> four (BB, BH) tiles, one per gate slot. With the MMA
-    layout every thread already holds all four gates of its (row, unit) positions, so the
-    reshape/permute/split move no data."""
-    x = tl.permute(tl.reshape(acc, (BB, 2, 2, BH)), (0, 3, 1, 2))  # (rows, units, g // 2, g % 2)
-    even, odd = tl.split(x)
-    a0, a2 = tl.split(even)
-    a1, a3 = tl.split(odd)
-    return a0, a1, a2, a3
+def split_gates(acc, BB: tl.constexpr, BH: tl.constexpr, SLOTS: tl.constexpr):
+    """(BB, SLOTS*BH) product columns g*BH + u -> four (BB, BH) tiles, one per gate slot (zeros
+    past SLOTS). With the MMA layout every thread already holds all four gates of its (row, unit)
+    positions, so the reshape/permute/split move no data."""
+    if SLOTS == 1:
+        zero = tl.full((BB, BH), 0.0, dtype=acc.dtype)
+        return acc, zero, zero, zero
+    else:
+        x = tl.permute(tl.reshape(acc, (BB, 2, 2, BH)), (0, 3, 1, 2))  # (rows, units, g // 2, g % 2)
+        even, odd = tl.split(x)
+        a0, a2 = tl.split(even)
+        a1, a3 = tl.split(odd)
+        return a0, a1, a2, a3
 
 
 @triton.jit
 def load_gate_tiles(ptr, offs, mask, H, NG: tl.constexpr):
-    """The NG per-gate tiles at ``offs + g*H`` (zeros for GRU's fourth slot)."""
+    """The NG per-gate tiles at ``offs + g*H``, and zeros for the slots past NG (GRU's fourth, the
+    RNN's second to fourth)."""
     x0 = tl.load(ptr + offs, mask=mask, other=0.0)
-    x1 = tl.load(ptr + offs + H, mask=mask, other=0.0)
-    x2 = tl.load(ptr + offs + 2 * H, mask=mask, other=0.0)
+    zero = tl.full(x0.shape, 0.0, dtype=x0.dtype)
+    if NG >= 2:
+        x1 = tl.load(ptr + offs + H, mask=mask, other=0.0)
+    else:
+        x1 = zero
+    if NG >= 3:
+        x2 = tl.load(ptr + offs + 2 * H, mask=mask, other=0.0)
+    else:
+        x2 = zero
     if NG == 4:
         x3 = tl.load(ptr + offs + 3 * H, mask=mask, other=0.0)
     else:
-        x3 = tl.full(x2.shape, 0.0, dtype=x2.dtype)
+        x3 = zero
     return x0, x1, x2, x3
 
 
 @triton.jit
 def store_gate_tiles(ptr, offs, mask, H, x0, x1, x2, x3, NG: tl.constexpr):
+    """The first NG of the four tiles to ``offs + g*H``."""
     tl.store(ptr + offs, x0, mask=mask)
-    tl.store(ptr + offs + H, x1, mask=mask)
-    tl.store(ptr + offs + 2 * H, x2, mask=mask)
+    if NG >= 2:
+        tl.store(ptr + offs + H, x1, mask=mask)
+    if NG >= 3:
+        tl.store(ptr + offs + 2 * H, x2, mask=mask)
     if NG == 4:
         tl.store(ptr + offs + 3 * H, x3, mask=mask)
 
@@ -181,26 +198,33 @@ def step_time(q, T, row_ok, lens, REVERSE: tl.constexpr, HAS_LEN: tl.constexpr):
 def load_bwd_inputs(dh_ptr, dy_ptr, act_ptr, hseq_ptr, cseq_ptr, dc_ptr, rows64, units, m2, t64, q, B, H,
                     CELL: tl.constexpr, HAS_DY: tl.constexpr):
     """The backward step's own tiles for one unit block: the carried dh (dc), dy, the saved
-    activations and the states the cell's backward needs (LSTM: c_{t-1}, c_t; GRU: h_{t-1})."""
+    activations and the states the cell's backward needs (LSTM: c_{t-1}, c_t; GRU: h_{t-1}; RNN:
+    none, its one activation is h_t)."""
     acc_dtype: tl.constexpr = dh_ptr.dtype.element_ty
+    NA: tl.constexpr = 4 if CELL == "gru" else (4 if CELL == "lstm" else 1)  # plan.SAVED_ACTS
     st_offs = rows64[:, None] * H + units[None, :]
     dh = tl.load(dh_ptr + st_offs, mask=m2, other=0.0)
     if HAS_DY:
         dy = tl.load(dy_ptr + t64 * B * H + st_offs, mask=m2, other=0.0).to(acc_dtype)
     else:
         dy = dh
-    act0, act1, act2, act3 = load_gate_tiles(act_ptr, t64 * B * 4 * H + rows64[:, None] * (4 * H) + units[None, :],
-                                             m2, H, 4)
+    act0, act1, act2, act3 = load_gate_tiles(act_ptr, t64 * B * NA * H + rows64[:, None] * (NA * H) + units[None, :],
+                                             m2, H, NA)
     if CELL == "lstm":
         dc = tl.load(dc_ptr + st_offs, mask=m2, other=0.0)
         c_prev = tl.load(cseq_ptr + q.to(tl.int64) * B * H + st_offs, mask=m2, other=0.0)
         c_new = tl.load(cseq_ptr + (q + 1).to(tl.int64) * B * H + st_offs, mask=m2, other=0.0)
         h_prev = c_prev
-    else:
+    elif CELL == "gru":
         h_prev = tl.load(hseq_ptr + q.to(tl.int64) * B * H + st_offs, mask=m2, other=0.0)
         dc = h_prev
         c_prev = h_prev
         c_new = h_prev
+    else:  # rnn_tanh, rnn_relu: placeholders, unused
+        h_prev = dh
+        dc = dh
+        c_prev = dh
+        c_new = dh
     return dh, dy, act0, act1, act2, act3, dc, h_prev, c_prev, c_new
 
 
@@ -241,7 +265,7 @@ def step_end(counter_ptr, s, n_steps, USE_GRID_BARRIER: tl.constexpr):
 @triton.jit(do_not_specialize=["T", "B", "H", "n_slots", "t_begin", "n_steps"])
 def rnn_fwd_kernel(
     gx_ptr,  # (T, B, NG*H) acc
-    w_ptr,  # (n_blk, HP, 4*BH) weight dtype, pack_weights(..., "fwd")
+    w_ptr,  # (n_blk, HP, SLOTS*BH) weight dtype, pack_weights(..., "fwd")
     b_hh_ptr,  # (NG*H,) weight dtype (read only if HAS_BIAS)
     res_ptr,  # (T, B, H) (read only if HAS_RES)
     len_ptr,  # (B,) int64 (read only if HAS_LEN)
@@ -249,7 +273,7 @@ def rnn_fwd_kernel(
     xchg_ptr,  # (2, BP, HP) weight dtype: h operand exchange, zero-padded
     hseq_ptr,  # (n_slots, B, H) acc
     cseq_ptr,  # (n_slots, B, H) acc (LSTM)
-    act_ptr,  # (T, B, 4H) acc (written only if SAVE_ACT)
+    act_ptr,  # (T, B, NA*H) acc (written only if SAVE_ACT)
     T, B, H, n_slots,
     k_valid,  # H rounded up to 16 (always a multiple of 16: specialized as such)
     counter_ptr,  # (n_btiles,) int32 zeros: per-batch-tile barrier counters
@@ -261,8 +285,10 @@ def rnn_fwd_kernel(
     NUM_STAGES: tl.constexpr, RESIDENT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     pid_h, nprog_h, n_blk = unit_blocks(H, BH)
-    NG: tl.constexpr = 3 if CELL == "gru" else 4
-    N: tl.constexpr = 4 * BH
+    NG: tl.constexpr = 3 if CELL == "gru" else (4 if CELL == "lstm" else 1)  # gates (plan.CELLS)
+    SLOTS: tl.constexpr = 1 if NG == 1 else 4  # plan.gate_slots
+    NA: tl.constexpr = 1 if NG == 1 else 4  # saved activations (plan.SAVED_ACTS)
+    N: tl.constexpr = SLOTS * BH
     G = NG * H
     acc_dtype: tl.constexpr = hseq_ptr.dtype.element_ty
     x_dtype: tl.constexpr = xchg_ptr.dtype.element_ty
@@ -316,7 +342,7 @@ def rnn_fwd_kernel(
 
             acc = recurrent_product(a_ptr, rows64, row_ok, k_valid, 1, w_ptr, j, w_res, acc_dtype, BB, HP, N, HP,
                                     KS, BLOCK_K, NUM_STAGES, RESIDENT, DOT_PRECISION)
-            a0, a1, a2, a3 = split_gates(acc, BB, BH)
+            a0, a1, a2, a3 = split_gates(acc, BB, BH, SLOTS)
             h_new, c_new, act0, act1, act2, act3 = gates_forward(
                 CELL, x0, x1, x2, x3, a0 + b0.to(acc_dtype), a1 + b1.to(acc_dtype), a2 + b2.to(acc_dtype),
                 a3 + b3.to(acc_dtype), h_prev, c_prev)
@@ -331,22 +357,22 @@ def rnn_fwd_kernel(
                 y = h_new + res
             tl.store(y_ptr + t64 * B * H + st_offs, tl.where(ok, y, 0.0).to(y_ptr.dtype.element_ty), mask=m2)
             if SAVE_ACT:
-                store_gate_tiles(act_ptr, t64 * B * 4 * H + rows64[:, None] * (4 * H) + units[None, :], m2, H,
-                                 act0, act1, act2, act3, 4)
+                store_gate_tiles(act_ptr, t64 * B * NA * H + rows64[:, None] * (NA * H) + units[None, :], m2, H,
+                                 act0, act1, act2, act3, NA)
         step_end(counter_ptr, s, n_steps, USE_GRID_BARRIER)
 
 
 @triton.jit(do_not_specialize=["T", "B", "H", "t_begin", "n_steps"])
 def rnn_bwd_kernel(
-    w_ptr,  # (n_blk, 4*HP, BH) weight dtype, pack_weights(..., "bwd")
+    w_ptr,  # (n_blk, SLOTS*HP, BH) weight dtype, pack_weights(..., "bwd")
     len_ptr,  # (B,) int64 (read only if HAS_LEN)
     dy_ptr,  # (T, B, H) (read only if HAS_DY)
     hseq_ptr,  # (T+1, B, H) acc, processing order
     cseq_ptr,  # (T+1, B, H) acc (LSTM)
-    act_ptr,  # (T, B, 4H) acc
+    act_ptr,  # (T, B, NA*H) acc
     dgx_ptr,  # (T, B, NG*H) acc out
     dgh_ptr,  # (T, B, NG*H) acc out (GRU only)
-    xchg_ptr,  # (2, BP, 4*HP) weight dtype, zeros: dgh of the previous backward step, the product's operand
+    xchg_ptr,  # (2, BP, SLOTS*HP) weight dtype, zeros: dgh of the previous backward step, the product's operand
     dh_ptr,  # (B, H) acc in/out: dL/dh carried between steps (grad of h_n on entry)
     dc_ptr,  # (B, H) acc in/out (LSTM; grad of c_n on entry)
     T, B, H,
@@ -363,8 +389,9 @@ def rnn_bwd_kernel(
     # step), then computes its own dgates. One barrier per step; the recurrent term of step 0
     # (grad h0) is one torch GEMM in the launcher.
     pid_h, nprog_h, n_blk = unit_blocks(H, BH)
-    NG: tl.constexpr = 3 if CELL == "gru" else 4
-    K: tl.constexpr = 4 * HP
+    NG: tl.constexpr = 3 if CELL == "gru" else (4 if CELL == "lstm" else 1)  # gates (plan.CELLS)
+    SLOTS: tl.constexpr = 1 if NG == 1 else 4  # plan.gate_slots
+    K: tl.constexpr = SLOTS * HP
     G = NG * H
     acc_dtype: tl.constexpr = dh_ptr.dtype.element_ty
     x_dtype: tl.constexpr = xchg_ptr.dtype.element_ty
@@ -458,20 +485,22 @@ def input_projection(x, w_ih, b_ih, acc):
 
 
 def pack_weights(w_hh: torch.Tensor, plan: plans.Plan) -> torch.Tensor:
-    """W_hh (NG*H, H) re-arranged once per call into per-block contiguous, zero-padded slices:
-    forward (n_blk, HP, 4*BH): [j, k, g*BH + u] = W_hh[g*H + j*BH + u, k];
-    backward (n_blk, 4*HP, BH): [j, g*HP + k, u] = W_hh[g*H + k, j*BH + u]."""
+    """W_hh (NG*H, H) re-arranged once per call into per-block contiguous, zero-padded slices
+    (S = plan.slots gate slots; the slots past NG are zeros):
+    forward (n_blk, HP, S*BH): [j, k, g*BH + u] = W_hh[g*H + j*BH + u, k];
+    backward (n_blk, S*HP, BH): [j, g*HP + k, u] = W_hh[g*H + k, j*BH + u]."""
     NG = n_gates(plan.cell)
+    S = plan.slots
     H = w_hh.shape[1]
     HP, BH, n_blk = plan.HP, plan.BH, plan.n_blk
     units = n_blk * BH
     if plan.direction == "fwd":
-        w = w_hh.new_zeros(plans.GATE_SLOTS, units, HP)
+        w = w_hh.new_zeros(S, units, HP)
         w[:NG, :H, :H] = w_hh.view(NG, H, H)
-        return w.view(plans.GATE_SLOTS, n_blk, BH, HP).permute(1, 3, 0, 2).reshape(n_blk, HP, -1).contiguous()
-    w = w_hh.new_zeros(plans.GATE_SLOTS, HP, units)
+        return w.view(S, n_blk, BH, HP).permute(1, 3, 0, 2).reshape(n_blk, HP, -1).contiguous()
+    w = w_hh.new_zeros(S, HP, units)
     w[:NG, :H, :H] = w_hh.view(NG, H, H)
-    return w.view(plans.GATE_SLOTS, HP, n_blk, BH).permute(2, 0, 1, 3).reshape(n_blk, -1, BH).contiguous()
+    return w.view(S, HP, n_blk, BH).permute(2, 0, 1, 3).reshape(n_blk, -1, BH).contiguous()
 
 
 def make_plan(cell, direction, x, w_hh, strategy=None, plan_override=None, allow_tf32=False) -> plans.Plan:
@@ -518,7 +547,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse,
     else:
         cseq = hseq
     y = torch.empty(T, B, H, dtype=x.dtype, device=x.device)
-    act = torch.empty(T, B, 4 * H, dtype=acc, device=x.device) if save else gx
+    act = torch.empty(T, B, plans.SAVED_ACTS[cell] * H, dtype=acc, device=x.device) if save else gx
     plan = make_plan(cell, "fwd", x, w_hh, strategy, plan_override, allow_tf32)
     xchg = _exchange(plan, plan.HP, w_hh.dtype, x.device)
     xchg[0, :B, :H] = h0
@@ -601,7 +630,7 @@ def backward(cell, dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reve
     else:
         dc = dh
     plan = make_plan(cell, "bwd", x, w_hh, strategy, plan_override, allow_tf32)
-    xchg = _exchange(plan, plans.GATE_SLOTS * plan.HP, w_hh.dtype, x.device)
+    xchg = _exchange(plan, plan.slots * plan.HP, w_hh.dtype, x.device)
     args = (
         pack_weights(w_hh, plan), lengths.contiguous() if lengths is not None else dh,
         dy.contiguous() if dy is not None else dh,

@@ -51,7 +51,7 @@ def run_cell_with_grads(cell, call, d, lens, reverse, dtype=None, seed=1):
     into every output; return {out0.., d_<name>..} in float64."""
     leaves = {k: (v.to(dtype) if dtype else v).clone().requires_grad_() for k, v in d.items() if v is not None}
     a = {k: leaves.get(k) for k in d}
-    if cell == "gru":
+    if cell != "lstm":  # gru, rnn_tanh, rnn_relu
         outs = call(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["residual"], lens, reverse)
     else:
         outs = call(a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], None, a["residual"],
@@ -71,8 +71,10 @@ def make_cell_inputs(cell, T, B, I, H, dtype, bias=True, residual=False, lengths
     """The one input builder: one layer-direction's tensors, keyed by the functional signature's
     names, and optionally lengths with one full-length row. ``P``: an LSTM projection width (adds
     ``w_hr``; h0, w_hh and the residual then have width P)."""
+    from fusedrnn.backends import CELLS
+
     g = torch.Generator().manual_seed(seed)
-    n = 3 if cell == "gru" else 4
+    n = CELLS[cell]
     scale = H ** -0.5
     P = P or H
 
@@ -95,9 +97,9 @@ def make_cell_inputs(cell, T, B, I, H, dtype, bias=True, residual=False, lengths
 
 
 def functional_args(cell, d) -> dict:
-    """make_cell_inputs' tensors in the order of fusedrnn.functional.gru/lstm's positional
-    arguments (x, h0, [c0], w_ih, w_hh, b_ih, b_hh, [w_hr]); the residual is a keyword there."""
-    names = ["x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"] if cell == "gru" else \
+    """make_cell_inputs' tensors in the order of fusedrnn.functional.gru/lstm/rnn_tanh/rnn_relu's
+    positional arguments (x, h0, [c0], w_ih, w_hh, b_ih, b_hh, [w_hr]); the residual is a keyword there."""
+    names = ["x", "h0", "w_ih", "w_hh", "b_ih", "b_hh"] if cell != "lstm" else \
         ["x", "h0", "c0", "w_ih", "w_hh", "b_ih", "b_hh", "w_hr"]
     return {k: d.get(k) for k in names}
 
@@ -113,7 +115,13 @@ def functional_call(backend):
         return F.lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual=residual, lengths=lengths,
                       reverse=reverse, backend=backend)
 
-    return {"gru": gru, "lstm": lstm}
+    def rnn(cell):
+        def call(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+            return getattr(F, cell)(x, h0, w_ih, w_hh, b_ih, b_hh, residual=residual, lengths=lengths,
+                                    reverse=reverse, backend=backend)
+        return call
+
+    return {"gru": gru, "lstm": lstm, "rnn_tanh": rnn("rnn_tanh"), "rnn_relu": rnn("rnn_relu")}
 
 
 def rel_err(got, want):
@@ -137,7 +145,7 @@ def assert_lowp_within_baselines(cell, got, d, lens, reverse, dtype, k=K_LOWP):
     ref = functional_call("reference")[cell]
     oracle = run_cell_with_grads(cell, ref, d, lens, reverse)
     torch_backend = backends.get("torch")  # called directly: dispatch offers it fp32/fp64 only on CPU
-    torch_call = torch_backend.gru if cell == "gru" else torch_backend.lstm
+    torch_call = getattr(torch_backend, cell)
     base_torch = run_cell_with_grads(cell, torch_call, d, lens, reverse, dtype=dtype)
     base_ref = run_cell_with_grads(cell, ref, d, lens, reverse, dtype=dtype)
     assert got.keys() == oracle.keys()

@@ -25,10 +25,12 @@ class Net(nn.Module):
                                                   if not lstm_kwargs.get("proj_size") else
                                                   lstm_kwargs["proj_size"] * (2 if lstm_kwargs.get("bidirectional") else 1),
                                                   5, batch_first=lstm_kwargs.get("batch_first", False))})
+        self.head = nn.RNN(5, 5, nonlinearity="relu", batch_first=lstm_kwargs.get("batch_first", False),
+                           bias=lstm_kwargs.get("bias", True))
 
     def forward(self, x):
         y, _ = self.lstm(self.enc(x))
-        return self.block["gru"](y)[0]
+        return self.head(self.block["gru"](y)[0])[0]
 
 
 UNCONVERTIBLE_FREE = [dict(), dict(bidirectional=True), dict(proj_size=2), dict(batch_first=True), dict(bias=False),
@@ -44,12 +46,14 @@ def test_unconvert_is_the_exact_inverse(kwargs):
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # nothing left alone, nothing to say
         fusedrnn.convert(model)
+    assert (type(model.lstm), type(model.block["gru"]), type(model.head)) == (fusedrnn.LSTM, fusedrnn.GRU, fusedrnn.RNN)
+    assert model.head.nonlinearity == "relu" and model.head._cell == "rnn_relu"
     x = torch.randn(6, 2, 3, dtype=torch.float64)
     torch.manual_seed(1)
     want = model(x)  # training mode: dropout draws included
     model.lstm(x[..., :1].expand(6, 2, 4).contiguous())  # a forward leaves caches on the module
     assert fusedrnn.unconvert(model) is model
-    assert type(model.lstm) is nn.LSTM and type(model.block["gru"]) is nn.GRU
+    assert type(model.lstm) is nn.LSTM and type(model.block["gru"]) is nn.GRU and type(model.head) is nn.RNN
     assert {n: sorted(vars(m)) for n, m in model.named_modules()} == torch_dicts, "torch.nn's state, nothing more"
     assert all(p is params[n] for n, p in model.named_parameters()) and len(params) == len(list(model.parameters()))
     torch.manual_seed(1)
@@ -89,8 +93,13 @@ def test_unconvert_refuses_subclasses_and_parametrized_modules():
     class Mine(fusedrnn.GRU):
         pass
 
+    class MyRNN(fusedrnn.RNN):
+        pass
+
     with pytest.raises(ValueError, match="'0' is a subclass .*Mine"):
         fusedrnn.unconvert(nn.Sequential(Mine(2, 2)))
+    with pytest.raises(ValueError, match=r"the model itself is a subclass .*MyRNN of fusedrnn\.RNN "):
+        fusedrnn.unconvert(MyRNN(2, 2, nonlinearity="relu"))
     p = fusedrnn.LSTM(2, 2)
     parametrize.register_parametrization(p, "weight_hh_l0", nn.Identity())
     with pytest.raises(ValueError, match="the model itself is parametrized"):
@@ -150,6 +159,9 @@ def _mixed_model():
     class MyLSTM(nn.LSTM):
         pass
 
+    class MyRNN(nn.RNN):
+        pass
+
     p = nn.GRU(3, 3)
     parametrize.register_parametrization(p, "weight_hh_l0", nn.Identity())
     return nn.ModuleDict({
@@ -157,6 +169,7 @@ def _mixed_model():
         "rnn": nn.RNN(3, 3, nonlinearity="relu"),
         "cells": nn.ModuleList([nn.LSTMCell(3, 3), nn.GRUCell(3, 3), nn.RNNCell(3, 3)]),
         "mine": MyLSTM(3, 3),
+        "myrnn": MyRNN(3, 3),
         "param": p,
     })
 
@@ -168,14 +181,16 @@ def test_convert_warns_for_every_recurrent_module_it_leaves_alone():
         fusedrnn.convert(model)
     msgs = [str(w.message) for w in rec]
     assert type(model["lstm"]) is fusedrnn.LSTM
-    expect = {"'rnn' (RNN)": "no tanh/ReLU RNN", "'cells.0' (LSTMCell)": "single-step cell",
+    expect = {"'cells.0' (LSTMCell)": "single-step cell",
               "'cells.1' (GRUCell)": "single-step cell", "'cells.2' (RNNCell)": "single-step cell",
-              "'mine' (MyLSTM)": "subclass of torch.nn.LSTM", "'param' (ParametrizedGRU)": "parametrized torch.nn.GRU"}
+              "'mine' (MyLSTM)": "subclass of torch.nn.LSTM", "'myrnn' (MyRNN)": "subclass of torch.nn.RNN ",
+              "'param' (ParametrizedGRU)": "parametrized torch.nn.GRU"}
     assert len(msgs) == len(expect), msgs
     for path, why in expect.items():
         assert any(f"left {path} unconverted" in m and why in m for m in msgs), (path, msgs)
     assert all(w.filename == __file__ for w in rec), "the warning points at the caller's line"
-    assert type(model["rnn"]) is nn.RNN and type(model["mine"]).__name__ == "MyLSTM"
+    assert type(model["rnn"]) is fusedrnn.RNN and model["rnn"]._cell == "rnn_relu", "nn.RNN converts"
+    assert type(model["mine"]).__name__ == "MyLSTM" and type(model["myrnn"]).__name__ == "MyRNN"
     assert parametrize.is_parametrized(model["param"]) and not isinstance(model["param"], fusedrnn.GRU)
 
 
@@ -183,11 +198,13 @@ def test_convert_strict_raises_naming_every_module_and_changes_nothing():
     model = _mixed_model()
     with pytest.raises(ValueError) as e:
         fusedrnn.convert(model, strict=True)
-    for path in ("'rnn'", "'cells.0'", "'cells.1'", "'cells.2'", "'mine'", "'param'"):
+    for path in ("'cells.0'", "'cells.1'", "'cells.2'", "'mine'", "'myrnn'", "'param'"):
         assert path in str(e.value)
-    assert type(model["lstm"]) is nn.LSTM, "nothing converted"
+    assert "'rnn'" not in str(e.value), "nn.RNN has a twin"
+    assert type(model["lstm"]) is nn.LSTM and type(model["rnn"]) is nn.RNN, "nothing converted"
     with pytest.raises(ValueError, match="the model itself"):
-        fusedrnn.convert(nn.RNN(2, 2), strict=True)
+        fusedrnn.convert(nn.RNNCell(2, 2), strict=True)
+    assert type(fusedrnn.convert(nn.RNN(2, 2), strict=True)) is fusedrnn.RNN
 
 
 def test_converting_twice_changes_nothing_and_warns_nothing():

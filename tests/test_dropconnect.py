@@ -1,6 +1,8 @@
-"""dropconnect=p on fusedrnn.GRU / LSTM: in training each layer-direction's weight_hh is used as
+"""dropconnect=p on fusedrnn.GRU / LSTM / RNN: in training each layer-direction's weight_hh is used as
 weight_hh * m / (1 - p), m ~ Bernoulli(1 - p), one draw per forward call from torch's generator (in
 _flat_weights_names order, before any other draw of the call); in evaluation weight_hh as is."""
+
+import functools
 
 import pytest
 import torch
@@ -13,8 +15,10 @@ CASES = [
     (fusedrnn.GRU, nn.GRU, dict()),
     (fusedrnn.LSTM, nn.LSTM, dict(bidirectional=True)),
     (fusedrnn.LSTM, nn.LSTM, dict(proj_size=3)),
+    (fusedrnn.RNN, nn.RNN, dict(bidirectional=True)),
+    (fusedrnn.RNN, nn.RNN, dict(nonlinearity="relu")),
 ]
-IDS = ["gru", "lstm-bidir", "lstm-proj"]
+IDS = ["gru", "lstm-bidir", "lstm-proj", "rnn-tanh-bidir", "rnn-relu"]
 
 
 def _pair(cls, ref_cls, kwargs, p, backend="reference", I=3, H=5, L=2):  # noqa: E741
@@ -131,7 +135,7 @@ def test_eval_draws_nothing():
 
 @pytest.mark.parametrize("bad", [-0.1, 1, 1.0, 2, "0.1", None, True, float("nan")])
 def test_bad_p_raises_naming_dropconnect(bad):
-    for cls in (fusedrnn.GRU, fusedrnn.LSTM):
+    for cls in (fusedrnn.GRU, fusedrnn.LSTM, fusedrnn.RNN):
         with pytest.raises(ValueError, match="dropconnect"):
             cls(3, 4, dropconnect=bad)
 
@@ -149,7 +153,8 @@ def test_extra_repr_and_unconvert_refuses():
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM])
+@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM, functools.partial(fusedrnn.RNN, nonlinearity="relu")],
+                         ids=["GRU", "LSTM", "RNN-relu"])
 def test_compiles_fullgraph(cls, training):
     m = cls(3, 4, num_layers=2, dropconnect=0.3, backend="reference").train(training)
     x = torch.randn(5, 2, 3, requires_grad=True)
@@ -166,11 +171,13 @@ def test_compiles_fullgraph(cls, training):
     torch.testing.assert_close(gc, ge)
 
 
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh"])
 @pytest.mark.parametrize("executor", params(*CPU))
-def test_every_cpu_executor_runs_the_masked_weight(executor):
-    executor.skip_unless_available("gru")
-    m = fusedrnn.GRU(3, 4, dropconnect=0.5, backend=executor.backend)
-    ref = nn.GRU(3, 4)
+def test_every_cpu_executor_runs_the_masked_weight(executor, cell):
+    executor.skip_unless_available(cell)
+    cls, ref_cls, kw = (fusedrnn.GRU, nn.GRU, {}) if cell == "gru" else (fusedrnn.RNN, nn.RNN, {"nonlinearity": "tanh"})
+    m = cls(3, 4, dropconnect=0.5, backend=executor.backend, **kw)
+    ref = ref_cls(3, 4, **kw)
     ref.load_state_dict(m.state_dict())
     x = torch.randn(3, 2, 3)
     masks = _masks(m, 5)

@@ -10,7 +10,7 @@ import torch
 
 import fusedrnn.functional as F
 from fusedrnn import backends, dispatch
-from fusedrnn.reference import gru_reference, lstm_reference
+from fusedrnn.reference import gru_reference, lstm_reference, rnn_reference
 from helpers import functional_args, make_cell_inputs
 
 DT = torch.float64
@@ -23,8 +23,7 @@ def make_args(cell, T=6, B=4, I=5, H=3, P=None, bias=True, dtype=DT, requires_gr
 
 
 def call(cell, args, **kw):
-    fn = F.gru if cell == "gru" else F.lstm
-    return fn(*args.values(), **kw)
+    return getattr(F, cell)(*args.values(), **kw)
 
 
 def row(args, b, length):
@@ -44,7 +43,7 @@ def row(args, b, length):
 
 @pytest.mark.parametrize("backend", ["reference", "torch"])
 @pytest.mark.parametrize("reverse", [False, True])
-@pytest.mark.parametrize("cell,P", [("gru", None), ("lstm", None), ("lstm", 2)])
+@pytest.mark.parametrize("cell,P", [("gru", None), ("lstm", None), ("lstm", 2), ("rnn_tanh", None), ("rnn_relu", None)])
 def test_lengths_equal_per_row_runs(cell, P, reverse, backend):
     """Each row with lengths equals that row run alone on its valid prefix; padding outputs are 0."""
     args = make_args(cell, P=P)
@@ -61,7 +60,7 @@ def test_lengths_equal_per_row_runs(cell, P, reverse, backend):
             torch.testing.assert_close(final[b], final_alone[0], atol=1e-12, rtol=1e-10)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
 def test_reverse_is_flipped_forward(cell):
     args = make_args(cell)
     fwd_on_flipped = call(cell, {**args, "x": args["x"].flip(0)}, backend="reference")
@@ -71,7 +70,7 @@ def test_reverse_is_flipped_forward(cell):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
 def test_residual_is_added_to_output_not_state(cell):
     args = make_args(cell)
     residual = torch.randn(args["x"].shape[0], args["x"].shape[1], 3, dtype=DT)
@@ -82,7 +81,7 @@ def test_residual_is_added_to_output_not_state(cell):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.parametrize("cell,P", [("gru", None), ("lstm", None), ("lstm", 2)])
+@pytest.mark.parametrize("cell,P", [("gru", None), ("lstm", None), ("lstm", 2), ("rnn_tanh", None), ("rnn_relu", None)])
 @pytest.mark.parametrize("bias", [True, False])
 def test_torch_backend_matches_reference_all_options(cell, P, bias):
     for reverse in (False, True):
@@ -104,7 +103,7 @@ def test_torch_backend_matches_reference_all_options(cell, P, bias):
                 torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-8)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
 def test_reference_gradcheck(cell):
     args = make_args(cell, T=3, B=2, I=2, H=2, requires_grad=True)
     residual = torch.randn(3, 2, 2, dtype=DT, requires_grad=True)
@@ -142,10 +141,10 @@ def _bad_call(cell, match, backend="reference", **override):
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
 def test_validation_messages_name_the_argument(cell, backend):
     """Validation is shared by every backend and runs before dispatch: same messages for each."""
-    G = 9 if cell == "gru" else 12
+    G = backends.CELLS[cell] * 3
     _bad = functools.partial(_bad_call, backend=backend)
     _bad(cell, r"^x: expected a 3-D", x=torch.randn(6, 5, dtype=DT))
     _bad(cell, r"^x: expected a floating-point", x=torch.ones(6, 4, 5, dtype=torch.int64))
@@ -197,6 +196,41 @@ def test_reference_functions_are_the_reference_backend():
     b = call("lstm", args, backend="reference")
     for x, y in zip(a, b):
         assert torch.equal(x, y)
+    for nonlinearity in ("tanh", "relu"):
+        args = make_args(f"rnn_{nonlinearity}")
+        a = rnn_reference(*args.values(), nonlinearity=nonlinearity)
+        b = call(f"rnn_{nonlinearity}", args, backend="reference")
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    with pytest.raises(ValueError, match=r"^Unknown nonlinearity 'gelu'. Select from 'tanh' or 'relu'.$"):
+        rnn_reference(*args.values(), nonlinearity="gelu")
+
+
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_rnn_reference_is_torchs_cell_definition(nonlinearity):
+    """The oracle against torch.nn.RNNCell stepped by hand (torch's own definition of the cell)."""
+    args = make_args(f"rnn_{nonlinearity}")
+    cell = torch.nn.RNNCell(5, 3, nonlinearity=nonlinearity, dtype=DT)
+    with torch.no_grad():
+        for name, key in (("weight_ih", "w_ih"), ("weight_hh", "w_hh"), ("bias_ih", "b_ih"), ("bias_hh", "b_hh")):
+            getattr(cell, name).copy_(args[key])
+    h, ys = args["h0"], []
+    for t in range(args["x"].shape[0]):
+        h = cell(args["x"][t], h)
+        ys.append(h)
+    y, h_n = call(f"rnn_{nonlinearity}", args, backend="reference")
+    torch.testing.assert_close(y, torch.stack(ys), atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(h_n, h, atol=1e-12, rtol=1e-12)
+
+
+def test_cuda_backend_declines_the_rnn_cell_with_its_reason():
+    """The CUDA kernels have no Elman RNN cell: auto never plans it, a forced backend='cuda' says why."""
+    for device in ("cpu", "cuda"):
+        spec = backends.CallSpec("rnn_relu", torch.device(device), torch.float32, 8, 4, 16, 16, 16, False, False, False,
+                                 False)
+        assert any("no Elman RNN cell" in r for r in backends.get("cuda").reasons(spec, forced=True))
+    with pytest.raises(ValueError, match=r"backend 'cuda' cannot run this RNN_TANH call: .*no Elman RNN cell"):
+        call("rnn_tanh", make_args("rnn_tanh"), backend="cuda")
 
 
 def test_extension_version_mismatch_is_a_clear_error():

@@ -68,7 +68,10 @@ def _fresh_dispatch():
 
 def _modules(cell, backend, device, dtype, input_size, hidden, **kw):
     residual = kw.pop("residual", False)
-    fcls, tcls = (fusedrnn.GRU, torch.nn.GRU) if cell == "gru" else (fusedrnn.LSTM, torch.nn.LSTM)
+    fcls, tcls = {"gru": (fusedrnn.GRU, torch.nn.GRU), "lstm": (fusedrnn.LSTM, torch.nn.LSTM),
+                  "rnn_tanh": (fusedrnn.RNN, torch.nn.RNN), "rnn_relu": (fusedrnn.RNN, torch.nn.RNN)}[cell]
+    if cell.startswith("rnn_"):
+        kw["nonlinearity"] = cell.removeprefix("rnn_")
     f = fcls(input_size, hidden, residual=residual, backend=backend, dtype=dtype, device=device, **kw)
     if residual is not False:
         return f, ComposedTorch(f)
@@ -108,7 +111,14 @@ def _check_against_packing(f, t, x, hx, lengths, lengths_for_f, tol):
 # cell, num_layers, bidirectional, batch_first, proj_size, residual
 FULL = [c for c in itertools.product(["gru", "lstm"], [1, 2], [False, True], [False, True], [0, 2], [False, True])
         if not (c[0] == "gru" and c[4])]
-SMALL = [("gru", 2, True, True, 0, True), ("lstm", 2, True, False, 0, False)]  # slow executors
+FULL += [("rnn_tanh", 2, True, False, 0, True), ("rnn_relu", 2, True, True, 0, False), ("rnn_relu", 1, False, False, 0, True),
+         ("rnn_tanh", 1, False, True, 0, False)]
+SMALL = [("gru", 2, True, True, 0, True), ("lstm", 2, True, False, 0, False),  # slow executors
+         ("rnn_tanh", 2, True, False, 0, True), ("rnn_relu", 1, True, True, 0, False)]
+
+
+def _on_cuda_kernels(executor) -> bool:
+    return executor == EMU or executor.backend == "cuda"
 
 
 def _case_id(c):
@@ -118,14 +128,14 @@ def _case_id(c):
 
 def _pairs():
     """(executor, case): slow executors (interpreter, emulator) get the SMALL cases; the fused
-    kernels have no projection."""
+    kernels have no projection, the CUDA kernels no Elman RNN cell."""
     out = []
     for p in EXECUTORS:
         ex = p.values[0]
         slow = ex == EMU or ex.slow
         fused = ex == EMU or ex.backend in ("triton", "cuda")
         for c in SMALL if slow else FULL:
-            if not (fused and c[4]):
+            if not (fused and c[4]) and not (_on_cuda_kernels(ex) and c[0].startswith("rnn_")):
                 out.append(pytest.param(ex, c, id=f"{p.id}-{_case_id(c)}", marks=p.marks))
     return out
 
@@ -150,15 +160,17 @@ def test_lengths_match_pack_unpack(executor, case, monkeypatch):
     lengths[1], lengths[-1] = T, 1  # unsorted, one full row, one single-step row
     shape = (B, T, input_size) if batch_first else (T, B, input_size)
     x = torch.randn(*shape, dtype=dtype, generator=g).to(device).requires_grad_()
-    widths = (P,) if cell == "gru" else (P, H)
+    widths = (P, H) if cell == "lstm" else (P,)
     hx = [torch.randn(num_layers * D, B, w, dtype=dtype, generator=g).to(device).requires_grad_() for w in widths]
     _check_against_packing(f, t, x, hx, lengths, _lengths_for(backend, lengths, device), tol)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_relu"])
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_odd_shapes(executor, cell, monkeypatch):
     """T=1, B=1, every row full, every row one step, unbatched input, int32 lengths, no hx."""
+    if _on_cuda_kernels(executor) and cell.startswith("rnn_"):
+        pytest.skip("the CUDA kernels have no Elman RNN cell")
     backend, device, dtype, tol, _ = _setup(executor, monkeypatch)
     torch.manual_seed(3)
     f, t = _modules(cell, backend, device, dtype, 3, 2 if device == "cpu" else 32, bidirectional=True)
@@ -174,11 +186,11 @@ def test_odd_shapes(executor, cell, monkeypatch):
     assert not y[2:].any()
 
 
-@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM])
+@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM, fusedrnn.RNN])
 def test_torch_plan_is_torch_packing_bitwise(cls):
     """backend='torch' (auto on CPU): the padded call packs exactly as the user would, so the results
     are torch.nn's own, bit for bit, and dropout draws as torch's does on packed data."""
-    tcls = torch.nn.GRU if cls is fusedrnn.GRU else torch.nn.LSTM
+    tcls = {fusedrnn.GRU: torch.nn.GRU, fusedrnn.LSTM: torch.nn.LSTM, fusedrnn.RNN: torch.nn.RNN}[cls]
     torch.manual_seed(4)
     f = cls(3, 4, num_layers=2, bidirectional=True, dropout=0.5, backend="torch")
     t = tcls(3, 4, num_layers=2, bidirectional=True, dropout=0.5)
@@ -196,7 +208,7 @@ def test_torch_plan_is_torch_packing_bitwise(cls):
             assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM])
+@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM, fusedrnn.RNN])
 def test_dropout_with_lengths_keeps_padding_zero(cls):
     m = cls(3, 4, num_layers=3, dropout=0.5, backend="reference", batch_first=True)
     x = torch.randn(4, 6, 3)
@@ -212,7 +224,7 @@ def test_dropout_with_lengths_keeps_padding_zero(cls):
 
 
 @pytest.mark.parametrize("backend", ["reference", "torch"])
-@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM])
+@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM, fusedrnn.RNN])
 def test_bad_lengths_name_the_argument(cls, backend):
     m = cls(3, 4, backend=backend)
     x = torch.randn(5, 3, 3)  # T=5, B=3
@@ -281,7 +293,7 @@ def test_lengths_checked_on_device_while_compiling():
 
 
 @pytest.mark.parametrize("backend", ["reference", "auto"])
-@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM])
+@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM, fusedrnn.RNN])
 def test_module_with_lengths_compiles_fullgraph(cls, backend):
     m = cls(3, 4, num_layers=2, bidirectional=True, batch_first=True, residual=1, backend=backend)
     x = torch.randn(3, 5, 3, requires_grad=True)
@@ -306,9 +318,11 @@ def test_module_with_lengths_compiles_fullgraph(cls, backend):
 
 @pytest.mark.parametrize("backend", ["auto", "reference", pytest.param("triton", marks=pytest.mark.validates("triton")),
                                      pytest.param("cuda", marks=pytest.mark.validates("cuda"))])
-@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM])
+@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM, fusedrnn.RNN])
 @pytest.mark.gpu
 def test_no_host_sync_with_lengths_on_the_gpu(cls, backend):
+    if cls is fusedrnn.RNN and backend == "cuda":
+        pytest.skip("the CUDA kernels have no Elman RNN cell")
     m = cls(32, 64, num_layers=2, bidirectional=True, backend=backend, device="cuda")
     x = torch.randn(17, 5, 32, device="cuda", requires_grad=True)
     lengths = torch.tensor([17, 3, 9, 1, 12], device="cuda")

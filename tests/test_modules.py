@@ -1,4 +1,4 @@
-"""fusedrnn.GRU / fusedrnn.LSTM against torch.nn itself: the module cross product in float64.
+"""fusedrnn.GRU / fusedrnn.LSTM / fusedrnn.RNN (tanh, relu) against torch.nn itself: the module cross product in float64.
 
 Outputs, h_n/c_n and the gradients of input, hx and every parameter, for
 cell x num_layers x bias x batch_first x bidirectional x proj_size x input kind x residual.
@@ -48,16 +48,26 @@ def make_hx(fmod, kind):
 
 CASES = []
 for cell, num_layers, bias, batch_first, bidirectional, proj, kind, residual in itertools.product(
-    ["gru", "lstm"], [1, 2, 3], [True, False], [False, True], [False, True], [0, 3],
+    ["gru", "lstm", "rnn_tanh", "rnn_relu"], [1, 2, 3], [True, False], [False, True], [False, True], [0, 3],
     ["dense", "packed_sorted", "packed_unsorted", "unbatched"], [False, True, 1],
 ):
-    if cell == "gru" and proj:
+    if cell != "lstm" and proj:
         continue
+    if cell == "rnn_relu" and num_layers == 3:
+        continue  # the relu cell differs from tanh only inside the cell: fewer stack shapes
     if residual == 1 and num_layers == 1:
         continue
     if kind == "unbatched" and batch_first and (bias is False):
         continue  # batch_first is ignored for unbatched input: one bias setting covers it
     CASES.append((cell, num_layers, bias, batch_first, bidirectional, proj, kind, residual))
+
+
+CLASSES = {"gru": (fusedrnn.GRU, torch.nn.GRU), "lstm": (fusedrnn.LSTM, torch.nn.LSTM),
+           "rnn_tanh": (fusedrnn.RNN, torch.nn.RNN), "rnn_relu": (fusedrnn.RNN, torch.nn.RNN)}
+
+
+def _cell_kwargs(cell):
+    return {"nonlinearity": cell.removeprefix("rnn_")} if cell.startswith("rnn_") else {}
 
 
 def _id(case):
@@ -77,11 +87,11 @@ def test_module_matches_torch(case, backend):
     kw = dict(num_layers=num_layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional, dtype=DT)
     if cell == "lstm":
         kw["proj_size"] = proj
-    fcls = fusedrnn.LSTM if cell == "lstm" else fusedrnn.GRU
+    kw.update(_cell_kwargs(cell))
+    fcls, tcls = CLASSES[cell]
     fmod = fcls(input_size, H, residual=residual, backend=backend, **kw)
 
     if residual is False:
-        tcls = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
         tmod = tcls(input_size, H, **kw)
         tmod.load_state_dict(fmod.state_dict())
         torch_grads = lambda: {n: p.grad for n, p in tmod.named_parameters()}  # noqa: E731
@@ -92,7 +102,7 @@ def test_module_matches_torch(case, backend):
 
     x = make_input(kind, input_size, batch_first)
     hx = make_hx(fmod, kind)
-    hx_arg = hx[0] if cell == "gru" else tuple(hx)
+    hx_arg = tuple(hx) if cell == "lstm" else hx[0]
 
     f_out, f_in_grads, f_param_grads = run_with_grads(fmod, [x] + hx, lambda: fmod(wrap(kind, x, batch_first), hx_arg))
     t_out, t_in_grads, _ = run_with_grads(tmod, [x] + hx, lambda: tmod(wrap(kind, x, batch_first), hx_arg))
@@ -106,12 +116,12 @@ def test_module_matches_torch(case, backend):
         torch.testing.assert_close(f_param_grads[name], t_param_grads[name], **tol, msg=lambda m: f"{name}: {m}")
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("backend", ["auto", "torch"])
 def test_fast_cpu_path_matches_reference(cell, backend):
     """auto on CPU uses torch's own op; it must agree with the reference composition, packed and residual."""
-    kw = dict(num_layers=2, bidirectional=True, dtype=DT)
-    fcls = fusedrnn.LSTM if cell == "lstm" else fusedrnn.GRU
+    kw = dict(num_layers=2, bidirectional=True, dtype=DT, **_cell_kwargs(cell))
+    fcls = CLASSES[cell][0]
     ref = fcls(8, H, residual=True, backend="reference", **kw)
     fast = fcls(8, H, residual=True, backend=backend, **kw)
     fast.load_state_dict(ref.state_dict())
@@ -125,10 +135,10 @@ def test_fast_cpu_path_matches_reference(cell, backend):
             torch.testing.assert_close(f[2][name], r[2][name], atol=1e-10, rtol=1e-8)
 
 
-@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM])
+@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM, fusedrnn.RNN])
 def test_float32_default_module(cls):
     """Default dtype, default backend, the way most users call it."""
-    tcls = torch.nn.LSTM if cls is fusedrnn.LSTM else torch.nn.GRU
+    tcls = {fusedrnn.GRU: torch.nn.GRU, fusedrnn.LSTM: torch.nn.LSTM, fusedrnn.RNN: torch.nn.RNN}[cls]
     torch.manual_seed(3)
     t = tcls(6, 8, num_layers=2)
     torch.manual_seed(3)

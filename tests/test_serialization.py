@@ -28,7 +28,10 @@ OPTIONS = [
     (fusedrnn.LSTM, dict(dropout=0.5)),
     (fusedrnn.GRU, dict(dropconnect=0.25)),
     (fusedrnn.LSTM, dict(bidirectional=True, dropconnect=0.5, residual=True)),
-] + [(cls, dict(backend=b)) for cls in (fusedrnn.GRU, fusedrnn.LSTM) for b in fusedrnn.dispatch.CHOICES]
+    (fusedrnn.RNN, dict()),
+    (fusedrnn.RNN, dict(nonlinearity="relu", bidirectional=True, residual=True)),
+    (fusedrnn.RNN, dict(nonlinearity="relu", bias=False, batch_first=True, dropconnect=0.25)),
+] + [(cls, dict(backend=b)) for cls in (fusedrnn.GRU, fusedrnn.LSTM, fusedrnn.RNN) for b in fusedrnn.dispatch.CHOICES]
 
 RUNS_ON_CPU = ("auto", "torch", "reference")
 
@@ -48,7 +51,7 @@ class Model(nn.Module):
 
 def _torch_nn_classes():
     """What a program without fusedrnn would allowlist for this model: torch.nn's classes only."""
-    return [Model, nn.Sequential, nn.Dropout, nn.Linear, nn.GRU, nn.LSTM]
+    return [Model, nn.Sequential, nn.Dropout, nn.Linear, nn.GRU, nn.LSTM, nn.RNN]
 
 
 def _reload(model, **load_kwargs):
@@ -66,7 +69,7 @@ def test_whole_model_checkpoint_loads_weights_only(cls, kwargs):
     loaded = _reload(model)
     assert type(loaded) is Model and type(loaded.rnn) is cls
     for name in ("residual", "_residual_layers", "backend", "dropconnect", "bidirectional", "batch_first", "bias",
-                 "proj_size", "num_layers", "dropout", "hidden_size", "input_size"):
+                 "proj_size", "num_layers", "dropout", "hidden_size", "input_size", "mode"):
         assert getattr(loaded.rnn, name) == getattr(model.rnn, name), name
     assert loaded.rnn.extra_repr() == model.rnn.extra_repr()
     sd, sd2 = model.state_dict(), loaded.state_dict()
@@ -120,6 +123,33 @@ def test_checkpoint_from_another_process_loads_after_import_fusedrnn(tmp_path):
             model = torch.load({str(path)!r})
         out = torch.load({str(path) + ".out"!r})
         assert type(model[0]) is fusedrnn.GRU and model[0].residual is True, model
+        assert torch.equal(model[0](torch.ones(3, 1, 4))[0], out)
+        print("ok")
+    """
+    for code in (save, load):
+        r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
+def test_rnn_checkpoint_from_another_process_loads_after_import_fusedrnn(tmp_path):
+    """The same flow for fusedrnn.RNN: a fresh process that imports fusedrnn and allowlists only
+    torch.nn's classes loads it (fusedrnn.RNN is among the registered safe globals)."""
+    path = tmp_path / "rnn.pt"
+    save = f"""
+        import torch, fusedrnn
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(fusedrnn.RNN(4, 4, 2, nonlinearity="relu", residual=True))
+        torch.save(model, {str(path)!r})
+        torch.save(model(torch.ones(3, 1, 4))[0], {str(path) + ".out"!r})
+    """
+    load = f"""
+        import torch, fusedrnn
+        assert fusedrnn.RNN in torch.serialization.get_safe_globals()
+        with torch.serialization.safe_globals([torch.nn.Sequential, torch.nn.RNN]):
+            model = torch.load({str(path)!r})
+        out = torch.load({str(path) + ".out"!r})
+        assert type(model[0]) is fusedrnn.RNN and model[0].nonlinearity == "relu" and model[0].residual is True
         assert torch.equal(model[0](torch.ones(3, 1, 4))[0], out)
         print("ok")
     """

@@ -1,6 +1,8 @@
 """torch.compile(fullgraph=True) traces fusedrnn with no graph break (CPU backends here; the Triton
 ops' registration is tested in test_triton.py)."""
 
+import functools
+
 import pytest
 import torch
 
@@ -12,16 +14,19 @@ def _gru_args(T=4, B=2, I=3, H=5):  # noqa: E741
             torch.randn(3 * H), torch.randn(3 * H)]
 
 
+@pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("backend,use_lengths", [("auto", True), ("reference", True), ("torch", False)])
-def test_functional_compiles_fullgraph(backend, use_lengths):
+def test_functional_compiles_fullgraph(backend, use_lengths, cell):
     """(auto with lengths picks the reference loop when tracing: torch's packing is not traceable.)"""
     args = _gru_args()
+    if cell != "gru":  # one gate: the first H rows of the GRU's weights
+        args = args[:2] + [a[:5] for a in args[2:]]
     lengths = torch.tensor([4, 2]) if use_lengths else None
     residual = torch.randn(4, 2, 5)
 
     def f(x, h0, w_ih, w_hh, b_ih, b_hh):
-        return fusedrnn.functional.gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual=residual, lengths=lengths,
-                                       reverse=True, backend=backend)
+        return getattr(fusedrnn.functional, cell)(x, h0, w_ih, w_hh, b_ih, b_hh, residual=residual, lengths=lengths,
+                                                  reverse=True, backend=backend)
 
     torch._dynamo.reset()
     compiled = torch.compile(f, fullgraph=True, backend="eager")
@@ -30,7 +35,9 @@ def test_functional_compiles_fullgraph(backend, use_lengths):
 
 
 @pytest.mark.parametrize("backend", ["reference", "auto"])
-@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM])
+@pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM, fusedrnn.RNN,
+                                 functools.partial(fusedrnn.RNN, nonlinearity="relu")],
+                         ids=["GRU", "LSTM", "RNN-tanh", "RNN-relu"])
 def test_module_compiles_fullgraph_with_allow_rnn(cls, backend):
     """Like torch's own RNN modules, ours need torch._dynamo.config.allow_rnn=True to be traced.
     (auto: torch's CPU LSTM op does not go through AOT autograd, so auto picks the reference loop.)"""

@@ -44,8 +44,10 @@ def _triton(strategy=None, plan_override=None):
     plan override, through an autograd wrapper of the launchers."""
     if plan_override is None:
         return {"gru": lambda *a: triton_ops.gru(*a, strategy=strategy),
-                "lstm": lambda *a: triton_ops.lstm(*a, strategy=strategy)}
-    return {cell: _launcher_call(cell, strategy, plan_override) for cell in ("gru", "lstm")}
+                "lstm": lambda *a: triton_ops.lstm(*a, strategy=strategy),
+                "rnn_tanh": lambda *a: triton_ops.rnn("rnn_tanh", *a, strategy=strategy),
+                "rnn_relu": lambda *a: triton_ops.rnn("rnn_relu", *a, strategy=strategy)}
+    return {cell: _launcher_call(cell, strategy, plan_override) for cell in ("gru", "lstm", "rnn_tanh", "rnn_relu")}
 
 
 def _launcher_call(cell, strategy, plan_override):
@@ -106,6 +108,12 @@ CASES = {
         ("lstm", 9, 40, 4, 24, False, True, True, True, "persistent"),
         ("lstm", 2, 17, 5, 100, False, True, True, True, "batch_tile"),
         ("lstm", 2, 1, 6, 257, False, True, False, True, "batch_tile"),
+        ("rnn_tanh", 1, 1, 3, 1, False, False, False, True, None),
+        ("rnn_relu", 2, 3, 5, 3, True, True, True, True, "batch_tile"),
+        ("rnn_tanh", 33, 17, 7, 3, True, True, False, False, "persistent"),
+        ("rnn_relu", 9, 3, 4, 40, True, True, False, True, "persistent"),
+        ("rnn_tanh", 2, 17, 5, 100, False, True, True, True, "batch_tile"),
+        ("rnn_relu", 2, 3, 6, 257, True, True, True, False, "persistent"),
     ],
     "gpu": [
         ("gru", 1024, 16, 64, 256, True, True, False, True, "persistent"),
@@ -117,6 +125,10 @@ CASES = {
         ("lstm", 300, 3, 32, 500, True, True, True, False, "persistent"),
         ("lstm", 1024, 8, 32, 1024, False, True, True, True, None),
         ("lstm", 256, 130, 64, 768, True, True, False, True, None),
+        ("rnn_tanh", 1024, 16, 64, 256, True, True, True, True, "persistent"),
+        ("rnn_relu", 128, 32, 128, 1024, False, True, False, True, "persistent"),
+        ("rnn_tanh", 300, 3, 32, 500, True, True, False, True, "batch_tile"),
+        ("rnn_relu", 256, 130, 64, 768, True, True, True, True, None),
     ],
 }
 
@@ -144,6 +156,8 @@ STREAMED = [
     ("lstm", "persistent", 40, dict(resident=False, BLOCK_K=128, num_stages=2)),
     ("lstm", "batch_tile", 40, dict(resident=False, BLOCK_K=16, num_stages=3)),
     ("gru", "batch_tile", 24, dict(resident=False, BLOCK_K=32, num_stages=2)),
+    ("rnn_tanh", "persistent", 100, dict(resident=False, BLOCK_K=32, num_stages=3)),
+    ("rnn_relu", "batch_tile", 40, dict(resident=False, BLOCK_K=16, num_stages=2)),
 ]
 
 
@@ -155,7 +169,8 @@ def test_streamed_plans_match_reference(executor, cell, strategy, H, override):
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("cell,strategy", [("gru", "persistent"), ("lstm", "batch_tile"),
-                                           ("gru", "batch_tile"), ("lstm", "persistent")])
+                                           ("gru", "batch_tile"), ("lstm", "persistent"),
+                                           ("rnn_tanh", "persistent"), ("rnn_relu", "batch_tile")])
 def test_low_precision_error_within_torch_error(executor, cell, strategy, dtype):
     T, B, I, H = (24, 5, 8, 40) if executor == "interpreter" else (512, 16, 128, 768)  # noqa: E741
     d, lens = _inputs(executor, cell, T, B, I, H, residual=True, lengths=True, seed=3)
@@ -165,7 +180,7 @@ def test_low_precision_error_within_torch_error(executor, cell, strategy, dtype)
 
 
 @pytest.mark.parametrize("strategy", ["persistent", "batch_tile"])
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
 def test_fp64_gradcheck(executor, cell, strategy):
     T, B, I, H = 3, 2, 2, 10  # noqa: E741  (H=10: two unit blocks when persistent)
     d, lens = _inputs(executor, cell, T, B, I, H, residual=True, lengths=True, seed=5)
@@ -174,7 +189,7 @@ def test_fp64_gradcheck(executor, cell, strategy):
 
     def f(*ts):
         a = dict(zip(names, ts))
-        if cell == "gru":
+        if cell != "lstm":
             return fn(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["residual"], lens, True)
         return fn(a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], None, a["residual"],
                   lens, True)
@@ -186,7 +201,7 @@ def test_fp64_gradcheck(executor, cell, strategy):
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                HealthCheck.function_scoped_fixture])
 @given(
-    cell=st.sampled_from(["gru", "lstm"]), T=st.integers(1, 6), B=st.integers(1, 20), I=st.integers(1, 9),
+    cell=st.sampled_from(["gru", "lstm", "rnn_tanh", "rnn_relu"]), T=st.integers(1, 6), B=st.integers(1, 20), I=st.integers(1, 9),
     H=st.integers(1, 40), residual=st.booleans(), lengths=st.booleans(), reverse=st.booleans(),
     bias=st.booleans(), strategy=st.sampled_from(["persistent", "batch_tile"]), seed=st.integers(0, 2**16),
 )
@@ -194,7 +209,7 @@ def test_property_matches_reference(executor, cell, T, B, I, H, residual, length
     _check_fp32(executor, cell, T, B, I, H, residual, lengths, reverse, bias, _triton(strategy)[cell], seed=seed)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_relu"])
 def test_grid_barrier_code_path_matches_cta_barrier(executor, cell):
     """With one program per batch tile the spin barrier completes in the interpreter too: the
     USE_GRID_BARRIER=True kernels (forward and backward) give the same numbers as the CTA-barrier
@@ -217,13 +232,13 @@ def test_grid_barrier_code_path_matches_cta_barrier(executor, cell):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh"])
 def test_inference_matches_training_forward(executor, cell):
     """No grad needed: the forward keeps only two state slots (ping-pong) and saves nothing."""
     T, H = (9, 40) if executor == "interpreter" else (1024, 1024)
     d, lens = _inputs(executor, cell, T, 5, 4, H, dtype=torch.float32, residual=True, lengths=True, seed=11)
     args = [d["x"], d["h0"]] + ([d["c0"]] if cell == "lstm" else []) + [d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"]]
-    fn = F.gru if cell == "gru" else F.lstm
+    fn = getattr(F, cell)
     for reverse in (False, True):
         with torch.no_grad():
             inf = fn(*args, residual=d["residual"], lengths=lens, reverse=reverse, backend="triton")
@@ -233,11 +248,11 @@ def test_inference_matches_training_forward(executor, cell):
             torch.testing.assert_close(a, b.detach(), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_relu"])
 def test_partial_upstream_and_partial_requires_grad(executor, cell):
     """Only h_n used (dy absent), and only some inputs require grad: grads match, others stay None."""
     d, lens = _inputs(executor, cell, 6, 3, 4, 20, dtype=torch.float32, lengths=True, seed=13)
-    fn = F.gru if cell == "gru" else F.lstm
+    fn = getattr(F, cell)
     outs = {}
     for backend in ("triton", "reference"):
         x = d["x"].clone().requires_grad_()
@@ -250,10 +265,11 @@ def test_partial_upstream_and_partial_requires_grad(executor, cell):
         assert rel_err(a.double(), b.double()) <= FP32_TOL
 
 
-@pytest.mark.parametrize("cell,compile_backend", [("gru", "inductor"), ("lstm", "aot_eager")])
+@pytest.mark.parametrize("cell,compile_backend", [("gru", "inductor"), ("lstm", "aot_eager"),
+                                                   ("rnn_tanh", "aot_eager"), ("rnn_relu", "inductor")])
 def test_torch_compile_fullgraph(executor, cell, compile_backend):
     d, lens = _inputs(executor, cell, 4, 3, 5, 8, dtype=torch.float32, residual=True, lengths=True, seed=17)
-    fn = F.gru if cell == "gru" else F.lstm
+    fn = getattr(F, cell)
     names = ["x", "h0"] + (["c0"] if cell == "lstm" else []) + ["w_ih", "w_hh", "b_ih", "b_hh", "residual"]
 
     def f(*ts):
@@ -275,7 +291,7 @@ def test_torch_compile_fullgraph(executor, cell, compile_backend):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("strategy", ["persistent", "batch_tile"])
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh"])
 def test_one_launch_per_layer_direction(cell, strategy):
     """torch.profiler: the recurrence of a whole sequence is one kernel launch, forward and backward
     (GPU only: the interpreter launches nothing to profile)."""

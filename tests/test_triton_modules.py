@@ -1,4 +1,4 @@
-"""fusedrnn.GRU / LSTM composed over the Triton backend (layers, directions, packing, residual
+"""fusedrnn.GRU / LSTM / RNN composed over the Triton backend (layers, directions, packing, residual
 adds) against torch.nn, on every executor that can run it: the interpreter on the CPU (float64,
 small: it is slow; against torch.nn layers composed with the same residual adds) and a GPU
 (float32 with TF32 off, against cuDNN)."""
@@ -33,14 +33,17 @@ SETUPS = {
 
 
 @pytest.mark.parametrize("kind", ["dense", "packed"])
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_triton_module_matches_torch(executor, cell, kind):
     from fusedrnn.bench.composed import ComposedTorch
 
     dtype, device, I, H, B, T, residual, tol, gtol = SETUPS[executor]  # noqa: E741
-    tcls, fcls = (torch.nn.GRU, fusedrnn.GRU) if cell == "gru" else (torch.nn.LSTM, fusedrnn.LSTM)
+    tcls, fcls = {"gru": (torch.nn.GRU, fusedrnn.GRU), "lstm": (torch.nn.LSTM, fusedrnn.LSTM),
+                  "rnn_tanh": (torch.nn.RNN, fusedrnn.RNN), "rnn_relu": (torch.nn.RNN, fusedrnn.RNN)}[cell]
     kw = dict(num_layers=2, bidirectional=True, batch_first=True, dtype=dtype, device=device)
+    if cell.startswith("rnn_"):
+        kw["nonlinearity"] = cell.removeprefix("rnn_")
     t = tcls(I, H, **kw)
     f = fcls(I, H, residual=residual, backend="triton", **kw)
     f.load_state_dict(t.state_dict())

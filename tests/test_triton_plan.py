@@ -41,6 +41,20 @@ def test_strategies_are_what_the_tests_exercise():
     assert p.n_btiles == 3 and p.grid_barrier
 
 
+def test_gate_slots_per_cell():
+    """The Elman RNN's one gate takes one slot: its product has BH columns forward and HP rows
+    backward (GRU's three gates and LSTM's four take four); the backend's fake shapes save what
+    the kernels save."""
+    assert {c: plans.gate_slots(c) for c in plans.CELLS} == {"gru": 4, "lstm": 4, "rnn_tanh": 1, "rnn_relu": 1}
+    assert plans.CELLS == backends.CELLS and triton_ops._SAVED_ACTS == plans.SAVED_ACTS
+    for cell in ("rnn_tanh", "rnn_relu"):
+        for B, H in [(3, 40), (16, 768), (1, 257)]:
+            fwd = plans.make_plan(cell, "fwd", B, H, 2)
+            bwd = plans.make_plan(cell, "bwd", B, H, 2)
+            gru_fwd = plans.make_plan("gru", "fwd", B, H, 2)
+            assert fwd.N == fwd.BH and bwd.K == bwd.HP and gru_fwd.N == 4 * gru_fwd.BH
+
+
 @pytest.mark.parametrize("device", [plans.H100, plans.A100], ids=lambda d: d.name)
 @pytest.mark.parametrize("elem", [2, 4, 8])
 def test_every_plan_is_launchable(device, elem):

@@ -8,8 +8,9 @@
 | `reference` | `backends/reference.py`    | the pure-PyTorch oracle, fusedrnn/reference.py              |
 
 A backend answers two questions about a call (a ``CallSpec``): ``reasons(spec, forced)`` — every
-reason, in words, it cannot serve the call (empty when it can) — and runs it (``gru`` / ``lstm``,
-arguments already validated by fusedrnn.functional). Which backend runs a call is decided in
+reason, in words, it cannot serve the call (empty when it can) — and runs it (``gru`` / ``lstm`` /
+``rnn_tanh`` / ``rnn_relu``, arguments already validated by fusedrnn.functional; the two Elman RNN
+cells share one method, ``rnn``, with the cell name first). Which backend runs a call is decided in
 fusedrnn/dispatch.py, not here. Backend modules are imported on first use; one that cannot be
 imported (Triton missing, extension not built) becomes a backend whose only reason is that.
 """
@@ -21,11 +22,15 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CallSpec", "Backend", "NAMES", "FUSED", "FLOAT_DTYPES", "get", "dtype_reasons"]
+__all__ = ["CallSpec", "Backend", "NAMES", "FUSED", "FLOAT_DTYPES", "CELLS", "RNN_CELLS", "get", "dtype_reasons"]
 
 NAMES = ("cuda", "triton", "torch", "reference")  # the order `auto` considers them in
 FUSED = ("cuda", "triton")  # fusedrnn's own kernels: `auto` uses them on a GPU only where validated
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+# The cells and their gate counts (w_ih / w_hh have gates * H rows, torch's layout). The Elman RNN
+# cells (torch.nn.RNN, nonlinearity "tanh" / "relu") are named as torch's ops: _VF.rnn_tanh / rnn_relu.
+CELLS = {"gru": 3, "lstm": 4, "rnn_tanh": 1, "rnn_relu": 1}
+RNN_CELLS = ("rnn_tanh", "rnn_relu")
 
 _MODULES = {
     "cuda": ("fusedrnn.backends.cuda", "persistent CUDA kernels from csrc/ (fusedrnn._C): one cooperative launch per sequence"),
@@ -40,7 +45,7 @@ class CallSpec:
     """What dispatch knows about one layer-direction call: enough for a backend to say whether it
     can serve it, and for dispatch to choose among those that can."""
 
-    cell: str  # "gru" | "lstm"
+    cell: str  # "gru" | "lstm" | "rnn_tanh" | "rnn_relu"
     device: torch.device
     dtype: torch.dtype
     T: int  # steps; 0 while tracing (unknown)
@@ -83,6 +88,16 @@ class Backend:
 
     def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
         raise NotImplementedError
+
+    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+        """The Elman RNN cell ``cell`` ("rnn_tanh" | "rnn_relu"); the arguments are gru's."""
+        raise NotImplementedError
+
+    def rnn_tanh(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+        return self.rnn("rnn_tanh", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+
+    def rnn_relu(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+        return self.rnn("rnn_relu", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
 
 
 class _Unimportable(Backend):

@@ -29,13 +29,14 @@ from torch import Tensor
 
 from .. import _ext as _extension
 from .._ext import ExtensionError, load
-from . import Backend
+from . import RNN_CELLS, Backend
 
 __all__ = ["BACKEND", "unavailable", "limits", "max_hidden_size", "gru", "lstm"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_CAPABILITY = (8, 0)
 _N_SAVED = {"gru": 4, "lstm": 5}  # fp32 values per (t, b, unit) kept for the backward
+RNN_REASON = "the CUDA kernels have no Elman RNN cell (nonlinearity tanh/relu); the Triton kernels and torch's op run it"
 _DTYPE_NAME = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 _REQUIRED = ("gru_forward", "lstm_forward", "gru_backward", "lstm_backward", "plan", "launch_shape", "barrier_floor")
 # Batch size the hidden-size limit is stated for: near the limit it puts 16 or more rows in every CTA,
@@ -348,6 +349,8 @@ class CudaBackend(Backend):
         return unavailable()
 
     def reasons(self, spec, forced):
+        if spec.cell in RNN_CELLS:  # decided without loading the extension
+            return ([] if spec.device.type == "cuda" else [f"device={spec.device.type} (supported: cuda)"]) + [RNN_REASON]
         if spec.device.type != "cuda":  # decided without loading the extension
             return [f"device={spec.device.type} (supported: cuda)"]
         if not forced and _extension.needs_jit_build():

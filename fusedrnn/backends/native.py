@@ -18,7 +18,7 @@ from . import FLOAT_DTYPES, Backend, dtype_reasons
 
 
 class TorchBackend(Backend):
-    """torch's own single-layer RNN op (_VF.gru / _VF.lstm): cuDNN on CUDA, oneDNN/ATen on CPU.
+    """torch's own single-layer RNN op (_VF.gru / _VF.lstm / _VF.rnn_tanh / _VF.rnn_relu): cuDNN on CUDA, oneDNN/ATen on CPU.
 
     Variable lengths go through torch's packed path (sorted internally); the reverse direction is
     a per-row flip of each row's valid prefix; the residual is one add after the op.
@@ -48,6 +48,15 @@ class TorchBackend(Backend):
         params = [w for w in (w_ih, w_hh, b_ih, b_hh) if w is not None]
         y, (h_n,) = _run_native(
             lambda inp, hx, batch_sizes: _vf_call(torch._VF.gru, inp, hx, params, b_ih is not None, batch_sizes),
+            x, (h0,), residual, lengths, reverse,
+        )
+        return y, h_n
+
+    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+        op = _OPS[cell]
+        params = [w for w in (w_ih, w_hh, b_ih, b_hh) if w is not None]
+        y, (h_n,) = _run_native(
+            lambda inp, hx, batch_sizes: _vf_call(op, inp, hx, params, b_ih is not None, batch_sizes),
             x, (h0,), residual, lengths, reverse,
         )
         return y, h_n
@@ -113,6 +122,7 @@ def _run_native(call, x, states, residual, lengths, reverse):
 
 
 BACKEND = TorchBackend()
+_OPS = {"gru": torch._VF.gru, "lstm": torch._VF.lstm, "rnn_tanh": torch._VF.rnn_tanh, "rnn_relu": torch._VF.rnn_relu}
 
 
 def layer(cell: str, x: Tensor, batch_sizes: Tensor | None, hx, params: list, has_bias: bool,
@@ -121,8 +131,8 @@ def layer(cell: str, x: Tensor, batch_sizes: Tensor | None, hx, params: list, ha
     num_layers=1: exactly what torch.nn computes for that layer. ``x`` is dense (batch_first as
     given) or packed data with ``batch_sizes``; ``hx`` is (h,) or (h, c), each (D, B, .).
     Returns the layer's output in the same layout and its final states."""
-    op = torch._VF.gru if cell == "gru" else torch._VF.lstm
-    states = hx[0] if cell == "gru" else tuple(hx)
+    op = _OPS[cell]
+    states = tuple(hx) if cell == "lstm" else hx[0]
     if batch_sizes is None:
         out = op(x, states, params, has_bias, 1, 0.0, False, bidirectional, batch_first)
     else:

@@ -21,6 +21,12 @@ class ReferenceBackend(Backend):
             x, h0, w_ih, w_hh, b_ih, b_hh, residual=residual, lengths=lengths, reverse=reverse
         )
 
+    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+        return reference.rnn_reference(
+            x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=cell.removeprefix("rnn_"), residual=residual,
+            lengths=lengths, reverse=reverse,
+        )
+
     def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
         return reference.lstm_reference(
             x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual=residual, lengths=lengths, reverse=reverse

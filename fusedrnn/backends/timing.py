@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from . import CallSpec, get
+from . import CELLS, CallSpec, get
 
 
 def time_call(name: str, spec: CallSpec, repeats: int = 5) -> float:
@@ -19,7 +19,7 @@ def time_call(name: str, spec: CallSpec, repeats: int = 5) -> float:
     (forward, and backward when the call will need one), median of ``repeats`` runs after a warm-up."""
     backend = get(name)
     dev, dt = spec.device, spec.dtype
-    g = 4 if spec.cell == "lstm" else 3
+    g = CELLS[spec.cell]
     rnd = functools.partial(torch.randn, device=dev, dtype=dt)
     x = rnd(spec.T, spec.B, spec.I, requires_grad=spec.needs_grad)
     w_ih, w_hh = rnd(g * spec.H, spec.I) / spec.H**0.5, rnd(g * spec.H, spec.P) / spec.H**0.5
@@ -27,9 +27,9 @@ def time_call(name: str, spec: CallSpec, repeats: int = 5) -> float:
     residual = rnd(spec.T, spec.B, spec.P) if spec.has_residual else None
     lengths = torch.full((spec.B,), spec.T, dtype=torch.int64) if spec.has_lengths else None
     h0 = rnd(spec.B, spec.P)
-    if spec.cell == "gru":
+    if spec.cell != "lstm":
         def call():
-            return backend.gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, spec.reverse)
+            return getattr(backend, spec.cell)(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, spec.reverse)
     else:
         c0 = rnd(spec.B, spec.H)
         w_hr = rnd(spec.P, spec.H) if spec.has_proj else None

@@ -1,7 +1,9 @@
 """The Triton backend: torch.library ops around the kernels in fusedrnn.kernels (kernels/rnn.py).
 
-Each cell has a forward op and a backward op (``fusedrnn::triton_gru_fwd`` / ``_bwd``, same for
-``lstm``), both with fake (meta) implementations, linked by ``register_autograd``; so
+The cells whose state is h alone (GRU, and the Elman RNN: rnn_tanh, rnn_relu) share a forward op
+and a backward op that take the cell's name (``fusedrnn::triton_hcell_fwd`` / ``_bwd``); the LSTM
+has its own pair (``fusedrnn::triton_lstm_fwd`` / ``_bwd``). All have fake (meta) implementations,
+linked by ``register_autograd``; so
 torch.compile(fullgraph=True) traces them as opaque nodes and autograd runs the Triton backward.
 The forward op also returns what its backward needs (the h (and c) sequence and the gate
 activations), empty when no input requires grad.
@@ -9,7 +11,7 @@ activations), empty when no input requires grad.
 This module decides the fp32 product's precision for the kernels: TF32 when torch's matmul
 switch allows it (read at each call, so a change of the switch takes effect at the next call).
 
-``gru``, ``lstm`` and ``limits`` are what fusedrnn.backends.TritonBackend calls; arguments arrive
+``gru``, ``rnn``, ``lstm`` and ``limits`` are what fusedrnn.backends.TritonBackend calls; arguments arrive
 validated by fusedrnn.functional.
 
 Importing this module registers the ops and nothing more: Triton and the kernels (fusedrnn.kernels)
@@ -30,12 +32,13 @@ from fusedrnn._precision import cuda_matmul_allows_tf32
 
 from . import FLOAT_DTYPES, Backend, dtype_reasons
 
-__all__ = ["BACKEND", "gru", "lstm", "limits"]
+__all__ = ["BACKEND", "gru", "rnn", "lstm", "limits"]
 
 PROJ_REASON = "proj_size>0 (w_hr) is not supported by the Triton kernels"
 
 
-MAX_H = 16384  # the packed W_hh (4 x HP x HP elements) is indexed with 32-bit offsets
+MAX_H = 16384  # the packed W_hh (up to 4 x HP x HP elements) is indexed with 32-bit offsets
+_SAVED_ACTS = {"gru": 4, "lstm": 4, "rnn_tanh": 1, "rnn_relu": 1}  # kernels/plan.py SAVED_ACTS (tested equal)
 _kernels_module = None
 _import_error: str | None = None
 
@@ -86,14 +89,15 @@ def _needs_save(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _saved_shapes(x: Tensor, H: int, save: bool, lstm: bool) -> list[Tensor]:
+def _saved_shapes(x: Tensor, H: int, save: bool, cell: str) -> list[Tensor]:
     """Fake (hseq, [cseq,] act) as the forward op returns them."""
     T, B, _ = x.shape
+    lstm = cell == "lstm"
     acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # the kernels' accumulator
     if not save:
         return [x.new_empty(0, dtype=acc) for _ in range(3 if lstm else 2)]
     seq = [x.new_empty(T + 1, B, H, dtype=acc) for _ in range(2 if lstm else 1)]
-    return seq + [x.new_empty(T, B, 4 * H, dtype=acc)]
+    return seq + [x.new_empty(T, B, _SAVED_ACTS[cell] * H, dtype=acc)]
 
 
 def _grad_shapes(x: Tensor, w_ih: Tensor, w_hh: Tensor, needs, lstm: bool) -> tuple[Tensor, ...]:
@@ -113,48 +117,50 @@ def _grads_out(grads, x: Tensor, lstm: bool) -> tuple[Tensor, ...]:
 
 
 # ------------------------------------------------------------------------------------------------
-# GRU
+# The cells whose state is h alone: GRU, RNN (tanh / relu)
 # ------------------------------------------------------------------------------------------------
 
 
-@torch.library.custom_op("fusedrnn::triton_gru_fwd", mutates_args=())
-def _gru_fwd(
-    x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
+@torch.library.custom_op("fusedrnn::triton_hcell_fwd", mutates_args=())
+def _hcell_fwd(
+    cell: str, x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
     residual: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, save: bool, strategy: Optional[str],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     y, h_n, _, hseq, _, act = _kernels().forward(
-        "gru", x, h0, None, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save,
+        cell, x, h0, None, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save,
         allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy)
     return y, h_n, hseq, act
 
 
-@_gru_fwd.register_fake
-def _(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy):
+@_hcell_fwd.register_fake
+def _(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy):
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    return (x.new_empty(T, B, H), x.new_empty(B, H), *_saved_shapes(x, H, save, lstm=False))
+    return (x.new_empty(T, B, H), x.new_empty(B, H), *_saved_shapes(x, H, save, cell))
 
 
-@torch.library.custom_op("fusedrnn::triton_gru_bwd", mutates_args=())
-def _gru_bwd(
-    dy: Optional[Tensor], dh_n: Optional[Tensor], x: Tensor, w_ih: Tensor, w_hh: Tensor,
+@torch.library.custom_op("fusedrnn::triton_hcell_bwd", mutates_args=())
+def _hcell_bwd(
+    cell: str, dy: Optional[Tensor], dh_n: Optional[Tensor], x: Tensor, w_ih: Tensor, w_hh: Tensor,
     lengths: Optional[Tensor], hseq: Tensor, act: Tensor, reverse: bool, needs: list[bool], strategy: Optional[str],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     need_x, need_h0, *rest = needs
-    grads = _kernels().backward("gru", dy, dh_n, None, x, w_ih, w_hh, lengths, hseq, None, act, reverse,
-                         (need_x, need_h0, False, *rest), allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy)
+    grads = _kernels().backward(cell, dy, dh_n, None, x, w_ih, w_hh, lengths, hseq, None, act, reverse,
+                                (need_x, need_h0, False, *rest), allow_tf32=cuda_matmul_allows_tf32(),
+                                strategy=strategy)
     return _grads_out(grads, x, lstm=False)
 
 
-@_gru_bwd.register_fake
-def _(dy, dh_n, x, w_ih, w_hh, lengths, hseq, act, reverse, needs, strategy):
+@_hcell_bwd.register_fake
+def _(cell, dy, dh_n, x, w_ih, w_hh, lengths, hseq, act, reverse, needs, strategy):
     return _grad_shapes(x, w_ih, w_hh, needs, lstm=False)
 
 
-def _gru_setup(ctx, inputs, output):
-    x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy = inputs
+def _hcell_setup(ctx, inputs, output):
+    cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy = inputs
     _, _, hseq, act = output
     ctx.save_for_backward(x, w_ih, w_hh, lengths, hseq, act)
+    ctx.cell = cell
     ctx.has_bias = b_ih is not None
     ctx.has_res = residual is not None
     ctx.reverse = reverse
@@ -162,27 +168,38 @@ def _gru_setup(ctx, inputs, output):
     ctx.mark_non_differentiable(hseq, act)
 
 
-def _gru_backward(ctx, dy, dh_n, _dhseq, _dact):
+def _hcell_backward(ctx, dy, dh_n, _dhseq, _dact):
     x, w_ih, w_hh, lengths, hseq, act = ctx.saved_tensors
-    n = ctx.needs_input_grad
+    n = ctx.needs_input_grad[1:]  # after the cell's name
     needs = [n[0], n[1], n[2], n[3], ctx.has_bias and n[4], ctx.has_bias and n[5], ctx.has_res and n[6]]
-    grads = _gru_bwd(dy, dh_n, x, w_ih, w_hh, lengths, hseq, act, ctx.reverse, needs, ctx.strategy)
+    grads = _hcell_bwd(ctx.cell, dy, dh_n, x, w_ih, w_hh, lengths, hseq, act, ctx.reverse, needs, ctx.strategy)
     grads = [g if need else None for g, need in zip(grads, needs)]
-    return (*grads, None, None, None, None)
+    return (None, *grads, None, None, None, None)
 
 
-torch.library.register_autograd("fusedrnn::triton_gru_fwd", _gru_backward, setup_context=_gru_setup)
+torch.library.register_autograd("fusedrnn::triton_hcell_fwd", _hcell_backward, setup_context=_hcell_setup)
+
+
+def _run_hcell(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, strategy):
+    if lengths is not None:
+        # torch keeps lengths on the CPU; non_blocking avoids a stream sync for the copy
+        lengths = lengths.to(device=x.device, non_blocking=True)
+    save = _needs_save(x, h0, w_ih, w_hh, b_ih, b_hh, residual)
+    y, h_n, _, _ = _hcell_fwd(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy)
+    return y, h_n
 
 
 def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, *, strategy: Optional[str] = None):
     """One GRU layer-direction (see fusedrnn.functional.gru). ``strategy`` forces "persistent" or
     "batch_tile" (tests, benchmarks); None picks by shape (kernels/plan.py: choose_strategy)."""
-    if lengths is not None:
-        # torch keeps lengths on the CPU; non_blocking avoids a stream sync for the copy
-        lengths = lengths.to(device=x.device, non_blocking=True)
-    save = _needs_save(x, h0, w_ih, w_hh, b_ih, b_hh, residual)
-    y, h_n, _, _ = _gru_fwd(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy)
-    return y, h_n
+    return _run_hcell("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, strategy)
+
+
+def rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, *, strategy: Optional[str] = None):
+    """One Elman RNN layer-direction, ``cell`` "rnn_tanh" or "rnn_relu" (see fusedrnn.functional.rnn_tanh)."""
+    if cell not in ("rnn_tanh", "rnn_relu"):
+        raise ValueError(f"cell must be 'rnn_tanh' or 'rnn_relu', got {cell!r}")
+    return _run_hcell(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, strategy)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -204,7 +221,7 @@ def _lstm_fwd(
 def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy):
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H), *_saved_shapes(x, H, save, lstm=True))
+    return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H), *_saved_shapes(x, H, save, "lstm"))
 
 
 @torch.library.custom_op("fusedrnn::triton_lstm_bwd", mutates_args=())
@@ -299,6 +316,9 @@ class TritonBackend(Backend):
 
     def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
         return gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+
+    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+        return rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
 
     def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
         return lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse)
