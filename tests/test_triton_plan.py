@@ -61,6 +61,26 @@ def test_every_plan_is_launchable(device, elem):
                     assert p.nprog_h <= p.n_blk
 
 
+@pytest.mark.parametrize("elem", [2, 4, 8])
+def test_streamed_forward_tiles_stay_within_the_table(elem):
+    """A forward that streams W with the warps on the columns keeps its (BB, 4*BH) tile within the
+    table's stream_cols_tile (the K loop's pipeline holds registers besides the tile: the larger
+    tile spilled, tests/test_triton_codegen.py), also where a larger block would fit the programs."""
+    limit = plans._TABLE[elem].stream_cols_tile
+    seen = 0
+    for device in (plans.H100, plans.A100):
+        for cell in plans.CELLS:
+            for B, H in SHAPES:
+                for strategy in (None, *plans.STRATEGIES):
+                    p = plans.make_plan(cell, "fwd", B, H, elem, device, strategy)
+                    if not p.resident and p.KS == 1:
+                        seen += 1
+                        assert p.BB * p.N <= limit or p.BH == plans.MIN_BLOCK_H, p.describe()
+    assert seen
+    db = plans.make_plan("lstm", "fwd", 128, 1024, 2, plans.H100)  # deepbench-lstm, bf16
+    assert not db.resident and db.KS == 1 and db.BB * db.N <= plans._TABLE[2].stream_cols_tile
+
+
 @pytest.mark.parametrize("executor", executor_params("triton", "host", None))
 def test_plans_fill_but_do_not_exceed_the_gpu(executor):
     """On a GPU, with its real SM count and shared memory (the interpreter plans for an H100)."""
