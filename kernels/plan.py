@@ -179,6 +179,8 @@ class _Row:
     fma_tile: int  # max BB*N of an FMA product (exact fp32, fp64): its operands sit in registers;
     # the FMA backward (many live tiles) always streams W in small chunks
     num_warps: int
+    resident_operand: int  # max bytes per thread of a resident plan's operand (BB, K), which one
+    # group of loads brings into registers (Triton 3.6 spilled the flashrnn backward's 512)
     kci: int  # reduction per warp and K-loop iteration when W is streamed (BLOCK_K = KS * kci)
     num_stages: int
 
@@ -188,11 +190,11 @@ class _Row:
 # sub-partition) overlap the shared-memory reads of the product with its MMAs.
 _TABLE = {
     2: _Row(ks_tile=512, ks_gate=256, bwd_ks_tile=256, cols_tile=4096, bwd_cols_tile=1024, stream_cols_tile=2048,
-            fma_tile=512, num_warps=8, kci=32, num_stages=3),
+            fma_tile=512, num_warps=8, resident_operand=256, kci=32, num_stages=3),
     4: _Row(ks_tile=512, ks_gate=128, bwd_ks_tile=0, cols_tile=2048, bwd_cols_tile=1024, stream_cols_tile=2048,
-            fma_tile=512, num_warps=8, kci=16, num_stages=2),
+            fma_tile=512, num_warps=8, resident_operand=256, kci=16, num_stages=2),
     8: _Row(ks_tile=256, ks_gate=64, bwd_ks_tile=0, cols_tile=1024, bwd_cols_tile=512, stream_cols_tile=1024,
-            fma_tile=512, num_warps=8, kci=16, num_stages=2),
+            fma_tile=512, num_warps=8, resident_operand=256, kci=16, num_stages=2),
 }
 
 
@@ -238,7 +240,7 @@ def make_plan(cell: str, direction: str, B: int, H: int, elem_bytes: int, device
         BH *= 2
     # more blocks than programs only for huge B x H: then each program walks several blocks
     plan = _split(cell, direction, strategy, H, BH, n_btiles, cap, elem_bytes, fma)
-    if plan.nprog_h == plan.n_blk and plan.smem_bytes <= device.smem_budget and not (fma and direction == "bwd"):
+    if plan.nprog_h == plan.n_blk and _resident_fits(plan, device) and not (fma and direction == "bwd"):
         plan.check()
         return plan
     return _stream(plan, device, H)
@@ -249,10 +251,17 @@ def _whole_w(cell, direction, B, H, elem_bytes, device, fma) -> Plan | None:
     shared memory allow it; else None."""
     HP = max(16, next_pow2(H))
     plan = _split(cell, direction, "batch_tile", H, max(MIN_BLOCK_H, HP), cdiv(B, BLOCK_B), 1, elem_bytes, fma)
-    if plan.n_blk != 1 or plan.smem_bytes > device.smem_budget or (fma and direction == "bwd"):
+    if plan.n_blk != 1 or not _resident_fits(plan, device) or (fma and direction == "bwd"):
         return None
     plan.check()
     return plan
+
+
+def _resident_fits(plan: Plan, device: Device) -> bool:
+    """W resident: the slice and the staged operand fit the shared memory, and the operand, loaded
+    as one group, stays within the table's registers per thread."""
+    operand = plan.BB * plan.K * plan.elem_bytes // (32 * plan.num_warps)
+    return plan.smem_bytes <= device.smem_budget and operand <= _TABLE[plan.elem_bytes].resident_operand
 
 
 def _split(cell, direction, strategy, H, BH, n_btiles, cap, elem_bytes, fma) -> Plan:
