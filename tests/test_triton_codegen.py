@@ -44,7 +44,7 @@ once, in parallel (one process per CPU), and its result cached on disk
 (~/.cache/fusedrnn/triton-codegen, or $FUSEDRNN_CODEGEN_CACHE) keyed by the Triton version, the
 kernel sources (kernels/*.py but plan.py, whose choices are part of the key) and the code in this
 file that reads the compiled kernel: a warm run compiles nothing. Cold, it is ~1,090
-specializations per Triton version (about 14 CPU-minutes with Triton 3.8); an edit to a kernel
+specializations per Triton version (measured here: 14 CPU-minutes with Triton 3.8, 10 with 3.6); an edit to a kernel
 source makes the next run cold, an edit to the plan recompiles only the specializations it changes.
 
 The compiles run in subprocesses with the interpreter off (conftest.py sets TRITON_INTERPRET=1,
