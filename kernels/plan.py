@@ -17,8 +17,14 @@ A plan fixes, for one (cell, direction, B, H, dtype, device):
 
 The numbers come from a small table (``_TABLE``) keyed by the padded hidden size, the batch tile
 and the element size, chosen with the latency model in bench/model_triton.py and checked by
-tests/test_triton_codegen.py (every shipped configuration compiles with 0 spills and fits the
-device's shared memory).
+tests/test_triton_codegen.py, which compiles for sm_90 every plan the benchmark grid
+(bench/cases.py) gets, crossed with the call's feature flags (bias, residual, lengths, reverse,
+saved activations; backward: lengths, dy, reverse), and every code path of the tests' shapes at
+its largest tile with the default flag sets, and requires 0 spills and shared memory within the
+device's. That is what "does not spill" means here: whether ptxas spills depends on the
+flags as much as on the tile (the deepbench-lstm forward's former 16 x 256 streamed tile spilled
+8 to 80 B of stack under 14 of its 16 flag sets, Triton 3.8), so a shape outside those sets is covered only
+as far as its code path and tile size resemble a compiled one.
 """
 
 from __future__ import annotations
@@ -175,17 +181,21 @@ def cdiv(a: int, b: int) -> int:
 @dataclass(frozen=True)
 class _Row:
     """Per element size: how large the product's tiles may be without spilling (from the compiled
-    code with Triton 3.6 and 3.8, tests/test_triton_codegen.py), the warps, and the streamed K
-    loop's shape."""
+    code, tests/test_triton_codegen.py: Triton 3.8 and 3.6, every flag set), the warps, and the
+    streamed K loop's shape."""
 
     ks_tile: int  # max BB*N when the warps split the reduction (forward): every warp holds a full
     ks_gate: int  # partial, and the summed tile and the gate tiles (BB*BH) are replicated in every warp
     bwd_ks_tile: int  # the same for the backward, whose step holds more tiles (dh, dc, dy, 4 acts, states)
     cols_tile: int  # max BB*N when the warps split the columns (forward; the tile is spread over warps)
     bwd_cols_tile: int
+    stream_cols_tile: int  # the same, forward with W streamed: the K loop's pipeline (addresses,
+    # the chunks in flight) holds registers across the product besides the accumulator
     fma_tile: int  # max BB*N of an FMA product (exact fp32, fp64): its operands sit in registers;
     # the FMA backward (many live tiles) always streams W in small chunks
     num_warps: int
+    resident_operand: int  # max bytes per thread of a resident plan's operand (BB, K), which one
+    # group of loads brings into registers (Triton 3.6 spilled the flashrnn backward's 512)
     kci: int  # reduction per warp and K-loop iteration when W is streamed (BLOCK_K = KS * kci)
     num_stages: int
 
@@ -194,12 +204,12 @@ class _Row:
 # programs keep the replicated tiles small and the MMA chains short; 8 warps (two per SM
 # sub-partition) overlap the shared-memory reads of the product with its MMAs.
 _TABLE = {
-    2: _Row(ks_tile=512, ks_gate=256, bwd_ks_tile=256, cols_tile=4096, bwd_cols_tile=1024, fma_tile=512,
-            num_warps=8, kci=32, num_stages=3),
-    4: _Row(ks_tile=512, ks_gate=128, bwd_ks_tile=0, cols_tile=2048, bwd_cols_tile=1024, fma_tile=512,
-            num_warps=8, kci=16, num_stages=2),
-    8: _Row(ks_tile=256, ks_gate=64, bwd_ks_tile=0, cols_tile=1024, bwd_cols_tile=512, fma_tile=512,
-            num_warps=8, kci=16, num_stages=2),
+    2: _Row(ks_tile=512, ks_gate=256, bwd_ks_tile=256, cols_tile=4096, bwd_cols_tile=1024, stream_cols_tile=2048,
+            fma_tile=512, num_warps=8, resident_operand=256, kci=32, num_stages=3),
+    4: _Row(ks_tile=512, ks_gate=128, bwd_ks_tile=0, cols_tile=2048, bwd_cols_tile=1024, stream_cols_tile=2048,
+            fma_tile=512, num_warps=8, resident_operand=256, kci=16, num_stages=2),
+    8: _Row(ks_tile=256, ks_gate=64, bwd_ks_tile=0, cols_tile=1024, bwd_cols_tile=512, stream_cols_tile=1024,
+            fma_tile=512, num_warps=8, resident_operand=256, kci=16, num_stages=2),
 }
 
 
@@ -238,17 +248,17 @@ def make_plan(cell: str, direction: str, B: int, H: int, elem_bytes: int, device
         # one program walks blocks of up to 64 units, W streamed
         plan = _split(cell, direction, strategy, H, min(MAX_BLOCK_H, max(MIN_BLOCK_H, HP)), n_btiles, 1, elem_bytes,
                       fma)
-        return _stream(plan, device)
+        return _stream(plan, device, H)
     cap = max(1, device.n_sm // n_btiles)  # programs per batch tile that stay co-resident
     BH = MIN_BLOCK_H
     while cdiv(H, BH) > cap and BH < min(HP, MAX_BLOCK_H):
         BH *= 2
     # more blocks than programs only for huge B x H: then each program walks several blocks
     plan = _split(cell, direction, strategy, H, BH, n_btiles, cap, elem_bytes, fma)
-    if plan.nprog_h == plan.n_blk and plan.smem_bytes <= device.smem_budget and not (fma and direction == "bwd"):
+    if plan.nprog_h == plan.n_blk and _resident_fits(plan, device) and not (fma and direction == "bwd"):
         plan.check()
         return plan
-    return _stream(plan, device)
+    return _stream(plan, device, H)
 
 
 def _whole_w(cell, direction, B, H, elem_bytes, device, fma) -> Plan | None:
@@ -256,10 +266,17 @@ def _whole_w(cell, direction, B, H, elem_bytes, device, fma) -> Plan | None:
     shared memory allow it; else None."""
     HP = max(16, next_pow2(H))
     plan = _split(cell, direction, "batch_tile", H, max(MIN_BLOCK_H, HP), cdiv(B, BLOCK_B), 1, elem_bytes, fma)
-    if plan.n_blk != 1 or plan.smem_bytes > device.smem_budget or (fma and direction == "bwd"):
+    if plan.n_blk != 1 or not _resident_fits(plan, device) or (fma and direction == "bwd"):
         return None
     plan.check()
     return plan
+
+
+def _resident_fits(plan: Plan, device: Device) -> bool:
+    """W resident: the slice and the staged operand fit the shared memory, and the operand, loaded
+    as one group, stays within the table's registers per thread."""
+    operand = plan.BB * plan.K * plan.elem_bytes // (32 * plan.num_warps)
+    return plan.smem_bytes <= device.smem_budget and operand <= _TABLE[plan.elem_bytes].resident_operand
 
 
 def _split(cell, direction, strategy, H, BH, n_btiles, cap, elem_bytes, fma) -> Plan:
@@ -292,11 +309,18 @@ def _split(cell, direction, strategy, H, BH, n_btiles, cap, elem_bytes, fma) -> 
                 nprog_h=min(n_blk, cap), elem_bytes=elem_bytes)
 
 
-def _stream(plan: Plan, device: Device) -> Plan:
+def _stream(plan: Plan, device: Device, H: int) -> Plan:
     """The plan with W streamed: BLOCK_K chunks (each warp kci of the reduction per iteration when
     KS > 1, chunks of 64 when the warps split the columns) through the table's pipeline depth;
-    fewer stages, then smaller chunks, then the warps on the columns, until the buffers fit."""
+    fewer stages, then smaller chunks, then the warps on the columns, until the buffers fit.
+    A forward whose warps split the columns takes smaller unit blocks first if its tile exceeds
+    ``stream_cols_tile`` (the programs then walk more blocks per step)."""
     row = _TABLE[plan.elem_bytes]
+    if plan.direction == "fwd" and plan.KS == 1:
+        cap = 1 if plan.strategy == "batch_tile" else max(1, device.n_sm // plan.n_btiles)
+        while plan.BB * plan.N > row.stream_cols_tile and plan.BH > MIN_BLOCK_H:
+            n_blk = cdiv(H, plan.BH // 2)
+            plan = dataclasses.replace(plan, BH=plan.BH // 2, n_blk=n_blk, nprog_h=min(n_blk, cap))
     K = plan.K
     block_k = min(K, plan.KS * row.kci) if plan.KS > 1 else min(K, 64)
     plan = dataclasses.replace(plan, resident=False, BLOCK_K=block_k, num_stages=row.num_stages)

@@ -21,12 +21,31 @@ side directory (``side_triton_dir``), and the compiled code is checked for what 
   the check rejects each way of getting it wrong (with both Tritons: 3.6 predicates the atomic on
   "lane 0 and warp 0", 3.8 on "thread 0"; the check evaluates the predicate for every thread).
 
-"Every shipped configuration": every code path the plan table (kernels/plan.py) produces for the
-benchmark cases and the tests' shapes (strategy x W residency x warp split x direction x cell x
-dtype/precision x architecture), each at its largest tile over those shapes; within a path the
-compiled structure is the same and register and shared-memory pressure grow with the tile.
-Feature flags (bias, residual, lengths, reverse, saved activations) are all on (the superset of
-the code), plus one all-off variant per kernel and architecture.
+"What runs" is compiled, with sm_90 (H100) plans, at the exact kernel specializations a call gets:
+
+- every plan the table (kernels/plan.py) emits for the benchmark grid (bench/cases.py: every case
+  x bf16, fp16, exact fp32 (FMA product), TF32; forward and backward), crossed with the feature
+  flags: forward HAS_BIAS x HAS_RES x HAS_LEN x SAVE_ACT (16 sets, REVERSE alternating with their
+  parity: the reversed walk only changes the step's scalar time index; compiled both ways, the
+  deepbench-lstm forward's registers and spills were identical in all 16 pairs, Triton 3.8),
+  backward HAS_LEN x HAS_DY x REVERSE (8); fp16 gets the default sets below instead of the cross
+  (its plans are bf16's; of 115 sm_90 specializations compiled both ways, 114 had the same
+  registers and one differed by 2, Triton 3.8); plus the exact flag sets the benchmark itself
+  runs (both directions of a bidirectional case, forward-only and training);
+- for the tests' shapes (and the table's corners: tiny H, huge B, H beyond what stays on chip),
+  every code path (strategy x W residency x warp split x direction x cell x dtype/precision) at
+  its largest tile, with all flags on, all off, and the torch.nn defaults (bias on; saved
+  activations on and off; backward with dy);
+- sm_80 (A100 plans): the code paths at their largest tile, flags all on and all off.
+
+Register pressure, not the tile size, decides spills (ptxas spilled one tile under some flag sets
+and not under their supersets), hence the flag cross. Each distinct specialization is compiled
+once, in parallel (one process per CPU), and its result cached on disk
+(~/.cache/fusedrnn/triton-codegen, or $FUSEDRNN_CODEGEN_CACHE) keyed by the Triton version, the
+kernel sources (kernels/*.py but plan.py, whose choices are part of the key) and the code in this
+file that reads the compiled kernel: a warm run compiles nothing. Cold, it is ~1,090
+specializations per Triton version (measured here: 14 CPU-minutes with Triton 3.8, 10 with 3.6); an edit to a kernel
+source makes the next run cold, an edit to the plan recompiles only the specializations it changes.
 
 The compiles run in subprocesses with the interpreter off (conftest.py sets TRITON_INTERPRET=1,
 under which @triton.jit yields interpreter functions). Run this file as a script to see the
@@ -42,7 +61,9 @@ import re
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -63,7 +84,9 @@ ELEM = {"bfloat16": 2, "float16": 2, "float32": 4, "float64": 8}
 SHAPES = [(16, 768), (64, 512), (128, 1024), (32, 1024), (1, 512), (4, 256), (32, 512),
           (1, 1), (3, 3), (17, 3), (3, 40), (40, 24), (17, 100), (3, 257), (1, 257), (24, 100),
           (16, 2048), (8, 4096), (4096, 128), (1000, 2048)]
-COMPILE_TIMEOUT_S = 1200
+COMPILE_TIMEOUT_S = 3000
+FLAG_SHORT = {"HAS_BIAS": "bias", "HAS_RES": "res", "HAS_LEN": "len", "REVERSE": "rev", "SAVE_ACT": "save",
+              "HAS_DY": "dy"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,13 +105,18 @@ class Config:
     def c(self) -> dict:
         return dict(self.constexprs)
 
+    @property
+    def compile_key(self) -> tuple:
+        """What the compiled kernel depends on (the plan's words and estimate do not)."""
+        return (self.kernel, self.dtype, self.constexprs, self.num_warps, self.num_stages, self.cc, self.maxnreg)
+
     def label(self) -> str:
         c = self.c
         if "BB" not in c:
             return f"{self.kernel} {' '.join(f'{k}={v}' for k, v in self.constexprs)}"
         path = ("grid-barrier" if c["USE_GRID_BARRIER"] else "cta-barrier") + \
                (" resident" if c["RESIDENT"] else f" streamed K{c['BLOCK_K']}x{self.num_stages}")
-        flags = "on" if c.get("HAS_LEN") else "off"
+        flags = ",".join(FLAG_SHORT[k] for k in FLAG_SHORT if c.get(k)) or "-"
         return (f"{c['CELL']:<4} {self.kernel[4:7]} {SHORT[self.dtype]}/{c['DOT_PRECISION']:<4} sm{self.cc} "
                 f"B{c['BB']} H{c['BH']} HP{c['HP']} KS{c['KS']} w{self.num_warps} {path} flags={flags}")
 
@@ -97,40 +125,104 @@ def _path_key(plan, direction) -> tuple:
     return (plan.grid_barrier, plan.resident, plan.KS > 1)
 
 
+# The feature flags: kernel constexprs a call sets (torch.nn's bias, residual=, packed lengths,
+# the reverse direction, whether the forward saves activations for a backward, whether y gets a
+# gradient), which the plan does not see.
+FWD_FLAGS = ("HAS_BIAS", "HAS_RES", "HAS_LEN", "SAVE_ACT")  # crossed; REVERSE follows their parity
+BWD_FLAGS = ("HAS_LEN", "HAS_DY", "REVERSE")  # crossed
+# (dtype, product precision) of the benchmark grid: the bench's dtypes (fp32 exact, torch's
+# default) and TF32 (torch.backends.cuda.matmul.allow_tf32)
+BENCH_DTYPES = [("bfloat16", "ieee"), ("float16", "ieee"), ("float32", "ieee"), ("float32", "tf32")]
+
+
+def flag_cross(direction: str) -> list[dict]:
+    import itertools
+
+    if direction == "bwd":
+        return [dict(zip(BWD_FLAGS, bits)) for bits in itertools.product((False, True), repeat=len(BWD_FLAGS))]
+    return [dict(zip(FWD_FLAGS, bits), REVERSE=sum(bits) % 2 == 1)
+            for bits in itertools.product((False, True), repeat=len(FWD_FLAGS))]
+
+
+def bench_flag_sets(case, direction: str) -> list[dict]:
+    """The flag sets the benchmark runs for ``case``: biases on, residual adds and lengths as the
+    case has them (a residual stack's first layer has none), both directions of a bidirectional
+    case; forward-only (no saved activations) and training; the backward with dy."""
+    out = []
+    for reverse in ((False, True) if case.bidirectional else (False,)):
+        if direction == "bwd":
+            out.append(dict(HAS_LEN=case.packed, HAS_DY=True, REVERSE=reverse))
+            continue
+        for res in sorted({False, case.residual}):
+            for save in (False, True):
+                out.append(dict(HAS_BIAS=True, HAS_RES=res, HAS_LEN=case.packed, SAVE_ACT=save, REVERSE=reverse))
+    return out
+
+
+def default_flag_sets(direction: str) -> list[dict]:
+    """All flags on, all off, and torch.nn's defaults (bias, no residual, lengths or reverse;
+    training and inference; the backward with dy)."""
+    if direction == "bwd":
+        return [dict.fromkeys(BWD_FLAGS, True), dict.fromkeys(BWD_FLAGS, False),
+                dict(HAS_LEN=False, HAS_DY=True, REVERSE=False)]
+    every = (*FWD_FLAGS, "REVERSE")
+    return [dict.fromkeys(every, True), dict.fromkeys(every, False),
+            dict(dict.fromkeys(every, False), HAS_BIAS=True, SAVE_ACT=True), dict(dict.fromkeys(every, False), HAS_BIAS=True)]
+
+
+def _fma(dtype: str, precision: str) -> bool:
+    return precision == "ieee" and dtype in ("float32", "float64")
+
+
 def configs() -> list[Config]:
-    """Every shipped configuration (see the module docstring), then the barrier-floor kernels."""
+    """What runs (see the module docstring): each distinct kernel specialization once, then the
+    barrier-floor kernels."""
+    from fusedrnn.bench.cases import CASES
     from fusedrnn.kernels import plan as plans
 
-    out: list[Config] = []
-    for cc, device in ((80, plans.A100), (90, plans.H100)):
+    out: dict[tuple, Config] = {}
+
+    def add(p, direction, dtype, precision, cc, flags):
+        cfg = _config(p, direction, dtype, precision, cc, flags)
+        out.setdefault(cfg.compile_key, cfg)
+
+    # the benchmark grid on an H100, crossed with the flags
+    for case in CASES:
+        for dtype, precision in BENCH_DTYPES:
+            for direction in plans.DIRECTIONS:
+                p = plans.make_plan(case.cell, direction, case.B, case.H, ELEM[dtype], plans.H100,
+                                    fma=_fma(dtype, precision))
+                cross = flag_cross(direction) if dtype != "float16" else default_flag_sets(direction)
+                for flags in cross + bench_flag_sets(case, direction):
+                    add(p, direction, dtype, precision, 90, flags)
+    # the tests' shapes: every code path at its largest tile
+    for cc, device in ((90, plans.H100), (80, plans.A100)):
         for cell in plans.CELLS:
             for direction in plans.DIRECTIONS:
-                first = True
                 for dtype, precision in DTYPES:
                     worst: dict[tuple, object] = {}
                     for B, H in SHAPES:
                         for strategy in (None, *plans.STRATEGIES):
                             p = plans.make_plan(cell, direction, B, H, ELEM[dtype], device, strategy,
-                                                fma=precision == "ieee" and dtype in ("float32", "float64"))
+                                                fma=_fma(dtype, precision))
                             key = _path_key(p, direction)
                             size = (p.BB * p.K * p.elem_bytes, p.smem_bytes, p.N)
                             if key not in worst or size > worst[key][0]:
                                 worst[key] = (size, p)
+                    sets = default_flag_sets(direction) if cc == 90 else default_flag_sets(direction)[:2]
                     for _, p in sorted(worst.values(), key=lambda v: repr(v[1])):
-                        for on in ([True, False] if first else [True]):
-                            out.append(_config(p, direction, dtype, precision, cc, on))
-                        first = False
+                        for flags in sets:
+                            add(p, direction, dtype, precision, cc, flags)
     floor = [Config("barrier_floor_kernel", "float32", tuple(sorted(dict(CHECK=check, BLOCK=256).items())), 4, 1, cc)
              for check in (False, True) for cc in ARCHS]
-    return out + floor
+    return list(out.values()) + floor
 
 
-def _config(p, direction, dtype, precision, cc, on: bool) -> Config:
-    c = dict(p.constexprs(), USE_GRID_BARRIER=p.grid_barrier, HAS_LEN=on, REVERSE=on, DOT_PRECISION=precision)
-    if direction == "fwd":
-        c.update(HAS_BIAS=on, HAS_RES=on, SAVE_ACT=on)
-    else:
-        c.update(HAS_DY=on)
+def _config(p, direction, dtype, precision, cc, flags: dict) -> Config:
+    names = (*FWD_FLAGS, "REVERSE") if direction == "fwd" else BWD_FLAGS
+    if set(flags) != set(names):
+        raise ValueError(f"{direction} flags must be {names}, got {sorted(flags)}")
+    c = dict(p.constexprs(), USE_GRID_BARRIER=p.grid_barrier, DOT_PRECISION=precision, **flags)
     return Config(f"rnn_{direction}_kernel", dtype, tuple(sorted(c.items())), p.num_warps, p.num_stages, cc,
                   p.maxnreg, p.describe(), p.smem_bytes)
 
@@ -397,17 +489,61 @@ def _safe_compile(cfg: Config, workdir: str) -> dict:
         return {"ok": False, "error": f"{type(e).__name__}: {e}"[-3000:]}
 
 
-def _worker(which: str, jobs: int) -> None:
-    import tempfile
+def _worker(jobs: int) -> None:
+    """Compile the configurations given as a JSON list on stdin; one JSON row per line, in order."""
     from concurrent.futures import ProcessPoolExecutor
 
-    cfgs = planted_configs() if which == "planted" else configs()
+    cfgs = [_from_dict(d) for d in json.load(sys.stdin)]
     with tempfile.TemporaryDirectory(prefix="fusedrnn_codegen_") as workdir, \
             ProcessPoolExecutor(max_workers=jobs) as pool:
         futures = [pool.submit(_safe_compile, cfg, workdir) for cfg in cfgs]
         for cfg, fut in zip(cfgs, futures):
             sys.stdout.write(json.dumps({"cfg": dataclasses.asdict(cfg), **fut.result()}) + "\n")
             sys.stdout.flush()
+
+
+def _from_dict(d: dict) -> Config:
+    return Config(**{**d, "constexprs": tuple(tuple(x) for x in d["constexprs"])})
+
+
+# ------------------------------------------------------------------------------------------------
+# The result cache: one JSON file per (Triton version, sources, specialization)
+# ------------------------------------------------------------------------------------------------
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FUSEDRNN_CODEGEN_CACHE") or Path.home() / ".cache" / "fusedrnn" / "triton-codegen")
+
+
+def source_hash() -> str:
+    """What a cached result depends on besides the Triton version and the specialization: the
+    kernel sources (every file of the kernels package) and the code here that compiles and reads
+    the kernels (an edit to a check recomputes its facts)."""
+    import hashlib
+    import inspect
+
+    from fusedrnn import kernels
+
+    h = hashlib.sha256()
+    for f in sorted(Path(kernels.__path__[0]).glob("*.py")):
+        if f.name == "plan.py":  # pure Python: what it decides is in the key (constexprs, warps, stages)
+            continue
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    readers = [_kernel, compile_one, _resource_usage, _ptx_defs, _eval_reg, _threads, barrier_violations, _region,
+               loop_violations]
+    for fn in readers:
+        h.update(inspect.getsource(fn).encode())
+    if triton is not None:
+        h.update(inspect.getsource(planted_barrier_kernel.fn).encode())
+    h.update(repr((_PTX_DEF.pattern, sorted(ACC_ROLES), sorted(INT_ROLES.items()), sorted(DIVISIBLE_INTS))).encode())
+    return h.hexdigest()
+
+
+def _cache_file(cfg: Config, version: str, sources: str) -> Path:
+    import hashlib
+
+    key = json.dumps([version, sources, list(cfg.compile_key)], default=list)
+    return cache_dir() / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.json"
 
 
 def side_triton_dir(version: str) -> tuple[Path | None, str]:
@@ -444,29 +580,69 @@ def side_triton_dir(version: str) -> tuple[Path | None, str]:
     return target, ""
 
 
-def run_compiles(which: str, triton_dir: Path | None = None) -> list[dict]:
-    """Compile ``which`` ("shipped" or "planted") in a subprocess; with ``triton_dir`` (a side
-    install of another Triton) first on the path. Returns the JSON rows."""
-    env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)
-    if triton_dir is not None:
-        env["PYTHONPATH"] = os.pathsep.join([str(triton_dir), str(ROOT)] + env.get("PYTHONPATH", "").split(os.pathsep))
-        env["TRITON_CACHE_DIR"] = str(Path(triton_dir).with_name(Path(triton_dir).name + ".kernel-cache"))
-    jobs = max(1, min(4, os.cpu_count() or 1))
-    res = subprocess.run([sys.executable, __file__, "--jsonl", which, str(jobs)], env=env, capture_output=True,
-                         text=True, timeout=COMPILE_TIMEOUT_S, cwd=ROOT)
-    assert res.returncode == 0, res.stderr[-5000:]
-    return [json.loads(line) for line in res.stdout.splitlines() if line.startswith("{")]
+def run_compiles(which: str, version: str, triton_dir: Path | None = None) -> list[dict]:
+    """Compile ``which`` ("shipped" or "planted") with Triton ``version``: the results cached for
+    these sources, the rest in a subprocess (one compile process per CPU), with ``triton_dir`` (a
+    side install of another Triton) first on the path. Returns one row per configuration, in order;
+    a row read from the cache has "cached": True."""
+    cfgs = planted_configs() if which == "planted" else configs()
+    sources = source_hash()
+    rows: dict[tuple, dict] = {}
+    for cfg in cfgs:
+        f = _cache_file(cfg, version, sources)
+        if f.exists():
+            try:
+                rows[cfg.compile_key] = {"cfg": dataclasses.asdict(cfg), **json.loads(f.read_text()), "cached": True}
+            except (OSError, ValueError):
+                pass  # unreadable (a concurrent writer's rename is atomic, so: damaged): compile again
+    missing = [cfg for cfg in cfgs if cfg.compile_key not in rows]
+    if missing:
+        env = dict(os.environ)
+        env.pop("TRITON_INTERPRET", None)
+        if triton_dir is not None:
+            env["PYTHONPATH"] = os.pathsep.join([str(triton_dir), str(ROOT)] + env.get("PYTHONPATH", "").split(os.pathsep))
+            env["TRITON_CACHE_DIR"] = str(Path(triton_dir).with_name(Path(triton_dir).name + ".kernel-cache"))
+        jobs = max(1, os.cpu_count() or 1)
+        cache_dir().mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile("w+") as err, \
+                subprocess.Popen([sys.executable, __file__, "--jsonl", str(jobs)], env=env, cwd=ROOT, text=True,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err) as proc:
+            threading.Thread(target=_feed, args=(proc.stdin, missing), daemon=True).start()
+            timer = threading.Timer(COMPILE_TIMEOUT_S, proc.kill)
+            timer.start()
+            try:
+                # each result is cached as it arrives: an interrupted run keeps what it compiled
+                for cfg, line in zip(missing, (ln for ln in proc.stdout if ln.startswith("{"))):
+                    row = json.loads(line)
+                    rows[cfg.compile_key] = row
+                    if row["ok"] and row["triton"] == version:  # failures are not cached: they may be the machine's
+                        f = _cache_file(cfg, version, sources)
+                        tmp = f.with_name(f"{f.name}.{os.getpid()}.tmp")
+                        tmp.write_text(json.dumps({k: v for k, v in row.items() if k != "cfg"}))
+                        tmp.replace(f)
+                rc = proc.wait()
+            finally:
+                timer.cancel()
+            err.seek(0)
+            assert rc == 0, f"compile worker exit {rc}:\n{err.read()[-5000:]}"
+        done = sum(cfg.compile_key in rows for cfg in missing)
+        assert done == len(missing), f"{done} results for {len(missing)} compiles"
+    return [rows[cfg.compile_key] for cfg in cfgs]
+
+
+def _feed(pipe, cfgs) -> None:
+    with pipe:
+        pipe.write(json.dumps([dataclasses.asdict(c) for c in cfgs]))
 
 
 def format_rows(rows: list[dict]) -> str:
-    lines = [f"{'configuration':<96}{'regs':>5}{'spill':>6}{'stack':>6}{'smem':>8}  plan"]
+    lines = [f"{'configuration':<112}{'regs':>5}{'spill':>6}{'stack':>6}{'smem':>8}  plan"]
     for r in rows:
-        cfg = Config(**{**r["cfg"], "constexprs": tuple(tuple(x) for x in r["cfg"]["constexprs"])})
+        cfg = _from_dict(r["cfg"])
         if r["ok"]:
-            lines.append(f"{cfg.label():<96}{r['regs']:>5}{r['spills']:>6}{r['stack']:>6}{r['shared']:>8}  {cfg.plan}")
+            lines.append(f"{cfg.label():<112}{r['regs']:>5}{r['spills']:>6}{r['stack']:>6}{r['shared']:>8}  {cfg.plan}")
         else:
-            lines.append(f"{cfg.label():<96} FAILED: {r['error'][:300]}")
+            lines.append(f"{cfg.label():<112} FAILED: {r['error'][:300]}")
     return "\n".join(lines)
 
 
@@ -482,7 +658,7 @@ def _check_rows(rows: list[dict], expected: list[Config], version: str) -> None:
     assert len(rows) == len(expected), f"{len(rows)} results for {len(expected)} configurations"
     problems = []
     for r in rows:
-        cfg = Config(**{**r["cfg"], "constexprs": tuple(tuple(x) for x in r["cfg"]["constexprs"])})
+        cfg = _from_dict(r["cfg"])
         what = f"[triton {version}] {cfg.label()}"
         if not r["ok"]:
             problems.append(f"{what}: compile error: {r['error']}")
@@ -490,7 +666,8 @@ def _check_rows(rows: list[dict], expected: list[Config], version: str) -> None:
         assert r["triton"].startswith(version), f"{what}: compiled by Triton {r['triton']}"
         c = cfg.c
         if r["spills"] or r["local"]:
-            problems.append(f"{what}: {r['spills']} spill instructions (STL/LDL), {r['local']} B local memory")
+            problems.append(f"{what}: {r['spills']} spill instructions (STL/LDL), {r['stack']} B stack, "
+                            f"{r['local']} B local memory")
         if r["shared"] > SMEM_LIMIT[cfg.cc]:
             problems.append(f"{what}: {r['shared']} B shared memory > the device's {SMEM_LIMIT[cfg.cc]}")
         if cfg.smem_estimate and r["shared"] > cfg.smem_estimate + SMEM_MARGIN:
@@ -513,11 +690,11 @@ def _rows_for(version: str, which: str = "shipped") -> list[dict]:
     import triton as this_triton
 
     if this_triton.__version__ == version:
-        return run_compiles(which)
+        return run_compiles(which, version)
     path, why = side_triton_dir(version)
     if path is None:
         pytest.skip(f"triton {version} not available: {why}")
-    return run_compiles(which, path)
+    return run_compiles(which, version, path)
 
 
 @pytest.mark.parametrize("version", TRITON_VERSIONS, ids=lambda v: f"triton-{v}")
@@ -558,38 +735,96 @@ def test_side_install_is_keyed_by_python_and_platform(tmp_path, monkeypatch):
     assert side_triton_dir(TRITON_VERSIONS[1]) == (mine, "")
 
 
-def test_configs_cover_every_plan_path():
-    """The compiled set holds, for every benchmark case, its plan's code path at a tile at least
-    as large: what the GPU runs for the benchmarks is covered."""
-    from fusedrnn.bench.cases import CASES
+def test_configs_cover_the_benchmark_grid():
+    """The compiled set holds every kernel specialization the benchmark grid runs on an H100 (each
+    case's plans with the flags it sets) and the flag cross of each of those plans (fp16: the
+    default flag sets; its plans are bf16's); e.g. the
+    deepbench-lstm forward as torch.nn.LSTM calls it (bias, saved activations, nothing else)."""
+    from fusedrnn.bench.cases import CASES, get
     from fusedrnn.kernels import plan as plans
 
-    compiled = {}
-    for cfg in configs():
-        c = cfg.c
-        if "BB" in c:
-            key = (cfg.cc, c["CELL"], cfg.kernel, cfg.dtype, c["USE_GRID_BARRIER"], c["RESIDENT"], c["KS"] > 1)
-            compiled.setdefault(key, []).append(c["BB"] * c["HP"])
+    keys = {cfg.compile_key for cfg in configs()}
     for case in CASES:
-        for cc, device in ((80, plans.A100), (90, plans.H100)):
-            for dtype in ("bfloat16", "float16", "float32"):
-                for direction in plans.DIRECTIONS:
-                    p = plans.make_plan(case.cell, direction, case.B, case.H, ELEM[dtype], device,
-                                        fma=dtype == "float32")  # torch's default: exact fp32
-                    key = (cc, case.cell, f"rnn_{direction}_kernel", dtype, p.grid_barrier, p.resident, p.KS > 1)
-                    assert key in compiled, f"{case.id} {dtype} sm{cc} {direction}: path {key} not compiled"
-                    assert max(compiled[key]) >= p.BB * p.HP, f"{case.id}: a larger tile ships than is compiled"
+        for dtype, precision in BENCH_DTYPES:
+            for direction in plans.DIRECTIONS:
+                p = plans.make_plan(case.cell, direction, case.B, case.H, ELEM[dtype], plans.H100,
+                                    fma=_fma(dtype, precision))
+                cross = flag_cross(direction) if dtype != "float16" else default_flag_sets(direction)
+                for flags in bench_flag_sets(case, direction) + cross:
+                    cfg = _config(p, direction, dtype, precision, 90, flags)
+                    assert cfg.compile_key in keys, f"{case.id} {dtype}/{precision} {direction}: {cfg.label()} not compiled"
+    db = get("deepbench-lstm")
+    p = plans.make_plan("lstm", "fwd", db.B, db.H, 2, plans.H100)
+    nn_default = dict(HAS_BIAS=True, HAS_RES=False, HAS_LEN=False, SAVE_ACT=True, REVERSE=False)
+    assert _config(p, "fwd", "bfloat16", "ieee", 90, nn_default).compile_key in keys
+    # each specialization once
+    assert len(keys) == len(configs())
+
+
+def test_flag_sets_match_the_kernels():
+    """The flag names are the kernels' feature constexprs, and the cross takes every value of each."""
+    from fusedrnn.kernels import rnn
+
+    for direction, kernel in (("fwd", rnn.rnn_fwd_kernel), ("bwd", rnn.rnn_bwd_kernel)):
+        sets = flag_cross(direction)
+        names = set(sets[0])
+        assert names <= set(kernel.arg_names)
+        feature = {n for n in kernel.arg_names if n.startswith(("HAS_", "SAVE_")) or n == "REVERSE"}
+        assert names == feature, f"{direction}: the flag cross misses {feature - names}"
+        assert all({s[n] for s in sets} == {False, True} for n in names)
+        assert len({tuple(sorted(s.items())) for s in sets}) == len(sets)
+
+
+def test_cached_results_are_reused_and_keyed(tmp_path, monkeypatch):
+    """A result is cached per (Triton version, sources, specialization): the plan's words do not
+    change the key, anything compiled does; a run whose results are all cached compiles nothing."""
+    monkeypatch.setenv("FUSEDRNN_CODEGEN_CACHE", str(tmp_path))
+    cfgs = planted_configs()
+    sources = source_hash()
+    f = _cache_file(cfgs[0], "3.8.0", sources)
+    assert f.parent == tmp_path
+    assert _cache_file(dataclasses.replace(cfgs[0], plan="other words", smem_estimate=1), "3.8.0", sources) == f
+    assert _cache_file(cfgs[0], "3.6.0", sources) != f
+    assert _cache_file(cfgs[0], "3.8.0", "0" * 64) != f
+    assert _cache_file(dataclasses.replace(cfgs[0], num_warps=8), "3.8.0", sources) != f
+    assert _cache_file(dataclasses.replace(cfgs[0], cc=80), "3.8.0", sources) != f
+    for i, cfg in enumerate(cfgs):
+        _cache_file(cfg, "0.0.1", sources).write_text(json.dumps({"ok": True, "triton": "0.0.1", "regs": i}))
+    monkeypatch.setattr(subprocess, "run", lambda *a, **k: pytest.fail("compiled although every result is cached"))
+    rows = run_compiles("planted", "0.0.1")
+    assert [r["regs"] for r in rows] == list(range(len(cfgs)))
+    assert all(r["cached"] for r in rows)
+    assert [_from_dict(r["cfg"]) for r in rows] == cfgs
+
+
+def test_source_hash_follows_the_kernel_sources(tmp_path, monkeypatch):
+    """An edit to any kernel source changes the cache key of every result."""
+    from fusedrnn import kernels
+
+    before = source_hash()
+    assert source_hash() == before
+    for src in Path(kernels.__path__[0]).glob("*.py"):
+        (tmp_path / src.name).write_bytes(src.read_bytes())
+    monkeypatch.setattr(kernels, "__path__", [str(tmp_path)])
+    assert source_hash() == before
+    with open(tmp_path / "plan.py", "a") as f:  # the plan's choices are in the key, not its source
+        f.write("\n# edited\n")
+    assert source_hash() == before
+    with open(tmp_path / "cells.py", "a") as f:
+        f.write("\n# edited\n")
+    assert source_hash() != before
 
 
 if __name__ == "__main__":
     if "--jsonl" in sys.argv:
         os.environ.pop("TRITON_INTERPRET", None)
         i = sys.argv.index("--jsonl")
-        _worker(sys.argv[i + 1], int(sys.argv[i + 2]))
+        _worker(int(sys.argv[i + 1]))
     else:
-        d = None
+        d, version = None, None
         if "--triton" in sys.argv:  # --triton 3.6.0: compile with a side install of that version
-            d, why = side_triton_dir(sys.argv[sys.argv.index("--triton") + 1])
+            version = sys.argv[sys.argv.index("--triton") + 1]
+            d, why = side_triton_dir(version)
             if d is None:
                 sys.exit(why)
-        print(format_rows(run_compiles("shipped", d)))
+        print(format_rows(run_compiles("shipped", version or triton.__version__, d)))

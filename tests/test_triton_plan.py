@@ -75,6 +75,26 @@ def test_every_plan_is_launchable(device, elem):
                     assert p.nprog_h <= p.n_blk
 
 
+@pytest.mark.parametrize("elem", [2, 4, 8])
+def test_streamed_forward_tiles_stay_within_the_table(elem):
+    """A forward that streams W with the warps on the columns keeps its (BB, 4*BH) tile within the
+    table's stream_cols_tile (the K loop's pipeline holds registers besides the tile: the larger
+    tile spilled, tests/test_triton_codegen.py), also where a larger block would fit the programs."""
+    limit = plans._TABLE[elem].stream_cols_tile
+    seen = 0
+    for device in (plans.H100, plans.A100):
+        for cell in plans.CELLS:
+            for B, H in SHAPES:
+                for strategy in (None, *plans.STRATEGIES):
+                    p = plans.make_plan(cell, "fwd", B, H, elem, device, strategy)
+                    if not p.resident and p.KS == 1:
+                        seen += 1
+                        assert p.BB * p.N <= limit or p.BH == plans.MIN_BLOCK_H, p.describe()
+    assert seen
+    db = plans.make_plan("lstm", "fwd", 128, 1024, 2, plans.H100)  # deepbench-lstm, bf16
+    assert not db.resident and db.KS == 1 and db.BB * db.N <= plans._TABLE[2].stream_cols_tile
+
+
 @pytest.mark.parametrize("executor", executor_params("triton", "host", None))
 def test_plans_fill_but_do_not_exceed_the_gpu(executor):
     """On a GPU, with its real SM count and shared memory (the interpreter plans for an H100)."""
@@ -97,11 +117,16 @@ def test_strategy_crossover():
 
 
 def test_flashrnn_plan_keeps_w_on_chip():
-    """The design point: LSTM B=16 H=768 bf16 on an H100 keeps every program's W_hh slice on chip,
-    forward and backward, with the reduction split over the warps."""
+    """The design point: LSTM B=16 H=768 bf16 on an H100 keeps every program's W_hh slice on chip
+    in the forward, with the reduction split over the warps. The backward splits the reduction too
+    but streams W: its resident form loads the (16, 4*1024) operand as one group, 512 B per thread,
+    and spilled with Triton 3.6 (tests/test_triton_codegen.py); the table allows 256."""
     for direction in plans.DIRECTIONS:
         p = plans.make_plan("lstm", direction, 16, 768, 2, plans.H100)
-        assert p.strategy == "persistent" and p.resident and p.KS == p.num_warps, p.describe()
+        assert p.strategy == "persistent" and p.KS == p.num_warps, p.describe()
+        operand = p.BB * p.K * p.elem_bytes // (32 * p.num_warps)
+        assert p.resident == (direction == "fwd"), p.describe()
+        assert (operand <= plans._TABLE[2].resident_operand) == (direction == "fwd")
 
 
 def test_limits_explain_projection():
