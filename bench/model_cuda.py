@@ -275,7 +275,7 @@ def sass_compute(p: Plan, case: Case, dtype_name: str, m: Machine = H100) -> Sas
         return None
     from . import sass
 
-    name = sass.kernel_name(p.cell, p.backward, p.elem, p.mode, p.mtiles, dtype_name)
+    name = sass.kernel_name(p.cell, p.backward, p.elem, p.mode, p.mtiles, dtype_name, p.pass_ntiles)
     insns = kernels.get(name)
     if not insns:
         return None

@@ -232,14 +232,16 @@ def kernel_sass(so: Path | None = None, arch: str = "90") -> dict[str, list[Insn
 _TYPE = {2: "13__nv_bfloat16", 1: "6__half", 4: "f"}
 
 
-def kernel_name(cell: str, backward: bool, elem: int, mode: str, mtiles: int, dtype_name: str = "bf16") -> str:
-    """The mangled name of a plan's kernel instantiation (csrc/rnn_kernels.cuh)."""
+def kernel_name(cell: str, backward: bool, elem: int, mode: str, mtiles: int, dtype_name: str = "bf16",
+                ntiles: int = 2) -> str:
+    """The mangled name of a plan's kernel instantiation (csrc/rnn_kernels.cuh): one per cell, dtype,
+    math mode, n-tiles per pass, and m-tiles for the backward."""
     c = 0 if cell == "gru" else 1
     t = _TYPE[1 if dtype_name == "fp16" else elem]
     m = {"half": 0, "tf32": 1, "tf32x3": 2}[mode]
     if backward:
-        return f"_ZN8fusedrnn25rnn_bwd_persistent_kernelILi{c}E{t}Li{m}ELi{mtiles}EEEvNS_9BwdParamsE"
-    return f"_ZN8fusedrnn25rnn_fwd_persistent_kernelILi{c}E{t}Li{m}EEEvNS_9FwdParamsE"
+        return f"_ZN8fusedrnn25rnn_bwd_persistent_kernelILi{c}E{t}Li{m}ELi{mtiles}ELi{ntiles}EEEvNS_9BwdParamsE"
+    return f"_ZN8fusedrnn25rnn_fwd_persistent_kernelILi{c}E{t}Li{m}ELi{ntiles}EEEvNS_9FwdParamsE"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -753,7 +755,7 @@ class _Walker:
         return n + 1
 
     def _switch(self, n: int) -> int:
-        """wait_for's switch on stage_slots - 1 (a jump table in the constant bank, not in the dump):
+        """wait_due's switch on stage_slots - 1 (a jump table in the constant bank, not in the dump):
         the DEPBAR.LE with that count (kStages - 1 past the cases) after the BRX."""
         k = min(self.plan.stage_slots - 1, 7)
         for j in range(n + 1, min(n + 120, len(self.insns))):

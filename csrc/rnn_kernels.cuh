@@ -134,12 +134,20 @@ __device__ __forceinline__ float lstm_c_new(float i, float f, float g, float c_p
 // block is permuted the same way in A and B (k-step s reads words 2s, 2s+1 of each piece), which a
 // dot product does not see, so one 16-byte load or cp.async serves two MMA k-steps.
 // ---------------------------------------------------------------------------------------------
-template <typename T, int MODE, int MT>
+// The product is specialised on the plan's n-tiles per pass (NT, a kernel template parameter): no
+// HMMA, copy or partial-sum store for an n-tile that does not exist. The ring's slot of a block is
+// counted along (no division), the prologue commits only blocks that exist, and a lane's operand
+// addresses are its row pointers, made once per pass, plus a block offset.
+template <typename T, int MODE, int MT, int NT>
 struct RecProduct {
+  static_assert(NT == 1 || NT == 2, "8-row n-tiles per pass: 1 or 2");
   static constexpr int RB = reg_block_capacity(MODE, MT);  // blocks per warp held in registers (may be 0)
   static constexpr int EPP = 16 / (int)sizeof(T);          // elements per 16-byte piece
+  static constexpr int KB = 4 * EPP;                       // K elements per block (the plan's kblock)
+  static constexpr int KSTRIDE = kWarps * KB;              // K elements from a warp's block to its next
 
   uint4 w[RB > 0 ? RB : 1][MT][2];  // A pieces (rows g, g+8) of the warp's first RB blocks, for the whole sequence
+  int kb_in;                        // the lane's blocks whose piece starts inside K: blocks 0 .. kb_in-1
 
   // 16 bytes of A or B elements as stored on chip: fp16/bf16 pairs, TF32-rounded fp32 (kTf32), or
   // plain fp32 (kTf32x3, split into TF32 hi + lo where the MMA reads it).
@@ -216,8 +224,10 @@ struct RecProduct {
   template <typename AElem>
   __device__ void load(const AElem& A, const Plan& P, uint4* w_smem) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int k_lane = warp * KB + t * EPP;
+    kb_in = P.K > k_lane ? ceil_div(P.K - k_lane, KSTRIDE) : 0;
     for (int i = 0; i < P.blocks_per_warp; ++i) {
-      const int k0 = (warp + kWarps * i) * P.kblock + t * EPP;
+      const int k0 = k_lane + KSTRIDE * i;
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
 #pragma unroll
@@ -238,121 +248,136 @@ struct RecProduct {
     }
   }
 
-  // One lane's cp.async copy of its operand pieces of block i (for each n-tile: the 16 bytes of row
-  // row_base + nt*8 + g at K offset kb*kblock + t*EPP, zero-filled past K and past nrows) into ring
-  // slot i % stage_slots. Without 16-byte alignment (K or the row stride not a multiple of EPP) the
-  // pieces are loaded element by element instead.
+  // The exchanged operand rows of one pass: row_base .. row_base + nrows - 1 of base (row stride ld).
+  // vec_ok: 16-byte copies (K and the row stride multiples of EPP, base 16-byte aligned).
   struct Source {
     const T* base;  // row 0 of the operand (hist[t] or dgh[t])
     int ld, row_base, nrows;
     bool vec_ok;
   };
-  __device__ static void issue(uint4* stage_smem, const Source& src, int i, const Plan& P) {
+  // One lane's staging of one pass: its piece of block 0 in each n-tile's row (block b is KSTRIDE
+  // elements further), and how many blocks of that row hold data (the rest are zero-filled).
+  struct Lane {
+    const T* piece[NT];
+    int live[NT];
+    uint4* slot0;  // ring slot 0, n-tile 0 of this lane; slot s, n-tile nt: + (s * NT + nt) * 32
+  };
+  __device__ Lane lane_of(uint4* stage_smem, const Source& src, const Plan& P) const {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int k0 = (warp + kWarps * i) * P.kblock + t * EPP;
+    Lane l;
 #pragma unroll
-    for (int nt = 0; nt < 2; ++nt) {
-      if (nt >= P.pass_ntiles) continue;
+    for (int nt = 0; nt < NT; ++nt) {
       const int r = nt * 8 + g;
-      uint4* dst = stage_smem + ((warp * P.stage_slots + i % P.stage_slots) * P.pass_ntiles + nt) * 32 + lane;
       const bool row_ok = r < src.nrows;
-      const T* row = src.base + (size_t)(src.row_base + (row_ok ? r : 0)) * src.ld;
+      l.piece[nt] = src.base + (size_t)(src.row_base + (row_ok ? r : 0)) * src.ld + (warp * KB + t * EPP);
+      l.live[nt] = row_ok ? kb_in : 0;
+    }
+    l.slot0 = stage_smem + warp * P.stage_slots * NT * 32 + lane;
+    return l;
+  }
+
+  // One lane's cp.async copy of its pieces of block b (16 bytes per n-tile, zero-filled past K and
+  // past the pass's rows) into ring slot `slot`. Without 16-byte alignment (K or the row stride not a
+  // multiple of EPP) the pieces are loaded element by element instead.
+  __device__ static void issue(const Lane& l, const Source& src, int b, int slot, const Plan& P) {
+    uint4* dst = l.slot0 + slot * (NT * 32);
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) {
+      const bool in = b < l.live[nt];
       if (src.vec_ok) {
-        const bool full = row_ok && k0 < P.K;
-        cp_async_16(dst, full ? row + k0 : src.base, full);
+        cp_async_16(dst + nt * 32, in ? l.piece[nt] + b * KSTRIDE : src.base, in);
       } else {
+        const int k0 = (int)((threadIdx.x >> 5) * KB + (threadIdx.x & 3) * EPP) + b * KSTRIDE;
         float v[EPP];
 #pragma unroll
-        for (int e = 0; e < EPP; ++e) v[e] = (row_ok && k0 + e < P.K) ? to_f(load_cg(row + k0 + e)) : 0.f;
-        *dst = MODE == kHalf ? pack(v) : make_uint4(float_bits(v[0]), float_bits(v[1]), float_bits(v[2]),
-                                                    float_bits(v[3]));
+        for (int e = 0; e < EPP; ++e) v[e] = (in && k0 + e < P.K) ? to_f(load_cg(l.piece[nt] + b * KSTRIDE + e)) : 0.f;
+        dst[nt * 32] = MODE == kHalf ? pack(v) : make_uint4(float_bits(v[0]), float_bits(v[1]), float_bits(v[2]),
+                                                            float_bits(v[3]));
       }
     }
   }
 
-  // acc += block i's product: B for each n-tile from its ring slot, then A of each m-tile against
-  // them; then the slot takes block i + stage_slots (issued after the MMAs have read it: a lane reuses
-  // only its own slots, so no barrier is needed).
-  __device__ static void block_product(float (&acc)[MT][2][4], const uint4 (&a)[MT][2], uint4* stage_smem,
-                                       const Source& src, int i, const Plan& P) {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const uint4* slot = stage_smem + (warp * P.stage_slots + i % P.stage_slots) * P.pass_ntiles * 32 + lane;
+  // acc += one block's product: B for each n-tile from its ring slot, then A of each m-tile
+  // against them.
+  __device__ static void block_product(float (&acc)[MT][NT][4], const uint4 (&a)[MT][2], const uint4* slot) {
     if constexpr (MODE == kTf32x3) {  // one n-tile's B (hi + lo) live at a time: fewer registers
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt) {
-        if (nt > 0 && nt >= P.pass_ntiles) continue;
+      for (int nt = 0; nt < NT; ++nt) {
         const BFrag b = b_frag(slot[nt * 32]);
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) mma(acc[mt][nt], a_frag(a[mt]), b);
       }
     } else {
-      BFrag b[2];
+      BFrag b[NT];
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-        if (nt == 0 || nt < P.pass_ntiles) b[nt] = b_frag(slot[nt * 32]);
+      for (int nt = 0; nt < NT; ++nt) b[nt] = b_frag(slot[nt * 32]);
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         const AFrag af = a_frag(a[mt]);
 #pragma unroll
-        for (int nt = 0; nt < 2; ++nt)
-          if (nt == 0 || nt < P.pass_ntiles) mma(acc[mt][nt], af, b[nt]);
+        for (int nt = 0; nt < NT; ++nt) mma(acc[mt][nt], af, b[nt]);
       }
     }
-    if (i + P.stage_slots < P.blocks_per_warp) issue(stage_smem, src, i + P.stage_slots, P);
-    cp_async_commit();  // one group per block (empty past the last): see wait_for()
   }
 
-  // Waits for block i's copy. The prologue commits kStages groups (blocks 0 .. slots-1, then empty
-  // ones) and every block one more, so when block i is due, kStages - 1 later groups may still be in
-  // flight for i < slots, and slots - 1 for the blocks issued from the ring.
-  __device__ static void wait_for(int i, const Plan& P) {
-    if (i < P.stage_slots) {
-      cp_async_wait<kStages - 1>();
-    } else {
-      switch (P.stage_slots - 1) {
-        case 0: cp_async_wait<0>(); break;
-        case 1: cp_async_wait<1>(); break;
-        case 2: cp_async_wait<2>(); break;
-        case 3: cp_async_wait<3>(); break;
-        case 4: cp_async_wait<4>(); break;
-        case 5: cp_async_wait<5>(); break;
-        case 6: cp_async_wait<6>(); break;
-        default: cp_async_wait<kStages - 1>(); break;
-      }
+  // Waits for the oldest copy still due: the prologue commits S = stage_slots groups (blocks
+  // 0 .. S-1; the plan has S <= blocks per warp) and every block one more (empty for the last S
+  // blocks), so when block i is due, S - 1 later groups may still be in flight.
+  __device__ static void wait_due(const Plan& P) {
+    switch (P.stage_slots - 1) {
+      case 0: cp_async_wait<0>(); break;
+      case 1: cp_async_wait<1>(); break;
+      case 2: cp_async_wait<2>(); break;
+      case 3: cp_async_wait<3>(); break;
+      case 4: cp_async_wait<4>(); break;
+      case 5: cp_async_wait<5>(); break;
+      case 6: cp_async_wait<6>(); break;
+      default: cp_async_wait<kStages - 1>(); break;
     }
+  }
+
+  // Block i in ring slot `slot` (i % S, kept by the caller without a division) once its copy has
+  // landed: its product, then the slot takes block i + S (issued after the MMAs have read it: a lane
+  // reuses only its own slots, so no barrier is needed).
+  __device__ static void step_block(float (&acc)[MT][NT][4], const uint4 (&a)[MT][2], const Lane& l,
+                                    const Source& src, int i, int slot, const Plan& P) {
+    wait_due(P);
+    block_product(acc, a, l.slot0 + slot * (NT * 32));
+    if (i + P.stage_slots < P.blocks_per_warp) issue(l, src, i + P.stage_slots, slot, P);
+    cp_async_commit();
   }
 
   // One pass's product over this warp's blocks: a ring of stage_slots blocks in flight per lane,
   // block i computed once its own copy has landed. Blocks 0..RB-1 take A from registers, the rest from
   // w_smem.
-  __device__ void run(float (&acc)[MT][2][4], uint4* stage_smem, const Source& src, const uint4* w_smem,
+  __device__ void run(float (&acc)[MT][NT][4], uint4* stage_smem, const Source& src, const uint4* w_smem,
                       const Plan& P) const {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-#pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0.f;
-    static_for<kStages>([&](auto j) {
-      if (j.value < P.stage_slots) issue(stage_smem, src, j.value, P);
+    const Lane l = lane_of(stage_smem, src, P);
+    const int S = P.stage_slots;
+    int j = 0;
+    do {  // S >= 1 blocks, one group each
+      issue(l, src, j, j, P);
       cp_async_commit();
-    });
+    } while (++j < S);
+    int slot = 0;
+    auto next_slot = [&] { slot = slot + 1 == S ? 0 : slot + 1; };
     static_for<RB>([&](auto ic) {
       constexpr int i = decltype(ic)::value;
       if (i > 0 && i >= P.blocks_per_warp) return;  // every warp has block 0 (zero past K): its MMAs always run
-      wait_for(i, P);
-      block_product(acc, w[i], stage_smem, src, i, P);
+      step_block(acc, w[i], l, src, i, slot, P);
+      next_slot();
     });
+    // A of block i in shared memory: w_smem[((warp * smem_blocks + i - RB) * MT + mt) * 2 + half][lane]
+    const uint4* wa = w_smem + warp * P.smem_blocks * MT * 2 * 32 + lane;
     auto smem_block = [&](int i) {
       uint4 a[MT][2];
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int half = 0; half < 2; ++half)
-          a[mt][half] = w_smem[(((warp * P.smem_blocks + (i - RB)) * MT + mt) * 2 + half) * 32 + lane];
-      wait_for(i, P);
-      block_product(acc, a, stage_smem, src, i, P);
+        for (int half = 0; half < 2; ++half) a[mt][half] = wa[((i - RB) * MT + mt) * 2 * 32 + half * 32];
+      step_block(acc, a, l, src, i, slot, P);
+      next_slot();
     };
     if constexpr (RB == 0) {  // every warp has block 0: at least one iteration, so its MMAs always run
       int i = 0;
@@ -366,22 +391,28 @@ struct RecProduct {
   // once the barrier at the end has passed.
   __device__ void pass_product(float* part, uint4* stage_smem, const Source& src, const uint4* w_smem,
                                const Plan& P) const {
-    float acc[MT][2][4];
+    float acc[MT][NT][4];
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt)
+#pragma unroll
+        for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0.f;
     run(acc, stage_smem, src, w_smem, P);
-    store_partials(part, acc, P);
+    store_partials(part, acc);
     __syncthreads();
   }
 
-  // Partial sums in fragment order: part[(warp, mt, nt)][lane][4 regs].
-  __device__ static void store_partials(float* part, const float (&acc)[MT][2][4], const Plan& P) {
+  // Partial sums in fragment order: part[(warp, mt, nt)][lane][4 regs] (room for 2 n-tiles; with one,
+  // the threads of rows 8..15 reduce words nobody wrote and use nothing: those rows are past the CTA's).
+  __device__ static void store_partials(float* part, const float (&acc)[MT][NT][4]) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-      for (int nt = 0; nt < 2; ++nt)
-        if (nt < P.pass_ntiles)
-          reinterpret_cast<float4*>(part)[((warp * MT + mt) * 2 + nt) * 32 + lane] =
-              make_float4(acc[mt][nt][0], acc[mt][nt][1], acc[mt][nt][2], acc[mt][nt][3]);
+      for (int nt = 0; nt < NT; ++nt)
+        reinterpret_cast<float4*>(part)[((warp * MT + mt) * 2 + nt) * 32 + lane] =
+            make_float4(acc[mt][nt][0], acc[mt][nt][1], acc[mt][nt][2], acc[mt][nt][3]);
   }
 
   // Σ over the 8 warps of the calling thread's D element of m-tile mt (see CellThread): thread tid
@@ -432,11 +463,11 @@ template <typename T> __device__ __forceinline__ bool aligned16(const T* p) {
 // ---------------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------------
-template <int CELL, typename T, int MODE>
+template <int CELL, typename T, int MODE, int NT>
 __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const FwdParams p) {
 #if FUSEDRNN_KERNEL_BODY
   constexpr int NG = n_gates(CELL), NS = n_saved(CELL), MT = NG, U = kFwdUnits;
-  using R = RecProduct<T, MODE, MT>;
+  using R = RecProduct<T, MODE, MT, NT>;
   const Plan& P = p.plan;
 
   FUSEDRNN_DYNAMIC_SMEM(smem);
@@ -590,11 +621,11 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const F
 // ---------------------------------------------------------------------------------------------
 // Backward
 // ---------------------------------------------------------------------------------------------
-template <int CELL, typename T, int MODE, int MT>
+template <int CELL, typename T, int MODE, int MT, int NT>
 __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const BwdParams p) {
 #if FUSEDRNN_KERNEL_BODY
   constexpr int NG = n_gates(CELL), NS = n_saved(CELL), U = 16 * MT;
-  using R = RecProduct<T, MODE, MT>;
+  using R = RecProduct<T, MODE, MT, NT>;
   const Plan& P = p.plan;
 
   FUSEDRNN_DYNAMIC_SMEM(smem);
@@ -759,56 +790,65 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
 }
 
 // ---------------------------------------------------------------------------------------------
-// Instantiations, selected by dtype and math mode (and m-tiles for the backward)
+// Instantiations, selected by dtype and math mode, n-tiles per pass (1 or 2), and m-tiles for the
+// backward; the ring's slot count is a template of RecProduct::run, chosen per pass
 // ---------------------------------------------------------------------------------------------
 #if defined(FUSEDRNN_EMULATE)
 // The emulator runs a kernel through one signature: entry(&params).
-template <int CELL, typename T, int MODE> void emu_fwd_entry(const void* params) {
-  rnn_fwd_persistent_kernel<CELL, T, MODE>(*static_cast<const FwdParams*>(params));
+template <int CELL, typename T, int MODE, int NT> void emu_fwd_entry(const void* params) {
+  rnn_fwd_persistent_kernel<CELL, T, MODE, NT>(*static_cast<const FwdParams*>(params));
 }
-template <int CELL, typename T, int MODE, int MT> void emu_bwd_entry(const void* params) {
-  rnn_bwd_persistent_kernel<CELL, T, MODE, MT>(*static_cast<const BwdParams*>(params));
+template <int CELL, typename T, int MODE, int MT, int NT> void emu_bwd_entry(const void* params) {
+  rnn_bwd_persistent_kernel<CELL, T, MODE, MT, NT>(*static_cast<const BwdParams*>(params));
 }
 #endif
 
-template <int CELL, typename T, int MODE> const void* fwd_kernel_ptr() {
+template <int CELL, typename T, int MODE, int NT> const void* fwd_kernel_ptr() {
 #if defined(FUSEDRNN_EMULATE)
-  return reinterpret_cast<const void*>(&emu_fwd_entry<CELL, T, MODE>);
+  return reinterpret_cast<const void*>(&emu_fwd_entry<CELL, T, MODE, NT>);
 #else
-  return reinterpret_cast<const void*>(&rnn_fwd_persistent_kernel<CELL, T, MODE>);
+  return reinterpret_cast<const void*>(&rnn_fwd_persistent_kernel<CELL, T, MODE, NT>);
 #endif
 }
 
-template <int CELL, typename T, int MODE, int MT> const void* bwd_kernel_ptr() {
+template <int CELL, typename T, int MODE, int MT, int NT> const void* bwd_kernel_ptr() {
 #if defined(FUSEDRNN_EMULATE)
-  return reinterpret_cast<const void*>(&emu_bwd_entry<CELL, T, MODE, MT>);
+  return reinterpret_cast<const void*>(&emu_bwd_entry<CELL, T, MODE, MT, NT>);
 #else
-  return reinterpret_cast<const void*>(&rnn_bwd_persistent_kernel<CELL, T, MODE, MT>);
+  return reinterpret_cast<const void*>(&rnn_bwd_persistent_kernel<CELL, T, MODE, MT, NT>);
 #endif
 }
 
-template <int CELL> const void* select_fwd_kernel(DType d, int mode) {
+template <int CELL, int NT> const void* select_fwd_kernel_nt(DType d, int mode) {
   switch (d) {
-    case DType::F16: return fwd_kernel_ptr<CELL, __half, kHalf>();
-    case DType::BF16: return fwd_kernel_ptr<CELL, __nv_bfloat16, kHalf>();
+    case DType::F16: return fwd_kernel_ptr<CELL, __half, kHalf, NT>();
+    case DType::BF16: return fwd_kernel_ptr<CELL, __nv_bfloat16, kHalf, NT>();
     case DType::F32:
-      return mode == kTf32 ? fwd_kernel_ptr<CELL, float, kTf32>() : fwd_kernel_ptr<CELL, float, kTf32x3>();
+      return mode == kTf32 ? fwd_kernel_ptr<CELL, float, kTf32, NT>() : fwd_kernel_ptr<CELL, float, kTf32x3, NT>();
   }
   return nullptr;
 }
 
-template <int CELL, int MT> const void* select_bwd_kernel_mt(DType d, int mode) {
+template <int CELL> const void* select_fwd_kernel(DType d, int mode, int ntiles) {
+  return ntiles == 2 ? select_fwd_kernel_nt<CELL, 2>(d, mode) : select_fwd_kernel_nt<CELL, 1>(d, mode);
+}
+
+template <int CELL, int MT, int NT> const void* select_bwd_kernel_mt(DType d, int mode) {
   switch (d) {
-    case DType::F16: return bwd_kernel_ptr<CELL, __half, kHalf, MT>();
-    case DType::BF16: return bwd_kernel_ptr<CELL, __nv_bfloat16, kHalf, MT>();
+    case DType::F16: return bwd_kernel_ptr<CELL, __half, kHalf, MT, NT>();
+    case DType::BF16: return bwd_kernel_ptr<CELL, __nv_bfloat16, kHalf, MT, NT>();
     case DType::F32:
-      return mode == kTf32 ? bwd_kernel_ptr<CELL, float, kTf32, MT>() : bwd_kernel_ptr<CELL, float, kTf32x3, MT>();
+      return mode == kTf32 ? bwd_kernel_ptr<CELL, float, kTf32, MT, NT>()
+                           : bwd_kernel_ptr<CELL, float, kTf32x3, MT, NT>();
   }
   return nullptr;
 }
 
-template <int CELL> const void* select_bwd_kernel(DType d, int mode, int mtiles) {
-  return mtiles == 2 ? select_bwd_kernel_mt<CELL, 2>(d, mode) : select_bwd_kernel_mt<CELL, 1>(d, mode);
+template <int CELL> const void* select_bwd_kernel(DType d, int mode, int mtiles, int ntiles) {
+  if (ntiles == 2) {
+    return mtiles == 2 ? select_bwd_kernel_mt<CELL, 2, 2>(d, mode) : select_bwd_kernel_mt<CELL, 1, 2>(d, mode);
+  }
+  return mtiles == 2 ? select_bwd_kernel_mt<CELL, 2, 1>(d, mode) : select_bwd_kernel_mt<CELL, 1, 1>(d, mode);
 }
 
 }  // namespace fusedrnn

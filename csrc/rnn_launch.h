@@ -203,16 +203,17 @@ struct Occupancy {
 
 // Kernel entry pointers, one file per (cell, direction) so that the instantiations compile in
 // parallel. The backward has one instantiation per m-tile count (16 or 32 units per CTA).
-const void* gru_fwd_kernel(DType d, int mode);
-const void* lstm_fwd_kernel(DType d, int mode);
-const void* gru_bwd_kernel(DType d, int mode, int mtiles);
-const void* lstm_bwd_kernel(DType d, int mode, int mtiles);
+const void* gru_fwd_kernel(DType d, int mode, int ntiles);
+const void* lstm_fwd_kernel(DType d, int mode, int ntiles);
+const void* gru_bwd_kernel(DType d, int mode, int mtiles, int ntiles);
+const void* lstm_bwd_kernel(DType d, int mode, int mtiles, int ntiles);
 
 inline const void* rnn_kernel(const Plan& p, DType d) {
   if (p.backward) {
-    return p.cell == 0 ? gru_bwd_kernel(d, p.mode, p.mtiles) : lstm_bwd_kernel(d, p.mode, p.mtiles);
+    return p.cell == 0 ? gru_bwd_kernel(d, p.mode, p.mtiles, p.pass_ntiles)
+                       : lstm_bwd_kernel(d, p.mode, p.mtiles, p.pass_ntiles);
   }
-  return p.cell == 0 ? gru_fwd_kernel(d, p.mode) : lstm_fwd_kernel(d, p.mode);
+  return p.cell == 0 ? gru_fwd_kernel(d, p.mode, p.pass_ntiles) : lstm_fwd_kernel(d, p.mode, p.pass_ntiles);
 }
 
 // launch.cu: device properties, occupancy (cached), cooperative launch, and the synchronisation-only

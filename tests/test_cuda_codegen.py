@@ -6,7 +6,10 @@ variant has the structure the latency model (bench/model_cuda.py) assumes, read 
     idioms, a call to the next instruction or to a WARPSYNC + BAR.SYNC stub, are not calls of work),
   - the exchanged operand is staged with cp.async (LDGSTS) and feeds HMMAs,
   - the cell's global loads are issued before the MMA of their pass or a step ahead: no plain LDG in
-    the loop reaches a use without an HMMA or the grid barrier in between.
+    the loop reaches a use without an HMMA or the grid barrier in between,
+  - no integer division (the I2F.RP / MUFU.RCP / F2I / IMAD.HI idiom of a runtime divisor) and no
+    predicated HMMA (an n-tile the plan does not have): the product is specialised on its n-tiles
+    and counts its ring slot along (tests/test_sass_model.py checks the executed HMMAs per step).
 Also: setup.py says so when torch's CUDA and nvcc's major versions differ. Needs nvcc; skipped
 without it. Run with -s to see the register / spill table.
 """
@@ -31,8 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 CSRC = ROOT / "csrc"
 KERNEL_SOURCES = ("gru_fwd.cu", "gru_bwd.cu", "lstm_fwd.cu", "lstm_bwd.cu", "launch.cu")
 ARCHS = ("80", "90")
-# Instantiations per file: fp16, bf16, fp32 (TF32), fp32 (3xTF32); the backward once per m-tile count.
-INSTANTIATIONS = {"gru_fwd.cu": 4, "lstm_fwd.cu": 4, "gru_bwd.cu": 8, "lstm_bwd.cu": 8, "launch.cu": 1}
+# Instantiations per file: fp16, bf16, fp32 (TF32), fp32 (3xTF32), each for 1 and 2 n-tiles per pass;
+# the backward also once per m-tile count.
+INSTANTIATIONS = {"gru_fwd.cu": 8, "lstm_fwd.cu": 8, "gru_bwd.cu": 16, "lstm_bwd.cu": 16, "launch.cu": 1}
 
 
 NVCC = cuda_tool("nvcc")
@@ -136,7 +140,8 @@ def uncovered_loads(body: list[Insn]) -> list[str]:
     the loop reaches a use of without passing tensor-core work (an HMMA) or the grid barrier: a load
     the step waits for with nothing to hide it. The search follows fall-through and taken branches
     inside the loop (the step loop's own back edge comes after its barrier); predicated writes do not
-    end a register's life (they may not happen)."""
+    end a register's life (they may not happen), except for reads under the same predicate, which
+    read the overwritten value when they happen (until an instruction names that predicate again)."""
     position = {insn.addr: n for n, insn in enumerate(body)}
     reads = [insn.source_regs() for insn in body]
     writes = [insn.dest_regs() for insn in body]
@@ -144,25 +149,32 @@ def uncovered_loads(body: list[Insn]) -> list[str]:
     for n, ld in enumerate(body):
         if not ld.op.startswith("LDG") or "STRONG" in ld.op:
             continue
-        stack, seen = [(n + 1, frozenset(ld.dest_regs()))], set()
+        stack, seen = [(n + 1, frozenset(ld.dest_regs()), frozenset())], set()
         while stack:
-            pos, live = stack.pop()
-            if pos >= len(body) or pos in seen or not live:
+            pos, live, shadowed = stack.pop()  # shadowed: (register, predicate) overwritten under it
+            if pos >= len(body) or (pos, live, shadowed) in seen or not live:
                 continue
-            seen.add(pos)
+            seen.add((pos, live, shadowed))
             insn = body[pos]
             if insn.op.startswith(("HMMA", "ATOM", "RED", "EXIT", "RET")):
                 continue  # covered by the MMA or the barrier, or the path ends
-            if reads[pos] & live:
+            used = reads[pos] & live
+            if insn.pred:
+                used = used - {r for r, p in shadowed if p == insn.pred}
+            if used:
                 found.append(f"{ld.addr:#x} {ld.op} {ld.args} -> read at {insn.addr:#x} {insn.op} {insn.args}")
                 break
+            shadowed = frozenset((r, p) for r, p in shadowed
+                                 if not re.search(rf"\b{p.lstrip('@!')}\b", insn.args))
             if not insn.pred:
                 live = live - writes[pos]
+            else:
+                shadowed |= {(r, insn.pred) for r in writes[pos] & live}
             target = insn.branch_target()
             if target is not None and target in position:
-                stack.append((position[target], live))
+                stack.append((position[target], live, shadowed))
             if target is None or insn.pred:
-                stack.append((pos + 1, live))
+                stack.append((pos + 1, live, shadowed))
     return found
 
 
@@ -237,6 +249,49 @@ def test_step_loops_hide_every_global_load(sass):
     for key, insns in sass.items():
         found = uncovered_loads(step_loop(insns))
         assert not found, f"{key}: global loads waited for with nothing to hide them:\n" + "\n".join(found)
+
+
+def division_idioms(body: list[Insn]) -> list[str]:
+    """Integer divisions / remainders by a runtime divisor in a step loop: nvcc's idiom starts with the
+    divisor converted to float rounding up (I2F...RP) for its reciprocal (MUFU.RCP, F2I, IMAD.HI)."""
+    return [f"{i.addr:#x} {i.op} {i.args}" for i in body if i.op.startswith("I2F") and ".RP" in i.op]
+
+
+def predicated_hmmas(body: list[Insn]) -> list[str]:
+    """HMMAs under a predicate: a tensor-core op that may be switched off still takes its issue slot."""
+    return [f"{i.addr:#x} {i.pred} {i.op}" for i in body if i.op.startswith("HMMA") and i.pred not in ("", "@PT")]
+
+
+@needs_cuobjdump
+def test_step_loops_divide_nothing_and_predicate_no_hmma(sass):
+    """The product is specialised on the plan's n-tiles per pass and keeps its ring slot without a
+    division: no integer-division idiom and no predicated HMMA in any step loop."""
+    for key, insns in sass.items():
+        body = step_loop(insns)
+        assert not division_idioms(body), f"{key}: integer division in the step loop: {division_idioms(body)}"
+        assert not predicated_hmmas(body), f"{key}: predicated HMMAs in the step loop: {predicated_hmmas(body)[:4]}"
+
+
+def test_division_and_predicated_hmma_checks_fire():
+    """The checks above on hand-written SASS: nvcc's unsigned remainder by a runtime divisor and an
+    HMMA under a predicate are reported; the same loop without them is clean."""
+    text = """
+        code for sm_90
+        Function : k
+        /*0000*/  I2F.U32.RP R5, R3 ;
+        /*0010*/  MUFU.RCP R5, R5 ;
+        /*0020*/  F2I.FTZ.U32.TRUNC.NTZ R7, R5 ;
+        /*0030*/  IMAD.HI.U32 R7, R7, R2, RZ ;
+        /*0040*/  @P0 HMMA.16816.F32.BF16 R4, R8, R12, R4 ;
+        /*0050*/  HMMA.16816.F32.BF16 R4, R8, R12, R4 ;
+        /*0060*/  ATOM.E.ADD.STRONG.GPU PT, R3, desc[UR4][R6.64], R3 ;
+        /*0070*/  BRA 0x0 ;
+    """
+    body = step_loop(parse_sass(text)[("k", "90")])
+    assert len(division_idioms(body)) == 1 and len(predicated_hmmas(body)) == 1
+    clean = text.replace("I2F.U32.RP", "I2F.U32").replace("@P0 HMMA", "HMMA")
+    body = step_loop(parse_sass(clean)[("k", "90")])
+    assert division_idioms(body) == [] and predicated_hmmas(body) == []
 
 
 def ready_flag_ordering(body: list[Insn]) -> tuple[int, int]:
@@ -334,6 +389,16 @@ def test_uncovered_load_check_fires_on_a_load_used_at_once():
     assert len(uncovered_loads(body)) == 1
     prefetch = text.replace("/*0020*/  FADD R21, R20, R4", "/*0020*/  FADD R21, R19, R4")
     assert uncovered_loads(step_loop(parse_sass(prefetch)[("k", "90")])) == []
+    # a write under @P3 shadows the load for reads under @P3 only
+    text = text.replace("/*0020*/  FADD R21, R20, R4", "/*0020*/  @P3 IMAD.SHL.U32 R20, R25, 0x2, RZ")
+    same = text.replace("/*0030*/  MUFU.EX2 R22, R21", "/*0030*/  @P3 IADD3 R15, P1, R20, R12, RZ")
+    assert uncovered_loads(step_loop(parse_sass(same)[("k", "90")])) == []
+    other = text.replace("/*0030*/  MUFU.EX2 R22, R21", "/*0030*/  @P2 IADD3 R15, P1, R20, R12, RZ")
+    assert len(uncovered_loads(step_loop(parse_sass(other)[("k", "90")]))) == 1
+    reset = text.replace("/*0030*/  MUFU.EX2 R22, R21", "/*0030*/  @P3 IADD3 R15, P1, R20, R12, RZ").replace(
+        "/*0020*/  @P3 IMAD.SHL.U32 R20, R25, 0x2, RZ", "/*0020*/  @P3 IMAD.SHL.U32 R20, R25, 0x2, RZ ;\n"
+        "        /*0028*/  ISETP.NE.AND P3, PT, R9, RZ, PT")
+    assert len(uncovered_loads(step_loop(parse_sass(reset)[("k", "90")]))) == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -217,14 +217,17 @@ def test_low_precision_within_torch_error(ex, cell, dtype, case):
     assert_lowp_within_baselines(cell, got, d, lens, case.reverse, dtype)
 
 
-TF32_SHAPES = [(6, 5, 48), (2, 9, 400)]  # (T, B, H); H=400: W_hh blocks in shared memory both ways
+# (T, B, H, SMs of the emulated device or None); H=400: W_hh blocks in shared memory both ways; 4 SMs:
+# 2 n-tiles per pass both ways
+TF32_SHAPES = [(6, 5, 48, None), (2, 9, 400, None), (2, 33, 40, 4)]
 
 
 @pytest.mark.parametrize("cell", CELLS)
-@pytest.mark.parametrize("T,B,H", TF32_SHAPES)
-def test_tf32_path(ex, cell, T, B, H):
+@pytest.mark.parametrize("T,B,H,sms", TF32_SHAPES)
+def test_tf32_path(ex, cell, T, B, H, sms):
     """fp32 with TF32 allowed: one TF32 MMA per k-step. Within TF32's error, and really a different
     path from the exact one."""
+    ex.set_sms(sms)
     d, lens = ex.inputs(cell, T, B, 12, H, torch.float32, residual=True, lengths=True, seed=3)
     want = run_cell_with_grads(cell, _ref(cell), d, lens, False)
     exact = run_cell_with_grads(cell, ex.call(cell), d, lens, False)
@@ -522,10 +525,11 @@ def test_outputs_fully_written(emu):
 def test_case_table_covers_every_plan_shape(emu):
     """The tests above, with the dtypes they run, exercise every shape the launch plan takes: batch
     groups, 1 and 2 n-tiles per pass, several passes, 16 and 32 units per CTA in the backward,
-    W_hh blocks in shared memory in each math mode, a staging ring that wraps, element-wise staging."""
+    W_hh blocks in shared memory in each math mode, a staging ring that wraps, element-wise staging,
+    the kernel instantiations (n-tiles per pass are a template parameter) and every ring depth."""
     exact_and_16bit = [("bfloat16", False), ("float32", False)]
     runs = [((c.H, c.B, c.sms or H100[0], H100[1]), cell, m) for c in CASES for cell in CELLS for m in exact_and_16bit]
-    runs += [((H, B, *H100), cell, m) for _, B, H in TF32_SHAPES for cell in CELLS
+    runs += [((H, B, sms or H100[0], H100[1]), cell, m) for _, B, H, sms in TF32_SHAPES for cell in CELLS
              for m in [("float32", True), ("float32", False)]]
     runs += [((_largest_hidden(emu, cell, "bfloat16"), 17, H100[0], SMALL_SMEM), cell, ("bfloat16", False))
              for cell in CELLS]
@@ -540,10 +544,17 @@ def test_case_table_covers_every_plan_shape(emu):
                      ("ntiles", p["pass_ntiles"]), ("units", bwd, p["units"]),
                      ("smem blocks", bwd, p["mode"]) if p["smem_blocks"] > 0 else (),
                      ("ring wraps",) if p["blocks_per_warp"] > p["stage_slots"] else (),
-                     ("element-wise staging",) if K % (16 // (4 if dtype == "float32" else 2)) else ()}
+                     ("element-wise staging",) if K % (16 // (4 if dtype == "float32" else 2)) else (),
+                     ("kernel", p["mode"], bwd, p["units"], p["pass_ntiles"]), ("ring slots", p["stage_slots"])}
     want = {("batch groups",), ("passes",), ("ntiles", 1), ("ntiles", 2), ("units", False, 16), ("units", True, 16),
             ("units", True, 32), ("ring wraps",), ("element-wise staging",)}
     want |= {("smem blocks", bwd, mode) for bwd in (False, True) for mode in ("half", "tf32", "tf32x3")}
+    # the kernel instantiations (math mode x direction x units x n-tiles per pass) and every ring depth;
+    # the backward at 16 units with 2 n-tiles only in bf16 (the limit test): in fp32 the plan takes it
+    # at shapes too large for the emulator's case table (fastrnns: H=512, B=64)
+    want |= {("kernel", mode, bwd, units, nt) for mode in ("half", "tf32", "tf32x3") for nt in (1, 2)
+             for bwd, units in ((False, 16), (True, 16), (True, 32)) if not (bwd and units == 16 and nt == 2)}
+    want |= {("kernel", "half", True, 16, 2)} | {("ring slots", s) for s in range(1, 9)}
     assert want <= seen, sorted(want - seen)
 
 

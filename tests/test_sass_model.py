@@ -129,7 +129,8 @@ def test_modelled_compute_phase_is_not_below_the_stall_sum(case, dtype):
         # branches and trip counts came out of the plan's fields, not out of a rule)
         assert s.hmma_live == _plan_mmas(p), (case.id, dtype, p.backward, s.hmma_live, _plan_mmas(p))
         assert s.copies == p.passes * p.blocks_per_warp * p.pass_ntiles, (case.id, dtype, p.backward, s.copies)
-        assert s.hmma >= s.hmma_live
+        # no HMMA of an n-tile the plan does not have: every HMMA issued on the path does work
+        assert s.hmma == s.hmma_live, (case.id, dtype, p.backward, s.hmma, s.hmma_live)
         assert "MODEL" in est.notes or "SASS" in step.describe()
 
 
