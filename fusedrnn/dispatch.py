@@ -200,7 +200,11 @@ def _decide(backend: str, spec: CallSpec, benchmark: bool, tf32: bool) -> str:
 def _switches(spec: CallSpec) -> tuple[bool, bool]:
     if spec.device.type != "cuda":
         return False, False
-    return bool(torch.backends.cudnn.benchmark), cuda_matmul_allows_tf32()
+    # No timing while a CUDA graph is being captured (it synchronises and draws random inputs):
+    # a call first seen during capture is decided as without cudnn.benchmark.
+    timing_ok = bool(torch.backends.cudnn.benchmark) and not (
+        torch.cuda.is_initialized() and torch.cuda.is_current_stream_capturing())
+    return timing_ok, cuda_matmul_allows_tf32()
 
 
 def _assume_constant_result(fn):

@@ -362,3 +362,13 @@ def test_validation_report_from_a_pytest_run(tmp_path):
     s = evidence.summarize_report(lines)
     assert s["cuda"]["passed"] == {"gru": ["bfloat16", "float16"], "lstm": ["bfloat16"]}
     assert s["triton"]["tests"] == {"passed": 0, "failed": 0, "skipped": 1}
+
+
+def test_no_autotuning_while_a_cuda_graph_is_captured(monkeypatch):
+    """cudnn.benchmark's timing synchronises and draws inputs: a call first seen during a CUDA-graph
+    capture is decided as without it (and cached under that key, not the timed one)."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    assert dispatch._switches(spec())[0] is True
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: True)
+    assert dispatch._switches(spec())[0] is False
