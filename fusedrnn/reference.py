@@ -40,19 +40,9 @@ def _steps(T: int, reverse: bool):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def gru_reference(
-    x: Tensor,
-    h0: Tensor,
-    w_ih: Tensor,
-    w_hh: Tensor,
-    b_ih: Tensor | None,
-    b_hh: Tensor | None,
-    *,
-    residual: Tensor | None = None,
-    lengths: Tensor | None = None,
-    reverse: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """GRU over a whole sequence. x (T, B, I), h0 (B, H) -> y (T, B, H), h_n (B, H)."""
+def _one_state_sequence(step, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+    """The time loop of a one-state cell (GRU, Elman RNN): ``step(gx_t, gh, h) -> h_new`` with
+    gh = h W_hhᵀ + b_hh, everything in the compute dtype; masking, residual and stacking here."""
     out_dtype = x.dtype
     ct = compute_dtype(out_dtype)
     x, h, w_ih, w_hh = (t.to(ct) for t in (x, h0, w_ih, w_hh))
@@ -67,12 +57,7 @@ def gru_reference(
         gh = h @ w_hh.t()
         if b_hh is not None:
             gh = gh + b_hh
-        gx_r, gx_z, gx_n = gx[t].split(H, dim=1)
-        gh_r, gh_z, gh_n = gh.split(H, dim=1)
-        r = torch.sigmoid(gx_r + gh_r)
-        z = torch.sigmoid(gx_z + gh_z)
-        n = torch.tanh(gx_n + r * gh_n)
-        h_new = (1 - z) * n + z * h
+        h_new = step(gx[t], gh, h)
         y_t = h_new if residual is None else h_new + residual[t].to(ct)
         valid = _valid_mask(lengths, t, B, x.device)
         if valid is not None:
@@ -82,6 +67,31 @@ def gru_reference(
         ys[t] = y_t
     y = torch.stack(ys, 0) if T > 0 else x.new_zeros(0, B, H)
     return y.to(out_dtype), h.to(out_dtype)
+
+
+def gru_reference(
+    x: Tensor,
+    h0: Tensor,
+    w_ih: Tensor,
+    w_hh: Tensor,
+    b_ih: Tensor | None,
+    b_hh: Tensor | None,
+    *,
+    residual: Tensor | None = None,
+    lengths: Tensor | None = None,
+    reverse: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """GRU over a whole sequence. x (T, B, I), h0 (B, H) -> y (T, B, H), h_n (B, H)."""
+
+    def step(gx_t, gh, h):
+        gx_r, gx_z, gx_n = gx_t.chunk(3, dim=1)
+        gh_r, gh_z, gh_n = gh.chunk(3, dim=1)
+        r = torch.sigmoid(gx_r + gh_r)
+        z = torch.sigmoid(gx_z + gh_z)
+        n = torch.tanh(gx_n + r * gh_n)
+        return (1 - z) * n + z * h
+
+    return _one_state_sequence(step, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
 
 
 def rnn_reference(
@@ -102,30 +112,8 @@ def rnn_reference(
     if nonlinearity not in ("tanh", "relu"):
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
     act = torch.tanh if nonlinearity == "tanh" else torch.relu
-    out_dtype = x.dtype
-    ct = compute_dtype(out_dtype)
-    x, h, w_ih, w_hh = (t.to(ct) for t in (x, h0, w_ih, w_hh))
-    b_ih = None if b_ih is None else b_ih.to(ct)
-    b_hh = None if b_hh is None else b_hh.to(ct)
-    T, B = x.shape[0], x.shape[1]
-    H = w_hh.shape[1]
-
-    gx = _input_projection(x, w_ih, b_ih)
-    ys: list[Tensor | None] = [None] * T
-    for t in _steps(T, reverse):
-        pre = gx[t] + h @ w_hh.t()
-        if b_hh is not None:
-            pre = pre + b_hh
-        h_new = act(pre)
-        y_t = h_new if residual is None else h_new + residual[t].to(ct)
-        valid = _valid_mask(lengths, t, B, x.device)
-        if valid is not None:
-            h_new = torch.where(valid, h_new, h)
-            y_t = torch.where(valid, y_t, torch.zeros_like(y_t))
-        h = h_new
-        ys[t] = y_t
-    y = torch.stack(ys, 0) if T > 0 else x.new_zeros(0, B, H)
-    return y.to(out_dtype), h.to(out_dtype)
+    return _one_state_sequence(lambda gx_t, gh, h: act(gx_t + gh), x, h0, w_ih, w_hh, b_ih, b_hh, residual,
+                               lengths, reverse)
 
 
 def lstm_reference(
