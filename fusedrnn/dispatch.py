@@ -16,7 +16,8 @@ modules (every layer-direction of one forward, decided once). Both follow the sa
     the fastest; where no row applies, torch;
   - elsewhere the first that can serve: torch (CPU float32/float64), then the reference.
 - while exporting (``torch.onnx.export`` with either exporter, ``torch.export``, ``torch.jit.trace``),
-  torch's op, so the graph holds the RNN ops torch.nn exports.
+  torch's op, so the graph holds the RNN ops torch.nn exports (the reference's plain ops where torch's
+  op cannot express the call: zoneout).
 Every skipped backend is logged once, at debug level, with its reasons (logger ``fusedrnn``);
 ``python -m fusedrnn.info`` prints the same reasons.
 """
@@ -222,9 +223,9 @@ def _decide_traced(backend: str, *fields) -> str:
     # bakes the answer in (it reads files and may load a backend's kernels: not traceable).
     # Here, not in the traced caller: Dynamo folds a traced torch.compiler.is_exporting() to True
     # under plain torch.compile too (torch 2.11); called from here it reads the real flag.
-    if _exporting():
-        return "torch"
     spec = CallSpec(*fields)
+    if _exporting():
+        return _export_backend(spec)
     return _decide(backend, spec, *_switches(spec))
 
 
@@ -246,9 +247,14 @@ def _resolve(backend: str, spec: CallSpec) -> str:
         spec = dataclasses.replace(spec, tracing=True, T=0, B=0, I=0)
         return _decide_traced(backend, *(getattr(spec, f) for f in _SPEC_FIELDS))
     if _exporting():
-        # The exported graph should hold torch's RNN ops (as torch.nn exports), whatever runs eagerly.
-        return "torch"
+        return _export_backend(spec)
     return _decide(backend, spec, *_switches(spec))
+
+
+def _export_backend(spec: CallSpec) -> str:
+    """While exporting: torch's op, so the graph holds the RNN ops torch.nn exports, whatever runs
+    eagerly; a call torch's op cannot express (zoneout) exports the reference's plain ops."""
+    return "reference" if spec.zoneout else "torch"
 
 
 def _backend_for(backend: str, spec: CallSpec) -> Backend:
@@ -285,27 +291,28 @@ class StackPlan:
 def plan_module(backend: str, cell: str, device: torch.device, dtype: torch.dtype, T: int, B: int,
                 input_size: int, hidden_size: int, proj_size: int, num_layers: int, bidirectional: bool,
                 residual_layers: tuple[int, ...], packed: bool, needs_grad: bool,
-                device_lengths: bool = False) -> StackPlan:
+                device_lengths: bool = False, zoneout: bool = False) -> StackPlan:
     """The plan for one call of a fusedrnn.GRU/LSTM: decided once per forward from plain values
     (cached on them, so a repeated call costs a dictionary lookup). T, B and needs_grad only feed
     the measured GPU choices: callers on other devices may pass 0, 0, False. ``packed``: the call
     has per-row lengths (a PackedSequence or ``lengths=``); ``device_lengths``: those lengths live
-    off the CPU (backends that would read them on the host are skipped)."""
+    off the CPU (backends that would read them on the host are skipped); ``zoneout``: the states
+    are zoned (only backends that implement zoneout qualify)."""
     if backend == "auto":
         backend = default_backend()
     if tracing():
         return _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
-                            bidirectional, residual_layers, packed, needs_grad, device_lengths)
+                            bidirectional, residual_layers, packed, needs_grad, device_lengths, zoneout)
     if device.type == "cuda":
         switches = (bool(torch.backends.cudnn.benchmark), cuda_matmul_allows_tf32())
     else:
         switches = (False, False)
     return _cached_module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
-                               bidirectional, residual_layers, packed, needs_grad, switches, device_lengths)
+                               bidirectional, residual_layers, packed, needs_grad, switches, device_lengths, zoneout)
 
 
 def _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
-                 bidirectional, residual_layers, packed, needs_grad, device_lengths=False) -> StackPlan:
+                 bidirectional, residual_layers, packed, needs_grad, device_lengths=False, zoneout=False) -> StackPlan:
     check_backend_name(backend)
     D = 2 if bidirectional else 1
     P = proj_size if proj_size > 0 else hidden_size
@@ -313,7 +320,7 @@ def _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, pr
         CallSpec(cell=cell, device=device, dtype=dtype, T=T, B=B, I=input_size if layer == 0 else D * P,
                  H=hidden_size, P=P, has_residual=layer in residual_layers, has_lengths=packed,
                  reverse=direction == 1, has_proj=proj_size > 0, needs_grad=needs_grad,
-                 device_lengths=device_lengths)
+                 device_lengths=device_lengths, zoneout=zoneout)
         for layer in range(num_layers) for direction in range(D)
     )
     backends = plan(backend, specs)
@@ -323,6 +330,6 @@ def _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, pr
 @functools.lru_cache(maxsize=1024)
 def _cached_module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
                         bidirectional, residual_layers, packed, needs_grad, switches,
-                        device_lengths=False) -> StackPlan:
+                        device_lengths=False, zoneout=False) -> StackPlan:
     return _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
-                        bidirectional, residual_layers, packed, needs_grad, device_lengths)
+                        bidirectional, residual_layers, packed, needs_grad, device_lengths, zoneout)

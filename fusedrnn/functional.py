@@ -12,7 +12,9 @@ Semantics (identical on every backend; fusedrnn.reference is the executable defi
 - at a valid step the state advances and ``y[t] = h[t] + residual[t]`` (no add when residual is None);
 - past a row's length its output is 0 and its state is carried unchanged, so the final state is
   the state at the row's last valid step;
-- ``reverse=True`` runs t = T-1 .. 0; each row starts at its own last valid step.
+- ``reverse=True`` runs t = T-1 .. 0; each row starts at its own last valid step;
+- ``zoneout`` (a fusedrnn.zoneout.Zoneout, or None): each new state is zoned before the output
+  and the length masking (fusedrnn/zoneout.py defines the masks); torch's op cannot run it.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch import Tensor
 
 from .backends import CELLS, CallSpec
 from .dispatch import choose
+from .zoneout import Zoneout
 
 __all__ = ["gru", "lstm", "rnn_tanh", "rnn_relu"]
 
@@ -75,7 +78,24 @@ def _on_device(lengths: Tensor | None) -> bool:
     return lengths is not None and lengths.device.type not in ("cpu", "meta")
 
 
-def _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=None, w_hr=None):
+def _check_zoneout(zoneout, x: Tensor) -> bool:
+    """Validate a functional call's ``zoneout`` -> whether any state is zoned."""
+    if zoneout is None:
+        return False
+    if not isinstance(zoneout, Zoneout):
+        _fail("zoneout", "None or a fusedrnn.zoneout.Zoneout", type(zoneout).__name__)
+    for name in ("p_h", "p_c"):
+        p = getattr(zoneout, name)
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            _fail(f"zoneout.{name}", "a float in [0, 1)", repr(p))
+    s = zoneout.seeds
+    if s is not None and (not isinstance(s, Tensor) or s.dtype != torch.int64 or tuple(s.shape) != (2,)):
+        _fail("zoneout.seeds", "None or an int64 tensor of shape (2,)",
+              f"{s.dtype} {tuple(s.shape)}" if isinstance(s, Tensor) else type(s).__name__)
+    return (zoneout.p_h, zoneout.p_c) != (0.0, 0.0)
+
+
+def _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=None, w_hr=None, zoneout=None):
     """Validate one call's arguments -> (its CallSpec, lengths as int64 or None)."""
     if not isinstance(x, Tensor):
         _fail("x", "a Tensor", type(x).__name__)
@@ -118,13 +138,14 @@ def _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=No
     lengths = check_lengths(lengths, T, B)
     if not isinstance(reverse, bool):
         _fail("reverse", "a bool", type(reverse).__name__)
+    zoned = _check_zoneout(zoneout, x)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual)
     )
     return CallSpec(
         cell=cell, device=x.device, dtype=x.dtype, T=T, B=B, I=I, H=H, P=P,
         has_residual=residual is not None, has_lengths=lengths is not None, reverse=reverse,
-        has_proj=w_hr is not None, needs_grad=needs_grad, device_lengths=_on_device(lengths),
+        has_proj=w_hr is not None, needs_grad=needs_grad, device_lengths=_on_device(lengths), zoneout=zoned,
     ), lengths
 
 
@@ -140,21 +161,25 @@ def gru(
     lengths: Tensor | None = None,
     reverse: bool = False,
     backend: str = "auto",
+    zoneout: Zoneout | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer-direction over a whole sequence.
 
     x (T, B, I), h0 (B, H), w_ih (3H, I), w_hh (3H, H), b_ih/b_hh (3H,) or None (gate rows r|z|n,
     torch's layout); residual None or (T, B, H); lengths None or an integer (B,) tensor on any
-    device with 1 <= lengths <= T (see ``check_lengths``).
+    device with 1 <= lengths <= T (see ``check_lengths``); zoneout None or a
+    fusedrnn.zoneout.Zoneout (p_h; seeds in training, None in evaluation).
     Returns y (T, B, H) and h_n (B, H).
     """
-    spec, lengths = _spec("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
-    return choose(backend, spec).gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+    spec, lengths = _spec("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=zoneout)
+    zoneout = zoneout if spec.zoneout else None
+    return choose(backend, spec).gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
 
 
-def _rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, backend):
-    spec, lengths = _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
-    return choose(backend, spec).rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+def _rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, backend, zoneout):
+    spec, lengths = _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=zoneout)
+    zoneout = zoneout if spec.zoneout else None
+    return choose(backend, spec).rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
 
 
 def rnn_tanh(
@@ -169,6 +194,7 @@ def rnn_tanh(
     lengths: Tensor | None = None,
     reverse: bool = False,
     backend: str = "auto",
+    zoneout: Zoneout | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One Elman RNN layer-direction with tanh (torch.nn.RNN's default cell) over a whole sequence:
     h_t = tanh(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh).
@@ -177,7 +203,7 @@ def rnn_tanh(
     (T, B, H); lengths None or an integer (B,) tensor (see ``check_lengths``).
     Returns y (T, B, H) and h_n (B, H).
     """
-    return _rnn("rnn_tanh", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, backend)
+    return _rnn("rnn_tanh", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, backend, zoneout)
 
 
 def rnn_relu(
@@ -192,9 +218,10 @@ def rnn_relu(
     lengths: Tensor | None = None,
     reverse: bool = False,
     backend: str = "auto",
+    zoneout: Zoneout | None = None,
 ) -> tuple[Tensor, Tensor]:
     """rnn_tanh with ReLU (torch.nn.RNN(nonlinearity="relu")): h_t = relu(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh)."""
-    return _rnn("rnn_relu", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, backend)
+    return _rnn("rnn_relu", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, backend, zoneout)
 
 
 def lstm(
@@ -211,12 +238,16 @@ def lstm(
     lengths: Tensor | None = None,
     reverse: bool = False,
     backend: str = "auto",
+    zoneout: Zoneout | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer-direction over a whole sequence.
 
     x (T, B, I), h0 (B, P), c0 (B, H), w_ih (4H, I), w_hh (4H, P), b_ih/b_hh (4H,) or None (gate
-    rows i|f|g|o), w_hr (P, H) or None; residual None or (T, B, P); lengths None or an integer (B,) tensor.
+    rows i|f|g|o), w_hr (P, H) or None; residual None or (T, B, P); lengths None or an integer (B,) tensor;
+    zoneout None or a fusedrnn.zoneout.Zoneout (p_h for h, width P; p_c for c, width H).
     Returns y (T, B, P), h_n (B, P) and c_n (B, H).
     """
-    spec, lengths = _spec("lstm", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=c0, w_hr=w_hr)
-    return choose(backend, spec).lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse)
+    spec, lengths = _spec("lstm", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=c0, w_hr=w_hr,
+                          zoneout=zoneout)
+    zoneout = zoneout if spec.zoneout else None
+    return choose(backend, spec).lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout)

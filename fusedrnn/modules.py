@@ -4,7 +4,8 @@ torch.nn.RNN (the Elman RNN, nonlinearity "tanh" or "relu": cells rnn_tanh / rnn
 Construction, parameters, initialisation, state_dict, argument checks and the shape of the
 results are torch's own (inherited, or mirrored line by line from torch's forward). Each forward
 asks fusedrnn.dispatch once for a plan: a backend per layer-direction. Then:
-- every layer-direction on torch's op and no residual (nor lengths=, nor dropconnect in training):
+- every layer-direction on torch's op and no residual (nor lengths=, nor dropconnect in training,
+  nor zoneout):
   torch.nn's own forward runs (same op, same
   dropout draws, bitwise the same results; nothing is added but the plan lookup);
 - every layer-direction on torch's op, with residual adds: torch's op layer by layer plus the adds;
@@ -18,6 +19,13 @@ Extra keyword-only arguments:
   dropconnect=p               float in [0, 1): in training, each layer-direction's weight_hh is used as
                               weight_hh * m / (1 - p), m ~ Bernoulli(1 - p) elementwise, drawn once per
                               forward call (_dropconnect). In evaluation weight_hh is used as is.
+  zoneout=p | (p_h, p_c)      floats in [0, 1) (a pair for LSTM only: h and c; a float sets both):
+                              with h~_t (c~_t) the ordinary step's new state, in training
+                              h_t = m * h_{t-1} + (1 - m) * h~_t, m ~ Bernoulli(p) per element, batch
+                              row, step, layer and direction (fusedrnn/zoneout.py: counter-based
+                              Philox masks, seeds drawn from torch's generator at every forward); in
+                              evaluation m = p. The outputs are the zoned states. torch's op cannot
+                              run it: the Triton kernels (GPU) or the reference (CPU) do.
 
 forward(input, hx=None, *, lengths=None): ``lengths`` (an integer tensor of shape (B,), on any
 device) gives each row of a padded input its valid length, with the results of packing with
@@ -36,6 +44,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import PackedSequence
 
 from . import dispatch
+from . import zoneout as _zoneout
 from .backends import CELLS, native
 from .dispatch import check_backend_name
 from .functional import _on_device, check_lengths
@@ -83,12 +92,13 @@ class _FusedRNNMixin:
 
     _cell: str  # "gru" | "lstm" | "rnn_tanh" | "rnn_relu"
 
-    def __init__(self, *args, residual=False, backend: str = "auto", dropconnect: float = 0.0, **kwargs):
+    def __init__(self, *args, residual=False, backend: str = "auto", dropconnect: float = 0.0, zoneout=0.0,
+                 **kwargs):
         dropconnect = _check_dropconnect(dropconnect)
         super().__init__(*args, **kwargs)
-        self._init_extras(residual, backend, dropconnect)
+        self._init_extras(residual, backend, dropconnect, zoneout)
 
-    def _init_extras(self, residual, backend, dropconnect: float = 0.0) -> None:
+    def _init_extras(self, residual, backend, dropconnect: float = 0.0, zoneout=0.0) -> None:
         D = 2 if self.bidirectional else 1
         P = self.proj_size if self.proj_size > 0 else self.hidden_size
         widths = [(self.input_size if k == 0 else D * P, D * P) for k in range(self.num_layers)]
@@ -96,6 +106,22 @@ class _FusedRNNMixin:
         self._residual_layers = _residual_layers(residual, self.num_layers, widths)
         self.backend = check_backend_name(backend)
         self.dropconnect = _check_dropconnect(dropconnect)
+        self.zoneout = zoneout
+
+    @property
+    def zoneout(self):
+        """The ``zoneout=`` argument: a float, or for LSTM a pair (p_h, p_c); validated when set."""
+        return self.__dict__.get("_zoneout", 0.0)
+
+    @zoneout.setter
+    def zoneout(self, value) -> None:
+        self.__dict__["_zoneout_p"] = _zoneout.check_zoneout(value, self._cell)
+        self.__dict__["_zoneout"] = value
+
+    @property
+    def _zoned(self) -> bool:
+        """Any state is zoned (in training and in evaluation alike)."""
+        return self._zoneout_p != (0.0, 0.0)
 
     def extra_repr(self) -> str:
         s = super().extra_repr()
@@ -103,6 +129,8 @@ class _FusedRNNMixin:
             s += f", residual={self.residual}"
         if self.dropconnect:
             s += f", dropconnect={self.dropconnect}"
+        if self._zoned:
+            s += f", zoneout={self.zoneout}"
         if self.backend != "auto":
             s += f", backend={self.backend!r}"
         return s
@@ -121,6 +149,8 @@ class _FusedRNNMixin:
         self.__dict__.setdefault("_residual_layers", ())
         self.__dict__.setdefault("backend", "auto")
         self.__dict__.setdefault("dropconnect", 0.0)
+        self.__dict__.setdefault("_zoneout", 0.0)
+        self.__dict__.setdefault("_zoneout_p", (0.0, 0.0))
 
     def _zero_states(self, batch: int, input: Tensor) -> tuple[Tensor, ...]:
         """Default hx: zeros (L*D, batch, P) (and c0 (L*D, batch, H) for LSTM) in the input's dtype/device."""
@@ -151,7 +181,7 @@ class _FusedRNNMixin:
                              "pass either a padded tensor with lengths= or a PackedSequence")
         plan = self._plan(input, hx, lengths)
         if (plan is not None and plan.on_torch and not self._residual_layers and lengths is None
-                and not self._dropconnect_active()):
+                and not self._dropconnect_active() and not self._zoned):
             if hx is not None or isinstance(input, PackedSequence):
                 self._checks_torch_skips(input, hx)
             return super().forward(input, hx)  # torch.nn.GRU/LSTM.forward: the stack exactly as torch runs it
@@ -171,7 +201,7 @@ class _FusedRNNMixin:
         device_lengths = isinstance(lengths, Tensor) and _on_device(lengths)
         if x.is_cpu:
             key = (x.dtype, has_lengths, self.backend, dispatch.env_backend(), torch._C._is_any_autocast_enabled(),
-                   device_lengths)
+                   device_lengths, self._zoneout_p)
             cached = self.__dict__.get("_last_plan")
             if cached is not None and cached[0] == key:
                 plan = cached[1]
@@ -213,6 +243,7 @@ class _FusedRNNMixin:
         return dispatch.plan_module(
             self.backend, self._cell, device, dtype, T, B, self.input_size, self.hidden_size, self.proj_size,
             self.num_layers, self.bidirectional, self._residual_layers, packed, needs_grad, device_lengths,
+            self._zoned,
         )
 
     def _checks_torch_skips(self, input, hx) -> None:
@@ -281,6 +312,7 @@ class _FusedRNNMixin:
         D = 2 if self.bidirectional else 1
         finals: list[list[Tensor]] = [[] for _ in states]
         P = self.proj_size if self.proj_size > 0 else self.hidden_size
+        zoneouts = self._zoneouts(x.device)
         layer_input = x
         for layer in range(self.num_layers):
             residual = layer_input if layer in self._residual_layers else None
@@ -294,12 +326,12 @@ class _FusedRNNMixin:
                 res = None if residual is None else residual[..., direction * P : (direction + 1) * P]
                 if self._cell != "lstm":  # gru, rnn_tanh, rnn_relu: one state
                     y, h_n = getattr(backend, self._cell)(layer_input, states[0][idx], w_ih, w_hh, b_ih, b_hh, res,
-                                                          lengths, direction == 1)
+                                                          lengths, direction == 1, zoneouts[idx])
                     new_states = (h_n,)
                 else:
                     w_hr = w[-1] if self.proj_size > 0 else None
                     y, h_n, c_n = backend.lstm(layer_input, states[0][idx], states[1][idx], w_ih, w_hh, b_ih, b_hh,
-                                               w_hr, res, lengths, direction == 1)
+                                               w_hr, res, lengths, direction == 1, zoneouts[idx])
                     new_states = (h_n, c_n)
                 outputs.append(y)
                 for acc, s in zip(finals, new_states):
@@ -309,6 +341,19 @@ class _FusedRNNMixin:
                 output = self._dropout_between_layers(output, lengths if sorted_lengths else None)
             layer_input = output
         return layer_input, tuple(torch.stack(acc, 0) for acc in finals)
+
+    def _zoneouts(self, device) -> list:
+        """Each layer-direction's zoneout for this call (None without zoneout): in training with
+        seeds from one draw of torch's generator of ``device`` (fusedrnn.zoneout.draw_seeds), in
+        evaluation without (m = p)."""
+        n = self.num_layers * (2 if self.bidirectional else 1)
+        if not self._zoned:
+            return [None] * n
+        p_h, p_c = self._zoneout_p
+        if not self.training:
+            return [_zoneout.Zoneout(p_h, p_c)] * n
+        seeds = _zoneout.draw_seeds(n, device)
+        return [_zoneout.Zoneout(p_h, p_c, seeds[i]) for i in range(n)]
 
     def _run_torch_layers(self, x: Tensor, batch_sizes: Tensor | None, states: tuple[Tensor, ...], weights: list):
         """Every layer on torch's op (both directions in one call, as torch.nn runs a layer), with
@@ -517,8 +562,8 @@ class GRU(_FusedRNNMixin, torch.nn.GRU):
     __doc__ = (
         "Drop-in torch.nn.GRU running on fusedrnn's fused kernels.\n\n"
         "Same arguments, parameters, state_dict, outputs and errors as torch.nn.GRU, plus keyword-only\n"
-        "``residual`` (False | True | first layer index), ``backend`` and ``dropconnect`` (see\n"
-        "fusedrnn.modules).\n"
+        "``residual`` (False | True | first layer index), ``backend``, ``dropconnect`` and ``zoneout``\n"
+        "(see fusedrnn.modules).\n"
     )
     _cell = "gru"
     _input_dim_error = "GRU: Expected input to be 2D or 3D, got {}D instead"  # torch's message
@@ -531,8 +576,8 @@ class LSTM(_FusedRNNMixin, torch.nn.LSTM):
     __doc__ = (
         "Drop-in torch.nn.LSTM running on fusedrnn's fused kernels.\n\n"
         "Same arguments (proj_size included), parameters, state_dict, outputs and errors as\n"
-        "torch.nn.LSTM, plus keyword-only ``residual``, ``backend`` and ``dropconnect`` (see\n"
-        "fusedrnn.modules).\n"
+        "torch.nn.LSTM, plus keyword-only ``residual``, ``backend``, ``dropconnect`` and ``zoneout``\n"
+        "(a float, or a pair (p_h, p_c); see fusedrnn.modules).\n"
         "Unlike torch, PackedSequence input is checked against input_size.\n"
     )
     _cell = "lstm"
@@ -598,7 +643,7 @@ class RNN(_FusedRNNMixin, torch.nn.RNN):
         "Drop-in torch.nn.RNN (the Elman RNN, nonlinearity 'tanh' or 'relu') running on fusedrnn's\n"
         "fused kernels.\n\n"
         "Same arguments, parameters, state_dict, outputs and errors as torch.nn.RNN, plus keyword-only\n"
-        "``residual``, ``backend`` and ``dropconnect`` (see fusedrnn.modules). The cell is torch's\n"
+        "``residual``, ``backend``, ``dropconnect`` and ``zoneout`` (see fusedrnn.modules). The cell is torch's\n"
         "mode: rnn_tanh or rnn_relu (fusedrnn.functional.rnn_tanh / rnn_relu).\n"
     )
     _input_dim_error = "RNN: Expected input to be 2D or 3D, got {}D tensor instead"  # torch's message
@@ -614,7 +659,8 @@ class RNN(_FusedRNNMixin, torch.nn.RNN):
 _TWINS = {torch.nn.GRU: GRU, torch.nn.LSTM: LSTM, torch.nn.RNN: RNN}
 _TORCH_OF = {GRU: torch.nn.GRU, LSTM: torch.nn.LSTM, RNN: torch.nn.RNN}
 # What fusedrnn's modules keep on top of torch.nn's state (options and per-process caches).
-_EXTRAS = ("residual", "_residual_layers", "backend", "dropconnect", "_last_plan", "_flat_weight_shapes")
+_EXTRAS = ("residual", "_residual_layers", "backend", "dropconnect", "_zoneout", "_zoneout_p", "_last_plan",
+           "_flat_weight_shapes")
 
 
 def _path(name: str) -> str:
@@ -682,7 +728,7 @@ def unconvert(model: torch.nn.Module) -> torch.nn.Module:
     computes. The result pickles and exports as plain torch.nn, so checkpoints load without
     fusedrnn installed; ``convert`` turns it back.
 
-    Options torch.nn cannot express (a residual add on some layer, dropconnect > 0) raise a ValueError naming
+    Options torch.nn cannot express (a residual add on some layer, dropconnect > 0, zoneout > 0) raise a ValueError naming
     each such module's path in the model and the option; every module is checked before any is
     changed, so on an error nothing is. Subclasses of fusedrnn's modules (their own code) and
     parametrized ones raise as well.
@@ -707,6 +753,9 @@ def unconvert(model: torch.nn.Module) -> torch.nn.Module:
         elif module.dropconnect > 0:
             problems.append(f"{_path(name)} has dropconnect={module.dropconnect!r} (a random mask on weight_hh "
                             f"in training), which torch.nn.{cls.__name__} cannot express")
+        elif module._zoned:
+            problems.append(f"{_path(name)} has zoneout={module.zoneout!r} (zoned states in training and "
+                            f"evaluation), which torch.nn.{cls.__name__} cannot express")
         else:
             swaps.append(module)
     if problems:

@@ -10,13 +10,18 @@ Semantics shared by every backend (see fusedrnn.functional):
 - at an invalid step the state is carried unchanged and ``y[t] = 0``;
 - ``reverse=True`` walks t = T-1 .. 0; since steps past a row's length are skipped, each row
   effectively starts at its own last valid step;
-- the final state is the state after the last processed valid step.
+- the final state is the state after the last processed valid step;
+- ``zoneout`` (a fusedrnn.zoneout.Zoneout, or None): each new state is zoned,
+  h_t = m * h_{t-1} + (1 - m) * h~_t (and c_t likewise for LSTM), before the output and the
+  length masking; the masks are fusedrnn.zoneout's counter-based ones.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from . import zoneout as _zoneout
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -40,7 +45,7 @@ def _steps(T: int, reverse: bool):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _one_state_sequence(step, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+def _one_state_sequence(step, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
     """The time loop of a one-state cell (GRU, Elman RNN): ``step(gx_t, gh, h) -> h_new`` with
     gh = h W_hhᵀ + b_hh, everything in the compute dtype; masking, residual and stacking here."""
     out_dtype = x.dtype
@@ -57,7 +62,7 @@ def _one_state_sequence(step, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, 
         gh = h @ w_hh.t()
         if b_hh is not None:
             gh = gh + b_hh
-        h_new = step(gx[t], gh, h)
+        h_new = _zoneout.apply(zoneout, 0, t, step(gx[t], gh, h), h)
         y_t = h_new if residual is None else h_new + residual[t].to(ct)
         valid = _valid_mask(lengths, t, B, x.device)
         if valid is not None:
@@ -80,6 +85,7 @@ def gru_reference(
     residual: Tensor | None = None,
     lengths: Tensor | None = None,
     reverse: bool = False,
+    zoneout: _zoneout.Zoneout | None = None,
 ) -> tuple[Tensor, Tensor]:
     """GRU over a whole sequence. x (T, B, I), h0 (B, H) -> y (T, B, H), h_n (B, H)."""
 
@@ -91,7 +97,7 @@ def gru_reference(
         n = torch.tanh(gx_n + r * gh_n)
         return (1 - z) * n + z * h
 
-    return _one_state_sequence(step, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+    return _one_state_sequence(step, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
 
 
 def rnn_reference(
@@ -106,6 +112,7 @@ def rnn_reference(
     residual: Tensor | None = None,
     lengths: Tensor | None = None,
     reverse: bool = False,
+    zoneout: _zoneout.Zoneout | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Elman RNN (torch.nn.RNN's cell) over a whole sequence: h' = act(x W_ihᵀ + b_ih + h W_hhᵀ + b_hh),
     act = tanh or relu. x (T, B, I), h0 (B, H) -> y (T, B, H), h_n (B, H)."""
@@ -113,7 +120,7 @@ def rnn_reference(
         raise ValueError(f"Unknown nonlinearity '{nonlinearity}'. Select from 'tanh' or 'relu'.")
     act = torch.tanh if nonlinearity == "tanh" else torch.relu
     return _one_state_sequence(lambda gx_t, gh, h: act(gx_t + gh), x, h0, w_ih, w_hh, b_ih, b_hh, residual,
-                               lengths, reverse)
+                               lengths, reverse, zoneout)
 
 
 def lstm_reference(
@@ -129,6 +136,7 @@ def lstm_reference(
     residual: Tensor | None = None,
     lengths: Tensor | None = None,
     reverse: bool = False,
+    zoneout: _zoneout.Zoneout | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """LSTM over a whole sequence. x (T, B, I), h0 (B, P), c0 (B, H) -> y (T, B, P), h_n, c_n."""
     out_dtype = x.dtype
@@ -156,6 +164,8 @@ def lstm_reference(
         h_new = o * torch.tanh(c_new)
         if w_hr is not None:
             h_new = h_new @ w_hr.t()
+        c_new = _zoneout.apply(zoneout, 1, t, c_new, c)
+        h_new = _zoneout.apply(zoneout, 0, t, h_new, h)
         y_t = h_new if residual is None else h_new + residual[t].to(ct)
         valid = _valid_mask(lengths, t, B, x.device)
         if valid is not None:

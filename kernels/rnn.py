@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from . import plan as plans
-from .cells import gates_backward, gates_forward
+from .cells import gates_backward, gates_forward, zone, zone_grad, zoneout_params
 from .common import (
     barrier_arrive, barrier_wait, device_of, dot_precision, interpreter_on, launch_steps, lowp_torch_gemms, mma,
 )
@@ -274,13 +274,15 @@ def rnn_fwd_kernel(
     hseq_ptr,  # (n_slots, B, H) acc
     cseq_ptr,  # (n_slots, B, H) acc (LSTM)
     act_ptr,  # (T, B, NA*H) acc (written only if SAVE_ACT)
+    zo_ptr,  # (4,) acc: p_h, p_c, 1 - p_h, 1 - p_c (read only if ZO_H or ZO_C)
+    zo_seed_ptr,  # (2,) int64: the h and c mask seeds (read only in training: ZO_* == 1)
     T, B, H, n_slots,
     k_valid,  # H rounded up to 16 (always a multiple of 16: specialized as such)
     counter_ptr,  # (n_btiles,) int32 zeros: per-batch-tile barrier counters
     t_begin, n_steps,
     USE_GRID_BARRIER: tl.constexpr,
     CELL: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, HAS_LEN: tl.constexpr,
-    REVERSE: tl.constexpr, SAVE_ACT: tl.constexpr,
+    REVERSE: tl.constexpr, SAVE_ACT: tl.constexpr, ZO_H: tl.constexpr, ZO_C: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, HP: tl.constexpr, KS: tl.constexpr, BLOCK_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, RESIDENT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -308,6 +310,8 @@ def rnn_fwd_kernel(
     else:
         w_res = 0
         blk_end = n_blk
+    ph, qh = zoneout_params(ZO_H, zo_ptr, 0)
+    pc, qc = zoneout_params(ZO_C, zo_ptr, 1)
 
     for s in range(n_steps):
         q = t_begin + s  # processing step
@@ -346,6 +350,11 @@ def rnn_fwd_kernel(
             h_new, c_new, act0, act1, act2, act3 = gates_forward(
                 CELL, x0, x1, x2, x3, a0 + b0.to(acc_dtype), a1 + b1.to(acc_dtype), a2 + b2.to(acc_dtype),
                 a3 + b3.to(acc_dtype), h_prev, c_prev)
+            if ZO_H + ZO_C > 0:  # zoneout: the masks' counters are (t * B + b) * H + unit (fusedrnn/zoneout.py)
+                zo_offs = t64 * B * H + st_offs
+                h_new = zone(ZO_H, zo_seed_ptr, 0, ph, qh, zo_offs, h_new, h_prev)
+                if CELL == "lstm":
+                    c_new = zone(ZO_C, zo_seed_ptr, 1, pc, qc, zo_offs, c_new, c_prev)
 
             h_keep = tl.where(ok, h_new, h_prev)  # invalid step: the state is carried
             tl.store(hseq_ptr + next_state + st_offs, h_keep, mask=m2)
@@ -375,11 +384,14 @@ def rnn_bwd_kernel(
     xchg_ptr,  # (2, BP, SLOTS*HP) weight dtype, zeros: dgh of the previous backward step, the product's operand
     dh_ptr,  # (B, H) acc in/out: dL/dh carried between steps (grad of h_n on entry)
     dc_ptr,  # (B, H) acc in/out (LSTM; grad of c_n on entry)
+    zo_ptr,  # (4,) acc: p_h, p_c, 1 - p_h, 1 - p_c (read only if ZO_H or ZO_C)
+    zo_seed_ptr,  # (2,) int64: the forward's mask seeds, the masks regenerated (training: ZO_* == 1)
     T, B, H,
     k_valid,  # H rounded up to 16
     counter_ptr, t_begin, n_steps,
     USE_GRID_BARRIER: tl.constexpr,
     CELL: tl.constexpr, HAS_LEN: tl.constexpr, HAS_DY: tl.constexpr, REVERSE: tl.constexpr,
+    ZO_H: tl.constexpr, ZO_C: tl.constexpr,
     BB: tl.constexpr, BH: tl.constexpr, HP: tl.constexpr, KS: tl.constexpr, BLOCK_K: tl.constexpr,
     NUM_STAGES: tl.constexpr, RESIDENT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -407,6 +419,8 @@ def rnn_bwd_kernel(
     else:
         w_res = 0
         blk_end = n_blk
+    ph, qh = zoneout_params(ZO_H, zo_ptr, 0)
+    pc, qc = zoneout_params(ZO_C, zo_ptr, 1)
 
     for s in range(n_steps):
         q_bwd = t_begin + s
@@ -431,8 +445,21 @@ def rnn_bwd_kernel(
             dh_t = dh
             if HAS_DY:
                 dh_t = dh + tl.where(ok, dy, 0.0)  # y_t = h_t (+ residual) only at valid steps
+            dh_cell = dh_t
+            dc_cell = dc
+            if ZO_H + ZO_C > 0:  # zoneout: the gradient of the zoned state splits between h~ (c~) and h_{t-1} (c_{t-1})
+                zo_offs = t64 * B * H + st_offs
+                dh_cell, dh_zone = zone_grad(ZO_H, zo_seed_ptr, 0, ph, qh, zo_offs, dh_t)
+                if CELL == "lstm":
+                    dc_cell, dc_zone = zone_grad(ZO_C, zo_seed_ptr, 1, pc, qc, zo_offs, dc)
+                    if ZO_C > 0:  # cseq holds the zoned c_t; the cell's backward needs its own c~_t
+                        c_new = act1 * c_prev + act0 * act2
             d0, d1, d2, d3, dgh2, dh_direct, dc_prev = gates_backward(
-                CELL, dh_t, dc, act0, act1, act2, act3, h_prev, c_prev, c_new)
+                CELL, dh_cell, dc_cell, act0, act1, act2, act3, h_prev, c_prev, c_new)
+            if ZO_H + ZO_C > 0:
+                dh_direct = dh_direct + dh_zone
+                if CELL == "lstm":
+                    dc_prev = dc_prev + dc_zone
             d0 = tl.where(ok, d0, 0.0)
             d1 = tl.where(ok, d1, 0.0)
             d2 = tl.where(ok, d2, 0.0)
@@ -528,10 +555,31 @@ def _k_valid(H: int) -> int:
     return -(-H // 16) * 16
 
 
+def zoneout_args(cell, zoneout, acc, device, placeholder):
+    """(zo, seeds, ZO_H, ZO_C) for a launch. ``zoneout``: None, or (p_h, p_c, seeds) with seeds an
+    int64 (2,) tensor in training and None in evaluation (fusedrnn.zoneout.Zoneout). zo is
+    [p_h, p_c, 1 - p_h, 1 - p_c] in the accumulation dtype, filled on the device (no host copy:
+    capturable in a CUDA graph). A state with p = 0 is not zoned (mode 0)."""
+    if zoneout is None:
+        return placeholder, placeholder, 0, 0
+    p_h, p_c, seeds = zoneout
+    if cell != "lstm":
+        p_c = 0.0
+    train = 1 if seeds is not None else 2
+    modes = (train if p_h > 0 else 0, train if p_c > 0 else 0)
+    if modes == (0, 0):
+        return placeholder, placeholder, 0, 0
+    zo = torch.empty(4, dtype=acc, device=device)
+    for i, v in enumerate((p_h, p_c, 1.0 - p_h, 1.0 - p_c)):
+        zo[i].fill_(v)
+    return zo, (seeds.to(device=device, dtype=torch.int64) if seeds is not None else placeholder), *modes
+
+
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, *,
-            allow_tf32=False, strategy=None, force_grid_barrier=None, plan_override=None):
+            allow_tf32=False, strategy=None, force_grid_barrier=None, plan_override=None, zoneout=None):
     """One layer-direction. Returns y (T,B,H), h_n, c_n (B,H) (c_n None for GRU) and the saved
     (hseq, cseq, act) for backward() (empty tensors when not ``save``; cseq empty for GRU).
+    ``zoneout``: None or (p_h, p_c, seeds) (zoneout_args); the backward takes the same.
     ``allow_tf32``: fp32 products may use TF32 on a GPU (the caller reads torch's switch);
     ``strategy`` / ``force_grid_barrier`` / ``plan_override`` override the plan (tests, benchmarks)."""
     T, B, _ = x.shape
@@ -551,15 +599,17 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse,
     plan = make_plan(cell, "fwd", x, w_hh, strategy, plan_override, allow_tf32)
     xchg = _exchange(plan, plan.HP, w_hh.dtype, x.device)
     xchg[0, :B, :H] = h0
+    zo, zo_seeds, zo_h, zo_c = zoneout_args(cell, zoneout, acc, x.device, gx)
     args = (
         gx, pack_weights(w_hh, plan), b_hh.contiguous() if b_hh is not None else w_hh,
         residual.contiguous() if residual is not None else y,
         lengths.contiguous() if lengths is not None else gx,
-        y, xchg, hseq, cseq, act, T, B, H, n_slots, _k_valid(H),
+        y, xchg, hseq, cseq, act, zo, zo_seeds, T, B, H, n_slots, _k_valid(H),
     )
     constexprs = dict(
         plan.constexprs(), HAS_BIAS=b_hh is not None, HAS_RES=residual is not None, HAS_LEN=lengths is not None,
-        REVERSE=bool(reverse), SAVE_ACT=bool(save), DOT_PRECISION=dot_precision(x.dtype, x.device, allow_tf32),
+        REVERSE=bool(reverse), SAVE_ACT=bool(save), ZO_H=zo_h, ZO_C=zo_c,
+        DOT_PRECISION=dot_precision(x.dtype, x.device, allow_tf32),
     )
     launch_steps(rnn_fwd_kernel, plan, T, args, constexprs, force_grid_barrier)
     h_n = hseq[T % n_slots].to(x.dtype, copy=True)
@@ -613,7 +663,7 @@ def weight_grads(dgx, dgh, x, w_ih, hseq, reverse, needs):
 
 
 def backward(cell, dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reverse, needs, *,
-             allow_tf32=False, strategy=None, force_grid_barrier=None, plan_override=None):
+             allow_tf32=False, strategy=None, force_grid_barrier=None, plan_override=None, zoneout=None):
     """Gradients of forward(). dy (T,B,H), dh_n, dc_n (B,H) may be None. ``needs`` = flags for
     (x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual) (c0 False for GRU). Returns the 8 grads in that
     order (None where not needed)."""
@@ -631,14 +681,15 @@ def backward(cell, dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reve
         dc = dh
     plan = make_plan(cell, "bwd", x, w_hh, strategy, plan_override, allow_tf32)
     xchg = _exchange(plan, plan.slots * plan.HP, w_hh.dtype, x.device)
+    zo, zo_seeds, zo_h, zo_c = zoneout_args(cell, zoneout, acc, x.device, dh)
     args = (
         pack_weights(w_hh, plan), lengths.contiguous() if lengths is not None else dh,
         dy.contiguous() if dy is not None else dh,
-        hseq, cseq if cell == "lstm" else hseq, act, dgx, dgh, xchg, dh, dc, T, B, H, _k_valid(H),
+        hseq, cseq if cell == "lstm" else hseq, act, dgx, dgh, xchg, dh, dc, zo, zo_seeds, T, B, H, _k_valid(H),
     )
     constexprs = dict(
         plan.constexprs(), HAS_LEN=lengths is not None, HAS_DY=dy is not None, REVERSE=bool(reverse),
-        DOT_PRECISION=dot_precision(x.dtype, x.device, allow_tf32),
+        ZO_H=zo_h, ZO_C=zo_c, DOT_PRECISION=dot_precision(x.dtype, x.device, allow_tf32),
     )
     launch_steps(rnn_bwd_kernel, plan, T, args, constexprs, force_grid_barrier)
 

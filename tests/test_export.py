@@ -142,3 +142,31 @@ def test_rnn_default_exporter_exports_torch_nn_rnns_graph(nonlinearity):
     assert [n.op_type for n in graphs[0].graph.node] == [n.op_type for n in graphs[1].graph.node]
     assert nonlinearity.capitalize() in {n.op_type for n in graphs[0].graph.node}
     np.testing.assert_allclose(_run(graphs[0], x), plain(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+# zoneout in evaluation (h_t = p h_{t-1} + (1 - p) h~_t) is not torch's RNN op: both exporters get
+# the reference's plain ops, unrolled at the traced length.
+ZONEOUT_MODELS = {
+    "gru-zoneout": lambda: fusedrnn.GRU(8, 16, num_layers=2, zoneout=0.3),
+    "lstm-zoneout-pair": lambda: fusedrnn.LSTM(8, 16, zoneout=(0.1, 0.4), bidirectional=True),
+    "rnn-zoneout": lambda: fusedrnn.RNN(8, 16, zoneout=0.2),
+}
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["default", "torchscript"])
+@pytest.mark.parametrize("name", list(ZONEOUT_MODELS))
+def test_zoneout_evaluation_exports_plain_ops(name, dynamo):
+    torch.manual_seed(0)
+    model = Head(ZONEOUT_MODELS[name]()).eval()
+    x = torch.randn(5, 3, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            proto = torch.onnx.export(model, (x,), dynamo=True, verbose=False).model_proto
+        else:
+            f = io.BytesIO()
+            torch.onnx.export(model, (x,), f, dynamo=False, input_names=["x"])
+            proto = onnx.load_from_string(f.getvalue())
+    ops = {n.op_type for n in proto.graph.node}
+    assert not {"RNN", "GRU", "LSTM"} & ops, ops
+    np.testing.assert_allclose(_run(proto, x), model(x).detach().numpy(), rtol=1e-5, atol=1e-6)

@@ -31,11 +31,13 @@ side directory (``side_triton_dir``), and the compiled code is checked for what 
   backward HAS_LEN x HAS_DY x REVERSE (8); fp16 gets the default sets below instead of the cross
   (its plans are bf16's; of 115 sm_90 specializations compiled both ways, 114 had the same
   registers and one differed by 2, Triton 3.8); plus the exact flag sets the benchmark itself
-  runs (both directions of a bidirectional case, forward-only and training);
+  runs (both directions of a bidirectional case, forward-only and training; a zoneout case with
+  the zoneout modes it runs: training masks ZO_H/ZO_C=1, evaluation 2);
 - for the tests' shapes (and the table's corners: tiny H, huge B, H beyond what stays on chip),
   every code path (strategy x W residency x warp split x direction x cell x dtype/precision) at
   its largest tile, with all flags on, all off, and the torch.nn defaults (bias on; saved
-  activations on and off; backward with dy);
+  activations on and off; backward with dy); and all flags on with zoneout (training masks, which
+  add the Philox rounds to the step, forward and backward; evaluation, forward);
 - sm_80 (A100 plans): the code paths at their largest tile, flags all on and all off.
 
 Register pressure, not the tile size, decides spills (ptxas spilled one tile under some flag sets
@@ -130,6 +132,7 @@ def _path_key(plan, direction) -> tuple:
 # gradient), which the plan does not see.
 FWD_FLAGS = ("HAS_BIAS", "HAS_RES", "HAS_LEN", "SAVE_ACT")  # crossed; REVERSE follows their parity
 BWD_FLAGS = ("HAS_LEN", "HAS_DY", "REVERSE")  # crossed
+ZONEOUT_MODES = ("ZO_H", "ZO_C")  # the kernels' zoneout constexprs: 0 off (the default here), 1 training, 2 evaluation
 # (dtype, product precision) of the benchmark grid: the bench's dtypes (fp32 exact, torch's
 # default) and TF32 (torch.backends.cuda.matmul.allow_tf32)
 BENCH_DTYPES = [("bfloat16", "ieee"), ("float16", "ieee"), ("float32", "ieee"), ("float32", "tf32")]
@@ -156,6 +159,10 @@ def bench_flag_sets(case, direction: str) -> list[dict]:
         for res in sorted({False, case.residual}):
             for save in (False, True):
                 out.append(dict(HAS_BIAS=True, HAS_RES=res, HAS_LEN=case.packed, SAVE_ACT=save, REVERSE=reverse))
+    if getattr(case, "zoneout", 0):  # training (masks; forward with and without saving) and evaluation
+        zc = 1 if case.cell == "lstm" else 0
+        out = [dict(f, ZO_H=1, ZO_C=zc) for f in out] + \
+            [dict(f, ZO_H=2, ZO_C=2 * zc) for f in out if direction == "fwd" and not f["SAVE_ACT"]]
     return out
 
 
@@ -168,6 +175,17 @@ def default_flag_sets(direction: str) -> list[dict]:
     every = (*FWD_FLAGS, "REVERSE")
     return [dict.fromkeys(every, True), dict.fromkeys(every, False),
             dict(dict.fromkeys(every, False), HAS_BIAS=True, SAVE_ACT=True), dict(dict.fromkeys(every, False), HAS_BIAS=True)]
+
+
+def zoneout_flag_sets(cell: str, direction: str) -> list[dict]:
+    """Every flag on with zoneout: in training (the Philox masks generated in the step, and in the
+    backward again: the most registers) and, forward, in evaluation."""
+    zc = 1 if cell == "lstm" else 0
+    every = default_flag_sets(direction)[0]
+    sets = [dict(every, ZO_H=1, ZO_C=zc)]
+    if direction == "fwd":
+        sets.append(dict(every, ZO_H=2, ZO_C=2 * zc))
+    return sets
 
 
 def _fma(dtype: str, precision: str) -> bool:
@@ -209,7 +227,8 @@ def configs() -> list[Config]:
                             size = (p.BB * p.K * p.elem_bytes, p.smem_bytes, p.N)
                             if key not in worst or size > worst[key][0]:
                                 worst[key] = (size, p)
-                    sets = default_flag_sets(direction) if cc == 90 else default_flag_sets(direction)[:2]
+                    sets = default_flag_sets(direction) + zoneout_flag_sets(cell, direction) if cc == 90 \
+                        else default_flag_sets(direction)[:2]
                     for _, p in sorted(worst.values(), key=lambda v: repr(v[1])):
                         for flags in sets:
                             add(p, direction, dtype, precision, cc, flags)
@@ -220,9 +239,11 @@ def configs() -> list[Config]:
 
 def _config(p, direction, dtype, precision, cc, flags: dict) -> Config:
     names = (*FWD_FLAGS, "REVERSE") if direction == "fwd" else BWD_FLAGS
-    if set(flags) != set(names):
-        raise ValueError(f"{direction} flags must be {names}, got {sorted(flags)}")
-    c = dict(p.constexprs(), USE_GRID_BARRIER=p.grid_barrier, DOT_PRECISION=precision, **flags)
+    if set(flags) - set(ZONEOUT_MODES) != set(names):
+        raise ValueError(f"{direction} flags must be {names} (and optionally {ZONEOUT_MODES}), got {sorted(flags)}")
+    # zoneout modes (0 off, 1 training masks, 2 evaluation) default to off
+    c = dict(p.constexprs(), USE_GRID_BARRIER=p.grid_barrier, DOT_PRECISION=precision,
+             **dict.fromkeys(ZONEOUT_MODES, 0), **flags)
     return Config(f"rnn_{direction}_kernel", dtype, tuple(sorted(c.items())), p.num_warps, p.num_stages, cc,
                   p.maxnreg, p.describe(), p.smem_bytes)
 
@@ -231,8 +252,8 @@ def _config(p, direction, dtype, precision, cc, flags: dict) -> Config:
 # Compiling (runs in a worker process, interpreter off, with whichever Triton is first on the path)
 # ------------------------------------------------------------------------------------------------
 
-ACC_ROLES = {"gx_ptr", "hseq_ptr", "cseq_ptr", "act_ptr", "dgx_ptr", "dgh_ptr", "dh_ptr", "dc_ptr"}
-INT_ROLES = {"len_ptr": "i64", "counter_ptr": "i32", "slots_ptr": "i32", "errors_ptr": "i32", "data_ptr": "i32"}
+ACC_ROLES = {"gx_ptr", "hseq_ptr", "cseq_ptr", "act_ptr", "dgx_ptr", "dgh_ptr", "dh_ptr", "dc_ptr", "zo_ptr"}
+INT_ROLES = {"len_ptr": "i64", "zo_seed_ptr": "i64", "counter_ptr": "i32", "slots_ptr": "i32", "errors_ptr": "i32", "data_ptr": "i32"}
 # runtime ints the launcher always passes as multiples of 16 (Triton specializes them as such)
 DIVISIBLE_INTS = {"k_valid"}
 

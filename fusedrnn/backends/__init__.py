@@ -60,6 +60,7 @@ class CallSpec:
     needs_grad: bool = False  # autograd will run a backward through this call
     tracing: bool = False  # under torch.compile: T, B and I are blanked, only traceable paths qualify
     device_lengths: bool = False  # lengths live off the CPU: a backend reading them on the host would sync
+    zoneout: bool = False  # the states are zoned (fusedrnn/zoneout.py), in training or evaluation
 
 
 def dtype_reasons(dtype: torch.dtype, supported) -> list[str]:
@@ -83,21 +84,23 @@ class Backend:
         asked for this backend by name (some paths are offered only then, e.g. the interpreter)."""
         return self.unavailable()
 
-    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+    # ``zoneout``: a fusedrnn.zoneout.Zoneout or None; only backends whose reasons() accept a
+    # spec with zoneout=True are ever handed one.
+    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
         raise NotImplementedError
 
-    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
+    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None):
         raise NotImplementedError
 
-    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
         """The Elman RNN cell ``cell`` ("rnn_tanh" | "rnn_relu"); the arguments are gru's."""
         raise NotImplementedError
 
-    def rnn_tanh(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
-        return self.rnn("rnn_tanh", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+    def rnn_tanh(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
+        return self.rnn("rnn_tanh", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
 
-    def rnn_relu(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
-        return self.rnn("rnn_relu", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+    def rnn_relu(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
+        return self.rnn("rnn_relu", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
 
 
 class _Unimportable(Backend):

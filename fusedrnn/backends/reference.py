@@ -16,20 +16,21 @@ class ReferenceBackend(Backend):
     def reasons(self, spec, forced):
         return dtype_reasons(spec.dtype, FLOAT_DTYPES)
 
-    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
         return reference.gru_reference(
-            x, h0, w_ih, w_hh, b_ih, b_hh, residual=residual, lengths=lengths, reverse=reverse
+            x, h0, w_ih, w_hh, b_ih, b_hh, residual=residual, lengths=lengths, reverse=reverse, zoneout=zoneout
         )
 
-    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
         return reference.rnn_reference(
             x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=cell.removeprefix("rnn_"), residual=residual,
-            lengths=lengths, reverse=reverse,
+            lengths=lengths, reverse=reverse, zoneout=zoneout,
         )
 
-    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
+    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None):
         return reference.lstm_reference(
-            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual=residual, lengths=lengths, reverse=reverse
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual=residual, lengths=lengths, reverse=reverse,
+            zoneout=zoneout,
         )
 
 

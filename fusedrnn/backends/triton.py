@@ -125,15 +125,16 @@ def _grads_out(grads, x: Tensor, lstm: bool) -> tuple[Tensor, ...]:
 def _hcell_fwd(
     cell: str, x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
     residual: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, save: bool, strategy: Optional[str],
+    zo_p: list[float], zo_seeds: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     y, h_n, _, hseq, _, act = _kernels().forward(
         cell, x, h0, None, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save,
-        allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy)
+        allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy, zoneout=_zo(zo_p, zo_seeds))
     return y, h_n, hseq, act
 
 
 @_hcell_fwd.register_fake
-def _(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy):
+def _(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy, zo_p, zo_seeds):
     T, B, _ = x.shape
     H = w_hh.shape[1]
     return (x.new_empty(T, B, H), x.new_empty(B, H), *_saved_shapes(x, H, save, cell))
@@ -143,23 +144,25 @@ def _(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, str
 def _hcell_bwd(
     cell: str, dy: Optional[Tensor], dh_n: Optional[Tensor], x: Tensor, w_ih: Tensor, w_hh: Tensor,
     lengths: Optional[Tensor], hseq: Tensor, act: Tensor, reverse: bool, needs: list[bool], strategy: Optional[str],
+    zo_p: list[float], zo_seeds: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     need_x, need_h0, *rest = needs
     grads = _kernels().backward(cell, dy, dh_n, None, x, w_ih, w_hh, lengths, hseq, None, act, reverse,
                                 (need_x, need_h0, False, *rest), allow_tf32=cuda_matmul_allows_tf32(),
-                                strategy=strategy)
+                                strategy=strategy, zoneout=_zo(zo_p, zo_seeds))
     return _grads_out(grads, x, lstm=False)
 
 
 @_hcell_bwd.register_fake
-def _(cell, dy, dh_n, x, w_ih, w_hh, lengths, hseq, act, reverse, needs, strategy):
+def _(cell, dy, dh_n, x, w_ih, w_hh, lengths, hseq, act, reverse, needs, strategy, zo_p, zo_seeds):
     return _grad_shapes(x, w_ih, w_hh, needs, lstm=False)
 
 
 def _hcell_setup(ctx, inputs, output):
-    cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy = inputs
+    cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy, zo_p, zo_seeds = inputs
     _, _, hseq, act = output
-    ctx.save_for_backward(x, w_ih, w_hh, lengths, hseq, act)
+    ctx.save_for_backward(x, w_ih, w_hh, lengths, hseq, act, zo_seeds)
+    ctx.zo_p = zo_p
     ctx.cell = cell
     ctx.has_bias = b_ih is not None
     ctx.has_res = residual is not None
@@ -169,37 +172,55 @@ def _hcell_setup(ctx, inputs, output):
 
 
 def _hcell_backward(ctx, dy, dh_n, _dhseq, _dact):
-    x, w_ih, w_hh, lengths, hseq, act = ctx.saved_tensors
+    x, w_ih, w_hh, lengths, hseq, act, zo_seeds = ctx.saved_tensors
     n = ctx.needs_input_grad[1:]  # after the cell's name
     needs = [n[0], n[1], n[2], n[3], ctx.has_bias and n[4], ctx.has_bias and n[5], ctx.has_res and n[6]]
-    grads = _hcell_bwd(ctx.cell, dy, dh_n, x, w_ih, w_hh, lengths, hseq, act, ctx.reverse, needs, ctx.strategy)
+    grads = _hcell_bwd(ctx.cell, dy, dh_n, x, w_ih, w_hh, lengths, hseq, act, ctx.reverse, needs, ctx.strategy,
+                       ctx.zo_p, zo_seeds)
     grads = [g if need else None for g, need in zip(grads, needs)]
-    return (None, *grads, None, None, None, None)
+    return (None, *grads, None, None, None, None, None, None)
 
 
 torch.library.register_autograd("fusedrnn::triton_hcell_fwd", _hcell_backward, setup_context=_hcell_setup)
 
 
-def _run_hcell(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, strategy):
+def _zo(zo_p: list[float], zo_seeds: Optional[Tensor]):
+    """The ops' zoneout arguments -> the kernels' (p_h, p_c, seeds) or None: ``zo_p`` is [] without
+    zoneout, else [p_h, p_c]; ``zo_seeds`` the (2,) int64 seeds in training, None in evaluation."""
+    return (zo_p[0], zo_p[1], zo_seeds) if zo_p else None
+
+
+def _zo_args(zoneout) -> tuple[list[float], Optional[Tensor]]:
+    """A fusedrnn.zoneout.Zoneout (or None) -> the ops' (zo_p, zo_seeds)."""
+    if zoneout is None:
+        return [], None
+    return [zoneout.p_h, zoneout.p_c], zoneout.seeds
+
+
+def _run_hcell(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, strategy, zoneout=None):
     if lengths is not None:
         # torch keeps lengths on the CPU; non_blocking avoids a stream sync for the copy
         lengths = lengths.to(device=x.device, non_blocking=True)
     save = _needs_save(x, h0, w_ih, w_hh, b_ih, b_hh, residual)
-    y, h_n, _, _ = _hcell_fwd(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy)
+    y, h_n, _, _ = _hcell_fwd(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy,
+                              *_zo_args(zoneout))
     return y, h_n
 
 
-def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, *, strategy: Optional[str] = None):
+def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, *,
+        strategy: Optional[str] = None):
     """One GRU layer-direction (see fusedrnn.functional.gru). ``strategy`` forces "persistent" or
-    "batch_tile" (tests, benchmarks); None picks by shape (kernels/plan.py: choose_strategy)."""
-    return _run_hcell("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, strategy)
+    "batch_tile" (tests, benchmarks); None picks by shape (kernels/plan.py: choose_strategy).
+    ``zoneout``: a fusedrnn.zoneout.Zoneout or None (masks generated in the kernels)."""
+    return _run_hcell("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, strategy, zoneout)
 
 
-def rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, *, strategy: Optional[str] = None):
+def rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, *,
+        strategy: Optional[str] = None):
     """One Elman RNN layer-direction, ``cell`` "rnn_tanh" or "rnn_relu" (see fusedrnn.functional.rnn_tanh)."""
     if cell not in ("rnn_tanh", "rnn_relu"):
         raise ValueError(f"cell must be 'rnn_tanh' or 'rnn_relu', got {cell!r}")
-    return _run_hcell(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, strategy)
+    return _run_hcell(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, strategy, zoneout)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -211,14 +232,14 @@ def rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, *, stra
 def _lstm_fwd(
     x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
     b_hh: Optional[Tensor], residual: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, save: bool,
-    strategy: Optional[str],
+    strategy: Optional[str], zo_p: list[float], zo_seeds: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _kernels().forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save,
-                       allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy)
+                              allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy, zoneout=_zo(zo_p, zo_seeds))
 
 
 @_lstm_fwd.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy):
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy, zo_p, zo_seeds):
     T, B, _ = x.shape
     H = w_hh.shape[1]
     return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H), *_saved_shapes(x, H, save, "lstm"))
@@ -228,22 +249,24 @@ def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strat
 def _lstm_bwd(
     dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor], x: Tensor, w_ih: Tensor,
     w_hh: Tensor, lengths: Optional[Tensor], hseq: Tensor, cseq: Tensor, act: Tensor, reverse: bool,
-    needs: list[bool], strategy: Optional[str],
+    needs: list[bool], strategy: Optional[str], zo_p: list[float], zo_seeds: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     grads = _kernels().backward("lstm", dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reverse, tuple(needs),
-                         allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy)
+                                allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy,
+                                zoneout=_zo(zo_p, zo_seeds))
     return _grads_out(grads, x, lstm=True)
 
 
 @_lstm_bwd.register_fake
-def _(dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reverse, needs, strategy):
+def _(dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reverse, needs, strategy, zo_p, zo_seeds):
     return _grad_shapes(x, w_ih, w_hh, needs, lstm=True)
 
 
 def _lstm_setup(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy = inputs
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy, zo_p, zo_seeds = inputs
     _, _, _, hseq, cseq, act = output
-    ctx.save_for_backward(x, w_ih, w_hh, lengths, hseq, cseq, act)
+    ctx.save_for_backward(x, w_ih, w_hh, lengths, hseq, cseq, act, zo_seeds)
+    ctx.zo_p = zo_p
     ctx.has_bias = b_ih is not None
     ctx.has_res = residual is not None
     ctx.reverse = reverse
@@ -252,19 +275,19 @@ def _lstm_setup(ctx, inputs, output):
 
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, _dhseq, _dcseq, _dact):
-    x, w_ih, w_hh, lengths, hseq, cseq, act = ctx.saved_tensors
+    x, w_ih, w_hh, lengths, hseq, cseq, act, zo_seeds = ctx.saved_tensors
     n = ctx.needs_input_grad
     needs = [n[0], n[1], n[2], n[3], n[4], ctx.has_bias and n[5], ctx.has_bias and n[6], ctx.has_res and n[7]]
     grads = _lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, ctx.reverse, needs,
-                      ctx.strategy)
+                      ctx.strategy, ctx.zo_p, zo_seeds)
     grads = [g if need else None for g, need in zip(grads, needs)]
-    return (*grads, None, None, None, None)
+    return (*grads, None, None, None, None, None, None)
 
 
 torch.library.register_autograd("fusedrnn::triton_lstm_fwd", _lstm_backward, setup_context=_lstm_setup)
 
 
-def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, *,
+def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None, *,
          strategy: Optional[str] = None):
     """One LSTM layer-direction (see fusedrnn.functional.lstm); no projection (see limits)."""
     if w_hr is not None:
@@ -273,7 +296,8 @@ def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, *,
         # torch keeps lengths on the CPU; non_blocking avoids a stream sync for the copy
         lengths = lengths.to(device=x.device, non_blocking=True)
     save = _needs_save(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual)
-    y, h_n, c_n, _, _, _ = _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy)
+    y, h_n, c_n, _, _, _ = _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy,
+                                     *_zo_args(zoneout))
     return y, h_n, c_n
 
 
@@ -314,14 +338,14 @@ class TritonBackend(Backend):
         reasons += limits(spec)
         return reasons
 
-    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
-        return gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
+        return gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
 
-    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
-        return rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
+        return rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
 
-    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
-        return lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse)
+    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None):
+        return lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout)
 
 
 BACKEND = TritonBackend()
