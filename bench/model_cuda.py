@@ -28,10 +28,12 @@ Assumptions beyond perf_model.Machine (central values; a GPU session measures th
   L2 -> SM fill 64 B/clk per SM (range 32-64); L2 read bandwidth 5.5 TB/s for all SMs together
   (range 4.5-7); mma.sync issue 1024 fp16/bf16 FMA/clk/SM (A100's rate; H100's mma.sync is reported
   at 60-70 % of its 2048 wgmma peak), TF32 half of that; __syncthreads 0.02 us.
-  Ready flags (FUSEDRNN_CUDA_READY_FLAGS=1, off by default; in each estimate's notes only, as MODEL
-  figures): one step boundary READY_FLAGS_US = 0.6 us (range 0.4-0.9) in place of the grid barrier's
-  Machine.barrier_us (1.2): the release waits for the step's stores to reach L2 (~0.25), the
-  consumer's polls (warp 0 only, relaxed loads that overlap) see the flag one L2 read later (~0.2)
+  Ready flags: one step boundary READY_FLAGS_US = 0.6 us (range 0.4-0.9) in place of the grid
+  barrier's Machine.barrier_us (1.2). The model prices ready flags lower, so they are the kernels'
+  default (DEFAULT_FLAGS; fusedrnn.backends.cuda.READY_FLAGS_DEFAULT, tested equal) until a GPU
+  measures both; each estimate prices the default and gives the other kind in its notes
+  (FUSEDRNN_CUDA_READY_FLAGS=0: grid barriers). The flags' cost: the release waits for the step's
+  stores to reach L2 (~0.25), the consumer's polls (warp 0 only, relaxed loads that overlap) see the flag one L2 read later (~0.2)
   plus half a poll round and at most one backoff (<= 0.13), then one fence and a CTA barrier (~0.05);
   no shared arrival counter, and a batch group waits only for its own CTAs. Nothing else in the step
   changes. (Before the polls were relaxed and moved to one warp, an independent review of the SASS
@@ -208,6 +210,8 @@ def product_phases(p: Plan, m: Machine, label: str) -> list[Phase]:
 
 
 READY_FLAGS_US = 0.6  # assumed step boundary with ready flags (module docstring); not measured
+# The step boundary the kernels use by default: the cheaper one by this model on the reference machine.
+DEFAULT_FLAGS = READY_FLAGS_US < H100.barrier_us
 
 
 def _boundary(m: Machine, flags: bool) -> Phase:
@@ -380,7 +384,8 @@ def _tf32_note(case: Case, m: Machine) -> str:
     misfit = _misfit(fwd_plan, bwd_plan, m)
     if misfit:
         return f"with TF32 allowed it does not fit either ({misfit})"
-    fwd, bwd = forward_step(fwd_plan, case, m, dtype_name="fp32"), backward_step(bwd_plan, case, m, dtype_name="fp32")
+    fwd = forward_step(fwd_plan, case, m, flags=DEFAULT_FLAGS, dtype_name="fp32")
+    bwd = backward_step(bwd_plan, case, m, flags=DEFAULT_FLAGS, dtype_name="fp32")
     return f"with TF32 allowed: {fwd.us:.2f} / {bwd.us:.2f} us/step"
 
 
@@ -391,21 +396,25 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
     if misfit:
         why = f"H={case.H} B={case.B}: {misfit}; limits() refuses it, dispatch takes another backend"
         return why + ("; " + _tf32_note(case, m) if dtype_name == "fp32" else "")
-    fwd = forward_step(fwd_plan, case, m, dtype_name=dtype_name)
-    bwd = backward_step(bwd_plan, case, m, dtype_name=dtype_name)
+    fwd = forward_step(fwd_plan, case, m, flags=DEFAULT_FLAGS, dtype_name=dtype_name)
+    bwd = backward_step(bwd_plan, case, m, flags=DEFAULT_FLAGS, dtype_name=dtype_name)
     gemm_f, gemm_b = 0.0, 0.0
     for layer_input in case.layer_inputs():
         f, b = projection_gemms_us(case, dtype_name, layer_input, m)
         gemm_f, gemm_b = max(gemm_f, f), max(gemm_b, b)
     fwd_ms, fb_ms = whole_call_ms(case, dtype_name, fwd, bwd, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
-    fwd_f = forward_step(fwd_plan, case, m, flags=True, dtype_name=dtype_name)
-    bwd_f = backward_step(bwd_plan, case, m, flags=True, dtype_name=dtype_name)
-    flags_ms = whole_call_ms(case, dtype_name, fwd_f, bwd_f, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
-    notes = (f"ready flags (FUSEDRNN_CUDA_READY_FLAGS=1, off by default), MODEL assuming a {READY_FLAGS_US} us "
-             f"step boundary in place of the {m.barrier_us} us grid barrier: {fwd_f.us:.2f} / {bwd_f.us:.2f} us/step, "
-             f"{flags_ms[0]:.3f} / {flags_ms[1]:.3f} ms fwd / fwd+bwd")
-    old_f = forward_step(fwd_plan, case, m, analytic=True)
-    old_b = backward_step(bwd_plan, case, m, analytic=True)
+    other = not DEFAULT_FLAGS
+    fwd_o = forward_step(fwd_plan, case, m, flags=other, dtype_name=dtype_name)
+    bwd_o = backward_step(bwd_plan, case, m, flags=other, dtype_name=dtype_name)
+    other_ms = whole_call_ms(case, dtype_name, fwd_o, bwd_o, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
+    kinds = (f"ready flags ({READY_FLAGS_US} us, the default: cheaper by this model)",
+             f"grid barriers ({m.barrier_us} us)")
+    notes = (f"step boundary: {kinds[0] if DEFAULT_FLAGS else kinds[1]}; with "
+             f"{kinds[1] if DEFAULT_FLAGS else kinds[0]} instead (FUSEDRNN_CUDA_READY_FLAGS="
+             f"{0 if DEFAULT_FLAGS else 1}, MODEL): {fwd_o.us:.2f} / {bwd_o.us:.2f} us/step, "
+             f"{other_ms[0]:.3f} / {other_ms[1]:.3f} ms fwd / fwd+bwd")
+    old_f = forward_step(fwd_plan, case, m, flags=DEFAULT_FLAGS, analytic=True)
+    old_b = backward_step(bwd_plan, case, m, flags=DEFAULT_FLAGS, analytic=True)
     old_ms = whole_call_ms(case, dtype_name, old_f, old_b, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
     sf, sb = sass_compute(fwd_plan, case, dtype_name, m), sass_compute(bwd_plan, case, dtype_name, m)
     if sf is not None and sb is not None:

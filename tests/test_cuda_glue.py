@@ -215,12 +215,19 @@ def test_launch_shape_arithmetic():
 
 
 @needs_cuda_ops
-def test_ready_flags_are_off_unless_asked_for(monkeypatch):
-    """Per-CTA ready flags instead of grid barriers stay off until a GPU has measured them."""
+def test_step_boundary_default_is_the_models_choice(monkeypatch):
+    """Until a GPU measures both, the default step boundary is the one the latency model prices
+    lower; FUSEDRNN_CUDA_READY_FLAGS=1 / 0 force ready flags / grid barriers."""
+    from fusedrnn.bench import model_cuda
+    from fusedrnn.bench.perf_model import H100
+
     monkeypatch.delenv("FUSEDRNN_CUDA_READY_FLAGS", raising=False)
-    assert not cuda_ops._ready_flags()
+    assert cuda_ops._ready_flags() == (model_cuda.READY_FLAGS_US < H100.barrier_us) == cuda_ops.READY_FLAGS_DEFAULT
+    assert model_cuda.DEFAULT_FLAGS == cuda_ops.READY_FLAGS_DEFAULT
     monkeypatch.setenv("FUSEDRNN_CUDA_READY_FLAGS", "1")
     assert cuda_ops._ready_flags()
+    monkeypatch.setenv("FUSEDRNN_CUDA_READY_FLAGS", "0")
+    assert not cuda_ops._ready_flags()
 
 
 # ---------------------------------------------------------------------------------------------

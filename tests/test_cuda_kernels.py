@@ -430,7 +430,7 @@ def test_property_fp32_matches_reference(ex, cell, T, B, I, H, residual, lengths
 
 
 # ---------------------------------------------------------------------------------------------
-# Ready flags between steps (FUSEDRNN_CUDA_READY_FLAGS=1; off by default)
+# Ready flags between steps (the default; FUSEDRNN_CUDA_READY_FLAGS=0: grid barriers)
 # ---------------------------------------------------------------------------------------------
 
 # Element-wise staging with reverse and lengths; 3 batch groups (and 32 units per CTA in the backward);
@@ -448,7 +448,7 @@ def test_ready_flags_same_results_as_barriers(ex, cell, case):
     checked to be ordered after its write by a flag the reader acquired."""
     ex.set_sms(case.sms)
     d, lens = _case_inputs(ex, cell, case, torch.float64)
-    ex.monkeypatch.delenv("FUSEDRNN_CUDA_READY_FLAGS", raising=False)
+    ex.monkeypatch.setenv("FUSEDRNN_CUDA_READY_FLAGS", "0")
     barriers = run_cell_with_grads(cell, ex.call(cell), d, lens, case.reverse, dtype=torch.bfloat16)
     ex.monkeypatch.setenv("FUSEDRNN_CUDA_READY_FLAGS", "1")
     if ex.emu is not None:

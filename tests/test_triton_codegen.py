@@ -243,7 +243,7 @@ def _config(p, direction, dtype, precision, cc, flags: dict) -> Config:
         raise ValueError(f"{direction} flags must be {names} (and optionally {ZONEOUT_MODES}), got {sorted(flags)}")
     # zoneout modes (0 off, 1 training masks, 2 evaluation) default to off
     c = dict(p.constexprs(), USE_GRID_BARRIER=p.grid_barrier, DOT_PRECISION=precision,
-             **dict.fromkeys(ZONEOUT_MODES, 0), **flags)
+             **{**dict.fromkeys(ZONEOUT_MODES, 0), **flags})
     return Config(f"rnn_{direction}_kernel", dtype, tuple(sorted(c.items())), p.num_warps, p.num_stages, cc,
                   p.maxnreg, p.describe(), p.smem_bytes)
 

@@ -2,9 +2,9 @@
 
 Per call (one layer, one direction, whole sequence):
   gx = x·W_ihᵀ + b_ih                   one torch GEMM for all steps (cuBLAS)
-  y, h_n[, c_n] = recurrence(gx, ...)    one cooperative kernel launch, one grid barrier per step
-                                         (FUSEDRNN_CUDA_READY_FLAGS=1: per-CTA ready flags instead; off
-                                         by default until a GPU has measured them)
+  y, h_n[, c_n] = recurrence(gx, ...)    one cooperative kernel launch; between steps per-CTA ready
+                                         flags (the default, chosen by the latency model until a GPU
+                                         measures both) or one grid barrier (FUSEDRNN_CUDA_READY_FLAGS=0)
 and for the backward:
   dgh[, dgx_n], dh0[, dc0] = recurrence_backward(...)   one cooperative launch, reverse time
   dW_hh = dghᵀ·h_prev, db_hh = Σ dgh, dresidual = dy masked to valid steps   torch GEMMs/reductions
@@ -50,10 +50,19 @@ def _ext():
     return load()
 
 
+# The step boundary when FUSEDRNN_CUDA_READY_FLAGS is unset: the one the latency model prices lower
+# (bench/model_cuda.py: READY_FLAGS_US against Machine.barrier_us, both assumed; tests/test_cuda_glue.py
+# checks this agrees with the model). A GPU session measures both (barrier_floor) and replaces this.
+READY_FLAGS_DEFAULT = True
+
+
 def _ready_flags() -> bool:
-    """Per-CTA ready flags between steps instead of grid barriers (csrc/ptx.cuh): experimental, read
-    from FUSEDRNN_CUDA_READY_FLAGS=1 at each call."""
-    return os.environ.get("FUSEDRNN_CUDA_READY_FLAGS", "0") == "1"
+    """Per-CTA ready flags between steps (csrc/ptx.cuh) rather than grid barriers, read at each call:
+    FUSEDRNN_CUDA_READY_FLAGS=1 flags, =0 grid barriers, unset READY_FLAGS_DEFAULT."""
+    value = os.environ.get("FUSEDRNN_CUDA_READY_FLAGS")
+    if value is None or value == "":
+        return READY_FLAGS_DEFAULT
+    return value == "1"
 
 
 def unavailable() -> list[str]:
