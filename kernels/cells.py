@@ -49,29 +49,32 @@ def gates_forward(CELL: tl.constexpr, x0, x1, x2, x3, a0, a1, a2, a3, h_prev, c_
 
 
 @triton.jit
-def zoneout_params(ZO: tl.constexpr, zo_ptr, which: tl.constexpr):
-    """(p, 1 - p) of state ``which`` (0: h, 1: c) from the (4,) tensor [p_h, p_c, 1 - p_h, 1 - p_c]
-    in the accumulation dtype (zeros when the state is not zoned: ZO == 0)."""
+def zoneout_params(ZO: tl.constexpr, zo_ptr, seed_ptr, which: tl.constexpr):
+    """(p, 1 - p, seed) of state ``which`` (0: h, 1: c), loaded once per launch: p and 1 - p from the
+    (4,) tensor [p_h, p_c, 1 - p_h, 1 - p_c] in the accumulation dtype, the seed from the (2,) int64
+    seeds (training only, ZO == 1); constants when the state is not zoned (ZO == 0)."""
     if ZO == 0:
-        return 0.0, 1.0
+        return 0.0, 1.0, 0
+    elif ZO == 1:
+        return tl.load(zo_ptr + which), tl.load(zo_ptr + 2 + which), tl.load(seed_ptr + which)
     else:
-        return tl.load(zo_ptr + which), tl.load(zo_ptr + 2 + which)
+        return tl.load(zo_ptr + which), tl.load(zo_ptr + 2 + which), 0
 
 
 @triton.jit
-def zoneout_mask(seed_ptr, which: tl.constexpr, p, offs):
-    """Training zoneout mask of state ``which`` for the tile whose counters are ``offs``
-    ((t * B + b) * W + j, int64): True where the element keeps its old value. Philox uniform below
-    p in float32, bit for bit fusedrnn.zoneout.keep_mask."""
-    return tl.rand(tl.load(seed_ptr + which), offs) < p.to(tl.float32)
+def zoneout_mask(seed, p, offs):
+    """Training zoneout mask for the tile whose counters are ``offs`` ((t * B + b) * W + j, int64):
+    True where the element keeps its old value. Philox uniform below p in float32, bit for bit
+    fusedrnn.zoneout.keep_mask."""
+    return tl.rand(seed, offs) < p.to(tl.float32)
 
 
 @triton.jit
-def zone(ZO: tl.constexpr, seed_ptr, which: tl.constexpr, p, q, offs, new, old):
+def zone(ZO: tl.constexpr, seed, p, q, offs, new, old):
     """The zoned state (fusedrnn.zoneout.apply): ZO 0: new; 1 (training): old where the mask
     zones out, else new; 2 (evaluation): p * old + q * new with q = 1 - p."""
     if ZO == 1:
-        return tl.where(zoneout_mask(seed_ptr, which, p, offs), old, new)
+        return tl.where(zoneout_mask(seed, p, offs), old, new)
     elif ZO == 2:
         return p * old + q * new
     else:
@@ -79,10 +82,10 @@ def zone(ZO: tl.constexpr, seed_ptr, which: tl.constexpr, p, q, offs, new, old):
 
 
 @triton.jit
-def zone_grad(ZO: tl.constexpr, seed_ptr, which: tl.constexpr, p, q, offs, d):
+def zone_grad(ZO: tl.constexpr, seed, p, q, offs, d):
     """Backward of zone() for the gradient ``d`` of the zoned state: (to new, to old)."""
     if ZO == 1:
-        m = zoneout_mask(seed_ptr, which, p, offs)
+        m = zoneout_mask(seed, p, offs)
         return tl.where(m, 0.0, d), tl.where(m, d, 0.0)
     elif ZO == 2:
         return q * d, p * d

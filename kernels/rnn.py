@@ -310,8 +310,8 @@ def rnn_fwd_kernel(
     else:
         w_res = 0
         blk_end = n_blk
-    ph, qh = zoneout_params(ZO_H, zo_ptr, 0)
-    pc, qc = zoneout_params(ZO_C, zo_ptr, 1)
+    ph, qh, seed_h = zoneout_params(ZO_H, zo_ptr, zo_seed_ptr, 0)
+    pc, qc, seed_c = zoneout_params(ZO_C, zo_ptr, zo_seed_ptr, 1)
 
     for s in range(n_steps):
         q = t_begin + s  # processing step
@@ -352,9 +352,9 @@ def rnn_fwd_kernel(
                 a3 + b3.to(acc_dtype), h_prev, c_prev)
             if ZO_H + ZO_C > 0:  # zoneout: the masks' counters are (t * B + b) * H + unit (fusedrnn/zoneout.py)
                 zo_offs = t64 * B * H + st_offs
-                h_new = zone(ZO_H, zo_seed_ptr, 0, ph, qh, zo_offs, h_new, h_prev)
+                h_new = zone(ZO_H, seed_h, ph, qh, zo_offs, h_new, h_prev)
                 if CELL == "lstm":
-                    c_new = zone(ZO_C, zo_seed_ptr, 1, pc, qc, zo_offs, c_new, c_prev)
+                    c_new = zone(ZO_C, seed_c, pc, qc, zo_offs, c_new, c_prev)
 
             h_keep = tl.where(ok, h_new, h_prev)  # invalid step: the state is carried
             tl.store(hseq_ptr + next_state + st_offs, h_keep, mask=m2)
@@ -419,8 +419,8 @@ def rnn_bwd_kernel(
     else:
         w_res = 0
         blk_end = n_blk
-    ph, qh = zoneout_params(ZO_H, zo_ptr, 0)
-    pc, qc = zoneout_params(ZO_C, zo_ptr, 1)
+    ph, qh, seed_h = zoneout_params(ZO_H, zo_ptr, zo_seed_ptr, 0)
+    pc, qc, seed_c = zoneout_params(ZO_C, zo_ptr, zo_seed_ptr, 1)
 
     for s in range(n_steps):
         q_bwd = t_begin + s
@@ -449,9 +449,9 @@ def rnn_bwd_kernel(
             dc_cell = dc
             if ZO_H + ZO_C > 0:  # zoneout: the gradient of the zoned state splits between h~ (c~) and h_{t-1} (c_{t-1})
                 zo_offs = t64 * B * H + st_offs
-                dh_cell, dh_zone = zone_grad(ZO_H, zo_seed_ptr, 0, ph, qh, zo_offs, dh_t)
+                dh_cell, dh_zone = zone_grad(ZO_H, seed_h, ph, qh, zo_offs, dh_t)
                 if CELL == "lstm":
-                    dc_cell, dc_zone = zone_grad(ZO_C, zo_seed_ptr, 1, pc, qc, zo_offs, dc)
+                    dc_cell, dc_zone = zone_grad(ZO_C, seed_c, pc, qc, zo_offs, dc)
                     if ZO_C > 0:  # cseq holds the zoned c_t; the cell's backward needs its own c~_t
                         c_new = act1 * c_prev + act0 * act2
             d0, d1, d2, d3, dgh2, dh_direct, dc_prev = gates_backward(
