@@ -1,5 +1,7 @@
 """Drop-in modules: fusedrnn.GRU / fusedrnn.LSTM / fusedrnn.RNN subclass torch.nn.GRU / torch.nn.LSTM /
 torch.nn.RNN (the Elman RNN, nonlinearity "tanh" or "relu": cells rnn_tanh / rnn_relu).
+fusedrnn.LayerNormLSTM / LayerNormGRU subclass fusedrnn.LSTM / GRU with layer-normalised cells
+(fusedrnn/layernorm.py): extra parameters, planned with CallSpec.layernorm (the reference runs them).
 
 Construction, parameters, initialisation, state_dict, argument checks and the shape of the
 results are torch's own (inherited, or mirrored line by line from torch's forward). Each forward
