@@ -752,7 +752,7 @@ class LayerNormLSTM(_LayerNormMixin, LSTM):
         "fusedrnn.LSTM's keyword-only residual, backend, dropconnect and zoneout." + _LAYERNORM_DOC.format(
             formulas=(
                 "    a_t = LN_ih(x_t W_ihᵀ) + LN_hh(h_{t-1} W_hhᵀ) + b_ih + b_hh    (gate order i, f, g, o)\n"
-                "    c_t = sigmoid(f) c_{t-1} + sigmoid(i) tanh(g)                (the state carried and returned as c_n)\n"
+                "    c_t = sigmoid(f) c_{t-1} + sigmoid(i) tanh(g)    (carried as it is, returned as c_n)\n"
                 "    h_t = sigmoid(o) tanh(LN_c(c_t))\n"),
             gates=4,
             c_params=",\nand layernorm_c_weight_l{k}, layernorm_c_bias_l{k} (LN_c, shape (hidden_size,))")
@@ -845,8 +845,9 @@ def unconvert(model: torch.nn.Module) -> torch.nn.Module:
     fusedrnn installed; ``convert`` turns it back.
 
     Options torch.nn cannot express (a residual add on some layer, dropconnect > 0, zoneout > 0, the
-    layer-normalised LayerNormLSTM / LayerNormGRU) raise a ValueError naming each such module's path in the model and the option; every module is checked before any is
-    changed, so on an error nothing is. Subclasses of fusedrnn's modules (their own code) and
+    layer-normalised LayerNormLSTM / LayerNormGRU) raise a ValueError naming each such module's
+    path in the model and the option; every module is checked before any is changed, so on an
+    error nothing is. Subclasses of fusedrnn's modules (their own code) and
     parametrized ones raise as well.
     """
     from torch.nn.utils import parametrize
