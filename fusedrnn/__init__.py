@@ -9,14 +9,14 @@
 import torch as _torch
 
 from . import functional
-from .modules import GRU, LSTM, RNN, convert, unconvert
+from .modules import GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM, convert, unconvert
 from .version import __version__
 
 # torch.load's weights-only default (torch >= 2.6) accepts only allowlisted classes. A fusedrnn
 # module pickles as its class plus torch.nn's state and its own extras (residual: bool or int,
 # _residual_layers: tuple of ints, backend: str), all of types that unpickler accepts, so
-# allowlisting the three classes makes a whole-model checkpoint load wherever the program
+# allowlisting the classes makes a whole-model checkpoint load wherever the program
 # allowlists the torch.nn classes around them.
-_torch.serialization.add_safe_globals([GRU, LSTM, RNN])
+_torch.serialization.add_safe_globals([GRU, LSTM, RNN, LayerNormGRU, LayerNormLSTM])
 
-__all__ = ["GRU", "LSTM", "RNN", "convert", "unconvert", "functional", "__version__"]
+__all__ = ["GRU", "LSTM", "RNN", "LayerNormGRU", "LayerNormLSTM", "convert", "unconvert", "functional", "__version__"]

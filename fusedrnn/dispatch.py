@@ -17,7 +17,7 @@ modules (every layer-direction of one forward, decided once). Both follow the sa
   - elsewhere the first that can serve: torch (CPU float32/float64), then the reference.
 - while exporting (``torch.onnx.export`` with either exporter, ``torch.export``, ``torch.jit.trace``),
   torch's op, so the graph holds the RNN ops torch.nn exports (the reference's plain ops where torch's
-  op cannot express the call: zoneout).
+  op cannot express the call: zoneout, LayerNorm).
 Every skipped backend is logged once, at debug level, with its reasons (logger ``fusedrnn``);
 ``python -m fusedrnn.info`` prints the same reasons.
 """
@@ -253,8 +253,8 @@ def _resolve(backend: str, spec: CallSpec) -> str:
 
 def _export_backend(spec: CallSpec) -> str:
     """While exporting: torch's op, so the graph holds the RNN ops torch.nn exports, whatever runs
-    eagerly; a call torch's op cannot express (zoneout) exports the reference's plain ops."""
-    return "reference" if spec.zoneout else "torch"
+    eagerly; a call torch's op cannot express (zoneout, LayerNorm) exports the reference's plain ops."""
+    return "reference" if spec.zoneout or spec.layernorm else "torch"
 
 
 def _backend_for(backend: str, spec: CallSpec) -> Backend:
@@ -291,28 +291,31 @@ class StackPlan:
 def plan_module(backend: str, cell: str, device: torch.device, dtype: torch.dtype, T: int, B: int,
                 input_size: int, hidden_size: int, proj_size: int, num_layers: int, bidirectional: bool,
                 residual_layers: tuple[int, ...], packed: bool, needs_grad: bool,
-                device_lengths: bool = False, zoneout: bool = False) -> StackPlan:
+                device_lengths: bool = False, zoneout: bool = False, layernorm: bool = False) -> StackPlan:
     """The plan for one call of a fusedrnn.GRU/LSTM: decided once per forward from plain values
     (cached on them, so a repeated call costs a dictionary lookup). T, B and needs_grad only feed
     the measured GPU choices: callers on other devices may pass 0, 0, False. ``packed``: the call
     has per-row lengths (a PackedSequence or ``lengths=``); ``device_lengths``: those lengths live
     off the CPU (backends that would read them on the host are skipped); ``zoneout``: the states
-    are zoned (only backends that implement zoneout qualify)."""
+    are zoned (only backends that implement zoneout qualify); ``layernorm``: the cell is
+    layer-normalised (LayerNormLSTM / LayerNormGRU: only backends that implement it qualify)."""
     if backend == "auto":
         backend = default_backend()
     if tracing():
         return _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
-                            bidirectional, residual_layers, packed, needs_grad, device_lengths, zoneout)
+                            bidirectional, residual_layers, packed, needs_grad, device_lengths, zoneout, layernorm)
     if device.type == "cuda":
         switches = (bool(torch.backends.cudnn.benchmark), cuda_matmul_allows_tf32())
     else:
         switches = (False, False)
     return _cached_module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
-                               bidirectional, residual_layers, packed, needs_grad, switches, device_lengths, zoneout)
+                               bidirectional, residual_layers, packed, needs_grad, switches, device_lengths, zoneout,
+                               layernorm)
 
 
 def _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
-                 bidirectional, residual_layers, packed, needs_grad, device_lengths=False, zoneout=False) -> StackPlan:
+                 bidirectional, residual_layers, packed, needs_grad, device_lengths=False, zoneout=False,
+                 layernorm=False) -> StackPlan:
     check_backend_name(backend)
     D = 2 if bidirectional else 1
     P = proj_size if proj_size > 0 else hidden_size
@@ -320,7 +323,7 @@ def _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, pr
         CallSpec(cell=cell, device=device, dtype=dtype, T=T, B=B, I=input_size if layer == 0 else D * P,
                  H=hidden_size, P=P, has_residual=layer in residual_layers, has_lengths=packed,
                  reverse=direction == 1, has_proj=proj_size > 0, needs_grad=needs_grad,
-                 device_lengths=device_lengths, zoneout=zoneout)
+                 device_lengths=device_lengths, zoneout=zoneout, layernorm=layernorm)
         for layer in range(num_layers) for direction in range(D)
     )
     backends = plan(backend, specs)
@@ -330,6 +333,6 @@ def _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, pr
 @functools.lru_cache(maxsize=1024)
 def _cached_module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
                         bidirectional, residual_layers, packed, needs_grad, switches,
-                        device_lengths=False, zoneout=False) -> StackPlan:
+                        device_lengths=False, zoneout=False, layernorm=False) -> StackPlan:
     return _module_plan(backend, cell, device, dtype, T, B, input_size, hidden_size, proj_size, num_layers,
-                        bidirectional, residual_layers, packed, needs_grad, device_lengths, zoneout)
+                        bidirectional, residual_layers, packed, needs_grad, device_lengths, zoneout, layernorm)

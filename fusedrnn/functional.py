@@ -14,7 +14,9 @@ Semantics (identical on every backend; fusedrnn.reference is the executable defi
   the state at the row's last valid step;
 - ``reverse=True`` runs t = T-1 .. 0; each row starts at its own last valid step;
 - ``zoneout`` (a fusedrnn.zoneout.Zoneout, or None): each new state is zoned before the output
-  and the length masking (fusedrnn/zoneout.py defines the masks); torch's op cannot run it.
+  and the length masking (fusedrnn/zoneout.py defines the masks); torch's op cannot run it;
+- ``layernorm`` (gru and lstm; a fusedrnn.layernorm.LayerNorm, or None): the layer-normalised cell
+  of fusedrnn/layernorm.py; only the reference runs it (torch's op and the fused kernels decline).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import Tensor
 
 from .backends import CELLS, CallSpec
 from .dispatch import choose
+from .layernorm import LayerNorm
 from .zoneout import Zoneout
 
 __all__ = ["gru", "lstm", "rnn_tanh", "rnn_relu"]
@@ -95,7 +98,30 @@ def _check_zoneout(zoneout, x: Tensor) -> bool:
     return (zoneout.p_h, zoneout.p_c) != (0.0, 0.0)
 
 
-def _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=None, w_hr=None, zoneout=None):
+def _check_layernorm(layernorm, cell: str, x: Tensor, G: int, H: int, w_hr) -> bool:
+    """Validate a functional call's ``layernorm`` -> whether the cell is layer-normalised: gamma/beta
+    of LN_ih and LN_hh of shape (G,), for LSTM also of LN_c of shape (H,) (for GRU None), each in
+    x's dtype and on x's device."""
+    if layernorm is None:
+        return False
+    if not isinstance(layernorm, LayerNorm):
+        _fail("layernorm", "None or a fusedrnn.layernorm.LayerNorm", type(layernorm).__name__)
+    for name in ("ih_weight", "ih_bias", "hh_weight", "hh_bias"):
+        _check_tensor(f"layernorm.{name}", getattr(layernorm, name), (G,), x)
+    for name in ("c_weight", "c_bias"):
+        t = getattr(layernorm, name)
+        if cell == "lstm":
+            _check_tensor(f"layernorm.{name}", t, (H,), x)
+        elif t is not None:
+            _fail(f"layernorm.{name}", f"None for a {cell.upper()} (LN_c is the LSTM cell state's)",
+                  type(t).__name__)
+    if w_hr is not None:
+        _fail("layernorm", "None with w_hr (the LayerNorm LSTM has no projection)", "a LayerNorm")
+    return True
+
+
+def _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=None, w_hr=None, zoneout=None,
+          layernorm=None):
     """Validate one call's arguments -> (its CallSpec, lengths as int64 or None)."""
     if not isinstance(x, Tensor):
         _fail("x", "a Tensor", type(x).__name__)
@@ -139,13 +165,16 @@ def _spec(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=No
     if not isinstance(reverse, bool):
         _fail("reverse", "a bool", type(reverse).__name__)
     zoned = _check_zoneout(zoneout, x)
+    normed = _check_layernorm(layernorm, cell, x, G, H, w_hr)
     needs_grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual)
-    )
+    ) or (normed and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in vars(layernorm).values()))
     return CallSpec(
         cell=cell, device=x.device, dtype=x.dtype, T=T, B=B, I=I, H=H, P=P,
         has_residual=residual is not None, has_lengths=lengths is not None, reverse=reverse,
         has_proj=w_hr is not None, needs_grad=needs_grad, device_lengths=_on_device(lengths), zoneout=zoned,
+        layernorm=normed,
     ), lengths
 
 
@@ -162,18 +191,21 @@ def gru(
     reverse: bool = False,
     backend: str = "auto",
     zoneout: Zoneout | None = None,
+    layernorm: LayerNorm | None = None,
 ) -> tuple[Tensor, Tensor]:
     """One GRU layer-direction over a whole sequence.
 
     x (T, B, I), h0 (B, H), w_ih (3H, I), w_hh (3H, H), b_ih/b_hh (3H,) or None (gate rows r|z|n,
     torch's layout); residual None or (T, B, H); lengths None or an integer (B,) tensor on any
     device with 1 <= lengths <= T (see ``check_lengths``); zoneout None or a
-    fusedrnn.zoneout.Zoneout (p_h; seeds in training, None in evaluation).
+    fusedrnn.zoneout.Zoneout (p_h; seeds in training, None in evaluation); layernorm None or a
+    fusedrnn.layernorm.LayerNorm (ih/hh gamma and beta of shape (3H,); c_weight/c_bias None).
     Returns y (T, B, H) and h_n (B, H).
     """
-    spec, lengths = _spec("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=zoneout)
+    spec, lengths = _spec("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=zoneout,
+                          layernorm=layernorm)
     zoneout = zoneout if spec.zoneout else None
-    return choose(backend, spec).gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
+    return choose(backend, spec).gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout, layernorm)
 
 
 def _rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, backend, zoneout):
@@ -239,15 +271,18 @@ def lstm(
     reverse: bool = False,
     backend: str = "auto",
     zoneout: Zoneout | None = None,
+    layernorm: LayerNorm | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """One LSTM layer-direction over a whole sequence.
 
     x (T, B, I), h0 (B, P), c0 (B, H), w_ih (4H, I), w_hh (4H, P), b_ih/b_hh (4H,) or None (gate
     rows i|f|g|o), w_hr (P, H) or None; residual None or (T, B, P); lengths None or an integer (B,) tensor;
-    zoneout None or a fusedrnn.zoneout.Zoneout (p_h for h, width P; p_c for c, width H).
-    Returns y (T, B, P), h_n (B, P) and c_n (B, H).
+    zoneout None or a fusedrnn.zoneout.Zoneout (p_h for h, width P; p_c for c, width H); layernorm
+    None or a fusedrnn.layernorm.LayerNorm (ih/hh gamma and beta (4H,), c_weight/c_bias (H,); not
+    with w_hr). Returns y (T, B, P), h_n (B, P) and c_n (B, H).
     """
     spec, lengths = _spec("lstm", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, c0=c0, w_hr=w_hr,
-                          zoneout=zoneout)
+                          zoneout=zoneout, layernorm=layernorm)
     zoneout = zoneout if spec.zoneout else None
-    return choose(backend, spec).lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout)
+    return choose(backend, spec).lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout,
+                                      layernorm)

@@ -1,5 +1,7 @@
 """Drop-in modules: fusedrnn.GRU / fusedrnn.LSTM / fusedrnn.RNN subclass torch.nn.GRU / torch.nn.LSTM /
 torch.nn.RNN (the Elman RNN, nonlinearity "tanh" or "relu": cells rnn_tanh / rnn_relu).
+fusedrnn.LayerNormLSTM / LayerNormGRU subclass fusedrnn.LSTM / GRU with layer-normalised cells
+(fusedrnn/layernorm.py): extra parameters, planned with CallSpec.layernorm (the reference runs them).
 
 Construction, parameters, initialisation, state_dict, argument checks and the shape of the
 results are torch's own (inherited, or mirrored line by line from torch's forward). Each forward
@@ -48,8 +50,9 @@ from . import zoneout as _zoneout
 from .backends import CELLS, native
 from .dispatch import check_backend_name
 from .functional import _on_device, check_lengths
+from .layernorm import LayerNorm
 
-__all__ = ["GRU", "LSTM", "RNN", "convert", "unconvert"]
+__all__ = ["GRU", "LSTM", "RNN", "LayerNormGRU", "LayerNormLSTM", "convert", "unconvert"]
 
 
 def _residual_layers(residual, num_layers: int, layer_widths: list[tuple[int, int]]) -> tuple[int, ...]:
@@ -91,6 +94,7 @@ class _FusedRNNMixin:
     """Shared by GRU, LSTM and RNN: extra arguments, and the layer/direction stack over the functional op."""
 
     _cell: str  # "gru" | "lstm" | "rnn_tanh" | "rnn_relu"
+    _layernorm = False  # the layer-normalised cells (LayerNormLSTM / LayerNormGRU)
 
     def __init__(self, *args, residual=False, backend: str = "auto", dropconnect: float = 0.0, zoneout=0.0,
                  **kwargs):
@@ -243,7 +247,7 @@ class _FusedRNNMixin:
         return dispatch.plan_module(
             self.backend, self._cell, device, dtype, T, B, self.input_size, self.hidden_size, self.proj_size,
             self.num_layers, self.bidirectional, self._residual_layers, packed, needs_grad, device_lengths,
-            self._zoned,
+            self._zoned, self._layernorm,
         )
 
     def _checks_torch_skips(self, input, hx) -> None:
@@ -301,11 +305,17 @@ class _FusedRNNMixin:
             self.__dict__["_flat_weight_shapes"] = shapes
         return shapes
 
+    def _norm_weights(self) -> list | None:
+        """Each layer-direction's fusedrnn.layernorm.LayerNorm (index layer * D + direction), or None
+        for the cells without LayerNorm."""
+        return None
+
     def _run_stack(self, x: Tensor, states: tuple[Tensor, ...], lengths: Tensor | None, weights: list,
-                   plan: dispatch.StackPlan, sorted_lengths: bool = True):
+                   plan: dispatch.StackPlan, sorted_lengths: bool = True, norms: list | None = None):
         """x (T, B, I) time-major; states: (h0,) or (h0, c0), each (L*D, B, .); weights: the flat list
         in torch's order (passed in, never swapped on self, so concurrent calls cannot see each
-        other's casts). Each layer-direction runs on its planned backend. -> y, final states.
+        other's casts); norms: _norm_weights() (cast likewise) or None. Each layer-direction runs on
+        its planned backend. -> y, final states.
         ``sorted_lengths``: lengths come from a PackedSequence (sorted, on the CPU), so inter-layer
         dropout can draw exactly as torch does on packed data; otherwise (lengths=) it draws over
         the padded output, whose padding is zero and stays zero."""
@@ -324,14 +334,15 @@ class _FusedRNNMixin:
                 w_ih, w_hh = w[0], w[1]
                 b_ih, b_hh = (w[2], w[3]) if self.bias else (None, None)
                 res = None if residual is None else residual[..., direction * P : (direction + 1) * P]
+                ln = None if norms is None else norms[idx]
                 if self._cell != "lstm":  # gru, rnn_tanh, rnn_relu: one state
                     y, h_n = getattr(backend, self._cell)(layer_input, states[0][idx], w_ih, w_hh, b_ih, b_hh, res,
-                                                          lengths, direction == 1, zoneouts[idx])
+                                                          lengths, direction == 1, zoneouts[idx], ln)
                     new_states = (h_n,)
                 else:
                     w_hr = w[-1] if self.proj_size > 0 else None
                     y, h_n, c_n = backend.lstm(layer_input, states[0][idx], states[1][idx], w_ih, w_hh, b_ih, b_hh,
-                                               w_hr, res, lengths, direction == 1, zoneouts[idx])
+                                               w_hr, res, lengths, direction == 1, zoneouts[idx], ln)
                     new_states = (h_n, c_n)
                 outputs.append(y)
                 for acc, s in zip(finals, new_states):
@@ -387,7 +398,9 @@ class _FusedRNNMixin:
             T, B = (input.size(1), input.size(0)) if self.batch_first else (input.size(0), input.size(1))
             lengths = check_lengths(lengths, T, B)
         weights = self._flat_weights
-        _check_devices(input, hx, weights)
+        norms = self._norm_weights()
+        _check_devices(input, hx, weights if norms is None else
+                       list(weights) + [t for n in norms for t in vars(n).values() if t is not None])
         self._check_weights(weights)
         weights = self._dropconnect(weights)
         if batch_sizes is not None:
@@ -397,8 +410,9 @@ class _FusedRNNMixin:
         with torch.autocast(input.device.type, enabled=False) if dtype is not None else contextlib.nullcontext():
             if dtype is not None:
                 input, hx, weights = input.to(dtype), tuple(h.to(dtype) for h in hx), [w.to(dtype) for w in weights]
+                norms = None if norms is None else [n.to(dtype) for n in norms]  # cast with the weights
             if lengths is not None:
-                return self._compute_padded(input, hx, lengths, weights, plan)
+                return self._compute_padded(input, hx, lengths, weights, plan, norms)
             if plan.on_torch:
                 return self._run_torch_layers(input, batch_sizes, hx, weights)
             if batch_sizes is None:
@@ -406,13 +420,13 @@ class _FusedRNNMixin:
             else:
                 # Packed data -> time-major padded (T, B, I) in the packed (sorted) order, with lengths.
                 x, lengths = torch.nn.utils.rnn.pad_packed_sequence(PackedSequence(input, batch_sizes))
-            y, finals = self._run_stack(x, hx, lengths, weights, plan)
+            y, finals = self._run_stack(x, hx, lengths, weights, plan, norms=norms)
         if batch_sizes is None:
             return (y.transpose(0, 1) if self.batch_first else y), finals
         return torch.nn.utils.rnn.pack_padded_sequence(y, lengths, enforce_sorted=True).data, finals
 
     def _compute_padded(self, input: Tensor, hx: tuple[Tensor, ...], lengths: Tensor, weights: list,
-                        plan: dispatch.StackPlan):
+                        plan: dispatch.StackPlan, norms: list | None = None):
         """Dense input with per-row ``lengths`` (int64, validated). On torch's op throughout: packed
         as pack_padded_sequence(enforce_sorted=False) would (torch's op needs lengths on the CPU,
         which the plan guarantees), run, unpacked with total_length=T. Otherwise the planned
@@ -432,7 +446,7 @@ class _FusedRNNMixin:
         x = input.transpose(0, 1) if self.batch_first else input
         if not any(b.name == "torch" for b in plan.backends):  # torch's op (mixed stacks) reads them on the CPU
             lengths = lengths.to(x.device, non_blocking=True)
-        y, finals = self._run_stack(x, hx, lengths, weights, plan, sorted_lengths=False)
+        y, finals = self._run_stack(x, hx, lengths, weights, plan, sorted_lengths=False, norms=norms)
         return (y.transpose(0, 1) if self.batch_first else y), finals
 
     def _autocast_dtype(self, x: Tensor, packed: bool):
@@ -656,6 +670,108 @@ class RNN(_FusedRNNMixin, torch.nn.RNN):
         return self._forward_one_state(input, hx, plan, lengths)
 
 
+class _LayerNormMixin:
+    """LayerNormLSTM / LayerNormGRU on top of fusedrnn.LSTM / GRU: the LayerNorm parameters
+    (registered after torch's, which stay torch's: _flat_weights is torch's four per
+    layer-direction), their initialisation, and each call's fusedrnn.layernorm.LayerNorm per
+    layer-direction. Everything else (arguments, checks, packing, lengths=, residual, dropconnect,
+    zoneout, autocast) is the plain module's; the plan asks for backends that run LayerNorm, so
+    torch.nn's own forward never runs."""
+
+    _layernorm = True
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.proj_size > 0:
+            raise ValueError(f"{type(self).__name__}: proj_size={self.proj_size} is not supported (proj_size must "
+                             "be 0: the layer-normalised LSTM has no projection)")
+        G = CELLS[self._cell] * self.hidden_size
+        like = self.weight_ih_l0
+        for names in self._layernorm_names():
+            for name in names:
+                width = self.hidden_size if name.startswith("layernorm_c_") else G
+                fill = torch.ones if "_weight_" in name else torch.zeros
+                setattr(self, name, torch.nn.Parameter(fill(width, device=like.device, dtype=like.dtype)))
+
+    def _layernorm_names(self) -> list[tuple[str, ...]]:
+        """Per layer-direction (index layer * D + direction): the LayerNorm parameters' names in
+        fusedrnn.layernorm.LayerNorm's field order."""
+        kinds = ("ih", "hh", "c") if self._cell == "lstm" else ("ih", "hh")
+        return [tuple(f"layernorm_{k}_{p}_l{layer}{'_reverse' if d else ''}" for k in kinds for p in ("weight", "bias"))
+                for layer in range(self.num_layers) for d in range(2 if self.bidirectional else 1)]
+
+    def reset_parameters(self) -> None:
+        """torch's initialisation (uniform over every parameter), then the LayerNorm parameters to
+        gamma = 1, beta = 0. (Within torch's constructor the LayerNorm parameters do not exist yet:
+        torch's four get exactly the values torch.nn gives them under the same seed.)"""
+        super().reset_parameters()
+        with torch.no_grad():
+            for names in self._layernorm_names():
+                for name in names:
+                    p = self._parameters.get(name)
+                    if p is not None:
+                        p.fill_(1.0 if "_weight_" in name else 0.0)
+
+    def _norm_weights(self) -> list[LayerNorm]:
+        G = CELLS[self._cell] * self.hidden_size
+        out = []
+        for names in self._layernorm_names():
+            tensors = [getattr(self, name) for name in names]
+            for name, t in zip(names, tensors):
+                want = (self.hidden_size if name.startswith("layernorm_c_") else G,)
+                if t is None or t.shape != want:
+                    got = None if t is None else tuple(t.shape)
+                    raise RuntimeError(f"{type(self).__name__}: parameter {name} has shape {got}, expected {want}")
+            out.append(LayerNorm(*tensors))
+        return out
+
+
+_LAYERNORM_DOC = """
+
+With LN(v) = (v - mean(v)) / sqrt(var(v) + 1e-5) * gamma + beta over the whole vector (biased
+variance), Ba et al. 2016 (fusedrnn/layernorm.py):
+{formulas}
+Parameters per layer k and direction (suffix "" or "_reverse"): torch's weight_ih_l{{k}}, weight_hh_l{{k}},
+bias_ih_l{{k}}, bias_hh_l{{k}} (same names, shapes and initialisation: load_state_dict(torch_module.state_dict(),
+strict=False) fills them and reports exactly the LayerNorm parameters missing), plus
+layernorm_ih_weight_l{{k}}, layernorm_ih_bias_l{{k}}, layernorm_hh_weight_l{{k}}, layernorm_hh_bias_l{{k}}
+(gamma / beta of LN_ih and LN_hh, shape ({gates}*hidden_size,)){c_params}; every gamma is initialised
+to 1, every beta to 0. With bias=False, b_ih and b_hh are absent (as in torch) but the LayerNorm
+gammas and betas stay. proj_size is not supported (ValueError).
+
+Runs on the reference backend only for now (torch's RNN op has no LayerNorm and the fused kernels
+do not fuse it yet: backend="torch" / "cuda" / "triton" raise a ValueError naming layernorm).
+fusedrnn.convert leaves these modules alone; fusedrnn.unconvert refuses them (torch.nn cannot
+express LayerNorm).
+"""
+
+
+class LayerNormLSTM(_LayerNormMixin, LSTM):
+    __doc__ = (
+        "Layer-normalised LSTM: torch.nn.LSTM's constructor arguments (no proj_size) and forward, plus\n"
+        "fusedrnn.LSTM's keyword-only residual, backend, dropconnect and zoneout." + _LAYERNORM_DOC.format(
+            formulas=(
+                "    a_t = LN_ih(x_t W_ihᵀ) + LN_hh(h_{t-1} W_hhᵀ) + b_ih + b_hh    (gate order i, f, g, o)\n"
+                "    c_t = sigmoid(f) c_{t-1} + sigmoid(i) tanh(g)    (carried as it is, returned as c_n)\n"
+                "    h_t = sigmoid(o) tanh(LN_c(c_t))\n"),
+            gates=4,
+            c_params=",\nand layernorm_c_weight_l{k}, layernorm_c_bias_l{k} (LN_c, shape (hidden_size,))")
+    )
+
+
+class LayerNormGRU(_LayerNormMixin, GRU):
+    __doc__ = (
+        "Layer-normalised GRU: torch.nn.GRU's constructor arguments and forward, plus fusedrnn.GRU's\n"
+        "keyword-only residual, backend, dropconnect and zoneout." + _LAYERNORM_DOC.format(
+            formulas=(
+                "    gi = LN_ih(x_t W_ihᵀ) + b_ih,  gh = LN_hh(h_{t-1} W_hhᵀ) + b_hh\n"
+                "    r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z), n = tanh(gi_n + r * gh_n)\n"
+                "    h_t = (1 - z) n + z h_{t-1}\n"),
+            gates=3, c_params="")
+    )
+
+
+_LAYERNORM_CLASSES = (LayerNormGRU, LayerNormLSTM)
 _TWINS = {torch.nn.GRU: GRU, torch.nn.LSTM: LSTM, torch.nn.RNN: RNN}
 _TORCH_OF = {GRU: torch.nn.GRU, LSTM: torch.nn.LSTM, RNN: torch.nn.RNN}
 # What fusedrnn's modules keep on top of torch.nn's state (options and per-process caches).
@@ -728,9 +844,10 @@ def unconvert(model: torch.nn.Module) -> torch.nn.Module:
     computes. The result pickles and exports as plain torch.nn, so checkpoints load without
     fusedrnn installed; ``convert`` turns it back.
 
-    Options torch.nn cannot express (a residual add on some layer, dropconnect > 0, zoneout > 0) raise a ValueError naming
-    each such module's path in the model and the option; every module is checked before any is
-    changed, so on an error nothing is. Subclasses of fusedrnn's modules (their own code) and
+    Options torch.nn cannot express (a residual add on some layer, dropconnect > 0, zoneout > 0, the
+    layer-normalised LayerNormLSTM / LayerNormGRU) raise a ValueError naming each such module's
+    path in the model and the option; every module is checked before any is changed, so on an
+    error nothing is. Subclasses of fusedrnn's modules (their own code) and
     parametrized ones raise as well.
     """
     from torch.nn.utils import parametrize
@@ -740,7 +857,10 @@ def unconvert(model: torch.nn.Module) -> torch.nn.Module:
         if not isinstance(module, (GRU, LSTM, RNN)):
             continue
         cls = type(module)
-        if cls not in _TORCH_OF:
+        if cls in _LAYERNORM_CLASSES:
+            problems.append(f"{_path(name)} is a fusedrnn.{cls.__name__} (layer-normalised cells), which "
+                            f"torch.nn.{next(c.__name__ for c in _TORCH_OF if isinstance(module, c))} cannot express")
+        elif cls not in _TORCH_OF:
             why = ("parametrized (remove the parametrization first: torch.nn.utils.parametrize."
                    "remove_parametrizations)" if parametrize.is_parametrized(module)
                    else f"a subclass {cls.__qualname__} of "

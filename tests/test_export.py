@@ -170,3 +170,35 @@ def test_zoneout_evaluation_exports_plain_ops(name, dynamo):
     ops = {n.op_type for n in proto.graph.node}
     assert not {"RNN", "GRU", "LSTM"} & ops, ops
     np.testing.assert_allclose(_run(proto, x), model(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+# LayerNormLSTM / LayerNormGRU (evaluation) have no torch op either: the reference's plain ops, with
+# the LayerNorm parameters (moved off gamma = 1, beta = 0 so that they matter) as initialisers.
+LAYERNORM_MODELS = {
+    "layernorm-lstm-bidirectional": lambda: fusedrnn.LayerNormLSTM(8, 16, bidirectional=True),
+    "layernorm-gru-2-layers-residual-zoneout": lambda: fusedrnn.LayerNormGRU(8, 8, num_layers=2, residual=True,
+                                                                             zoneout=0.2),
+}
+
+
+@pytest.mark.parametrize("dynamo", [True, False], ids=["default", "torchscript"])
+@pytest.mark.parametrize("name", list(LAYERNORM_MODELS))
+def test_layernorm_evaluation_exports_plain_ops(name, dynamo):
+    torch.manual_seed(0)
+    model = Head(LAYERNORM_MODELS[name]()).eval()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "layernorm_" in n:
+                p.add_(torch.randn_like(p) * 0.3)
+    x = torch.randn(5, 3, 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            proto = torch.onnx.export(model, (x,), dynamo=True, verbose=False).model_proto
+        else:
+            f = io.BytesIO()
+            torch.onnx.export(model, (x,), f, dynamo=False, input_names=["x"])
+            proto = onnx.load_from_string(f.getvalue())
+    ops = {n.op_type for n in proto.graph.node}
+    assert not {"RNN", "GRU", "LSTM"} & ops, ops
+    np.testing.assert_allclose(_run(proto, x), model(x).detach().numpy(), rtol=1e-5, atol=1e-6)

@@ -31,6 +31,9 @@ OPTIONS = [
     (fusedrnn.RNN, dict()),
     (fusedrnn.RNN, dict(nonlinearity="relu", bidirectional=True, residual=True)),
     (fusedrnn.RNN, dict(nonlinearity="relu", bias=False, batch_first=True, dropconnect=0.25)),
+    (fusedrnn.LayerNormLSTM, dict()),
+    (fusedrnn.LayerNormGRU, dict(bidirectional=True, residual=True, zoneout=0.2)),
+    (fusedrnn.LayerNormLSTM, dict(bias=False, batch_first=True, dropconnect=0.25, zoneout=(0.1, 0.3))),
 ] + [(cls, dict(backend=b)) for cls in (fusedrnn.GRU, fusedrnn.LSTM, fusedrnn.RNN) for b in fusedrnn.dispatch.CHOICES]
 
 RUNS_ON_CPU = ("auto", "torch", "reference")
@@ -150,6 +153,38 @@ def test_rnn_checkpoint_from_another_process_loads_after_import_fusedrnn(tmp_pat
             model = torch.load({str(path)!r})
         out = torch.load({str(path) + ".out"!r})
         assert type(model[0]) is fusedrnn.RNN and model[0].nonlinearity == "relu" and model[0].residual is True
+        assert torch.equal(model[0](torch.ones(3, 1, 4))[0], out)
+        print("ok")
+    """
+    for code in (save, load):
+        r = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("cls", ["LayerNormLSTM", "LayerNormGRU"])
+def test_layernorm_checkpoint_from_another_process_loads_after_import_fusedrnn(tmp_path, cls):
+    """The same flow for the LayerNorm modules (registered safe globals too), with LayerNorm
+    parameters away from their initial values."""
+    path = tmp_path / "ln.pt"
+    base = "torch.nn.LSTM" if cls == "LayerNormLSTM" else "torch.nn.GRU"
+    save = f"""
+        import torch, fusedrnn
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(fusedrnn.{cls}(4, 4, 2, residual=True))
+        with torch.no_grad():
+            model[0].layernorm_hh_weight_l1.mul_(3.0)
+            model[0].layernorm_ih_bias_l0.add_(0.5)
+        torch.save(model, {str(path)!r})
+        torch.save(model(torch.ones(3, 1, 4))[0], {str(path) + ".out"!r})
+    """
+    load = f"""
+        import torch, fusedrnn
+        with torch.serialization.safe_globals([torch.nn.Sequential, {base}]):
+            model = torch.load({str(path)!r})
+        out = torch.load({str(path) + ".out"!r})
+        assert type(model[0]) is fusedrnn.{cls} and model[0].residual is True, model
+        assert torch.equal(model[0].layernorm_hh_weight_l1, torch.full_like(model[0].layernorm_hh_weight_l1, 3.0))
         assert torch.equal(model[0](torch.ones(3, 1, 4))[0], out)
         print("ok")
     """

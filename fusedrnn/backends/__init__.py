@@ -61,6 +61,7 @@ class CallSpec:
     tracing: bool = False  # under torch.compile: T, B and I are blanked, only traceable paths qualify
     device_lengths: bool = False  # lengths live off the CPU: a backend reading them on the host would sync
     zoneout: bool = False  # the states are zoned (fusedrnn/zoneout.py), in training or evaluation
+    layernorm: bool = False  # the cell is layer-normalised (fusedrnn/layernorm.py): LayerNormLSTM / LayerNormGRU
 
 
 def dtype_reasons(dtype: torch.dtype, supported) -> list[str]:
@@ -84,23 +85,30 @@ class Backend:
         asked for this backend by name (some paths are offered only then, e.g. the interpreter)."""
         return self.unavailable()
 
-    # ``zoneout``: a fusedrnn.zoneout.Zoneout or None; only backends whose reasons() accept a
-    # spec with zoneout=True are ever handed one.
-    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
+    # ``zoneout``: a fusedrnn.zoneout.Zoneout or None; ``layernorm``: a fusedrnn.layernorm.LayerNorm
+    # or None. Only backends whose reasons() accept a spec with zoneout=True (layernorm=True) are
+    # ever handed one; the others refuse one handed to them directly (``refuse_layernorm``).
+    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
         raise NotImplementedError
 
-    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None):
+    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None,
+             layernorm=None):
         raise NotImplementedError
 
-    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
+    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
         """The Elman RNN cell ``cell`` ("rnn_tanh" | "rnn_relu"); the arguments are gru's."""
         raise NotImplementedError
 
-    def rnn_tanh(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
-        return self.rnn("rnn_tanh", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
+    def rnn_tanh(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
+        return self.rnn("rnn_tanh", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout, layernorm)
 
-    def rnn_relu(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
-        return self.rnn("rnn_relu", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
+    def rnn_relu(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
+        return self.rnn("rnn_relu", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout, layernorm)
+
+    def refuse_layernorm(self, layernorm, reason: str) -> None:
+        """For a backend without LayerNorm: a LayerNorm handed to it directly is an error, never ignored."""
+        if layernorm is not None:
+            raise ValueError(f"fusedrnn backend {self.name!r}: {reason}")
 
 
 class _Unimportable(Backend):

@@ -37,6 +37,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_CAPABILITY = (8, 0)
 _N_SAVED = {"gru": 4, "lstm": 5}  # fp32 values per (t, b, unit) kept for the backward
 ZONEOUT_REASON = "zoneout: the CUDA kernels have no zoneout yet; the Triton kernels and the reference run it"
+LAYERNORM_REASON = "layernorm: the CUDA kernels have no LayerNorm yet; the reference runs it"
 RNN_REASON = "the CUDA kernels have no Elman RNN cell (nonlinearity tanh/relu); the Triton kernels and torch's op run it"
 _DTYPE_NAME = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 _REQUIRED = ("gru_forward", "lstm_forward", "gru_backward", "lstm_backward", "plan", "launch_shape", "barrier_floor")
@@ -359,9 +360,10 @@ class CudaBackend(Backend):
         return unavailable()
 
     def reasons(self, spec, forced):
-        if spec.cell in RNN_CELLS or spec.zoneout:  # decided without loading the extension
+        if spec.cell in RNN_CELLS or spec.zoneout or spec.layernorm:  # decided without loading the extension
             return ([] if spec.device.type == "cuda" else [f"device={spec.device.type} (supported: cuda)"]) + \
-                ([RNN_REASON] if spec.cell in RNN_CELLS else []) + ([ZONEOUT_REASON] if spec.zoneout else [])
+                ([RNN_REASON] if spec.cell in RNN_CELLS else []) + ([ZONEOUT_REASON] if spec.zoneout else []) + \
+                ([LAYERNORM_REASON] if spec.layernorm else [])
         if spec.device.type != "cuda":  # decided without loading the extension
             return [f"device={spec.device.type} (supported: cuda)"]
         if not forced and _extension.needs_jit_build():
@@ -374,10 +376,13 @@ class CudaBackend(Backend):
             return reasons
         return limits(spec, forced)
 
-    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
+    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
+        self.refuse_layernorm(layernorm, LAYERNORM_REASON)
         return gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
 
-    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None):
+    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None,
+             layernorm=None):
+        self.refuse_layernorm(layernorm, LAYERNORM_REASON)
         return lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse)
 
 

@@ -18,6 +18,7 @@ from . import FLOAT_DTYPES, Backend, dtype_reasons
 
 
 ZONEOUT_REASON = "zoneout (torch's RNN ops have no zoneout; the reference and the Triton kernels run it)"
+LAYERNORM_REASON = "layernorm (torch's RNN ops have no LayerNorm; the reference runs it)"
 
 
 class TorchBackend(Backend):
@@ -32,8 +33,8 @@ class TorchBackend(Backend):
     CPU_DTYPES = (torch.float32, torch.float64)
 
     def reasons(self, spec, forced):
-        if spec.zoneout:
-            return [ZONEOUT_REASON]
+        if spec.zoneout or spec.layernorm:
+            return ([ZONEOUT_REASON] if spec.zoneout else []) + ([LAYERNORM_REASON] if spec.layernorm else [])
         if spec.has_lengths and spec.tracing:
             return ["lengths under torch.compile (torch's packing functions are not traceable)"]
         if spec.has_lengths and spec.device_lengths:
@@ -49,7 +50,8 @@ class TorchBackend(Backend):
             return dtype_reasons(spec.dtype, FLOAT_DTYPES)
         return [f"device={spec.device.type} (supported: cpu, cuda)"]
 
-    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
+    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
+        self.refuse_layernorm(layernorm, LAYERNORM_REASON)
         params = [w for w in (w_ih, w_hh, b_ih, b_hh) if w is not None]
         y, (h_n,) = _run_native(
             lambda inp, hx, batch_sizes: _vf_call(torch._VF.gru, inp, hx, params, b_ih is not None, batch_sizes),
@@ -57,7 +59,8 @@ class TorchBackend(Backend):
         )
         return y, h_n
 
-    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
+    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
+        self.refuse_layernorm(layernorm, LAYERNORM_REASON)
         op = _OPS[cell]
         params = [w for w in (w_ih, w_hh, b_ih, b_hh) if w is not None]
         y, (h_n,) = _run_native(
@@ -66,7 +69,9 @@ class TorchBackend(Backend):
         )
         return y, h_n
 
-    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None):
+    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None,
+             layernorm=None):
+        self.refuse_layernorm(layernorm, LAYERNORM_REASON)
         params = [w for w in (w_ih, w_hh, b_ih, b_hh, w_hr) if w is not None]
         y, (h_n, c_n) = _run_native(
             lambda inp, hx, batch_sizes: _vf_call(torch._VF.lstm, inp, hx, params, b_ih is not None, batch_sizes),

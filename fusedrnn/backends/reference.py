@@ -16,21 +16,23 @@ class ReferenceBackend(Backend):
     def reasons(self, spec, forced):
         return dtype_reasons(spec.dtype, FLOAT_DTYPES)
 
-    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
+    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
         return reference.gru_reference(
-            x, h0, w_ih, w_hh, b_ih, b_hh, residual=residual, lengths=lengths, reverse=reverse, zoneout=zoneout
+            x, h0, w_ih, w_hh, b_ih, b_hh, residual=residual, lengths=lengths, reverse=reverse, zoneout=zoneout,
+            layernorm=layernorm,
         )
 
-    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
+    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
         return reference.rnn_reference(
             x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=cell.removeprefix("rnn_"), residual=residual,
-            lengths=lengths, reverse=reverse, zoneout=zoneout,
+            lengths=lengths, reverse=reverse, zoneout=zoneout, layernorm=layernorm,
         )
 
-    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None):
+    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None,
+             layernorm=None):
         return reference.lstm_reference(
             x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual=residual, lengths=lengths, reverse=reverse,
-            zoneout=zoneout,
+            zoneout=zoneout, layernorm=layernorm,
         )
 
 

@@ -34,6 +34,7 @@ from . import FLOAT_DTYPES, Backend, dtype_reasons
 
 __all__ = ["BACKEND", "gru", "rnn", "lstm", "limits"]
 
+LAYERNORM_REASON = "layernorm: the Triton kernels do not fuse LayerNorm yet; the reference runs it"
 PROJ_REASON = "proj_size>0 (w_hr) is not supported by the Triton kernels"
 
 
@@ -314,6 +315,8 @@ class TritonBackend(Backend):
         return unavailable()
 
     def reasons(self, spec, forced):
+        if spec.layernorm:  # decided without importing Triton
+            return [LAYERNORM_REASON]
         if spec.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") \
                 and _kernels_module is None:
             # Decided without importing Triton: on the CPU the kernels run only under its interpreter.
@@ -338,13 +341,17 @@ class TritonBackend(Backend):
         reasons += limits(spec)
         return reasons
 
-    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
+    def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
+        self.refuse_layernorm(layernorm, LAYERNORM_REASON)
         return gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
 
-    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
+    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
+        self.refuse_layernorm(layernorm, LAYERNORM_REASON)
         return rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
 
-    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None):
+    def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None,
+             layernorm=None):
+        self.refuse_layernorm(layernorm, LAYERNORM_REASON)
         return lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout)
 
 
