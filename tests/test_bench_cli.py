@@ -336,3 +336,49 @@ def test_zoneout_csv_table_and_summary(tmp_path):
     assert "zoneout=0.1" in text and "WITHOUT zoneout" in text
     s = summary.summarize(json.loads(paths["json"].read_text()))
     assert "zoneout-gru*" in s and "* zoneout-gru: torch.nn ran WITHOUT zoneout" in s
+
+
+def test_zoneout_model_term():
+    """The Triton model prices zoneout per step: present only when p > 0, independent of p, in the
+    training forward and again in the backward (masks regenerated), cheaper in evaluation, twice
+    the states for an LSTM; the CUDA model says the backend declines it."""
+    from fusedrnn.bench import model_cuda, model_triton, perf_model
+
+    base = cases.get("zoneout-gru")
+
+    def steps(case):
+        return [model_triton.step(case.cell, d, case, "bf16", save)[1] for d, save in
+                (("fwd", False), ("fwd", True), ("bwd", True))]
+
+    def zo(step):
+        return [ph.us for ph in step.phases if ph.name == "zoneout"]
+
+    off, on, high = (steps(dataclasses.replace(base, zoneout=p)) for p in (0.0, 0.1, 0.5))
+    assert all(zo(s) == [] for s in off)
+    for s_on, s_high, s_off in zip(on, high, off):
+        assert len(zo(s_on)) == 1 and zo(s_on)[0] > 0 and zo(s_on) == zo(s_high)
+        assert s_on.us == pytest.approx(s_off.us + zo(s_on)[0])
+    inference, train_fwd, bwd = (zo(s)[0] for s in on)
+    assert train_fwd > 10 * inference and bwd >= train_fwd  # Philox in training, a blend in evaluation
+    lstm = steps(dataclasses.replace(base, cell="lstm"))
+    assert zo(lstm[1])[0] > 1.5 * train_fwd  # h and c
+    est_on = model_triton.model(base, "bf16")
+    est_off = model_triton.model(dataclasses.replace(base, zoneout=0.0), "bf16")
+    assert est_on.fb_ms > est_off.fb_ms and est_on.fwd_ms > est_off.fwd_ms and "zoneout p=0.1" in est_on.notes
+    why = model_cuda.model(base, "bf16")
+    assert isinstance(why, str) and "declines zoneout" in why
+    rows = perf_model.table([base], ["bf16"])
+    assert {r["provider"]: "why" in r for r in rows} == {"fusedrnn-cuda": True, "fusedrnn-triton": False}
+
+
+def test_cli_model_prints_the_zoneout_case():
+    proc = subprocess.run([sys.executable, "-m", "fusedrnn.bench", "--model", "--cases", "zoneout-gru", "--dtypes",
+                           "bf16"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "zoneout-gru    bf16  fusedrnn-triton" in out
+    assert "+ epilogue 0.31 + zoneout " in out  # the backward step's phases end with the zoneout term
+    assert ("zoneout-gru    bf16  fusedrnn-cuda      not modelled: not applicable (the cuda backend declines "
+            "zoneout") in out
+    assert "zoneout p=0.1 (MODEL, independent of p)" in out
