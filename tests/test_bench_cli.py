@@ -54,18 +54,25 @@ def test_cli_cpu_demo(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "fusedrnn.bench", "--quick", "--no-progress", "--cases", "small-lstm,residual-gru",
-         "--out", str(out)],
+        [sys.executable, "-m", "fusedrnn.bench", "--quick", "--no-progress", "--cases",
+         "small-lstm,residual-gru,zoneout-gru", "--out", str(out)],
         capture_output=True, text=True, timeout=240, env=env,
     )
     log = proc.stdout + proc.stderr
     assert "No CUDA GPU is visible" in proc.stdout and "CPU DEMONSTRATION" in proc.stdout, log
     doc = json.loads((out / "results.json").read_text())
-    assert set(doc["results"]) == {"small-lstm", "residual-gru"}
+    assert set(doc["results"]) == {"small-lstm", "residual-gru", "zoneout-gru"}
     assert doc["meta"]["label"].startswith("CPU demonstration")
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows and {r["case"] for r in rows} == {"small-lstm", "residual-gru"}
+    assert rows and {r["case"] for r in rows} == {"small-lstm", "residual-gru", "zoneout-gru"}
+    zo = {(r["provider"], r["mode"]): r for r in rows if r["case"] == "zoneout-gru"}
+    assert {r["zoneout"] for r in zo.values()} == {"0.1"} and {r["zoneout"] for r in rows} == {"0.0", "0.1"}
+    for mode in cases.MODES:  # the demo's default providers on the zoneout case
+        assert zo[("torch-nn", mode)]["status"] == "ok" and "WITHOUT zoneout" in zo[("torch-nn", mode)]["note"]
+        assert zo[("cell-loop", mode)]["status"] == "ok" and zo[("fusedrnn-reference", mode)]["status"] == "ok", log
+        declined = zo[("fusedrnn-torch", mode)]
+        assert declined["status"] == "unavailable" and "zoneout" in declined["reason"]
     assert all(r["label"].startswith("CPU demonstration") for r in rows)
     ok = [r for r in rows if r["status"] == "ok"]
     assert {r["provider"] for r in ok} >= {"torch-nn", "fusedrnn-torch", "fusedrnn-reference", "cell-loop"}, log
