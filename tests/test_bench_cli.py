@@ -222,14 +222,17 @@ def test_zoneout_case_is_in_the_grid():
     assert not providers.applies(c, "fusedrnn-triton-graphed", "forward")  # not a streaming case
 
 
-@pytest.mark.parametrize("variant", [{}, {"cell": "lstm"}, {"cell": "lstm", "packed": True, "bidirectional": True}])
-def test_cell_loop_zoneout_evaluation_matches_fusedrnn(variant):
-    """Mode "forward" is inference: the cell loop's evaluation zoneout (m = p, torch.lerp) is
-    fusedrnn's reference module in eval() with zoneout=p, and differs from the un-zoned stack."""
+@pytest.mark.parametrize("variant, compiled", [({}, False), ({"cell": "lstm"}, False),
+                                               ({"cell": "lstm", "packed": True, "bidirectional": True}, False),
+                                               ({"cell": "lstm"}, True)])
+def test_cell_loop_zoneout_evaluation_matches_fusedrnn(variant, compiled):
+    """Mode "forward" is inference: the cell loop's evaluation zoneout (m = p, torch.lerp; eager, or
+    inside the compiled step) is fusedrnn's reference module in eval() with zoneout=p, and differs
+    from the un-zoned stack."""
     from fusedrnn.bench import providers
 
     inp = _zoneout_inputs("forward", **variant)
-    loop, _, mask = providers._cell_loop_model(inp, compiled=False, training=False)
+    loop, _, mask = providers._cell_loop_model(inp, compiled=compiled, training=False)
     fused, _ = providers._module_model(inp, "reference", training=False)
     plain, _ = providers._module_model(inp, None, training=False)
     with torch.no_grad():
@@ -240,7 +243,7 @@ def test_cell_loop_zoneout_evaluation_matches_fusedrnn(variant):
     assert (want - unzoned).abs().max() > 1e-2  # zoneout changed the result: the comparison means something
 
 
-@pytest.mark.parametrize("which", ["cell-loop", "fusedrnn-reference"])
+@pytest.mark.parametrize("which", ["cell-loop", "cell-loop-compiled", "fusedrnn-reference"])
 def test_zoneout_training_masks_have_the_right_statistics(which):
     """Training: every element of h_t is h_{t-1} (zoned out) or the cell's h~_t (updated),
     a fraction p of them zoned out, with masks that change from step to step: the cell loop's
@@ -249,8 +252,8 @@ def test_zoneout_training_masks_have_the_right_statistics(which):
 
     p = 0.3
     inp = _zoneout_inputs("forward+backward", p=p, layers=1, B=8, T=40, H=32)
-    if which == "cell-loop":
-        forward, _, _ = providers._cell_loop_model(inp, compiled=False, training=True)
+    if which.startswith("cell-loop"):
+        forward, _, _ = providers._cell_loop_model(inp, compiled=which == "cell-loop-compiled", training=True)
     else:
         forward, _ = providers._module_model(inp, "reference", training=True)
     torch.manual_seed(0)
