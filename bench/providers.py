@@ -36,8 +36,10 @@ a training step (modules in train(), masks drawn).
                       ``caveat()`` says so in each such row's ``note`` (table and CSV).
 
 ``build(case_inputs, provider, mode)`` returns a zero-argument callable doing one timed call: in
-"forward" one inference pass under torch.no_grad(); in "forward+backward" a forward pass and
-``out.backward(dy)`` with a fixed random dy (gradients reset to None first, outside autograd).
+"forward" one inference pass under torch.no_grad() with the modules in eval(); in "forward+backward"
+(modules in train()) a forward pass and ``out.backward(dy)`` with a fixed random dy (gradients reset
+to None first, outside autograd). The benchmark modules have no dropout, so eval()/train() changes
+only zoneout and the train flag torch.nn passes to its op (cuDNN may then take its inference path).
 Packed cases pack inside the call (torch.nn.utils.rnn.pack_padded_sequence) for every module
 provider alike; the cell loops mask instead.
 """
