@@ -24,7 +24,9 @@ N = valid tokens (B·T, or Σ lengths when packed), I = that layer's input width
                                      + N·I + N·H  re-read x and h for dW
                                      + N·I        write dx
                                      + 2·W)       re-read W, write dW
-A streaming case reads the weights and the states once per call (T times).
+A streaming case reads the weights and the states once per call (T times). Zoneout changes neither
+count: its masks are generated in the step (counter-based Philox, regenerated in the backward), not
+stored, and its blend is element-wise gate math.
 These are lower bounds a fused kernel could reach in principle (every tensor touched once), not a
 model of any implementation; the roofline floor is max(FLOPs / peak FLOP/s, bytes / peak bandwidth).
 """
@@ -54,6 +56,7 @@ class Case:
     packed: bool = False  # variable lengths in [T // 4, T], longest exactly T, fed as a PackedSequence
     residual: bool = False  # fusedrnn residual=True vs torch.nn per layer + add
     stream: bool = False  # streaming inference: T calls of one step each (T=1 input), carrying the state
+    zoneout: float = 0.0  # fusedrnn zoneout=p (every state; LSTM: h and c); see providers.py for the baselines
     anchor: str = ""
     scaled_from: str | None = field(default=None, compare=False)  # set by scaled_down()
 
@@ -123,12 +126,15 @@ class Case:
             parts.append("residual")
         if self.stream:
             parts.append(f"streaming: {self.T} calls of one step carrying the state")
+        if self.zoneout:
+            parts.append(f"zoneout p={self.zoneout:g}")
         if self.scaled_from:
             parts.append(f"scaled down from {self.scaled_from}")
         return ", ".join(parts)
 
     def scaled_down(self, tiny: bool = False) -> "Case":
-        """A CPU-sized copy with the same structure (cell, layers, directions, packing, residual).
+        """A CPU-sized copy with the same structure (cell, layers, directions, packing, residual,
+        streaming, zoneout).
 
         default: B ≤ 8, H = H/8 (≥ 16), T ≤ 64;  tiny: B ≤ 4, H = 16, T ≤ 12 (for tests)."""
         if tiny:
@@ -159,6 +165,9 @@ CASES: tuple[Case, ...] = (
          anchor="streaming inference (RL policy, streaming speech): per-call us with and without CUDA graphs"),
     Case("stream-gru2-b64", "gru", B=64, H=512, T=256, layers=2, stream=True,
          anchor="batched streaming inference: per-call us with and without CUDA graphs"),
+    Case("zoneout-gru", "gru", B=32, H=512, T=256, layers=2, zoneout=0.1,
+         anchor="zoneout regularizer (Krueger et al. 2017) on h; baselines: the cell loop with torch masks, "
+                "cuDNN without zoneout"),
 )
 BY_ID = {c.id: c for c in CASES}
 

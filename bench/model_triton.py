@@ -21,6 +21,15 @@ tests/test_triton_codegen.py keeps checking the parts the phases rely on):
   16x8 accumulator tile: bar.sync, STS.128, bar.sync, LDS.128, log2(KS) dependent shuffles;
 - ``epilogue``: gate math (dependent MUFU ex2/rcp) and the layout conversions Triton puts before
   the coalesced stores (STS, bar.sync, LDS each): ``conversions`` below, counted in the SASS;
+- ``zoneout`` (a case with ``zoneout`` > 0 only; ``zoneout_phase`` below): per zoned state (GRU h;
+  LSTM h and c) and element of the program's tile, in training the Philox 4x32-10 mask (tl.rand:
+  10 rounds of 2 umulhi, 2 mul, 4 xor, 2 key adds) plus its counter, float map, compare and
+  select, once in the forward and once more in the backward (the masks are regenerated, never
+  stored); in evaluation (the "forward" mode, inference) the blend p*old + (1-p)*new. Integer ops
+  at ``ALU_OPS_PER_CLK_SM``, the tile's replicas included (a K-split plan holds the gate tile in
+  every warp), against the dependent Philox chain of one element; on the critical path after the
+  gate math (the masks depend only on the seed and the step, but the step loop computes them
+  after the barrier). Independent of p's value; absent when p = 0;
 - streamed plans replace operand/stage/MMA by the K loop: a pipeline fill (one L2 trip) plus, per
   BLOCK_K chunk, the larger of the chunk's L2 transfer (operand + W), its shared-memory reads and
   its MMA chain, the asynchronous copies keeping the next chunks in flight.
@@ -49,6 +58,19 @@ FMA_PER_CLK_SM = {"fp32": 128, "fp64": 64}  # FFMA / DFMA issue rate per SM (H10
 # Layout conversions before the stores, per unit block and step (SASS, flashrnn shapes): forward
 # h/c state, exchange, y (+ 4 saved activations when training); backward dgates/exchange/carries.
 CONVERSIONS = {("fwd", False): 4, ("fwd", True): 8, ("bwd", True): 6}
+# Zoneout (kernels/cells.py zone / zone_grad; fusedrnn/zoneout.py). Counted from the source
+# (tl.rand's philox_impl and the code around it), not from SASS: ptxas fuses a 3-input xor into
+# one LOP3 and may keep the scalar key adds per warp, so the instruction count is likely lower.
+PHILOX_ROUNDS = 10  # tl.rand's default
+PHILOX_OPS_PER_ROUND = {"umulhi": 2, "mul": 2, "xor": 4, "key add": 2}  # per element
+# per element around the Philox rounds: the 64-bit counter (t*B + b)*H + j (2 adds, 1 shift), the
+# uint32 -> [0, 1) map (compare + select, I2F, FMUL), the compare with p; then the select of the
+# forward, or the two selects and the add into dh_{t-1} (dc_{t-1}) of the backward
+MASK_OPS = {"fwd": 3 + 4 + 1 + 1, "bwd": 3 + 4 + 1 + 2 + 1}
+EVAL_OPS = 2  # p * old + (1 - p) * new: FMUL + FFMA
+LSTM_C_RECOMPUTE_OPS = 2  # the backward recomputes the un-zoned c~_t = f * c_{t-1} + i * g
+ALU_OPS_PER_CLK_SM = 64  # 32-bit integer multiply / logic / add issue rate per SM (H100: 16 lanes per sub-partition)
+PHILOX_ROUND_CLK = 10  # one round's dependent path (IMAD.HI, then LOP3), assumed
 
 
 def _plan(cell: str, direction: str, case: Case, dtype_name: str, m: Machine):
@@ -129,7 +151,43 @@ def step(cell: str, direction: str, case: Case, dtype_name: str, save: bool, m: 
     conversions = CONVERSIONS[(direction, save)] if (direction, save) in CONVERSIONS else 6
     phases.append(Phase("epilogue", blocks * _clk(MUFU_CHAIN_CLK + conversions * (2 * BAR_CLK + SMEM_TRIP_CLK), m),
                         f"gate math, {conversions} layout conversions, stores"))
+    zo = zoneout_phase(p, case, direction, save, blocks, m)
+    if zo is not None:
+        phases.append(zo)
     return p, Step(tuple(phases))
+
+
+def zoneout_ops(cell: str, direction: str, training: bool) -> int:
+    """Integer/float ops per element of the program's tile that zoneout adds to one step (every
+    zoned state: GRU and RNN h, LSTM h and c, as a case's one ``zoneout`` float zones both)."""
+    states = 2 if cell == "lstm" else 1
+    if not training:  # evaluation: the blend (only a forward runs in evaluation here)
+        return states * EVAL_OPS
+    ops = states * (PHILOX_ROUNDS * sum(PHILOX_OPS_PER_ROUND.values()) + MASK_OPS[direction])
+    if direction == "bwd" and cell == "lstm":
+        ops += LSTM_C_RECOMPUTE_OPS
+    return ops
+
+
+def zoneout_phase(p, case: Case, direction: str, save: bool, blocks: int, m: Machine = H100) -> Phase | None:
+    """The zoneout term of one step of plan ``p`` (None without zoneout): a training step (the
+    forward that saves activations, and every backward) generates the masks; the inference forward
+    blends with p. max(issue of every replica's ops at ALU_OPS_PER_CLK_SM, one element's dependent
+    chain), per unit block the program walks."""
+    if not getattr(case, "zoneout", 0.0):
+        return None
+    training = save or direction == "bwd"
+    ops = zoneout_ops(case.cell, direction, training)
+    replicas = p.KS if p.KS > 1 else 1  # a K-split plan holds the (BB, BH) gate tile in every warp
+    lanes = max(p.BB * p.BH * replicas, 32 * p.num_warps)  # elements computed per block, replicas included
+    rate = ALU_OPS_PER_CLK_SM if training else FMA_PER_CLK_SM["fp32"]  # the blend is float FMUL/FFMA
+    issue_clk = lanes * ops / rate
+    chain_clk = PHILOX_ROUNDS * PHILOX_ROUND_CLK if training else 2 * 4
+    what = (f"Philox 4x32-{PHILOX_ROUNDS} masks{' regenerated' if direction == 'bwd' else ''}" if training
+            else "evaluation blend p*old + (1-p)*new")
+    return Phase("zoneout", blocks * _clk(max(issue_clk, chain_clk), m),
+                 f"{what}: {ops} ops x {lanes} elements ({p.BB}x{p.BH} tile x {replicas} warp replicas) at "
+                 f"{rate}/clk/SM vs a {chain_clk}-clk dependent chain")
 
 
 @register("fusedrnn-triton")
@@ -149,4 +207,9 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
     train_ms, fb_ms = whole_call_ms(case, dtype_name, fwd_train, bwd, fwd_extra, bwd_extra, m)
     plan = f"fwd: {pf.describe()}; bwd: {pb.describe()}"
     notes = f"training forward {fwd_train.us:.2f} us/step (saves activations)"
+    if case.zoneout:
+        zo = {s_: next(ph.us for ph in st.phases if ph.name == "zoneout")
+              for s_, st in (("inference", fwd_inf), ("training fwd", fwd_train), ("bwd", bwd))}
+        notes += (f"; zoneout p={case.zoneout:g} (MODEL, independent of p): "
+                  + ", ".join(f"{k} +{v:.2f}" for k, v in zo.items()) + " us/step")
     return Estimate("fusedrnn-triton", case.id, dtype_name, plan, fwd_inf, bwd, fwd_ms, fb_ms, notes=notes)

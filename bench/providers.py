@@ -18,9 +18,28 @@ Streaming cases (``case.stream``) run T calls of one step each, the state of one
 next (inference only). For residual cases the torch baselines are what a user writes today: one single-layer torch.nn module
 (or cell loop) per layer, plus ``y = rnn(x) + x``; fusedrnn gets ``residual=True``.
 
+Zoneout cases (``case.zoneout = p``; fusedrnn/zoneout.py): with h~_t (c~_t) the cell's new state,
+training runs h_t = m * h_{t-1} + (1 - m) * h~_t, m ~ Bernoulli(p) per element, row, step, layer
+and direction (LSTM: c likewise, its own mask), and evaluation runs m = p. Mode "forward" is
+inference, so it runs evaluation semantics (every module in eval(), m = p); "forward+backward" is
+a training step (modules in train(), masks drawn).
+  fusedrnn-triton, fusedrnn-reference   zoneout=p: the masks are Philox, generated in the step
+  fusedrnn-cuda, fusedrnn-torch (and -graphed)   Unavailable: those backends decline zoneout (their
+                      own reason is the message)
+  cell-loop, cell-loop-compiled   the loop a user writes today: after each cell step,
+                      torch.lerp(h~, h_prev, m) with m = torch.empty_like(h).bernoulli_(p) drawn by torch
+                      per step (training) or the scalar p (evaluation); the compiled loop compiles the
+                      zoned step (mask draw and blend inside the compiled function)
+  torch-nn, torch-nn-nocudnn (and -graphed)   cannot express zoneout: they run the SAME shapes WITHOUT
+                      zoneout, so the case's "x torch-nn" ratios are to cuDNN's un-zoned recurrence
+                      (the cheaper computation: a handicap for the zoned providers, never a flattery).
+                      ``caveat()`` says so in each such row's ``note`` (table and CSV).
+
 ``build(case_inputs, provider, mode)`` returns a zero-argument callable doing one timed call: in
-"forward" one inference pass under torch.no_grad(); in "forward+backward" a forward pass and
-``out.backward(dy)`` with a fixed random dy (gradients reset to None first, outside autograd).
+"forward" one inference pass under torch.no_grad() with the modules in eval(); in "forward+backward"
+(modules in train()) a forward pass and ``out.backward(dy)`` with a fixed random dy (gradients reset
+to None first, outside autograd). The benchmark modules have no dropout, so eval()/train() changes
+only zoneout and the train flag torch.nn passes to its op (cuDNN may then take its inference path).
 Packed cases pack inside the call (torch.nn.utils.rnn.pack_padded_sequence) for every module
 provider alike; the cell loops mask instead.
 """
@@ -38,6 +57,7 @@ from .cases import Inputs
 from .composed import ComposedTorch
 
 TORCH_NN = "torch-nn"
+TORCH_NN_PROVIDERS = ("torch-nn", "torch-nn-nocudnn", "torch-nn-graphed")  # torch.nn modules: no zoneout
 
 
 class Unavailable(Exception):
@@ -75,6 +95,26 @@ GPU_DEFAULT = ("torch-nn", "torch-nn-nocudnn", "cell-loop", "cell-loop-compiled"
 CPU_DEMO_DEFAULT = ("torch-nn", "cell-loop", "fusedrnn-torch", "fusedrnn-reference")
 
 
+def _zoneout_reasons() -> dict[str, str]:
+    """provider -> why it cannot run zoneout: the backend's own reason (fusedrnn.backends)."""
+    try:
+        from fusedrnn.backends import cuda, native
+
+        cuda_why, torch_why = cuda.ZONEOUT_REASON, native.ZONEOUT_REASON
+    except Exception as e:  # noqa: BLE001 - an unimportable fusedrnn is a reason too
+        cuda_why = torch_why = f"import fusedrnn.backends failed ({type(e).__name__}: {e})"
+    return {"fusedrnn-cuda": cuda_why, "fusedrnn-cuda-graphed": cuda_why, "fusedrnn-torch": torch_why}
+
+
+def caveat(case, provider: str) -> str:
+    """What a row of ``provider`` on ``case`` runs that differs from the case ('' when nothing):
+    the torch.nn baselines run a zoneout case without zoneout."""
+    if case.zoneout and provider in TORCH_NN_PROVIDERS:
+        return (f"WITHOUT zoneout (torch.nn has none; p={case.zoneout:g} not applied): x torch-nn of this case is "
+                f"to the un-zoned recurrence")
+    return ""
+
+
 def _layer_state(sd: dict, layer: int, direction: int, keep_reverse: bool = False) -> dict:
     """Weights of one layer-direction renamed as layer 0's (``weight_ih_l3_reverse`` ->
     ``weight_ih_l0_reverse`` with keep_reverse, else ``weight_ih_l0``)."""
@@ -96,18 +136,22 @@ def _rnn_cls(cell: str, fused_backend: str | None):
     return cls
 
 
-def _module_model(inp: Inputs, fused_backend: str | None):
-    """(forward(x) -> out, params) for torch.nn or fusedrnn modules."""
+def _module_model(inp: Inputs, fused_backend: str | None, training: bool = False):
+    """(forward(x) -> out, params) for torch.nn or fusedrnn modules, in train() when ``training``
+    (forward+backward) else eval() (inference: a zoneout case then runs m = p). fusedrnn modules
+    get ``zoneout=case.zoneout``; torch.nn's have none (see ``caveat``)."""
     case = inp.case
     dtype, device = inp.x.dtype, inp.x.device
     cls = _rnn_cls(case.cell, fused_backend)
     kw = {} if fused_backend is None else {"backend": fused_backend}
+    if fused_backend is not None and case.zoneout:
+        kw["zoneout"] = case.zoneout
     if case.residual and fused_backend is None:
         # torch baseline for a residual stack: one single-layer module per layer, then the add.
         template = _rnn_cls(case.cell, "reference")(case.I, case.H, num_layers=case.layers,
                                                     bidirectional=case.bidirectional, residual=True)
         template.load_state_dict(inp.state_dict)
-        modules = ComposedTorch(template.to(device=device, dtype=dtype))
+        modules = ComposedTorch(template.to(device=device, dtype=dtype)).train(training)
 
         def run(seq):
             return modules(seq)[0]
@@ -115,7 +159,7 @@ def _module_model(inp: Inputs, fused_backend: str | None):
         extra = dict(kw, residual=True) if case.residual else kw
         modules = cls(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional, **extra)
         modules.load_state_dict(inp.state_dict)
-        modules = modules.to(device=device, dtype=dtype)
+        modules = modules.to(device=device, dtype=dtype).train(training)
 
         def run(seq):
             return modules(seq)[0]
@@ -155,9 +199,11 @@ def _graphed_stream_model(inp: Inputs, fused_backend: str | None):
         raise Unavailable("CUDA graphs need a GPU")
     cls = _rnn_cls(case.cell, fused_backend)
     kw = {} if fused_backend is None else {"backend": fused_backend}
+    if fused_backend is not None and case.zoneout:
+        kw["zoneout"] = case.zoneout
     module = cls(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional, **kw)
     module.load_state_dict(inp.state_dict)
-    module = module.to(device=inp.x.device, dtype=inp.x.dtype)
+    module = module.to(device=inp.x.device, dtype=inp.x.dtype).eval()  # inference: zoneout m = p
     x1 = inp.x[:1].clone()
     h = inp.x.new_zeros(case.layers * case.D, case.B, case.H)
     state = (h, torch.zeros_like(h)) if case.cell == "lstm" else h
@@ -195,19 +241,46 @@ def _lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh):
     return torch.lstm_cell(x_t, (h, c), w_ih, w_hh, b_ih, b_hh)
 
 
-def _compiled_step(cell: str):
+def _zone_fn(p: float, training: bool):
+    """The zoneout a user of the cell loop writes: (new, old) -> the zoned state, fusedrnn's
+    semantics (fusedrnn/zoneout.py) with torch's masks. Training: m = Bernoulli(p) drawn by torch at
+    each call (one mask per element, row, step, layer, direction and state), lerp(new, old, m) =
+    m * old + (1 - m) * new; evaluation: the expectation, lerp(new, old, p). None without zoneout."""
+    if not p:
+        return None
+    if training:
+        def zone(new, old):
+            return torch.lerp(new, old, torch.empty_like(new).bernoulli_(p))
+    else:
+        def zone(new, old):
+            return torch.lerp(new, old, p)
+    return zone
+
+
+def _compiled_step(cell: str, zone=None):
     # Weights are arguments, so layers of equal shapes share one compiled graph. Dynamo's caches
     # are reset first: each case brings new shapes, and past its recompile limit dynamo would
-    # silently run the step eagerly.
+    # silently run the step eagerly. With zoneout the zoned step is compiled (draw and blend inside).
     torch._dynamo.reset()
-    return torch.compile(_gru_step if cell == "gru" else _lstm_step, dynamic=False)
+    if zone is None:
+        return torch.compile(_gru_step if cell == "gru" else _lstm_step, dynamic=False)
+    if cell == "gru":
+        def zoned(x_t, h, w_ih, w_hh, b_ih, b_hh):
+            return zone(_gru_step(x_t, h, w_ih, w_hh, b_ih, b_hh), h)
+    else:
+        def zoned(x_t, h, c, w_ih, w_hh, b_ih, b_hh):
+            h_new, c_new = _lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh)
+            return zone(h_new, h), zone(c_new, c)
+    return torch.compile(zoned, dynamic=False)
 
 
-def _cell_loop_model(inp: Inputs, compiled: bool):
+def _cell_loop_model(inp: Inputs, compiled: bool, training: bool = False):
     """The loop users write: torch.nn.GRUCell/LSTMCell per step, per layer, per direction.
 
     Variable lengths: a row's state is frozen and its output zeroed past its length (torch.where),
-    which also gives the reverse direction its packed-sequence meaning."""
+    which also gives the reverse direction its packed-sequence meaning. Zoneout (``case.zoneout``):
+    each step's new states go through ``_zone_fn(p, training)`` (before the length mask, as in
+    fusedrnn's kernels)."""
     case = inp.case
     dtype, device = inp.x.dtype, inp.x.device
     cells = []  # cells[layer][direction]
@@ -224,19 +297,28 @@ def _cell_loop_model(inp: Inputs, compiled: bool):
     valid = None
     if inp.lengths is not None:
         valid = (torch.arange(T).view(T, 1) < inp.lengths.view(1, B)).to(device).unsqueeze(-1)  # (T, B, 1)
-    step = _compiled_step(case.cell) if compiled else None
+    zone = _zone_fn(case.zoneout, training)
+    step = _compiled_step(case.cell, zone) if compiled else None
+
+    def one_step(cell, x_t, h, c):
+        """(h_t, c_t or None) of one step: the eager cell then zoneout, or the compiled (zoned) step."""
+        if step is None:
+            h_new, c_new = (cell(x_t, h), None) if case.cell == "gru" else cell(x_t, (h, c))
+            if zone is not None:
+                h_new = zone(h_new, h)
+                c_new = None if c_new is None else zone(c_new, c)
+            return h_new, c_new
+        args = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
+        if case.cell == "gru":
+            return step(x_t, h, *args), None
+        return step(x_t, h, c, *args)
 
     def direction(cell, seq, reverse):
         h = seq.new_zeros(B, H)
         c = seq.new_zeros(B, H) if case.cell == "lstm" else None
         ys = [None] * T
         for t in (range(T - 1, -1, -1) if reverse else range(T)):
-            if case.cell == "gru":
-                h_new = step(seq[t], h, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh) if step else cell(seq[t], h)
-                c_new = None
-            else:
-                args = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
-                h_new, c_new = step(seq[t], h, c, *args) if step else cell(seq[t], (h, c))
+            h_new, c_new = one_step(cell, seq[t], h, c)
             if valid is not None:
                 h_new = torch.where(valid[t], h_new, h)
                 if c_new is not None:
@@ -254,13 +336,9 @@ def _cell_loop_model(inp: Inputs, compiled: bool):
         for t in range(T):
             inp_t = x[t]
             for k in range(case.layers):
-                cell = cells[k][0]
-                if case.cell == "gru":
-                    hs[k] = step(inp_t, hs[k], cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh) if step \
-                        else cell(inp_t, hs[k])
-                else:
-                    args = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
-                    hs[k], cs[k] = step(inp_t, hs[k], cs[k], *args) if step else cell(inp_t, (hs[k], cs[k]))
+                hs[k], c_new = one_step(cells[k][0], inp_t, hs[k], cs[k] if cs else None)
+                if cs:
+                    cs[k] = c_new
                 inp_t = hs[k]
         return inp_t
 
@@ -299,26 +377,29 @@ def build(inp: Inputs, provider: str, mode: str) -> Callable[[], None]:
 
     Raises Unavailable when the provider cannot serve here (missing module, backend refusing with
     its reasons); the first call inside build() also catches a backend's ValueError at dispatch."""
-    check_device(provider, inp.x.device)
     case = inp.case
+    if case.zoneout and provider in _zoneout_reasons():
+        raise Unavailable(f"{provider}: {_zoneout_reasons()[provider]}")
+    check_device(provider, inp.x.device)
     if mode not in case.modes:
         raise Unavailable(f"{case.id} is measured in {', '.join(case.modes)} only")
     if case.stream and case.bidirectional:
         raise Unavailable("a streaming case is unidirectional")
     ctx: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
     mask = None
+    training = mode == "forward+backward"  # "forward" is inference: eval(), zoneout m = p
     if provider in (TORCH_NN, "torch-nn-nocudnn"):
-        forward, params = _module_model(inp, None)
+        forward, params = _module_model(inp, None, training)
         if provider == "torch-nn-nocudnn":
             def ctx():
                 return torch.backends.cudnn.flags(enabled=False)
     elif provider in ("cell-loop", "cell-loop-compiled"):
-        forward, params, mask = _cell_loop_model(inp, compiled=provider == "cell-loop-compiled")
+        forward, params, mask = _cell_loop_model(inp, compiled=provider == "cell-loop-compiled", training=training)
     elif provider.endswith(GRAPHED):
         name = provider[: -len(GRAPHED)]
         forward, params = _graphed_stream_model(inp, None if name == TORCH_NN else name.split("-", 1)[1])
     else:
-        forward, params = _module_model(inp, provider.split("-", 1)[1])
+        forward, params = _module_model(inp, provider.split("-", 1)[1], training)
 
     if mode == "forward":
         def call():

@@ -21,7 +21,14 @@ def summarize(doc: dict) -> str:
     head = f"{'case':<16}" + "".join(f"{p.replace('fusedrnn-', '') + ' ' + short.get(m, m) + ' ' + d:>24}"
                                      for m, d in combos for p in fused)
     lines += ["time / torch.nn (cuDNN on a GPU); '-' = not measured (see results.csv 'reason')", head]
+    footnotes = []
     for case_id, provs in doc.get("results", {}).items():
+        # a baseline that ran something else than the case (torch.nn on a zoneout case: no zoneout)
+        note = next((r.get("note") for mode in provs.get("torch-nn", {}).values() for r in mode.values()
+                     if r.get("note")), "")
+        if note:
+            footnotes.append(f"* {case_id}: torch.nn ran {note}")
+            case_id += "*"
         cells = []
         for m, d in combos:
             for p in fused:
@@ -29,6 +36,7 @@ def summarize(doc: dict) -> str:
                 v = r.get("ratio_torch_nn") if r and r.get("status") == "ok" else None
                 cells.append(f"{v:>24.2f}" if v else f"{(r or {}).get('status', '-')[:12]:>24}")
         lines.append(f"{case_id:<16}" + "".join(cells))
+    lines += footnotes
     targets = doc.get("targets") or []
     if targets:
         lines.append("targets:")

@@ -54,18 +54,25 @@ def test_cli_cpu_demo(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1")
     proc = subprocess.run(
-        [sys.executable, "-m", "fusedrnn.bench", "--quick", "--no-progress", "--cases", "small-lstm,residual-gru",
-         "--out", str(out)],
+        [sys.executable, "-m", "fusedrnn.bench", "--quick", "--no-progress", "--cases",
+         "small-lstm,residual-gru,zoneout-gru", "--out", str(out)],
         capture_output=True, text=True, timeout=240, env=env,
     )
     log = proc.stdout + proc.stderr
     assert "No CUDA GPU is visible" in proc.stdout and "CPU DEMONSTRATION" in proc.stdout, log
     doc = json.loads((out / "results.json").read_text())
-    assert set(doc["results"]) == {"small-lstm", "residual-gru"}
+    assert set(doc["results"]) == {"small-lstm", "residual-gru", "zoneout-gru"}
     assert doc["meta"]["label"].startswith("CPU demonstration")
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows and {r["case"] for r in rows} == {"small-lstm", "residual-gru"}
+    assert rows and {r["case"] for r in rows} == {"small-lstm", "residual-gru", "zoneout-gru"}
+    zo = {(r["provider"], r["mode"]): r for r in rows if r["case"] == "zoneout-gru"}
+    assert {r["zoneout"] for r in zo.values()} == {"0.1"} and {r["zoneout"] for r in rows} == {"0.0", "0.1"}
+    for mode in cases.MODES:  # the demo's default providers on the zoneout case
+        assert zo[("torch-nn", mode)]["status"] == "ok" and "WITHOUT zoneout" in zo[("torch-nn", mode)]["note"]
+        assert zo[("cell-loop", mode)]["status"] == "ok" and zo[("fusedrnn-reference", mode)]["status"] == "ok", log
+        declined = zo[("fusedrnn-torch", mode)]
+        assert declined["status"] == "unavailable" and "zoneout" in declined["reason"]
     assert all(r["label"].startswith("CPU demonstration") for r in rows)
     ok = [r for r in rows if r["status"] == "ok"]
     assert {r["provider"] for r in ok} >= {"torch-nn", "fusedrnn-torch", "fusedrnn-reference", "cell-loop"}, log
@@ -191,3 +198,197 @@ def test_stack_and_streaming_cases_are_modelled():
             assert r["model_fb_ms"] is None and "streaming: 256 eager calls" in r["notes"]
         else:
             assert r["model_fb_ms"] > r["model_fwd_ms"] > 0
+
+
+# --- zoneout ------------------------------------------------------------------------------------------
+
+
+def _zoneout_inputs(mode, p=0.3, **changes):
+    case = dataclasses.replace(cases.get("zoneout-gru").scaled_down(tiny=True), zoneout=p, **changes)
+    return cases.make_inputs(case, torch.float64, "cpu", mode)
+
+
+def test_zoneout_case_is_in_the_grid():
+    from fusedrnn.bench import providers
+
+    c = cases.get("zoneout-gru")
+    assert c in cases.CASES and (c.cell, c.B, c.H, c.T, c.layers, c.zoneout) == ("gru", 32, 512, 256, 2, 0.1)
+    assert c.modes == cases.MODES and not (c.stream or c.packed or c.residual or c.bidirectional)
+    assert [x.id for x in cases.CASES if x.zoneout] == ["zoneout-gru"]
+    small = c.scaled_down(tiny=True)
+    assert small.zoneout == 0.1 and "zoneout p=0.1" in small.describe()
+    for prov in ("torch-nn", "cell-loop", "cell-loop-compiled", "fusedrnn-triton", "fusedrnn-cuda"):
+        assert all(providers.applies(c, prov, m) for m in cases.MODES)
+    assert not providers.applies(c, "fusedrnn-triton-graphed", "forward")  # not a streaming case
+
+
+@pytest.mark.parametrize("variant, compiled", [({}, False), ({"cell": "lstm"}, False),
+                                               ({"cell": "lstm", "packed": True, "bidirectional": True}, False),
+                                               ({"cell": "lstm"}, True)])
+def test_cell_loop_zoneout_evaluation_matches_fusedrnn(variant, compiled):
+    """Mode "forward" is inference: the cell loop's evaluation zoneout (m = p, torch.lerp; eager, or
+    inside the compiled step) is fusedrnn's reference module in eval() with zoneout=p, and differs
+    from the un-zoned stack."""
+    from fusedrnn.bench import providers
+
+    inp = _zoneout_inputs("forward", **variant)
+    loop, _, mask = providers._cell_loop_model(inp, compiled=compiled, training=False)
+    fused, _ = providers._module_model(inp, "reference", training=False)
+    plain, _ = providers._module_model(inp, None, training=False)
+    with torch.no_grad():
+        got, want, unzoned = loop(inp.x), fused(inp.x), plain(inp.x)
+    if inp.case.packed:  # the modules return packed data, the loop the padded, masked sequence
+        got = torch.nn.utils.rnn.pack_padded_sequence(got, inp.lengths, enforce_sorted=False).data
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    assert (want - unzoned).abs().max() > 1e-2  # zoneout changed the result: the comparison means something
+
+
+@pytest.mark.parametrize("which", ["cell-loop", "cell-loop-compiled", "fusedrnn-reference"])
+def test_zoneout_training_masks_have_the_right_statistics(which):
+    """Training: every element of h_t is h_{t-1} (zoned out) or the cell's h~_t (updated),
+    a fraction p of them zoned out, with masks that change from step to step: the cell loop's
+    torch.bernoulli masks and fusedrnn's Philox masks alike."""
+    from fusedrnn.bench import providers
+
+    p = 0.3
+    inp = _zoneout_inputs("forward+backward", p=p, layers=1, B=8, T=40, H=32)
+    if which.startswith("cell-loop"):
+        forward, _, _ = providers._cell_loop_model(inp, compiled=which == "cell-loop-compiled", training=True)
+    else:
+        forward, _ = providers._module_model(inp, "reference", training=True)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        y = forward(inp.x)
+    cell = torch.nn.GRUCell(inp.case.I, inp.case.H).double()
+    cell.load_state_dict({k.replace("_l0", ""): v for k, v in inp.state_dict.items()})
+    prev = torch.zeros_like(y[0])
+    kept = []
+    with torch.no_grad():
+        for t in range(inp.case.T):
+            new = cell(inp.x[t], prev)
+            # float64: fusedrnn's reference rounds the cell's math in its own order, so "equal" is close
+            is_old = torch.isclose(y[t], prev, rtol=1e-12, atol=1e-14)
+            is_new = torch.isclose(y[t], new, rtol=1e-12, atol=1e-14)
+            assert bool((is_old | is_new).all()), f"step {t}: an element is neither h_(t-1) nor h~_t"
+            kept.append(is_old & ~is_new)
+            prev = y[t]
+    kept = torch.stack(kept).double()
+    n = kept.numel()
+    assert abs(float(kept.mean()) - p) < 5 * (p * (1 - p) / n) ** 0.5, float(kept.mean())
+    assert not torch.equal(kept[1], kept[2])  # a new mask every step
+    assert 0 < float(kept[1:].mean()) and float(kept.mean()) < 1
+
+
+def test_zoneout_build_uses_evaluation_for_forward_and_training_for_backward(monkeypatch):
+    from fusedrnn.bench import providers
+
+    seen = []
+    real_loop, real_module = providers._cell_loop_model, providers._module_model
+    monkeypatch.setattr(providers, "_cell_loop_model",
+                        lambda inp, compiled, training=False: seen.append(("loop", training)) or
+                        real_loop(inp, compiled, training))
+    monkeypatch.setattr(providers, "_module_model",
+                        lambda inp, backend, training=False: seen.append((backend, training)) or
+                        real_module(inp, backend, training))
+    for mode in cases.MODES:
+        inp = _zoneout_inputs(mode)
+        for prov in ("cell-loop", "fusedrnn-reference", "torch-nn"):
+            providers.build(inp, prov, mode)()
+    assert seen == [("loop", False), ("reference", False), (None, False),
+                    ("loop", True), ("reference", True), (None, True)]
+
+
+def test_zoneout_unavailable_and_caveats():
+    """The fused providers whose backend declines zoneout say so with the backend's own reason; the
+    torch.nn baselines run without zoneout and every such row says so."""
+    from fusedrnn.backends import cuda, native
+    from fusedrnn.bench import providers
+
+    inp = _zoneout_inputs("forward")
+    for prov, why in (("fusedrnn-cuda", cuda.ZONEOUT_REASON), ("fusedrnn-torch", native.ZONEOUT_REASON),
+                      ("fusedrnn-cuda-graphed", cuda.ZONEOUT_REASON)):
+        with pytest.raises(providers.Unavailable) as e:
+            providers.build(inp, prov, "forward")
+        assert str(e.value) == f"{prov}: {why}" and "zoneout" in why
+    assert providers.build(inp, "fusedrnn-reference", "forward") is not None
+    assert providers.build(inp, "torch-nn", "forward") is not None  # runs, un-zoned
+    for prov in ("torch-nn", "torch-nn-nocudnn", "torch-nn-graphed"):
+        assert "WITHOUT zoneout" in providers.caveat(inp.case, prov)
+    for prov in ("cell-loop", "cell-loop-compiled", "fusedrnn-triton", "fusedrnn-reference"):
+        assert providers.caveat(inp.case, prov) == ""
+    assert providers.caveat(cases.get("flashrnn"), "torch-nn") == ""
+
+
+def test_zoneout_csv_table_and_summary(tmp_path):
+    """The CPU grid (what the CPU demonstration's part (i) runs) on the scaled-down zoneout case: the
+    CSV records zoneout on every row and the torch.nn caveat on its rows, the table shows both, the
+    declined providers are 'unavailable' with their reason, and the summary footnotes the ratio."""
+    from fusedrnn.bench import runner, summary
+
+    case = cases.get("zoneout-gru").scaled_down(tiny=True)
+    provs = ["torch-nn", "cell-loop", "fusedrnn-reference", "fusedrnn-torch", "fusedrnn-cuda"]
+    rows, env, floor_info = runner.run_grid([case], provs, list(cases.MODES), ["fp32"], "cpu", quick=True,
+                                            label="test", progress=False)
+    paths = runner.write_results(tmp_path, rows, env, floor_info)
+    with open(paths["csv"]) as f:
+        got = list(csv.DictReader(f))
+    assert len(got) == 2 * len(provs) and all(r["zoneout"] == "0.1" for r in got)
+    by = {(r["provider"], r["mode"]): r for r in got}
+    for mode in cases.MODES:
+        assert by[("torch-nn", mode)]["status"] == "ok" and "WITHOUT zoneout" in by[("torch-nn", mode)]["note"]
+        for prov in ("cell-loop", "fusedrnn-reference"):
+            assert by[(prov, mode)]["status"] == "ok" and by[(prov, mode)]["note"] == ""
+            assert float(by[(prov, mode)]["ratio_torch_nn"]) > 0
+        for prov in ("fusedrnn-torch", "fusedrnn-cuda"):
+            r = by[(prov, mode)]
+            assert r["status"] == "unavailable" and "zoneout" in r["reason"], r
+    text = runner.format_tables(rows, floor_info, "CPU")
+    assert "zoneout=0.1" in text and "WITHOUT zoneout" in text
+    s = summary.summarize(json.loads(paths["json"].read_text()))
+    assert "zoneout-gru*" in s and "* zoneout-gru: torch.nn ran WITHOUT zoneout" in s
+
+
+def test_zoneout_model_term():
+    """The Triton model prices zoneout per step: present only when p > 0, independent of p, in the
+    training forward and again in the backward (masks regenerated), cheaper in evaluation, twice
+    the states for an LSTM; the CUDA model says the backend declines it."""
+    from fusedrnn.bench import model_cuda, model_triton, perf_model
+
+    base = cases.get("zoneout-gru")
+
+    def steps(case):
+        return [model_triton.step(case.cell, d, case, "bf16", save)[1] for d, save in
+                (("fwd", False), ("fwd", True), ("bwd", True))]
+
+    def zo(step):
+        return [ph.us for ph in step.phases if ph.name == "zoneout"]
+
+    off, on, high = (steps(dataclasses.replace(base, zoneout=p)) for p in (0.0, 0.1, 0.5))
+    assert all(zo(s) == [] for s in off)
+    for s_on, s_high, s_off in zip(on, high, off):
+        assert len(zo(s_on)) == 1 and zo(s_on)[0] > 0 and zo(s_on) == zo(s_high)
+        assert s_on.us == pytest.approx(s_off.us + zo(s_on)[0])
+    inference, train_fwd, bwd = (zo(s)[0] for s in on)
+    assert train_fwd > 10 * inference and bwd >= train_fwd  # Philox in training, a blend in evaluation
+    lstm = steps(dataclasses.replace(base, cell="lstm"))
+    assert zo(lstm[1])[0] > 1.5 * train_fwd  # h and c
+    est_on = model_triton.model(base, "bf16")
+    est_off = model_triton.model(dataclasses.replace(base, zoneout=0.0), "bf16")
+    assert est_on.fb_ms > est_off.fb_ms and est_on.fwd_ms > est_off.fwd_ms and "zoneout p=0.1" in est_on.notes
+    why = model_cuda.model(base, "bf16")
+    assert isinstance(why, str) and "declines zoneout" in why
+    rows = perf_model.table([base], ["bf16"])
+    assert {r["provider"]: "why" in r for r in rows} == {"fusedrnn-cuda": True, "fusedrnn-triton": False}
+
+
+def test_cli_model_prints_the_zoneout_case():
+    proc = subprocess.run([sys.executable, "-m", "fusedrnn.bench", "--model", "--cases", "zoneout-gru", "--dtypes",
+                           "bf16"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "zoneout-gru    bf16  fusedrnn-triton" in out
+    assert "+ epilogue 0.31 + zoneout " in out  # the backward step's phases end with the zoneout term
+    assert ("zoneout-gru    bf16  fusedrnn-cuda      not modelled: not applicable (the cuda backend declines "
+            "zoneout") in out
+    assert "zoneout p=0.1 (MODEL, independent of p)" in out
