@@ -38,6 +38,10 @@ class LayerNorm:
     c_weight: Optional[Tensor] = None
     c_bias: Optional[Tensor] = None
 
+    def tensors(self) -> tuple:
+        """The six fields in order (None where absent); plain attribute reads, so torch.compile traces it."""
+        return (self.ih_weight, self.ih_bias, self.hh_weight, self.hh_bias, self.c_weight, self.c_bias)
+
     def to(self, dtype: torch.dtype) -> "LayerNorm":
         """Every parameter cast to ``dtype`` (autograd flows through the casts)."""
         return LayerNorm(*(None if t is None else t.to(dtype) for t in (

@@ -400,7 +400,7 @@ class _FusedRNNMixin:
         weights = self._flat_weights
         norms = self._norm_weights()
         _check_devices(input, hx, weights if norms is None else
-                       list(weights) + [t for n in norms for t in vars(n).values() if t is not None])
+                       list(weights) + [t for n in norms for t in n.tensors() if t is not None])
         self._check_weights(weights)
         weights = self._dropconnect(weights)
         if batch_sizes is not None:
