@@ -202,3 +202,16 @@ def check_raw_recurrence_forward(ext, cell, dtype, reverse, device, T=7, B=19, H
     if cell == "lstm":
         assert torch.equal(saved[order[0]][:, 4 * H:], c0.float())  # c_prev of the first step is c0
         assert c_n.shape == (B, H)
+
+
+def compiled_and_eager(module, x, seed: int):
+    """``module(x)[0]`` through torch.compile(fullgraph=True, backend="aot_eager") (allow_rnn=True, as
+    torch's own RNN modules need) and eagerly, each after torch.manual_seed(seed) (the same random
+    draws): (compiled, eager)."""
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(allow_rnn=True):
+        compiled = torch.compile(module, fullgraph=True, backend="aot_eager")
+        torch.manual_seed(seed)
+        got = compiled(x)[0]
+    torch.manual_seed(seed)
+    return got, module(x)[0]

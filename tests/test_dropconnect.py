@@ -10,6 +10,7 @@ from torch import nn
 
 import fusedrnn
 from executors import CPU, params
+from helpers import compiled_and_eager
 
 CASES = [
     (fusedrnn.GRU, nn.GRU, dict()),
@@ -158,13 +159,7 @@ def test_extra_repr_and_unconvert_refuses():
 def test_compiles_fullgraph(cls, training):
     m = cls(3, 4, num_layers=2, dropconnect=0.3, backend="reference").train(training)
     x = torch.randn(5, 2, 3, requires_grad=True)
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(allow_rnn=True):
-        compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
-        torch.manual_seed(11)
-        out_c = compiled(x)[0]
-    torch.manual_seed(11)
-    out_e = m(x)[0]
+    out_c, out_e = compiled_and_eager(m, x, seed=11)
     torch.testing.assert_close(out_c, out_e)
     (gc,) = torch.autograd.grad(out_c.sum(), x)
     (ge,) = torch.autograd.grad(out_e.sum(), x)

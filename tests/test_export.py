@@ -144,6 +144,22 @@ def test_rnn_default_exporter_exports_torch_nn_rnns_graph(nonlinearity):
     np.testing.assert_allclose(_run(graphs[0], x), plain(x).detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
+def _check_plain_ops_export(model, x, dynamo: bool) -> None:
+    """Export ``model`` at ``x`` (torch's default exporter, or the TorchScript one): no ONNX RNN node
+    (the reference's plain ops), and onnx's reference evaluator reproduces the model."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if dynamo:
+            proto = torch.onnx.export(model, (x,), dynamo=True, verbose=False).model_proto
+        else:
+            f = io.BytesIO()
+            torch.onnx.export(model, (x,), f, dynamo=False, input_names=["x"])
+            proto = onnx.load_from_string(f.getvalue())
+    ops = {n.op_type for n in proto.graph.node}
+    assert not {"RNN", "GRU", "LSTM"} & ops, ops
+    np.testing.assert_allclose(_run(proto, x), model(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
 # zoneout in evaluation (h_t = p h_{t-1} + (1 - p) h~_t) is not torch's RNN op: both exporters get
 # the reference's plain ops, unrolled at the traced length.
 ZONEOUT_MODELS = {
@@ -159,17 +175,7 @@ def test_zoneout_evaluation_exports_plain_ops(name, dynamo):
     torch.manual_seed(0)
     model = Head(ZONEOUT_MODELS[name]()).eval()
     x = torch.randn(5, 3, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            proto = torch.onnx.export(model, (x,), dynamo=True, verbose=False).model_proto
-        else:
-            f = io.BytesIO()
-            torch.onnx.export(model, (x,), f, dynamo=False, input_names=["x"])
-            proto = onnx.load_from_string(f.getvalue())
-    ops = {n.op_type for n in proto.graph.node}
-    assert not {"RNN", "GRU", "LSTM"} & ops, ops
-    np.testing.assert_allclose(_run(proto, x), model(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+    _check_plain_ops_export(model, x, dynamo)
 
 
 # LayerNormLSTM / LayerNormGRU (evaluation) have no torch op either: the reference's plain ops, with
@@ -191,14 +197,4 @@ def test_layernorm_evaluation_exports_plain_ops(name, dynamo):
             if "layernorm_" in n:
                 p.add_(torch.randn_like(p) * 0.3)
     x = torch.randn(5, 3, 8)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if dynamo:
-            proto = torch.onnx.export(model, (x,), dynamo=True, verbose=False).model_proto
-        else:
-            f = io.BytesIO()
-            torch.onnx.export(model, (x,), f, dynamo=False, input_names=["x"])
-            proto = onnx.load_from_string(f.getvalue())
-    ops = {n.op_type for n in proto.graph.node}
-    assert not {"RNN", "GRU", "LSTM"} & ops, ops
-    np.testing.assert_allclose(_run(proto, x), model(x).detach().numpy(), rtol=1e-5, atol=1e-6)
+    _check_plain_ops_export(model, x, dynamo)

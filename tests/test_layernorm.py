@@ -19,6 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as TF
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from helpers import compiled_and_eager
 
 import fusedrnn
 import fusedrnn.functional as F
@@ -496,13 +497,7 @@ def test_torch_compile_fullgraph(cell, training):
     torch.manual_seed(0)
     m = _randomise_layernorm(CLASSES[cell](4, 6, num_layers=2, zoneout=0.2, dropconnect=0.3)).train(training)
     x = torch.randn(5, 2, 4, requires_grad=True)
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(allow_rnn=True):
-        compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
-        torch.manual_seed(4)
-        got = compiled(x)[0]
-    torch.manual_seed(4)
-    want = m(x)[0]
+    got, want = compiled_and_eager(m, x, seed=4)
     torch.testing.assert_close(got, want)
     params = [x] + list(m.parameters())
     gc = torch.autograd.grad(got.square().sum(), params)

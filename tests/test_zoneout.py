@@ -18,7 +18,7 @@ from __future__ import annotations
 import pytest
 import torch
 from executors import executor_device, executor_params
-from helpers import assert_fp32_close, make_cell_inputs, run_cell_with_grads
+from helpers import assert_fp32_close, compiled_and_eager, make_cell_inputs, run_cell_with_grads
 
 import fusedrnn
 import fusedrnn.functional as F
@@ -376,13 +376,7 @@ def test_torch_compile_fullgraph(cls, zo, training):
     """(Like torch's own RNN modules, ours need allow_rnn=True to be traced; see test_torch_compile.py.)"""
     m = cls(4, 6, num_layers=2, zoneout=zo).train(training)
     x = torch.randn(5, 2, 4, requires_grad=True)
-    torch._dynamo.reset()
-    with torch._dynamo.config.patch(allow_rnn=True):
-        compiled = torch.compile(m, fullgraph=True, backend="aot_eager")
-        torch.manual_seed(4)
-        got = compiled(x)[0]
-    torch.manual_seed(4)
-    want = m(x)[0]
+    got, want = compiled_and_eager(m, x, seed=4)
     torch.testing.assert_close(got, want)
     (gc,) = torch.autograd.grad(got.sum(), x)
     (ge,) = torch.autograd.grad(want.sum(), x)
