@@ -28,7 +28,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-__all__ = ["Zoneout", "check_zoneout", "draw_seeds", "uniform", "offsets", "keep_mask", "apply", "mode"]
+__all__ = ["Zoneout", "check_zoneout", "draw_seeds", "uniform", "offsets", "keep_mask", "apply"]
 
 _MASK32 = 0xFFFFFFFF
 _ROUND_A, _ROUND_B = 0xD2511F53, 0xCD9E8D57  # Philox 4x32 multipliers
@@ -130,11 +130,3 @@ def apply(zo: Optional[Zoneout], which: int, t: int, new: Tensor, old: Tensor) -
     if zo.seeds is None:
         return p * old + (1 - p) * new
     return torch.where(keep_mask(zo.seeds[which], p, t, new.shape[0], new.shape[1], new.device), old, new)
-
-
-def mode(zo: Optional[Zoneout], which: int) -> int:
-    """How a fused kernel zones state ``which`` (0: h, 1: c): 0 not at all (no zoneout, or p = 0),
-    1 with the Philox masks (training), 2 with the expectation p (evaluation)."""
-    if zo is None or (zo.p_h if which == 0 else zo.p_c) == 0.0:
-        return 0
-    return 1 if zo.seeds is not None else 2
