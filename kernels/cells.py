@@ -94,8 +94,17 @@ def zone_grad(ZO: tl.constexpr, seed, p, q, offs, d):
 
 
 @triton.jit
-def gates_backward(CELL: tl.constexpr, dh, dc, act0, act1, act2, act3, h_prev, c_prev, c_new):
-    """Gradients of one step for a tile. dh: dL/dh' (carried + dy); dc: dL/dc' carried (LSTM).
+def lstm_h_path(dh, o, y):
+    """LSTM's h~ = o tanh(y) (y = c~, or LN_c(c~)): (tanh(y), dL/dy) for dL/dh~ = ``dh``."""
+    tc = tanh(y)
+    return tc, dh * o * (1.0 - tc * tc)
+
+
+@triton.jit
+def gates_backward(CELL: tl.constexpr, dh, dc, act0, act1, act2, act3, h_prev, c_prev, tc, dc_h):
+    """Gradients of one step for a tile. dh: dL/dh' (carried + dy); dc: dL/dc' carried (LSTM);
+    tc, dc_h (LSTM): tanh of h~'s argument and the gradient reaching c~ through h~ (lstm_h_path,
+    through LN_c's backward for the LayerNorm LSTM).
     Returns (dgx0..3, dgh2, dh_direct, dc_prev): dgx* are the gradients of the pre-activations as
     the input projection sees them; the recurrent product sees the same except for GRU's n gate
     (dgh2 = dn * r, the gradient of W_hn h + b_hn); dh_direct is what reaches h_{t-1} other than
@@ -109,8 +118,7 @@ def gates_backward(CELL: tl.constexpr, dh, dc, act0, act1, act2, act3, h_prev, c
         return dr, dz, dn, 0.0 * dn, dn * r, dh * z, dc
     elif CELL == "lstm":
         i, f, g, o = act0, act1, act2, act3
-        tc = tanh(c_new)
-        dc_t = dc + dh * o * (1.0 - tc * tc)
+        dc_t = dc + dc_h
         di = dc_t * g * i * (1.0 - i)
         df = dc_t * c_prev * f * (1.0 - f)
         dg = dc_t * i * (1.0 - g * g)

@@ -34,7 +34,7 @@ from . import FLOAT_DTYPES, Backend, dtype_reasons
 
 __all__ = ["BACKEND", "gru", "rnn", "lstm", "limits"]
 
-LAYERNORM_REASON = "layernorm: the Triton kernels do not fuse LayerNorm yet; the reference runs it"
+RNN_LAYERNORM_REASON = "layernorm: the Elman RNN cell has no LayerNorm form"
 PROJ_REASON = "proj_size>0 (w_hr) is not supported by the Triton kernels"
 
 
@@ -90,31 +90,56 @@ def _needs_save(*tensors) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def _saved_shapes(x: Tensor, H: int, save: bool, cell: str) -> list[Tensor]:
-    """Fake (hseq, [cseq,] act) as the forward op returns them."""
+def _saved_shapes(x: Tensor, w_hh: Tensor, save: bool, cell: str, ln: list[Tensor]) -> list[Tensor]:
+    """Fake (hseq, [cseq,] act, lnx, lns) as the forward op returns them."""
     T, B, _ = x.shape
+    G, H = w_hh.shape
     lstm = cell == "lstm"
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32  # the kernels' accumulator
+    acc = torch.float64 if w_hh.dtype == torch.float64 else torch.float32  # the kernels' accumulator
     if not save:
-        return [x.new_empty(0, dtype=acc) for _ in range(3 if lstm else 2)]
+        return [x.new_empty(0, dtype=acc) for _ in range(5 if lstm else 4)]
     seq = [x.new_empty(T + 1, B, H, dtype=acc) for _ in range(2 if lstm else 1)]
-    return seq + [x.new_empty(T, B, _SAVED_ACTS[cell] * H, dtype=acc)]
+    lns = [x.new_empty(T, B, G, dtype=acc), x.new_empty(T, B, 4, dtype=acc)] if ln else \
+        [x.new_empty(0, dtype=acc), x.new_empty(0, dtype=acc)]
+    return seq + [x.new_empty(T, B, _SAVED_ACTS[cell] * H, dtype=acc)] + lns
 
 
-def _grad_shapes(x: Tensor, w_ih: Tensor, w_hh: Tensor, needs, lstm: bool) -> tuple[Tensor, ...]:
-    T, B, I = x.shape  # noqa: E741
-    H = w_hh.shape[1]
-    G = w_hh.shape[0]
-    shapes = [(T, B, I), (B, H)] + ([(B, H)] if lstm else []) + [tuple(w_ih.shape), tuple(w_hh.shape), (G,), (G,),
-                                                                  (T, B, H)]
-    return tuple(x.new_empty(s if need else (0,)) for s, need in zip(shapes, needs))
+def _grad_shapes(x: Tensor, w_ih: Optional[Tensor], w_hh: Tensor, needs, lstm: bool,
+                 ln: list[Tensor]) -> tuple[Tensor, ...]:
+    T, B, _ = x.shape
+    G, H = w_hh.shape
+    shapes = [tuple(x.shape), (B, H)] + ([(B, H)] if lstm else []) + [
+        tuple(w_ih.shape) if w_ih is not None else (0,), tuple(w_hh.shape), (G,), (G,), (T, B, H)]
+    grads = [x.new_empty(s if need else (0,), dtype=x.dtype if i == 0 else w_hh.dtype)
+             for i, (s, need) in enumerate(zip(shapes, needs))]
+    return tuple(grads) + tuple(t.new_empty(t.shape) for t in ln) + tuple(w_hh.new_empty(0)
+                                                                          for _ in range(_LN_SLOTS - len(ln)))
 
 
-def _grads_out(grads, x: Tensor, lstm: bool) -> tuple[Tensor, ...]:
-    """rnn.backward's 8 grads -> the op's outputs (no c0 slot for GRU), in x's dtype."""
+_LN_SLOTS = 4  # the backward ops' LayerNorm gradient outputs: gamma_hh, beta_hh, gamma_c, beta_c (empty if absent)
+
+
+def _grads_out(grads, x: Tensor, w_hh: Tensor, lstm: bool, ln: list[Tensor]) -> tuple[Tensor, ...]:
+    """rnn.backward's 8 grads and its LayerNorm grads -> the op's outputs (no c0 slot for GRU): dx
+    in x's dtype (x is the input projection for the LayerNorm cells), the others in the weights'."""
+    *grads, dln = grads
     if not lstm:
         grads = grads[:2] + grads[3:]
-    return tuple(_empty_like_none(None if g is None else g.to(x.dtype), x) for g in grads)
+    out = [_empty_like_none(None if g is None else g.to(x.dtype if i == 0 else w_hh.dtype), w_hh)
+           for i, g in enumerate(grads)]
+    dln = [g.to(t.dtype) for g, t in zip(dln, ln)] if dln is not None else []
+    return tuple(out) + tuple(dln) + tuple(w_hh.new_empty(0) for _ in range(_LN_SLOTS - len(dln)))
+
+
+def _no_grad(arg: list):
+    """The backward's "no gradient" for a list argument of an op with a tensor-list argument: torch
+    checks the structure, and an empty list is a (tensor) list there while a list of numbers is one leaf."""
+    return [] if not arg else None
+
+
+def _ln(ln: list[Tensor]):
+    """The ops' ``ln`` ([] or [gamma_hh, beta_hh (, gamma_c, beta_c)]) -> the launchers' layernorm."""
+    return tuple(ln) if ln else None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -124,62 +149,64 @@ def _grads_out(grads, x: Tensor, lstm: bool) -> tuple[Tensor, ...]:
 
 @torch.library.custom_op("fusedrnn::triton_hcell_fwd", mutates_args=())
 def _hcell_fwd(
-    cell: str, x: Tensor, h0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor], b_hh: Optional[Tensor],
-    residual: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, save: bool, strategy: Optional[str],
-    zo_p: list[float], zo_seeds: Optional[Tensor],
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    y, h_n, _, hseq, _, act = _kernels().forward(
+    cell: str, x: Tensor, h0: Tensor, w_ih: Optional[Tensor], w_hh: Tensor, b_ih: Optional[Tensor],
+    b_hh: Optional[Tensor], residual: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, save: bool,
+    strategy: Optional[str], zo_p: list[float], zo_seeds: Optional[Tensor], ln: list[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    y, h_n, _, hseq, _, act, lnx, lns = _kernels().forward(
         cell, x, h0, None, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save,
-        allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy, zoneout=_zo(zo_p, zo_seeds))
-    return y, h_n, hseq, act
+        allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy, zoneout=_zo(zo_p, zo_seeds), layernorm=_ln(ln))
+    return y, h_n, hseq, act, lnx, lns
 
 
 @_hcell_fwd.register_fake
-def _(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy, zo_p, zo_seeds):
+def _(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy, zo_p, zo_seeds, ln):
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    return (x.new_empty(T, B, H), x.new_empty(B, H), *_saved_shapes(x, H, save, cell))
+    return (x.new_empty(T, B, H, dtype=w_hh.dtype), x.new_empty(B, H, dtype=w_hh.dtype),
+            *_saved_shapes(x, w_hh, save, cell, ln))
 
 
 @torch.library.custom_op("fusedrnn::triton_hcell_bwd", mutates_args=())
 def _hcell_bwd(
-    cell: str, dy: Optional[Tensor], dh_n: Optional[Tensor], x: Tensor, w_ih: Tensor, w_hh: Tensor,
+    cell: str, dy: Optional[Tensor], dh_n: Optional[Tensor], x: Tensor, w_ih: Optional[Tensor], w_hh: Tensor,
     lengths: Optional[Tensor], hseq: Tensor, act: Tensor, reverse: bool, needs: list[bool], strategy: Optional[str],
-    zo_p: list[float], zo_seeds: Optional[Tensor],
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    zo_p: list[float], zo_seeds: Optional[Tensor], ln: list[Tensor], lnx: Tensor, lns: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     need_x, need_h0, *rest = needs
     grads = _kernels().backward(cell, dy, dh_n, None, x, w_ih, w_hh, lengths, hseq, None, act, reverse,
                                 (need_x, need_h0, False, *rest), allow_tf32=cuda_matmul_allows_tf32(),
-                                strategy=strategy, zoneout=_zo(zo_p, zo_seeds))
-    return _grads_out(grads, x, lstm=False)
+                                strategy=strategy, zoneout=_zo(zo_p, zo_seeds), layernorm=_ln(ln), lnx=lnx, lns=lns)
+    return _grads_out(grads, x, w_hh, False, ln)
 
 
 @_hcell_bwd.register_fake
-def _(cell, dy, dh_n, x, w_ih, w_hh, lengths, hseq, act, reverse, needs, strategy, zo_p, zo_seeds):
-    return _grad_shapes(x, w_ih, w_hh, needs, lstm=False)
+def _(cell, dy, dh_n, x, w_ih, w_hh, lengths, hseq, act, reverse, needs, strategy, zo_p, zo_seeds, ln, lnx, lns):
+    return _grad_shapes(x, w_ih, w_hh, needs, False, ln)
 
 
 def _hcell_setup(ctx, inputs, output):
-    cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy, zo_p, zo_seeds = inputs
-    _, _, hseq, act = output
-    ctx.save_for_backward(x, w_ih, w_hh, lengths, hseq, act, zo_seeds)
+    cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy, zo_p, zo_seeds, ln = inputs
+    _, _, hseq, act, lnx, lns = output
+    ctx.save_for_backward(x, w_ih, w_hh, lengths, hseq, act, zo_seeds, lnx, lns, *ln)
     ctx.zo_p = zo_p
     ctx.cell = cell
     ctx.has_bias = b_ih is not None
     ctx.has_res = residual is not None
     ctx.reverse = reverse
     ctx.strategy = strategy
-    ctx.mark_non_differentiable(hseq, act)
+    ctx.mark_non_differentiable(hseq, act, lnx, lns)
 
 
-def _hcell_backward(ctx, dy, dh_n, _dhseq, _dact):
-    x, w_ih, w_hh, lengths, hseq, act, zo_seeds = ctx.saved_tensors
+def _hcell_backward(ctx, dy, dh_n, _dhseq, _dact, _dlnx, _dlns):
+    x, w_ih, w_hh, lengths, hseq, act, zo_seeds, lnx, lns, *ln = ctx.saved_tensors
     n = ctx.needs_input_grad[1:]  # after the cell's name
     needs = [n[0], n[1], n[2], n[3], ctx.has_bias and n[4], ctx.has_bias and n[5], ctx.has_res and n[6]]
     grads = _hcell_bwd(ctx.cell, dy, dh_n, x, w_ih, w_hh, lengths, hseq, act, ctx.reverse, needs, ctx.strategy,
-                       ctx.zo_p, zo_seeds)
-    grads = [g if need else None for g, need in zip(grads, needs)]
-    return (None, *grads, None, None, None, None, None, None)
+                       ctx.zo_p, zo_seeds, ln, lnx, lns)
+    dln = list(grads[7:7 + len(ln)])
+    grads = [g if need else None for g, need in zip(grads[:7], needs)]
+    return (None, *grads, None, None, None, None, _no_grad(ctx.zo_p), None, dln)
 
 
 torch.library.register_autograd("fusedrnn::triton_hcell_fwd", _hcell_backward, setup_context=_hcell_setup)
@@ -198,22 +225,41 @@ def _zo_args(zoneout) -> tuple[list[float], Optional[Tensor]]:
     return [zoneout.p_h, zoneout.p_c], zoneout.seeds
 
 
-def _run_hcell(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, strategy, zoneout=None):
+def _ln_args(x, w_ih, layernorm) -> tuple[Tensor, Optional[Tensor], list[Tensor]]:
+    """The ops' (x, w_ih, ln) for a call: without LayerNorm (x, w_ih, []); with it, LN_ih(x W_ihᵀ)
+    over all steps (torch ops, under autograd: fusedrnn.layernorm.norm in the accumulation dtype,
+    after the GEMM in the input dtype as the kernels' input projection) as x, w_ih None, and
+    LN_hh's and LN_c's gamma and beta, which the kernels apply in the step."""
+    if layernorm is None:
+        return x, w_ih, []
+    from fusedrnn.layernorm import norm
+
+    acc = torch.float64 if w_ih.dtype == torch.float64 else torch.float32
+    gx = norm(torch.nn.functional.linear(x, w_ih).to(acc), layernorm.ih_weight.to(acc), layernorm.ih_bias.to(acc))
+    rest = (layernorm.hh_weight, layernorm.hh_bias, layernorm.c_weight, layernorm.c_bias)
+    return gx, None, [t for t in rest if t is not None]
+
+
+def _run_hcell(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, strategy, zoneout=None,
+               layernorm=None):
     if lengths is not None:
         # torch keeps lengths on the CPU; non_blocking avoids a stream sync for the copy
         lengths = lengths.to(device=x.device, non_blocking=True)
-    save = _needs_save(x, h0, w_ih, w_hh, b_ih, b_hh, residual)
-    y, h_n, _, _ = _hcell_fwd(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy,
-                              *_zo_args(zoneout))
+    x, w_ih, ln = _ln_args(x, w_ih, layernorm)
+    save = _needs_save(x, h0, w_ih, w_hh, b_ih, b_hh, residual, *ln)
+    y, h_n, *_ = _hcell_fwd(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy,
+                            *_zo_args(zoneout), ln)
     return y, h_n
 
 
-def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, *,
+def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None, *,
         strategy: Optional[str] = None):
     """One GRU layer-direction (see fusedrnn.functional.gru). ``strategy`` forces "persistent" or
     "batch_tile" (tests, benchmarks); None picks by shape (kernels/plan.py: choose_strategy).
-    ``zoneout``: a fusedrnn.zoneout.Zoneout or None (masks generated in the kernels)."""
-    return _run_hcell("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, strategy, zoneout)
+    ``zoneout``: a fusedrnn.zoneout.Zoneout or None (masks generated in the kernels).
+    ``layernorm``: a fusedrnn.layernorm.LayerNorm or None (LN_hh in the kernels, batch_tile)."""
+    return _run_hcell("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, strategy, zoneout,
+                      layernorm)
 
 
 def rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, *,
@@ -231,74 +277,81 @@ def rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout
 
 @torch.library.custom_op("fusedrnn::triton_lstm_fwd", mutates_args=())
 def _lstm_fwd(
-    x: Tensor, h0: Tensor, c0: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Optional[Tensor],
+    x: Tensor, h0: Tensor, c0: Tensor, w_ih: Optional[Tensor], w_hh: Tensor, b_ih: Optional[Tensor],
     b_hh: Optional[Tensor], residual: Optional[Tensor], lengths: Optional[Tensor], reverse: bool, save: bool,
-    strategy: Optional[str], zo_p: list[float], zo_seeds: Optional[Tensor],
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    strategy: Optional[str], zo_p: list[float], zo_seeds: Optional[Tensor], ln: list[Tensor],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     return _kernels().forward("lstm", x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save,
-                              allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy, zoneout=_zo(zo_p, zo_seeds))
+                              allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy, zoneout=_zo(zo_p, zo_seeds),
+                              layernorm=_ln(ln))
 
 
 @_lstm_fwd.register_fake
-def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy, zo_p, zo_seeds):
+def _(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy, zo_p, zo_seeds, ln):
     T, B, _ = x.shape
     H = w_hh.shape[1]
-    return (x.new_empty(T, B, H), x.new_empty(B, H), x.new_empty(B, H), *_saved_shapes(x, H, save, "lstm"))
+    return (x.new_empty(T, B, H, dtype=w_hh.dtype), x.new_empty(B, H, dtype=w_hh.dtype),
+            x.new_empty(B, H, dtype=w_hh.dtype), *_saved_shapes(x, w_hh, save, "lstm", ln))
 
 
 @torch.library.custom_op("fusedrnn::triton_lstm_bwd", mutates_args=())
 def _lstm_bwd(
-    dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor], x: Tensor, w_ih: Tensor,
+    dy: Optional[Tensor], dh_n: Optional[Tensor], dc_n: Optional[Tensor], x: Tensor, w_ih: Optional[Tensor],
     w_hh: Tensor, lengths: Optional[Tensor], hseq: Tensor, cseq: Tensor, act: Tensor, reverse: bool,
-    needs: list[bool], strategy: Optional[str], zo_p: list[float], zo_seeds: Optional[Tensor],
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    needs: list[bool], strategy: Optional[str], zo_p: list[float], zo_seeds: Optional[Tensor], ln: list[Tensor],
+    lnx: Tensor, lns: Tensor,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     grads = _kernels().backward("lstm", dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reverse, tuple(needs),
                                 allow_tf32=cuda_matmul_allows_tf32(), strategy=strategy,
-                                zoneout=_zo(zo_p, zo_seeds))
-    return _grads_out(grads, x, lstm=True)
+                                zoneout=_zo(zo_p, zo_seeds), layernorm=_ln(ln), lnx=lnx, lns=lns)
+    return _grads_out(grads, x, w_hh, True, ln)
 
 
 @_lstm_bwd.register_fake
-def _(dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reverse, needs, strategy, zo_p, zo_seeds):
-    return _grad_shapes(x, w_ih, w_hh, needs, lstm=True)
+def _(dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reverse, needs, strategy, zo_p, zo_seeds, ln, lnx,
+      lns):
+    return _grad_shapes(x, w_ih, w_hh, needs, True, ln)
 
 
 def _lstm_setup(ctx, inputs, output):
-    x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy, zo_p, zo_seeds = inputs
-    _, _, _, hseq, cseq, act = output
-    ctx.save_for_backward(x, w_ih, w_hh, lengths, hseq, cseq, act, zo_seeds)
+    x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy, zo_p, zo_seeds, ln = inputs
+    _, _, _, hseq, cseq, act, lnx, lns = output
+    ctx.save_for_backward(x, w_ih, w_hh, lengths, hseq, cseq, act, zo_seeds, lnx, lns, *ln)
     ctx.zo_p = zo_p
     ctx.has_bias = b_ih is not None
     ctx.has_res = residual is not None
     ctx.reverse = reverse
     ctx.strategy = strategy
-    ctx.mark_non_differentiable(hseq, cseq, act)
+    ctx.mark_non_differentiable(hseq, cseq, act, lnx, lns)
 
 
-def _lstm_backward(ctx, dy, dh_n, dc_n, _dhseq, _dcseq, _dact):
-    x, w_ih, w_hh, lengths, hseq, cseq, act, zo_seeds = ctx.saved_tensors
+def _lstm_backward(ctx, dy, dh_n, dc_n, _dhseq, _dcseq, _dact, _dlnx, _dlns):
+    x, w_ih, w_hh, lengths, hseq, cseq, act, zo_seeds, lnx, lns, *ln = ctx.saved_tensors
     n = ctx.needs_input_grad
     needs = [n[0], n[1], n[2], n[3], n[4], ctx.has_bias and n[5], ctx.has_bias and n[6], ctx.has_res and n[7]]
     grads = _lstm_bwd(dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, ctx.reverse, needs,
-                      ctx.strategy, ctx.zo_p, zo_seeds)
-    grads = [g if need else None for g, need in zip(grads, needs)]
-    return (*grads, None, None, None, None, None, None)
+                      ctx.strategy, ctx.zo_p, zo_seeds, ln, lnx, lns)
+    dln = list(grads[8:8 + len(ln)])
+    grads = [g if need else None for g, need in zip(grads[:8], needs)]
+    return (*grads, None, None, None, None, _no_grad(ctx.zo_p), None, dln)
 
 
 torch.library.register_autograd("fusedrnn::triton_lstm_fwd", _lstm_backward, setup_context=_lstm_setup)
 
 
-def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None, *,
+def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None, layernorm=None, *,
          strategy: Optional[str] = None):
-    """One LSTM layer-direction (see fusedrnn.functional.lstm); no projection (see limits)."""
+    """One LSTM layer-direction (see fusedrnn.functional.lstm); no projection (see limits).
+    ``layernorm``: a fusedrnn.layernorm.LayerNorm or None (LN_hh and LN_c in the kernels, batch_tile)."""
     if w_hr is not None:
         raise ValueError("fusedrnn triton backend: " + PROJ_REASON)
     if lengths is not None:
         # torch keeps lengths on the CPU; non_blocking avoids a stream sync for the copy
         lengths = lengths.to(device=x.device, non_blocking=True)
-    save = _needs_save(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual)
-    y, h_n, c_n, _, _, _ = _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy,
-                                     *_zo_args(zoneout))
+    x, w_ih, ln = _ln_args(x, w_ih, layernorm)
+    save = _needs_save(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, *ln)
+    y, h_n, c_n, *_ = _lstm_fwd(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, strategy,
+                                *_zo_args(zoneout), ln)
     return y, h_n, c_n
 
 
@@ -315,8 +368,8 @@ class TritonBackend(Backend):
         return unavailable()
 
     def reasons(self, spec, forced):
-        if spec.layernorm:  # decided without importing Triton
-            return [LAYERNORM_REASON]
+        if spec.layernorm and spec.cell not in ("gru", "lstm"):  # decided without importing Triton
+            return [RNN_LAYERNORM_REASON]
         if spec.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0") \
                 and _kernels_module is None:
             # Decided without importing Triton: on the CPU the kernels run only under its interpreter.
@@ -342,17 +395,15 @@ class TritonBackend(Backend):
         return reasons
 
     def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
-        self.refuse_layernorm(layernorm, LAYERNORM_REASON)
-        return gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
+        return gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout, layernorm)
 
     def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
-        self.refuse_layernorm(layernorm, LAYERNORM_REASON)
+        self.refuse_layernorm(layernorm, RNN_LAYERNORM_REASON)
         return rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
 
     def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None,
              layernorm=None):
-        self.refuse_layernorm(layernorm, LAYERNORM_REASON)
-        return lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout)
+        return lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout, layernorm)
 
 
 BACKEND = TritonBackend()
