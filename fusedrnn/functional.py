@@ -16,7 +16,7 @@ Semantics (identical on every backend; fusedrnn.reference is the executable defi
 - ``zoneout`` (a fusedrnn.zoneout.Zoneout, or None): each new state is zoned before the output
   and the length masking (fusedrnn/zoneout.py defines the masks); torch's op cannot run it;
 - ``layernorm`` (gru and lstm; a fusedrnn.layernorm.LayerNorm, or None): the layer-normalised cell
-  of fusedrnn/layernorm.py; only the reference runs it (torch's op and the fused kernels decline).
+  of fusedrnn/layernorm.py; the reference and the Triton kernels run it (torch's op and the CUDA kernels decline).
 """
 
 from __future__ import annotations

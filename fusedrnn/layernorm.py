@@ -10,7 +10,8 @@ cell state), with the biased variance. Where it applies (fusedrnn.reference runs
           h_t = sigmoid(o) tanh(LN_c(c_t))
     GRU:  gi = LN_ih(x_t W_ihᵀ) + b_ih,  gh = LN_hh(h_{t-1} W_hhᵀ) + b_hh, then torch's GRU step.
 
-Modules: fusedrnn.LayerNormLSTM / fusedrnn.LayerNormGRU. The fused kernels do not run it yet.
+Modules: fusedrnn.LayerNormLSTM / fusedrnn.LayerNormGRU. The Triton kernels fuse LN_hh and LN_c into
+the step (kernels/README.md, "LayerNorm cells"); LN_ih is one operation over all steps before them.
 """
 
 from __future__ import annotations

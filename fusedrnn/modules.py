@@ -739,8 +739,9 @@ layernorm_ih_weight_l{{k}}, layernorm_ih_bias_l{{k}}, layernorm_hh_weight_l{{k}}
 to 1, every beta to 0. With bias=False, b_ih and b_hh are absent (as in torch) but the LayerNorm
 gammas and betas stay. proj_size is not supported (ValueError).
 
-Runs on the reference backend only for now (torch's RNN op has no LayerNorm and the fused kernels
-do not fuse it yet: backend="torch" / "cuda" / "triton" raise a ValueError naming layernorm).
+Runs on the reference backend and on the Triton kernels (LN_hh and LN_c fused in the step; torch's
+RNN op has no LayerNorm and the CUDA kernels none yet: backend="torch" / "cuda" raise a ValueError
+naming layernorm).
 fusedrnn.convert leaves these modules alone; fusedrnn.unconvert refuses them (torch.nn cannot
 express LayerNorm).
 """

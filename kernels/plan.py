@@ -52,6 +52,11 @@ DIRECTIONS = ("fwd", "bwd")
 BLOCK_B = 16  # batch rows per program: tl.dot's M on tensor cores (mma.sync m16)
 MIN_BLOCK_H = 8  # units per block: 8 x 16-bit = one 16-byte vector per row
 MAX_BLOCK_H = 64  # larger blocks only grow the product's columns (registers, pipeline buffers)
+# The LayerNorm cells' step holds more tiles per block (raw products, x-hat, gamma and beta of
+# every gate; the backward's LN sums): 64-unit blocks spilled (the LSTM forward with W resident,
+# 10-12 B with fp16/bf16; the GRU backward with zoneout, 2-4 B), and 32 with fp64 (the LSTM
+# backward with zoneout, 2 B; Triton 3.8, sm_90). Keyed by element size.
+LN_MAX_BLOCK_H = {2: 32, 4: 32, 8: 16}
 
 
 @dataclass(frozen=True)
@@ -228,13 +233,21 @@ def choose_strategy(cell: str, B: int, H: int, elem_bytes: int, device: Device =
 
 
 def make_plan(cell: str, direction: str, B: int, H: int, elem_bytes: int, device: Device = INTERPRETER_DEVICE,
-              strategy: str | None = None, fma: bool = False) -> Plan:
+              strategy: str | None = None, fma: bool = False, layernorm: bool = False) -> Plan:
     """``fma``: the product runs on FMA units (exact fp32, fp64) instead of tensor cores; those
-    plans never split the reduction over the warps (Triton's batched FMA product spills)."""
+    plans never split the reduction over the warps (Triton's batched FMA product spills).
+    ``layernorm``: the LayerNorm cells (the kernels' LN): batch_tile (one program holds every unit of
+    its rows, so the rows' statistics are a reduction in the program), unit blocks of at most
+    LN_MAX_BLOCK_H units."""
     if cell not in CELLS:
         raise ValueError(f"cell must be one of {tuple(CELLS)}, got {cell!r}")
     if direction not in DIRECTIONS:
         raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    if layernorm:
+        if strategy not in (None, "batch_tile"):
+            raise ValueError(f"layernorm runs the batch_tile strategy (one program per batch tile), "
+                             f"got strategy={strategy!r}")
+        strategy = "batch_tile"
     if strategy is None:
         strategy = choose_strategy(cell, B, H, elem_bytes, device, fma)
     if strategy not in STRATEGIES:
@@ -242,11 +255,12 @@ def make_plan(cell: str, direction: str, B: int, H: int, elem_bytes: int, device
     HP = max(16, next_pow2(H))
     n_btiles = cdiv(B, BLOCK_B)
     if strategy == "batch_tile":
-        whole = _whole_w(cell, direction, B, H, elem_bytes, device, fma)
+        max_bh = LN_MAX_BLOCK_H[elem_bytes] if layernorm else MAX_BLOCK_H
+        whole = _whole_w(cell, direction, B, H, elem_bytes, device, fma) if HP <= max_bh or not layernorm else None
         if whole is not None:
             return whole
-        # one program walks blocks of up to 64 units, W streamed
-        plan = _split(cell, direction, strategy, H, min(MAX_BLOCK_H, max(MIN_BLOCK_H, HP)), n_btiles, 1, elem_bytes,
+        # one program walks blocks of up to 64 (LayerNorm: 32) units, W streamed
+        plan = _split(cell, direction, strategy, H, min(max_bh, max(MIN_BLOCK_H, HP)), n_btiles, 1, elem_bytes,
                       fma)
         return _stream(plan, device, H)
     cap = max(1, device.n_sm // n_btiles)  # programs per batch tile that stay co-resident

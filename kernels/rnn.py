@@ -286,10 +286,10 @@ def ln_hh_tiles(lnx_ptr, offs, m2, H, mean, rstd, ln_ptr, units, NG: tl.constexp
     x2 = (r2 - m) * r
     x3 = (r3 - m) * r
     store_gate_tiles(lnx_ptr, offs, m2, H, x0, x1, x2, x3, NG)
-    p_offs = 0 * offs + units[None, :]
-    g0, g1, g2, g3 = load_gate_tiles(ln_ptr, p_offs, m2, H, NG)
-    b0, b1, b2, b3 = load_gate_tiles(ln_ptr + NG * H, p_offs, m2, H, NG)
-    return x0 * g0 + b0, x1 * g1 + b1, x2 * g2 + b2, x3 * g3 + b3
+    g0, g1, g2, g3 = load_gate_tiles(ln_ptr, units, units < H, H, NG)  # (BH,) rows, broadcast
+    b0, b1, b2, b3 = load_gate_tiles(ln_ptr + NG * H, units, units < H, H, NG)
+    return (x0 * g0[None, :] + b0[None, :], x1 * g1[None, :] + b1[None, :], x2 * g2[None, :] + b2[None, :],
+            x3 * g3[None, :] + b3[None, :])
 
 
 @triton.jit
@@ -527,9 +527,9 @@ def ln_hh_backward_sums(sg, sgx, lnx_ptr, offs, m2, H, ln_ptr, units, a0, a1, a2
     """sg + the rows' sums of g = gamma_hh d(a), sgx + those of g x-hat (LN_hh's backward), for the
     gradients ``a*`` of the LN_hh output of one unit block; x-hat at ``lnx_ptr + offs``."""
     x0, x1, x2, x3 = load_gate_tiles(lnx_ptr, offs, m2, H, NG)
-    p_offs = 0 * offs + units[None, :]
-    g0, g1, g2, g3 = load_gate_tiles(ln_ptr, p_offs, m2, H, NG)
-    sg, sgx = add_row_sums_xy(sg, sgx, m2, a0 * g0, a1 * g1, a2 * g2, a3 * g3, x0, x1, x2, x3, NG)
+    g0, g1, g2, g3 = load_gate_tiles(ln_ptr, units, units < H, H, NG)
+    sg, sgx = add_row_sums_xy(sg, sgx, m2, a0 * g0[None, :], a1 * g1[None, :], a2 * g2[None, :], a3 * g3[None, :],
+                              x0, x1, x2, x3, NG)
     return sg, sgx
 
 
@@ -555,8 +555,8 @@ def ln_hh_backward(lnx_ptr, offs, m2, H, ln_ptr, units, a0, a1, a2, a3, rstd, me
     """LN_hh's backward for one unit block: dp = rstd (g - mean(g) - x-hat mean(g x-hat)), g = gamma_hh
     d(a), from the rows' means (ln_hh_backward_sums / G). Returns the four tiles (zeros past NG)."""
     x0, x1, x2, x3 = load_gate_tiles(lnx_ptr, offs, m2, H, NG)
-    p_offs = 0 * offs + units[None, :]
-    g0, g1, g2, g3 = load_gate_tiles(ln_ptr, p_offs, m2, H, NG)
+    g0, g1, g2, g3 = load_gate_tiles(ln_ptr, units, units < H, H, NG)
+    g0, g1, g2, g3 = g0[None, :], g1[None, :], g2[None, :], g3[None, :]
     r = rstd[:, None]
     mg = mean_g[:, None]
     mgx = mean_gx[:, None]
@@ -788,7 +788,8 @@ def pack_weights(w_hh: torch.Tensor, plan: plans.Plan) -> torch.Tensor:
     return w.view(S, HP, n_blk, BH).permute(2, 0, 1, 3).reshape(n_blk, -1, BH).contiguous()
 
 
-def make_plan(cell, direction, x, w_hh, strategy=None, plan_override=None, allow_tf32=False) -> plans.Plan:
+def make_plan(cell, direction, x, w_hh, strategy=None, plan_override=None, allow_tf32=False,
+              layernorm=False) -> plans.Plan:
     """The launch plan for this call; ``plan_override`` (tests, benchmarks) replaces plan fields,
     e.g. dict(resident=False, BLOCK_K=32, num_stages=2) to run the streamed K loop at a small H.
     Exact fp32 and fp64 products run on FMA units on a GPU (fma plans); the interpreter plans
@@ -796,7 +797,7 @@ def make_plan(cell, direction, x, w_hh, strategy=None, plan_override=None, allow
     B, H = x.shape[1], w_hh.shape[1]
     fma = dot_precision(w_hh.dtype, x.device, allow_tf32) == "ieee" \
         and w_hh.dtype in (torch.float32, torch.float64) and not interpreter_on()
-    plan = plans.make_plan(cell, direction, B, H, w_hh.element_size(), device_of(x.device), strategy, fma)
+    plan = plans.make_plan(cell, direction, B, H, w_hh.element_size(), device_of(x.device), strategy, fma, layernorm)
     if plan_override:
         plan = dataclasses.replace(plan, **plan_override)
         # a chunk of the override's size, within what this direction's reduction allows
@@ -833,16 +834,6 @@ def zoneout_args(cell, zoneout, acc, device, placeholder):
     return zo, (seeds.to(device=device, dtype=torch.int64) if seeds is not None else placeholder), *modes
 
 
-def layernorm_plan_strategy(layernorm, strategy):
-    """The strategy a call runs: the LayerNorm cells' kernels run one program per batch tile
-    (batch_tile: the per-step row statistics stay in the program), others what ``strategy`` says."""
-    if layernorm is None:
-        return strategy
-    if strategy not in (None, "batch_tile"):
-        raise ValueError(f"layernorm runs the batch_tile strategy (one program per batch tile), got strategy={strategy!r}")
-    return "batch_tile"
-
-
 def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, save, *,
             allow_tf32=False, strategy=None, force_grid_barrier=None, plan_override=None, zoneout=None,
             layernorm=None):
@@ -870,7 +861,7 @@ def forward(cell, x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse,
         cseq = hseq
     y = torch.empty(T, B, H, dtype=dtype, device=x.device)
     act = torch.empty(T, B, plans.SAVED_ACTS[cell] * H, dtype=acc, device=x.device) if save else gx
-    plan = make_plan(cell, "fwd", x, w_hh, layernorm_plan_strategy(layernorm, strategy), plan_override, allow_tf32)
+    plan = make_plan(cell, "fwd", x, w_hh, strategy, plan_override, allow_tf32, layernorm is not None)
     xchg = _exchange(plan, plan.HP, w_hh.dtype, x.device)
     xchg[0, :B, :H] = h0
     zo, zo_seeds, zo_h, zo_c = zoneout_args(cell, zoneout, acc, x.device, gx)
@@ -985,7 +976,7 @@ def backward(cell, dy, dh_n, dc_n, x, w_ih, w_hh, lengths, hseq, cseq, act, reve
         dc = hseq.new_empty(B, H).copy_(dc_n) if dc_n is not None else hseq.new_zeros(B, H)
     else:
         dc = dh
-    plan = make_plan(cell, "bwd", x, w_hh, layernorm_plan_strategy(layernorm, strategy), plan_override, allow_tf32)
+    plan = make_plan(cell, "bwd", x, w_hh, strategy, plan_override, allow_tf32, layernorm is not None)
     xchg = _exchange(plan, plan.slots * plan.HP, w_hh.dtype, x.device)
     zo, zo_seeds, zo_h, zo_c = zoneout_args(cell, zoneout, acc, x.device, dh)
     if layernorm is not None:

@@ -37,7 +37,11 @@ side directory (``side_triton_dir``), and the compiled code is checked for what 
   every code path (strategy x W residency x warp split x direction x cell x dtype/precision) at
   its largest tile, with all flags on, all off, and the torch.nn defaults (bias on; saved
   activations on and off; backward with dy); and all flags on with zoneout (training masks, which
-  add the Philox rounds to the step, forward and backward; evaluation, forward);
+  add the Philox rounds to the step, forward and backward; evaluation, forward); and the LayerNorm
+  cells (LN=True: the step's passes over the unit blocks, GRU and LSTM) on the plans they get
+  (make_plan(layernorm=True): batch_tile, smaller unit blocks), at each code path's largest
+  tile: all flags on (with and without
+  zoneout in training), torch.nn's defaults in training and inference;
 - sm_80 (A100 plans): the code paths at their largest tile, flags all on and all off.
 
 Register pressure, not the tile size, decides spills (ptxas spilled one tile under some flag sets
@@ -88,7 +92,7 @@ SHAPES = [(16, 768), (64, 512), (128, 1024), (32, 1024), (1, 512), (4, 256), (32
           (16, 2048), (8, 4096), (4096, 128), (1000, 2048)]
 COMPILE_TIMEOUT_S = 3000
 FLAG_SHORT = {"HAS_BIAS": "bias", "HAS_RES": "res", "HAS_LEN": "len", "REVERSE": "rev", "SAVE_ACT": "save",
-              "HAS_DY": "dy"}
+              "HAS_DY": "dy", "ZO_H": "zo_h", "ZO_C": "zo_c", "LN": "ln"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,6 +137,8 @@ def _path_key(plan, direction) -> tuple:
 FWD_FLAGS = ("HAS_BIAS", "HAS_RES", "HAS_LEN", "SAVE_ACT")  # crossed; REVERSE follows their parity
 BWD_FLAGS = ("HAS_LEN", "HAS_DY", "REVERSE")  # crossed
 ZONEOUT_MODES = ("ZO_H", "ZO_C")  # the kernels' zoneout constexprs: 0 off (the default here), 1 training, 2 evaluation
+# the options a call may add to the feature flags, and their values when it does not
+OPTION_DEFAULTS = {**dict.fromkeys(ZONEOUT_MODES, 0), "LN": False}
 # (dtype, product precision) of the benchmark grid: the bench's dtypes (fp32 exact, torch's
 # default) and TF32 (torch.backends.cuda.matmul.allow_tf32)
 BENCH_DTYPES = [("bfloat16", "ieee"), ("float16", "ieee"), ("float32", "ieee"), ("float32", "tf32")]
@@ -159,6 +165,8 @@ def bench_flag_sets(case, direction: str) -> list[dict]:
         for res in sorted({False, case.residual}):
             for save in (False, True):
                 out.append(dict(HAS_BIAS=True, HAS_RES=res, HAS_LEN=case.packed, SAVE_ACT=save, REVERSE=reverse))
+    if getattr(case, "layernorm", False):  # a LayerNorm cell: the same calls with LN_hh / LN_c in the step
+        out = [dict(f, LN=True) for f in out]
     if getattr(case, "zoneout", 0):  # training (masks; forward with and without saving) and evaluation
         zc = 1 if case.cell == "lstm" else 0
         out = [dict(f, ZO_H=1, ZO_C=zc) for f in out] + \
@@ -188,6 +196,20 @@ def zoneout_flag_sets(cell: str, direction: str) -> list[dict]:
     return sets
 
 
+def layernorm_flag_sets(cell: str, direction: str) -> list[dict]:
+    """The LayerNorm cells (GRU, LSTM): every flag on, with and without zoneout in training, and
+    torch.nn's defaults (forward: training and inference; backward: with dy)."""
+    if cell not in ("gru", "lstm"):
+        return []
+    zc = 1 if cell == "lstm" else 0
+    every = default_flag_sets(direction)[0]
+    if direction == "bwd":
+        sets = [every, dict(HAS_LEN=False, HAS_DY=True, REVERSE=False)]
+    else:
+        sets = [every] + default_flag_sets(direction)[2:]
+    return [dict(f, LN=True) for f in sets] + [dict(every, LN=True, ZO_H=1, ZO_C=zc)]
+
+
 def _fma(dtype: str, precision: str) -> bool:
     return precision == "ieee" and dtype in ("float32", "float64")
 
@@ -208,8 +230,7 @@ def configs() -> list[Config]:
     for case in CASES:
         for dtype, precision in BENCH_DTYPES:
             for direction in plans.DIRECTIONS:
-                p = plans.make_plan(case.cell, direction, case.B, case.H, ELEM[dtype], plans.H100,
-                                    fma=_fma(dtype, precision))
+                p = _case_plan(case, direction, dtype, precision)
                 cross = flag_cross(direction) if dtype != "float16" else default_flag_sets(direction)
                 for flags in cross + bench_flag_sets(case, direction):
                     add(p, direction, dtype, precision, 90, flags)
@@ -232,18 +253,45 @@ def configs() -> list[Config]:
                     for _, p in sorted(worst.values(), key=lambda v: repr(v[1])):
                         for flags in sets:
                             add(p, direction, dtype, precision, cc, flags)
+                    if cc == 90:  # the LayerNorm cells run the batch_tile plans: each of their code paths
+                        for p in _largest_layernorm_tiles(cell, direction, dtype, precision, device):
+                            for flags in layernorm_flag_sets(cell, direction):
+                                add(p, direction, dtype, precision, cc, flags)
     floor = [Config("barrier_floor_kernel", "float32", tuple(sorted(dict(CHECK=check, BLOCK=256).items())), 4, 1, cc)
              for check in (False, True) for cc in ARCHS]
     return list(out.values()) + floor
 
 
+def _case_plan(case, direction, dtype, precision):
+    """The plan the bench case's calls get on an H100 (the LayerNorm cells': make_plan(layernorm=True))."""
+    from fusedrnn.kernels import plan as plans
+
+    return plans.make_plan(case.cell, direction, case.B, case.H, ELEM[dtype], plans.H100, fma=_fma(dtype, precision),
+                           layernorm=bool(getattr(case, "layernorm", False)))
+
+
+def _largest_layernorm_tiles(cell, direction, dtype, precision, device) -> list:
+    """For each code path of the LayerNorm cells' plans over the tests' shapes, its largest tile."""
+    from fusedrnn.kernels import plan as plans
+
+    worst: dict[tuple, tuple] = {}
+    for B, H in SHAPES:
+        p = plans.make_plan(cell, direction, B, H, ELEM[dtype], device, fma=_fma(dtype, precision), layernorm=True)
+        key = _path_key(p, direction)
+        size = (p.BB * p.K * p.elem_bytes, p.smem_bytes, p.N)
+        if key not in worst or size > worst[key][0]:
+            worst[key] = (size, p)
+    return [p for _, p in sorted(worst.values(), key=lambda v: repr(v[1]))]
+
+
 def _config(p, direction, dtype, precision, cc, flags: dict) -> Config:
     names = (*FWD_FLAGS, "REVERSE") if direction == "fwd" else BWD_FLAGS
-    if set(flags) - set(ZONEOUT_MODES) != set(names):
-        raise ValueError(f"{direction} flags must be {names} (and optionally {ZONEOUT_MODES}), got {sorted(flags)}")
-    # zoneout modes (0 off, 1 training masks, 2 evaluation) default to off
+    if set(flags) - set(OPTION_DEFAULTS) != set(names):
+        raise ValueError(f"{direction} flags must be {names} (and optionally {sorted(OPTION_DEFAULTS)}), "
+                         f"got {sorted(flags)}")
+    # the options (zoneout modes: 0 off, 1 training masks, 2 evaluation; LayerNorm) default to off
     c = dict(p.constexprs(), USE_GRID_BARRIER=p.grid_barrier, DOT_PRECISION=precision,
-             **{**dict.fromkeys(ZONEOUT_MODES, 0), **flags})
+             **{**OPTION_DEFAULTS, **flags})
     return Config(f"rnn_{direction}_kernel", dtype, tuple(sorted(c.items())), p.num_warps, p.num_stages, cc,
                   p.maxnreg, p.describe(), p.smem_bytes)
 
@@ -252,7 +300,9 @@ def _config(p, direction, dtype, precision, cc, flags: dict) -> Config:
 # Compiling (runs in a worker process, interpreter off, with whichever Triton is first on the path)
 # ------------------------------------------------------------------------------------------------
 
-ACC_ROLES = {"gx_ptr", "hseq_ptr", "cseq_ptr", "act_ptr", "dgx_ptr", "dgh_ptr", "dh_ptr", "dc_ptr", "zo_ptr"}
+ACC_ROLES = {"gx_ptr", "hseq_ptr", "cseq_ptr", "act_ptr", "dgx_ptr", "dgh_ptr", "dh_ptr", "dc_ptr", "zo_ptr",
+             "ln_ptr", "lnx_ptr", "lns_ptr", "dp_ptr", "dlnc_ptr"}
+FLOAT_ARGS = {"ln_eps"}  # runtime floats (Python floats: fp32 in the signature)
 INT_ROLES = {"len_ptr": "i64", "zo_seed_ptr": "i64", "counter_ptr": "i32", "slots_ptr": "i32", "errors_ptr": "i32", "data_ptr": "i32"}
 # runtime ints the launcher always passes as multiples of 16 (Triton specializes them as such)
 DIVISIBLE_INTS = {"k_valid"}
@@ -284,6 +334,8 @@ def compile_one(cfg: Config, workdir: str) -> dict:
         elif name.endswith("_ptr"):
             sig[name] = "*" + (INT_ROLES.get(name) or (acc if name in ACC_ROLES else d))
             attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+        elif name in FLOAT_ARGS:
+            sig[name] = "fp32"
         else:
             sig[name] = "i32"
             if name in DIVISIBLE_INTS:
@@ -556,7 +608,8 @@ def source_hash() -> str:
         h.update(inspect.getsource(fn).encode())
     if triton is not None:
         h.update(inspect.getsource(planted_barrier_kernel.fn).encode())
-    h.update(repr((_PTX_DEF.pattern, sorted(ACC_ROLES), sorted(INT_ROLES.items()), sorted(DIVISIBLE_INTS))).encode())
+    h.update(repr((_PTX_DEF.pattern, sorted(ACC_ROLES), sorted(INT_ROLES.items()), sorted(DIVISIBLE_INTS),
+                   sorted(FLOAT_ARGS))).encode())
     return h.hexdigest()
 
 
@@ -768,8 +821,7 @@ def test_configs_cover_the_benchmark_grid():
     for case in CASES:
         for dtype, precision in BENCH_DTYPES:
             for direction in plans.DIRECTIONS:
-                p = plans.make_plan(case.cell, direction, case.B, case.H, ELEM[dtype], plans.H100,
-                                    fma=_fma(dtype, precision))
+                p = _case_plan(case, direction, dtype, precision)
                 cross = flag_cross(direction) if dtype != "float16" else default_flag_sets(direction)
                 for flags in bench_flag_sets(case, direction) + cross:
                     cfg = _config(p, direction, dtype, precision, 90, flags)
