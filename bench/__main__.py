@@ -92,6 +92,7 @@ def list_cases() -> str:
                                       "residual" if c.residual else "",
                                       f"streaming: {c.T} calls of one step, forward only" if c.stream else "",
                                       f"zoneout p={c.zoneout:g}" if c.zoneout else "",
+                                      "LayerNorm" if c.layernorm else "",
                                       c.anchor) if x)
         lines.append(f"{c.id:<16}{c.cell:<6}{c.B:>5}{c.H:>6}{c.T:>6}{c.layers:>8}  {notes}")
     lines.append("\nproviders: " + ", ".join(f"{p.name} ({p.label})" for p in providers.PROVIDERS.values()))

@@ -55,17 +55,17 @@ def test_cli_cpu_demo(tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1")
     proc = subprocess.run(
         [sys.executable, "-m", "fusedrnn.bench", "--quick", "--no-progress", "--cases",
-         "small-lstm,residual-gru,zoneout-gru", "--out", str(out)],
+         "small-lstm,residual-gru,zoneout-gru,layernorm-lstm", "--out", str(out)],
         capture_output=True, text=True, timeout=240, env=env,
     )
     log = proc.stdout + proc.stderr
     assert "No CUDA GPU is visible" in proc.stdout and "CPU DEMONSTRATION" in proc.stdout, log
     doc = json.loads((out / "results.json").read_text())
-    assert set(doc["results"]) == {"small-lstm", "residual-gru", "zoneout-gru"}
+    assert set(doc["results"]) == {"small-lstm", "residual-gru", "zoneout-gru", "layernorm-lstm"}
     assert doc["meta"]["label"].startswith("CPU demonstration")
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows and {r["case"] for r in rows} == {"small-lstm", "residual-gru", "zoneout-gru"}
+    assert rows and {r["case"] for r in rows} == {"small-lstm", "residual-gru", "zoneout-gru", "layernorm-lstm"}
     zo = {(r["provider"], r["mode"]): r for r in rows if r["case"] == "zoneout-gru"}
     assert {r["zoneout"] for r in zo.values()} == {"0.1"} and {r["zoneout"] for r in rows} == {"0.0", "0.1"}
     for mode in cases.MODES:  # the demo's default providers on the zoneout case
@@ -73,6 +73,13 @@ def test_cli_cpu_demo(tmp_path):
         assert zo[("cell-loop", mode)]["status"] == "ok" and zo[("fusedrnn-reference", mode)]["status"] == "ok", log
         declined = zo[("fusedrnn-torch", mode)]
         assert declined["status"] == "unavailable" and "zoneout" in declined["reason"]
+    ln = {(r["provider"], r["mode"]): r for r in rows if r["case"] == "layernorm-lstm"}
+    assert {r["layernorm"] for r in ln.values()} == {"True"}
+    for mode in cases.MODES:  # the demo's default providers on the LayerNorm case (scaled down, on the CPU)
+        assert ln[("torch-nn", mode)]["status"] == "ok" and "WITHOUT LayerNorm" in ln[("torch-nn", mode)]["note"]
+        assert ln[("cell-loop", mode)]["status"] == "ok" and ln[("fusedrnn-reference", mode)]["status"] == "ok", log
+        declined = ln[("fusedrnn-torch", mode)]
+        assert declined["status"] == "unavailable" and "layernorm" in declined["reason"]
     assert all(r["label"].startswith("CPU demonstration") for r in rows)
     ok = [r for r in rows if r["status"] == "ok"]
     assert {r["provider"] for r in ok} >= {"torch-nn", "fusedrnn-torch", "fusedrnn-reference", "cell-loop"}, log
@@ -392,3 +399,152 @@ def test_cli_model_prints_the_zoneout_case():
     assert ("zoneout-gru    bf16  fusedrnn-cuda      not modelled: not applicable (the cuda backend declines "
             "zoneout") in out
     assert "zoneout p=0.1 (MODEL, independent of p)" in out
+
+
+# --- LayerNorm ----------------------------------------------------------------------------------------
+
+
+def _layernorm_inputs(mode, dtype=torch.float64, **changes):
+    case = dataclasses.replace(cases.get("layernorm-lstm").scaled_down(tiny=True), **changes)
+    return cases.make_inputs(case, dtype, "cpu", mode)
+
+
+def test_layernorm_case_is_in_the_grid():
+    from fusedrnn.bench import providers
+
+    c = cases.get("layernorm-lstm")
+    assert c in cases.CASES and (c.cell, c.B, c.H, c.T, c.layers, c.layernorm) == ("lstm", 32, 512, 256, 2, True)
+    assert c.modes == cases.MODES and not (c.stream or c.packed or c.residual or c.bidirectional or c.zoneout)
+    assert [x.id for x in cases.CASES if x.layernorm] == ["layernorm-lstm"]
+    small = c.scaled_down(tiny=True)
+    assert small.layernorm and "LayerNorm (LN_ih, LN_hh, LN_c)" in small.describe()
+    for prov in ("torch-nn", "cell-loop", "cell-loop-compiled", "fusedrnn-triton", "fusedrnn-cuda"):
+        assert all(providers.applies(c, prov, m) for m in cases.MODES)
+    # FLOPs unchanged; bytes: the gammas and betas (2·4H for LN_ih, LN_hh each, 2·H for LN_c) per layer,
+    # read in the forward, read again and their gradients written in the backward
+    plain = dataclasses.replace(c, layernorm=False)
+    assert c.flops("forward+backward") == plain.flops("forward+backward")
+    extra = c.layers * 2 * (4 * 4 * c.H + 2 * c.H)
+    assert c.min_bytes("forward", 2) - plain.min_bytes("forward", 2) == extra
+    assert c.min_bytes("forward+backward", 2) - plain.min_bytes("forward+backward", 2) == 3 * extra
+
+
+def test_layernorm_inputs_draw_gammas_and_betas():
+    """The case's gammas and betas are fusedrnn.LayerNormLSTM's parameters by name and shape, away
+    from the initial 1 and 0, and the torch.nn weights are the plain case's."""
+    import fusedrnn
+
+    inp = _layernorm_inputs("forward")
+    c = inp.case
+    module = fusedrnn.LayerNormLSTM(c.I, c.H, num_layers=c.layers)
+    want = {n: tuple(p.shape) for n, p in module.named_parameters() if n.startswith("layernorm_")}
+    assert {n: tuple(v.shape) for n, v in inp.norm_dict.items()} == want
+    for n, v in inp.norm_dict.items():
+        assert (v - (1.0 if "_weight_" in n else 0.0)).abs().max() > 0.1
+    plain = cases.make_inputs(dataclasses.replace(c, layernorm=False), torch.float64, "cpu", "forward")
+    assert plain.norm_dict == {} and all(torch.equal(inp.state_dict[k], v) for k, v in plain.state_dict.items())
+
+
+@pytest.mark.parametrize("variant, compiled", [({}, False), ({"cell": "gru"}, False),
+                                               ({"packed": True, "bidirectional": True}, False),
+                                               ({"zoneout": 0.3}, False), ({}, True)])
+def test_cell_loop_layernorm_matches_fusedrnn(variant, compiled):
+    """The cell loop's LayerNorm step (fusedrnn.layernorm.norm, eager or compiled) computes what
+    fusedrnn.LayerNormLSTM / LayerNormGRU on the reference backend computes, forward and every
+    gradient (float64), and differs from the un-normalised stack that torch.nn runs."""
+    from fusedrnn.bench import providers
+
+    inp = _layernorm_inputs("forward+backward", **variant)
+    training = not inp.case.zoneout  # zoneout: evaluation (m = p), deterministic on both sides
+    loop, loop_params, mask = providers._cell_loop_model(inp, compiled=compiled, training=training)
+    fused, fused_params = providers._module_model(inp, "reference", training=training)
+    plain, _ = providers._module_model(inp, None, training=training)
+    x1, x2 = (inp.x.clone().requires_grad_() for _ in range(2))
+    got, want = loop(x1), fused(x2)
+    dy = inp.dy
+    if inp.case.packed:  # the modules return packed data, the loop the padded, masked sequence
+        got = torch.nn.utils.rnn.pack_padded_sequence(got, inp.lengths, enforce_sorted=False).data
+        dy = torch.nn.utils.rnn.pack_padded_sequence(dy, inp.lengths, enforce_sorted=False).data
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        unnormed = plain(inp.x)
+    assert (want - unnormed).abs().max() > 1e-2  # LayerNorm changed the result: the comparison means something
+    torch.autograd.backward([got, want], [dy, dy])
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-9, atol=1e-11)
+    # the same parameters, in the same total: the loop's are per layer-direction, the module's by name
+    assert sum(p.numel() for p in loop_params) == sum(p.numel() for p in fused_params)
+    for grads in (loop_params, fused_params):
+        assert all(p.grad is not None for p in grads)
+    total = [sorted(float(p.grad.abs().sum()) for p in ps) for ps in (loop_params, fused_params)]
+    assert total[0] == pytest.approx(total[1], rel=1e-9)
+
+
+def test_layernorm_unavailable_and_caveats():
+    """The fused providers whose backend declines LayerNorm are Unavailable with the backend's own
+    reason; the torch.nn baselines run without LayerNorm and every such row says so."""
+    from fusedrnn.backends import cuda, native, triton
+    from fusedrnn.bench import providers
+
+    inp = _layernorm_inputs("forward", dtype=torch.float32)
+    for prov, why in (("fusedrnn-cuda", cuda.LAYERNORM_REASON), ("fusedrnn-torch", native.LAYERNORM_REASON),
+                      ("fusedrnn-triton", triton.LAYERNORM_REASON), ("fusedrnn-cuda-graphed", cuda.LAYERNORM_REASON)):
+        assert providers.layernorm_reasons(inp, prov, "forward") == [why]
+        with pytest.raises(providers.Unavailable) as e:
+            providers.build(inp, prov, "forward")
+        assert str(e.value) == f"{prov}: {why}" and "layernorm" in why.lower()
+    assert providers.layernorm_reasons(inp, "fusedrnn-reference", "forward") == []
+    assert providers.build(inp, "fusedrnn-reference", "forward") is not None
+    assert providers.build(inp, "torch-nn", "forward") is not None  # runs, un-normalised
+    for prov in ("torch-nn", "torch-nn-nocudnn", "torch-nn-graphed"):
+        assert "WITHOUT LayerNorm" in providers.caveat(inp.case, prov)
+        assert "WITHOUT zoneout" not in providers.caveat(inp.case, prov)
+    both = dataclasses.replace(inp.case, zoneout=0.1)
+    assert "WITHOUT zoneout" in providers.caveat(both, "torch-nn") and "WITHOUT LayerNorm" in providers.caveat(
+        both, "torch-nn")
+    for prov in ("cell-loop", "cell-loop-compiled", "fusedrnn-triton", "fusedrnn-reference"):
+        assert providers.caveat(inp.case, prov) == ""
+    assert providers.layernorm_reasons(_zoneout_inputs("forward"), "fusedrnn-triton", "forward") == []
+
+
+def test_layernorm_provider_follows_the_backend(monkeypatch):
+    """Nothing in the benchmark decides whether a fused backend runs LayerNorm: a backend whose
+    reasons() stop naming it is no longer declined here (its rows then run)."""
+    from fusedrnn import backends
+    from fusedrnn.bench import providers
+
+    inp = _layernorm_inputs("forward", dtype=torch.float32)
+    backend = backends.get("torch")
+    real = type(backend).reasons
+    monkeypatch.setattr(type(backend), "reasons",
+                        lambda self, spec, forced: real(self, dataclasses.replace(spec, layernorm=False), forced))
+    assert providers.layernorm_reasons(inp, "fusedrnn-torch", "forward") == []
+    assert providers.layernorm_reasons(inp, "fusedrnn-cuda", "forward") != []
+
+
+def test_layernorm_csv_table_and_summary(tmp_path):
+    """The CPU grid (the CPU demonstration's part (i)) on the scaled-down LayerNorm case: the CSV
+    records layernorm on every row and the torch.nn caveat on its rows, the declined providers are
+    'unavailable' with their reason, and the summary footnotes the ratio."""
+    from fusedrnn.bench import runner, summary
+
+    case = cases.get("layernorm-lstm").scaled_down(tiny=True)
+    provs = ["torch-nn", "cell-loop", "fusedrnn-reference", "fusedrnn-torch", "fusedrnn-cuda"]
+    rows, env, floor_info = runner.run_grid([case], provs, list(cases.MODES), ["fp32"], "cpu", quick=True,
+                                            label="test", progress=False)
+    paths = runner.write_results(tmp_path, rows, env, floor_info)
+    with open(paths["csv"]) as f:
+        got = list(csv.DictReader(f))
+    assert len(got) == 2 * len(provs) and all(r["layernorm"] == "True" and r["zoneout"] == "0.0" for r in got)
+    by = {(r["provider"], r["mode"]): r for r in got}
+    for mode in cases.MODES:
+        assert by[("torch-nn", mode)]["status"] == "ok" and "WITHOUT LayerNorm" in by[("torch-nn", mode)]["note"]
+        for prov in ("cell-loop", "fusedrnn-reference"):
+            assert by[(prov, mode)]["status"] == "ok" and by[(prov, mode)]["note"] == ""
+            assert float(by[(prov, mode)]["ratio_torch_nn"]) > 0
+        for prov in ("fusedrnn-torch", "fusedrnn-cuda"):
+            r = by[(prov, mode)]
+            assert r["status"] == "unavailable" and "layernorm" in r["reason"].lower(), r
+    text = runner.format_tables(rows, floor_info, "CPU")
+    assert " layernorm " in text and "WITHOUT LayerNorm" in text
+    s = summary.summarize(json.loads(paths["json"].read_text()))
+    assert "layernorm-lstm*" in s and "* layernorm-lstm: torch.nn ran WITHOUT LayerNorm" in s
