@@ -155,6 +155,12 @@ def print_model(args) -> int:
     selected = [cases_mod.get(c) for c in args.cases] if args.cases else list(cases_mod.CASES)
     dtypes = args.dtypes or list(cases_mod.DTYPES)
     print(perf_model.format_table(perf_model.table(selected, dtypes), phases=True))
+    if any(c.layernorm for c in selected):
+        from . import model_triton
+
+        print("\nLayerNorm in the Triton step: two designs (bench/model_triton.py, bench/README.md)")
+        for dtype_name in dtypes:
+            print(model_triton.layernorm_table(dtype_name))
     return 0
 
 

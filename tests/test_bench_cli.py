@@ -548,3 +548,94 @@ def test_layernorm_csv_table_and_summary(tmp_path):
     assert " layernorm " in text and "WITHOUT LayerNorm" in text
     s = summary.summarize(json.loads(paths["json"].read_text()))
     assert "layernorm-lstm*" in s and "* layernorm-lstm: torch.nn ran WITHOUT LayerNorm" in s
+
+
+def _ln_cost(design, case, m=None):
+    """(training fwd, bwd, inference fwd) us/step the LayerNorm phases add to the design's own plan."""
+    from fusedrnn.bench import model_triton, perf_model
+
+    d = model_triton.layernorm_design(case, "bf16", design, m or perf_model.H100)
+    return (d.train.us - d.base_train.us, d.bwd.us - d.base_bwd.us, d.inf.us - d.base_inf.us), d
+
+
+def test_layernorm_model_cost_is_positive_and_follows_the_syncs():
+    """MODEL: LayerNorm adds a positive cost per step to either design, forward and backward; the
+    persistent design pays exactly one extra grid barrier per in-step LayerNorm (GRU 1, LSTM 2) and
+    nothing else scales with the barrier; batch_tile pays no grid barrier but one L2 reload per
+    extra pass and block; LSTM (LN_hh and LN_c) costs more than GRU (LN_hh) in both."""
+    from fusedrnn.bench import model_triton, perf_model
+
+    base = cases.get("layernorm-lstm")
+    gru = dataclasses.replace(base, cell="gru")
+    assert (model_triton.layernorm_syncs("gru"), model_triton.layernorm_syncs("lstm")) == (1, 2)
+    slow_barrier = perf_model.replace_machine(barrier_us=perf_model.H100.barrier_us + 0.5)
+    slow_l2 = perf_model.replace_machine(l2_us=perf_model.H100.l2_us + 0.1)
+    for case in (base, gru, dataclasses.replace(base, B=256), dataclasses.replace(gru, B=256)):
+        syncs = model_triton.layernorm_syncs(case.cell)
+        for design in model_triton.LN_DESIGNS:
+            cost, d = _ln_cost(design, case)
+            assert all(c > 0 for c in cost), (case.cell, case.B, design, cost)
+            for st in (d.inf, d.train, d.bwd):  # one sync phase per in-step LayerNorm
+                assert sum(ph.name.endswith(" sync") for ph in st.phases) == syncs
+            assert d.fwd_ms > d.base_fwd_ms and d.fb_ms > d.base_fb_ms
+            slower, _ = _ln_cost(design, case, slow_barrier)
+            grid = d.plan_fwd.grid_barrier
+            for c0, c1 in zip(cost, slower):
+                assert c1 - c0 == pytest.approx(syncs * 0.5 if grid else 0.0, abs=1e-9)
+            if not grid:  # batch_tile: a reload trip per extra pass and block
+                blocks = d.plan_fwd.n_blk
+                farther, _ = _ln_cost(design, case, slow_l2)
+                assert farther[0] - cost[0] == pytest.approx(syncs * blocks * 0.1, rel=1e-6)
+        for design in model_triton.LN_DESIGNS:
+            if case.cell == "lstm":
+                lstm_cost = _ln_cost(design, case)[0]
+                gru_cost = _ln_cost(design, dataclasses.replace(case, cell="gru"))[0]
+                assert all(a > b for a, b in zip(lstm_cost, gru_cost)), (design, lstm_cost, gru_cost)
+    # the persistent LSTM design: each extra grid barrier is a step's barrier again
+    cost, d = _ln_cost("persistent", base)
+    assert d.plan_fwd.grid_barrier and cost[0] > 2 * perf_model.H100.barrier_us
+
+
+@pytest.mark.parametrize("changes, expect", [({}, "persistent"), ({"cell": "gru"}, "persistent"),
+                                             ({"B": 256}, "persistent"), ({"H": 64}, "batch_tile"),
+                                             ({"H": 64, "cell": "gru"}, "batch_tile")])
+def test_layernorm_model_picks_the_cheaper_design(changes, expect):
+    """MODEL: the model picks the design with the smaller forward+backward ms (H=512: persistent,
+    whose step is a fraction of one program streaming all of W; H=64: batch_tile, W in one
+    program and CTA barriers instead of grid barriers), and model() reports that design's figures."""
+    from fusedrnn.bench import model_cuda, model_triton
+
+    case = dataclasses.replace(cases.get("layernorm-lstm"), **changes)
+    designs = model_triton.layernorm_designs(case, "bf16")
+    pick = model_triton.choose_layernorm_design(designs)
+    assert pick == expect and designs[pick].fb_ms == min(d.fb_ms for d in designs.values())
+    other = next(d for d in model_triton.LN_DESIGNS if d != pick)
+    assert designs[pick].fb_ms < designs[other].fb_ms
+    est = model_triton.model(case, "bf16")
+    assert (est.fwd_ms, est.fb_ms, est.fwd_step.us, est.bwd_step.us) == (
+        designs[pick].fwd_ms, designs[pick].fb_ms, designs[pick].inf.us, designs[pick].bwd.us)
+    assert est.plan.startswith(f"LayerNorm design {pick}") and f"picks {pick}" in est.notes and "MODEL" in est.notes
+    plain = model_triton.model(dataclasses.replace(case, layernorm=False), "bf16")
+    assert est.fb_ms > plain.fb_ms
+    why = model_cuda.model(case, "bf16")
+    assert isinstance(why, str) and "declines LayerNorm" in why
+
+
+def test_readme_layernorm_table_is_the_model():
+    """bench/README.md's LayerNorm design table is model_triton.layernorm_table() (bf16) as printed."""
+    from fusedrnn.bench import model_triton
+
+    text = open(README).read()
+    block = text.split("<!-- layernorm designs: model_triton.layernorm_table() -->")[1].split("\n\n")[0].strip("\n")
+    assert block == model_triton.layernorm_table("bf16")
+
+
+def test_cli_model_prints_the_layernorm_case():
+    proc = subprocess.run([sys.executable, "-m", "fusedrnn.bench", "--model", "--cases", "layernorm-lstm", "--dtypes",
+                           "bf16"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "layernorm-lstm bf16  fusedrnn-triton" in out and "LN_c sync 1.20" in out
+    assert "layernorm-lstm bf16  fusedrnn-cuda      not modelled: not applicable (the cuda backend declines LayerNorm" in out
+    assert "LayerNorm in the Triton step: two designs" in out and "| layernorm-lstm | persistent |" in out
