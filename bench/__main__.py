@@ -92,6 +92,7 @@ def list_cases() -> str:
                                       "residual" if c.residual else "",
                                       f"streaming: {c.T} calls of one step, forward only" if c.stream else "",
                                       f"zoneout p={c.zoneout:g}" if c.zoneout else "",
+                                      "LayerNorm" if c.layernorm else "",
                                       c.anchor) if x)
         lines.append(f"{c.id:<16}{c.cell:<6}{c.B:>5}{c.H:>6}{c.T:>6}{c.layers:>8}  {notes}")
     lines.append("\nproviders: " + ", ".join(f"{p.name} ({p.label})" for p in providers.PROVIDERS.values()))
@@ -154,6 +155,12 @@ def print_model(args) -> int:
     selected = [cases_mod.get(c) for c in args.cases] if args.cases else list(cases_mod.CASES)
     dtypes = args.dtypes or list(cases_mod.DTYPES)
     print(perf_model.format_table(perf_model.table(selected, dtypes), phases=True))
+    if any(c.layernorm for c in selected):
+        from . import model_triton
+
+        print("\nLayerNorm in the Triton step: two designs (bench/model_triton.py, bench/README.md)")
+        for dtype_name in dtypes:
+            print(model_triton.layernorm_table(dtype_name))
     return 0
 
 

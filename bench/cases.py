@@ -26,7 +26,9 @@ N = valid tokens (B·T, or Σ lengths when packed), I = that layer's input width
                                      + 2·W)       re-read W, write dW
 A streaming case reads the weights and the states once per call (T times). Zoneout changes neither
 count: its masks are generated in the step (counter-based Philox, regenerated in the backward), not
-stored, and its blend is element-wise gate math.
+stored, and its blend is element-wise gate math. LayerNorm (``layernorm=True``) leaves the FLOPs
+(its normalisation is element-wise) and adds its gamma and beta to W: 2·G for LN_ih, 2·G for LN_hh,
+and for LSTM 2·H for LN_c; its per-row statistics (O(B) per step, recomputable) are not counted.
 These are lower bounds a fused kernel could reach in principle (every tensor touched once), not a
 model of any implementation; the roofline floor is max(FLOPs / peak FLOP/s, bytes / peak bandwidth).
 """
@@ -57,6 +59,7 @@ class Case:
     residual: bool = False  # fusedrnn residual=True vs torch.nn per layer + add
     stream: bool = False  # streaming inference: T calls of one step each (T=1 input), carrying the state
     zoneout: float = 0.0  # fusedrnn zoneout=p (every state; LSTM: h and c); see providers.py for the baselines
+    layernorm: bool = False  # fusedrnn.LayerNormLSTM / LayerNormGRU (fusedrnn/layernorm.py); see providers.py
     anchor: str = ""
     scaled_from: str | None = field(default=None, compare=False)  # set by scaled_down()
 
@@ -107,7 +110,7 @@ class Case:
         total = 0.0
         calls = self.T if self.stream else 1  # a streaming call reads the weights and states each time
         for i in self.layer_inputs():
-            W = G * i + G * H + 2 * G
+            W = G * i + G * H + 2 * G + (4 * G + (2 * H if self.cell == "lstm" else 0) if self.layernorm else 0)
             states = (2 if self.cell == "lstm" else 1) * 2 * self.B * H  # h0(,c0) in, h_n(,c_n) out
             fwd = N * i + N * H + calls * (W + states)
             per = fwd if mode == "forward" else fwd + 2 * N * G + N * H + 2 * N * i + N * H + 2 * W + states
@@ -128,13 +131,15 @@ class Case:
             parts.append(f"streaming: {self.T} calls of one step carrying the state")
         if self.zoneout:
             parts.append(f"zoneout p={self.zoneout:g}")
+        if self.layernorm:
+            parts.append("LayerNorm (" + ("LN_ih, LN_hh, LN_c" if self.cell == "lstm" else "LN_ih, LN_hh") + ")")
         if self.scaled_from:
             parts.append(f"scaled down from {self.scaled_from}")
         return ", ".join(parts)
 
     def scaled_down(self, tiny: bool = False) -> "Case":
         """A CPU-sized copy with the same structure (cell, layers, directions, packing, residual,
-        streaming, zoneout).
+        streaming, zoneout, LayerNorm).
 
         default: B ≤ 8, H = H/8 (≥ 16), T ≤ 64;  tiny: B ≤ 4, H = 16, T ≤ 12 (for tests)."""
         if tiny:
@@ -168,6 +173,9 @@ CASES: tuple[Case, ...] = (
     Case("zoneout-gru", "gru", B=32, H=512, T=256, layers=2, zoneout=0.1,
          anchor="zoneout regularizer (Krueger et al. 2017) on h; baselines: the cell loop with torch masks, "
                 "cuDNN without zoneout"),
+    Case("layernorm-lstm", "lstm", B=32, H=512, T=256, layers=2, layernorm=True,
+         anchor="layer-normalised LSTM (Ba et al. 2016); baselines: the cell loop with fusedrnn.layernorm.norm, "
+                "cuDNN without LayerNorm"),
 )
 BY_ID = {c.id: c for c in CASES}
 
@@ -191,12 +199,17 @@ class Inputs:
     lengths: torch.Tensor | None  # int64 (B,) on CPU, or None
     dy: torch.Tensor | None  # upstream gradient for y (forward+backward mode only)
     state_dict: dict  # torch.nn.GRU/LSTM(num_layers=case.layers) weights every provider shares
+    # A LayerNorm case's gammas and betas under fusedrnn.LayerNormLSTM / LayerNormGRU's names
+    # (layernorm_ih_weight_l0, ...); empty otherwise. torch.nn's providers cannot take them.
+    norm_dict: dict = field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=16)
 def _master(case: Case, seed: int) -> tuple:
     """float32 CPU inputs, weights and upstream grad of a case, drawn once per process (drawing
-    deepbench-gru's 49M-element input takes a noticeable fraction of a second)."""
+    deepbench-gru's 49M-element input takes a noticeable fraction of a second). A LayerNorm case
+    then draws its gammas in 1 ± 0.5 and betas in ± 0.5 (not the initial 1 and 0, so a provider that
+    dropped or swapped one would compute something else)."""
     g = torch.Generator().manual_seed(seed)
     lengths = case.lengths()
     x = torch.randn(case.T, case.B, case.I, generator=g)
@@ -210,15 +223,27 @@ def _master(case: Case, seed: int) -> tuple:
         for p in ref.parameters():
             p.copy_(torch.empty_like(p).uniform_(-1, 1, generator=g) / case.H**0.5)
     dy = torch.randn(case.T, case.B, case.D * case.H, generator=g)
-    return x, lengths, dy, {k: v.detach() for k, v in ref.state_dict().items()}
+    norms = {}
+    if case.layernorm:
+        import fusedrnn
+
+        cls = fusedrnn.LayerNormGRU if case.cell == "gru" else fusedrnn.LayerNormLSTM
+        names = [n for group in cls(1, 1, num_layers=case.layers, bidirectional=case.bidirectional)
+                 ._layernorm_names() for n in group]
+        width = {"ih": case.gates * case.H, "hh": case.gates * case.H, "c": case.H}
+        for n in names:
+            v = torch.empty(width[n.split("_")[1]]).uniform_(-0.5, 0.5, generator=g)
+            norms[n] = v + 1.0 if "_weight_" in n else v
+    return x, lengths, dy, {k: v.detach() for k, v in ref.state_dict().items()}, norms
 
 
 def make_inputs(case: Case, dtype: torch.dtype, device, mode: str, seed: int = 0) -> Inputs:
     """Random inputs (never zeros: they hide unwritten outputs and can run faster) and one set of
     weights, drawn on the CPU in float32 so every provider, dtype and device sees the same numbers."""
-    x, lengths, dy, sd = _master(case, seed)
+    x, lengths, dy, sd, norms = _master(case, seed)
     return Inputs(
         case, x.to(device=device, dtype=dtype), lengths,
         dy.to(device=device, dtype=dtype) if mode == "forward+backward" else None,
         {k: v.to(device=device, dtype=dtype) for k, v in sd.items()},
+        {k: v.to(device=device, dtype=dtype) for k, v in norms.items()},
     )

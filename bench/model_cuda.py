@@ -394,6 +394,8 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
     if getattr(case, "zoneout", 0.0):
         return ("not applicable (the cuda backend declines zoneout: its kernels have none; fusedrnn runs it on "
                 "the Triton kernels or the reference)")
+    if getattr(case, "layernorm", False):
+        return "not applicable (the cuda backend declines LayerNorm: its kernels have none; the reference runs it)"
     fwd_plan, bwd_plan = plans(case, dtype_name, m)
     misfit = _misfit(fwd_plan, bwd_plan, m)
     if misfit:

@@ -30,17 +30,50 @@ tests/test_triton_codegen.py keeps checking the parts the phases rely on):
   every warp), against the dependent Philox chain of one element; on the critical path after the
   gate math (the masks depend only on the seed and the step, but the step loop computes them
   after the barrier). Independent of p's value; absent when p = 0;
+- ``LN_*`` (a case with ``layernorm`` only; ``layernorm_phases`` below): LayerNorm fused into the
+  step, priced for two designs (the kernels do not fuse it yet: see "LayerNorm" below);
 - streamed plans replace operand/stage/MMA by the K loop: a pipeline fill (one L2 trip) plus, per
   BLOCK_K chunk, the larger of the chunk's L2 transfer (operand + W), its shared-memory reads and
   its MMA chain, the asynchronous copies keeping the next chunks in flight.
 
 Every program runs the same step, so a step's time is one program's. Assumptions beyond
 bench/perf_model.py's machine table are the module constants below (to be measured on a GPU).
+
+LayerNorm (fusedrnn/layernorm.py: LN over a row's whole gate vector, and for LSTM over its cell
+state). LN_ih(x W_ihᵀ) needs no step: it is one element-wise pass over the projection outside the
+recurrence (``layernorm_ih_us``, in the call's extras). LN_hh and LN_c need every unit of a row
+inside the step, so a unit-split step must meet once more per LayerNorm. Two designs, priced on the
+plans kernels/plan.py gives (MODEL, the same machine constants; the kernels do not fuse LN yet):
+
+- ``batch_tile`` (make_plan(strategy="batch_tile"): one program per 16-row batch tile walks every
+  unit block, no grid barrier): the step runs in passes over the blocks separated by CTA barriers.
+  Forward: pass 1 per block: the product, its raw gate tile stored to a scratch buffer (BB x 4*BH
+  fp32, L2), per-row sum and sum of squares; CTA barrier; pass 2 per block: reload, normalise
+  (x-hat stored when training), gates, c~ stored, per-row sums of c~; CTA barrier; pass 3 (LSTM):
+  reload c~ and o, LN_c, h, the usual stores. Backward: pass A per block: product, dh stored, the
+  LN_c backward's row sums (u = dh o (1 - tanh²) gamma_c and u c-hat); CTA barrier; pass B: reload,
+  dc, the gate backward, d(a) stored, the LN_hh backward's row sums (g = d(a) gamma, g x-hat); CTA
+  barrier; pass C: reload d(a) and x-hat, dp = rstd (g - mean g - x-hat mean(g x-hat)) to the exchange
+  and to a dp buffer. GRU has no LN_c: 2 passes, 1 CTA barrier each way.
+- ``persistent`` (the usual persistent plan: programs split H; a resident slice keeps its raw
+  products in registers): per LayerNorm each program reduces its own columns per row, stores the 2
+  partial sums per row, and the programs of a batch tile meet at one extra grid barrier; each then
+  loads the nprog_h partials of its rows (one L2 trip), finishes the statistics and normalises.
+  Extra grid barriers per step: GRU 1, LSTM 2 (LN_hh then LN_c), forward and backward alike. A
+  program that walks several blocks (a streamed plan) parks its raw tiles in L2 and reloads them.
+
+Per LayerNorm the phases are ``LN_<hh|c> sums`` (the element ops and the per-row reduction, plus
+what is stored before the meeting), ``LN_<hh|c> sync`` (a CTA barrier, or a grid barrier),
+``LN_<hh|c> reload`` (batch_tile: the tiles back from L2; persistent: the partials) and
+``LN_<hh|c> apply`` (statistics, normalisation or its backward, and the extra stores). The gate
+math and the usual stores are the plan's own step (unchanged). The model picks the design with the
+smaller modelled forward+backward time (``choose_layernorm_design``).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 from .cases import Case
 from .perf_model import H100, Estimate, Machine, Phase, Step, elem_bytes, projection_gemms_us, register, \
@@ -73,12 +106,30 @@ ALU_OPS_PER_CLK_SM = 64  # 32-bit integer multiply / logic / add issue rate per 
 PHILOX_ROUND_CLK = 10  # one round's dependent path (IMAD.HI, then LOP3), assumed
 
 
-def _plan(cell: str, direction: str, case: Case, dtype_name: str, m: Machine):
+# LayerNorm in the step (see "LayerNorm" in the module docstring). Assumed, to be measured:
+ROW_REDUCE_CLK = 2 * BAR_CLK + SMEM_TRIP_CLK + 2 * SHFL_CLK  # per-row (sum, sum of squares) over a tile:
+# two shuffles within the lanes holding a row, one cross-warp round through shared memory
+LN_STATS_CLK = 40  # mean, variance and rsqrt (MUFU) from the row sums: one dependent chain per row
+PARTIAL_ADD_CLK = 4  # one level of the tree that sums the nprog_h partials (persistent design)
+# fp32 ops per element of the normalised tile, at FMA_PER_CLK_SM["fp32"]
+LN_OPS = {
+    ("fwd", "sums"): 2,  # add, FMA (sum, sum of squares)
+    ("fwd", "apply"): 3,  # (v - mean) * rstd, * gamma + beta
+    ("bwd", "sums"): 3,  # g = upstream * gamma, then add and FMA (sum g, sum g * x-hat)
+    ("bwd", "apply"): 3,  # rstd * (g - mean g - x-hat * mean(g x-hat))
+}
+LN_DESIGNS = ("persistent", "batch_tile")
+_LN_PASS = {("fwd", "hh"): "2", ("fwd", "c"): "3", ("bwd", "c"): "B", ("bwd", "hh"): "C"}  # batch_tile: the pass a reload starts
+LN_IH_PASSES = {"fwd": 3, "bwd": 4}  # LN_ih outside the step: (T*B, G) tiles read/written (stats, normalise;
+# backward: the row sums, then d(gx) from d(a), x-hat)
+
+
+def _plan(cell: str, direction: str, case: Case, dtype_name: str, m: Machine, strategy: str | None = None):
     from fusedrnn.kernels import plan as kplan
 
     device = kplan.Device(m.name, m.n_sm, m.smem_optin_bytes, 90)
     # fp32 is exact fp32 (torch's default matmul precision): FMA plans
-    return kplan.make_plan(cell, direction, case.B, case.H, elem_bytes(dtype_name), device,
+    return kplan.make_plan(cell, direction, case.B, case.H, elem_bytes(dtype_name), device, strategy=strategy,
                            fma=dtype_name == "fp32")
 
 
@@ -190,8 +241,202 @@ def zoneout_phase(p, case: Case, direction: str, save: bool, blocks: int, m: Mac
                  f"{rate}/clk/SM vs a {chain_clk}-clk dependent chain")
 
 
+def layernorm_norms(cell: str, direction: str) -> tuple[str, ...]:
+    """The in-step LayerNorms in the order a step meets them: forward LN_hh then LN_c (LSTM);
+    the backward undoes them in reverse."""
+    norms = ("hh", "c") if cell == "lstm" else ("hh",)
+    return norms if direction == "fwd" else norms[::-1]
+
+
+def layernorm_phases(p, case: Case, direction: str, save: bool, m: Machine = H100) -> list[Phase]:
+    """The phases LayerNorm adds to one step of plan ``p`` (see the module docstring): per in-step
+    LayerNorm, sums, sync, reload and apply. The design is the plan's strategy: ``batch_tile``
+    (passes over the unit blocks, CTA barriers, tiles parked in L2) or ``persistent`` (per-program
+    partial sums met at one extra grid barrier). A persistent plan with one program per batch tile
+    (nprog_h == 1: huge B) has no grid barrier to add: it runs the batch_tile passes."""
+    e = p.elem_bytes
+    blocks = math.ceil(p.n_blk / p.nprog_h)
+    programs = p.nprog_h * p.n_btiles
+    rows = min(case.B, p.BB)
+    replicas = p.KS if p.KS > 1 else 1  # a K-split plan holds its gate tiles in every warp
+    gate_w, unit_w = p.slots * p.BH, p.BH  # columns of a block's gate tile and of its unit tile
+
+    def ops_us(width: int, ops: int) -> float:
+        lanes = max(p.BB * width * replicas, 32 * p.num_warps)
+        return _clk(lanes * ops / FMA_PER_CLK_SM["fp32"], m)
+
+    def xfer(n_bytes: float) -> float:
+        return _l2_transfer_us(n_bytes, programs, m)
+
+    grid = p.grid_barrier  # programs of a batch tile split its units: they meet at a grid barrier
+    out = []
+    for which in layernorm_norms(case.cell, direction):
+        width = gate_w if which == "hh" else unit_w
+        tile = p.BB * width * 4  # an fp32 tile of this LayerNorm's input (raw product, c~, dh, d(a))
+        name = f"LN_{which}"
+        sums = ops_us(width, LN_OPS[(direction, "sums")]) + _clk(ROW_REDUCE_CLK, m)
+        if grid:
+            parked = blocks > 1  # several blocks per program: the tiles wait in L2 for the statistics
+            out.append(Phase(f"{name} sums", blocks * (sums + (xfer(tile) if parked else 0.0)),
+                             f"{width} columns x {p.BB} rows per block, row reduction, 2 partials per row stored"
+                             + ("; raw tiles parked in L2" if parked else "")))
+            out.append(Phase(f"{name} sync", m.barrier_us, "one extra grid barrier"))
+            tree = math.ceil(math.log2(max(2, p.nprog_h)))
+            out.append(Phase(f"{name} reload", m.l2_us + xfer(p.nprog_h * rows * 2 * 4)
+                             + (blocks * (m.l2_us + xfer(tile)) if parked else 0.0),
+                             f"the {p.nprog_h} programs' partials of its rows (one L2 trip)"
+                             + ("; the parked tiles" if parked else "")))
+            stats = _clk(LN_STATS_CLK + tree * PARTIAL_ADD_CLK, m)
+        else:
+            out.append(Phase(f"{name} sums", blocks * (sums + xfer(tile)),
+                             f"{width} columns x {p.BB} rows per block: stored to scratch (L2), row reduction"))
+            out.append(Phase(f"{name} sync", _clk(BAR_CLK, m), "CTA barrier between passes"))
+            # the next pass reloads the tile: forward LN_c also reloads o; backward also the saved x-hat / c-hat
+            if direction == "fwd":
+                back = tile * (2 if which == "c" else 1)
+            else:
+                back = tile + p.BB * width * e
+            out.append(Phase(f"{name} reload", blocks * (m.l2_us + xfer(back)),
+                             f"pass {_LN_PASS[(direction, which)]} per block: one L2 trip, {back / 1024:g} KB"))
+            stats = _clk(LN_STATS_CLK, m)
+        # what the normalisation stores besides the plan's own stores: x-hat / c-hat for the
+        # backward (training forward), the dp buffer for dW_hh (backward, LN_hh)
+        extra = p.BB * width * e if (direction == "fwd" and save) or (direction == "bwd" and which == "hh") else 0
+        out.append(Phase(f"{name} apply", stats + blocks * (ops_us(width, LN_OPS[(direction, "apply")])
+                                                             + (xfer(extra) if extra else 0.0)),
+                         "statistics, " + ("normalise" if direction == "fwd" else "LayerNorm backward")
+                         + (", x-hat stored" if direction == "fwd" and save else "")
+                         + (", dp buffer stored" if extra and direction == "bwd" else "")))
+    return out
+
+
+def layernorm_syncs(cell: str) -> int:
+    """Extra synchronisations per step that the in-step LayerNorms add (each direction): one per
+    LayerNorm (GRU LN_hh; LSTM LN_hh and LN_c); batch_tile adds as many passes."""
+    return len(layernorm_norms(cell, "fwd"))
+
+
+def layernorm_ih_us(case: Case, dtype_name: str, m: Machine = H100) -> tuple[float, float]:
+    """(forward, backward) us per layer-direction of LN_ih outside the step: element-wise passes
+    over the (T*B, G) projection at HBM bandwidth (LN_IH_PASSES), one launch each."""
+    n_bytes = case.B * case.T * case.gates * case.H * elem_bytes(dtype_name)
+    return tuple(LN_IH_PASSES[d] * n_bytes / (m.hbm_tbps * 1e12) * 1e6 + m.launch_us for d in ("fwd", "bwd"))
+
+
+@dataclass(frozen=True)
+class LayerNormDesign:
+    """One design of a LayerNorm case: its plans and steps with and without the LayerNorm phases, and
+    the whole call's ms (every layer; the ``base_*`` figures: the same plans without LayerNorm)."""
+
+    design: str
+    plan_fwd: object
+    plan_bwd: object
+    base_inf: Step
+    base_train: Step
+    base_bwd: Step
+    inf: Step
+    train: Step
+    bwd: Step
+    base_fwd_ms: float
+    base_fb_ms: float
+    fwd_ms: float
+    fb_ms: float
+
+
+def _extras(case: Case, dtype_name: str, m: Machine, layernorm: bool) -> tuple[float, float]:
+    """Per layer-direction us outside the step loop: the projection GEMMs and launches (model()'s),
+    plus LN_ih with ``layernorm``."""
+    fwd_extra = bwd_extra = 0.0
+    for layer_input in case.layer_inputs():
+        f, b = projection_gemms_us(case, dtype_name, layer_input, m)
+        fwd_extra += (f + m.launch_us) / case.layers
+        bwd_extra += (b + m.launch_us) / case.layers
+    if layernorm:
+        f, b = layernorm_ih_us(case, dtype_name, m)
+        fwd_extra, bwd_extra = fwd_extra + f, bwd_extra + b
+    return fwd_extra, bwd_extra
+
+
+def layernorm_design(case: Case, dtype_name: str, design: str, m: Machine = H100) -> LayerNormDesign:
+    """One design (``LN_DESIGNS``) on ``case``'s shape: kernels/plan.py's plan of that strategy."""
+    if design not in LN_DESIGNS:
+        raise ValueError(f"design must be one of {LN_DESIGNS}, got {design!r}")
+    pf = _plan(case.cell, "fwd", case, dtype_name, m, strategy=design)
+    pb = _plan(case.cell, "bwd", case, dtype_name, m, strategy=design)
+    base = {k: step(case.cell, d, case, dtype_name, save, m, plan=p)[1]
+            for k, d, save, p in (("inf", "fwd", False, pf), ("train", "fwd", True, pf), ("bwd", "bwd", True, pb))}
+    full = {k: Step(st.phases + tuple(layernorm_phases(pf if k != "bwd" else pb, case, "bwd" if k == "bwd" else "fwd",
+                                                       k != "inf", m)))
+            for k, st in base.items()}
+    ms = {}
+    for key, steps, layernorm in (("base", base, False), ("ln", full, True)):
+        fx, bx = _extras(case, dtype_name, m, layernorm)
+        fwd_ms, _ = whole_call_ms(case, dtype_name, steps["inf"], None, fx, 0.0, m)
+        _, fb_ms = whole_call_ms(case, dtype_name, steps["train"], steps["bwd"], fx, bx, m)
+        ms[key] = (fwd_ms, fb_ms)
+    return LayerNormDesign(design, pf, pb, base["inf"], base["train"], base["bwd"], full["inf"], full["train"],
+                           full["bwd"], *ms["base"], *ms["ln"])
+
+
+def layernorm_designs(case: Case, dtype_name: str, m: Machine = H100) -> dict[str, LayerNormDesign]:
+    return {d: layernorm_design(case, dtype_name, d, m) for d in LN_DESIGNS}
+
+
+def choose_layernorm_design(designs: dict[str, LayerNormDesign]) -> str:
+    """The design with the smaller modelled forward+backward ms (training is what LayerNorm cells
+    are for); ties go to the first of LN_DESIGNS."""
+    return min(designs, key=lambda d: (designs[d].fb_ms, LN_DESIGNS.index(d)))
+
+
+def _design_words(name: str, d: LayerNormDesign) -> str:
+    return (f"{name}: {d.inf.us:.2f} / {d.train.us:.2f} / {d.bwd.us:.2f} us/step (inference / training fwd / bwd; "
+            f"without LN {d.base_inf.us:.2f} / {d.base_train.us:.2f} / {d.base_bwd.us:.2f}), {d.fwd_ms:.3f} / "
+            f"{d.fb_ms:.3f} ms fwd / fwd+bwd (without LN {d.base_fwd_ms:.3f} / {d.base_fb_ms:.3f})")
+
+
+# The shapes the LayerNorm designs are compared on (bench/README.md shows the table): the case, a
+# LayerNormGRU of its size, both at B=256, and a small H where all of W_hh fits one program.
+LAYERNORM_SHAPES = (
+    ("layernorm-lstm", {}),
+    ("GRU, same size", {"cell": "gru"}),
+    ("LSTM B=256", {"B": 256}),
+    ("GRU B=256", {"cell": "gru", "B": 256}),
+    ("LSTM H=128", {"H": 128}),
+    ("LSTM H=64", {"H": 64}),
+)
+
+
+def layernorm_table(dtype_name: str = "bf16", m: Machine = H100) -> str:
+    """The two designs on LAYERNORM_SHAPES (MODEL), as a markdown table."""
+    import dataclasses
+
+    from .cases import get
+
+    base = get("layernorm-lstm")
+    lines = [f"MODEL, not measured ({dtype_name}, T={base.T}, {base.layers} layers; {m.name}); us per step "
+             "(one layer), ms per call (every layer): without LN -> with LN",
+             "| shape | design | plan (fwd / bwd) | inference fwd us | training fwd us | bwd us | fwd ms | "
+             "fwd+bwd ms | picked |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for label, changes in LAYERNORM_SHAPES:
+        case = dataclasses.replace(base, **changes)
+        designs = layernorm_designs(case, dtype_name, m)
+        pick = choose_layernorm_design(designs)
+        for name, d in designs.items():
+            plans = " / ".join(f"{p.nprog_h}x{p.n_btiles} {p.BB}x{p.BH}{' W resident' if p.resident else ''}"
+                               for p in (d.plan_fwd, d.plan_bwd))
+            lines.append(
+                f"| {label} | {name} | {plans} | {d.base_inf.us:.2f} -> {d.inf.us:.2f} | "
+                f"{d.base_train.us:.2f} -> {d.train.us:.2f} | {d.base_bwd.us:.2f} -> {d.bwd.us:.2f} | "
+                f"{d.base_fwd_ms:.3f} -> {d.fwd_ms:.3f} | {d.base_fb_ms:.3f} -> {d.fb_ms:.3f} | "
+                f"{'yes' if name == pick else ''} |")
+    return "\n".join(lines)
+
+
 @register("fusedrnn-triton")
 def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
+    if getattr(case, "layernorm", False):
+        return _layernorm_model(case, dtype_name, m)
     try:
         pf, fwd_inf = step(case.cell, "fwd", case, dtype_name, False, m)
         _, fwd_train = step(case.cell, "fwd", case, dtype_name, True, m)
@@ -213,3 +458,19 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
         notes += (f"; zoneout p={case.zoneout:g} (MODEL, independent of p): "
                   + ", ".join(f"{k} +{v:.2f}" for k, v in zo.items()) + " us/step")
     return Estimate("fusedrnn-triton", case.id, dtype_name, plan, fwd_inf, bwd, fwd_ms, fb_ms, notes=notes)
+
+
+def _layernorm_model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
+    """A LayerNorm case: the cheaper design's figures, both designs and the plans without LN in the notes."""
+    try:
+        designs = layernorm_designs(case, dtype_name, m)
+    except ImportError as e:  # fusedrnn.kernels not importable here
+        return f"kernels/plan.py not importable: {e}"
+    pick = choose_layernorm_design(designs)
+    d = designs[pick]
+    notes = (f"LayerNorm (MODEL; the Triton kernels do not fuse it yet, so these price designs, not code): picks "
+             f"{pick} (the smaller fwd+bwd ms); " + "; ".join(_design_words(n, x) for n, x in designs.items())
+             + f"; LN_ih outside the step: +{layernorm_ih_us(case, dtype_name, m)[0]:.1f} / "
+             f"+{layernorm_ih_us(case, dtype_name, m)[1]:.1f} us per layer fwd / bwd")
+    plan = f"LayerNorm design {pick}: fwd: {d.plan_fwd.describe()}; bwd: {d.plan_bwd.describe()}"
+    return Estimate("fusedrnn-triton", case.id, dtype_name, plan, d.inf, d.bwd, d.fwd_ms, d.fb_ms, notes=notes)

@@ -35,6 +35,22 @@ a training step (modules in train(), masks drawn).
                       (the cheaper computation: a handicap for the zoned providers, never a flattery).
                       ``caveat()`` says so in each such row's ``note`` (table and CSV).
 
+LayerNorm cases (``case.layernorm``; fusedrnn/layernorm.py): LSTM a_t = LN_ih(x W_ihᵀ) + LN_hh(h W_hhᵀ)
++ b_ih + b_hh, h_t = o tanh(LN_c(c_t)); GRU gi = LN_ih(x W_ihᵀ) + b_ih, gh = LN_hh(h W_hhᵀ) + b_hh. The
+gammas and betas are the inputs' ``norm_dict`` (drawn away from 1 and 0, cases._master).
+  fusedrnn-*          fusedrnn.LayerNormLSTM / LayerNormGRU on that backend. Whether a backend runs
+                      LayerNorm is its own call: ``layernorm_reasons`` asks its ``reasons()`` for the
+                      case's call with and without layernorm, and a backend that adds a reason with it
+                      is Unavailable with those reasons (its own words); one that adds none is run, so
+                      a backend runs the case as soon as it accepts LayerNorm, with no change here
+  cell-loop, cell-loop-compiled   the loop a user writes today: per step, with
+                      fusedrnn.layernorm.norm for LN, the products by F.linear and the cell's gate math
+                      written out (torch's fused cells cannot take LN between the product and the
+                      gates); the compiled loop compiles that step
+  torch-nn, torch-nn-nocudnn (and -graphed)   cannot express LayerNorm: they run the SAME shapes
+                      WITHOUT LayerNorm (the cheaper computation), and ``caveat()`` says so in the
+                      row's ``note``, as for zoneout.
+
 ``build(case_inputs, provider, mode)`` returns a zero-argument callable doing one timed call: in
 "forward" one inference pass under torch.no_grad() with the modules in eval(); in "forward+backward"
 (modules in train()) a forward pass and ``out.backward(dy)`` with a fixed random dy (gradients reset
@@ -51,13 +67,14 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from .cases import Inputs
 from .composed import ComposedTorch
 
 TORCH_NN = "torch-nn"
-TORCH_NN_PROVIDERS = ("torch-nn", "torch-nn-nocudnn", "torch-nn-graphed")  # torch.nn modules: no zoneout
+TORCH_NN_PROVIDERS = ("torch-nn", "torch-nn-nocudnn", "torch-nn-graphed")  # torch.nn modules: no zoneout, no LayerNorm
 
 
 class Unavailable(Exception):
@@ -106,13 +123,49 @@ def _zoneout_reasons() -> dict[str, str]:
     return {"fusedrnn-cuda": cuda_why, "fusedrnn-cuda-graphed": cuda_why, "fusedrnn-torch": torch_why}
 
 
+def layernorm_reasons(inp: Inputs, provider: str, mode: str) -> list[str]:
+    """Why the fusedrnn backend of ``provider`` cannot run the LayerNorm of ``inp``'s case ([] when
+    it can, or when the provider or the case is not concerned): the reasons the backend's own
+    ``reasons()`` gives for the case's first layer-direction call with layernorm=True that it does
+    not give for the same call without it. A backend that learns LayerNorm stops giving one, and
+    its rows then run."""
+    case = inp.case
+    p = PROVIDERS.get(provider)
+    if not case.layernorm or p is None or not p.fused:
+        return []
+    name = provider[len("fusedrnn-"):]
+    name = name[: -len(GRAPHED)] if name.endswith(GRAPHED) else name
+    try:
+        from fusedrnn import backends
+
+        backend = backends.get(name)
+
+        def ask(layernorm: bool) -> list[str]:
+            spec = backends.CallSpec(case.cell, inp.x.device, inp.x.dtype, case.T, case.B, case.I, case.H, case.H,
+                                     case.residual, case.packed, False, False,
+                                     needs_grad=mode == "forward+backward", zoneout=bool(case.zoneout),
+                                     layernorm=layernorm)
+            return list(backend.reasons(spec, forced=True))
+
+        without = ask(False)
+        return [r for r in ask(True) if r not in without]
+    except Exception as e:  # noqa: BLE001 - a backend that cannot answer is a reason too
+        return [f"could not ask fusedrnn backend {name!r} about layernorm ({type(e).__name__}: {e})"]
+
+
 def caveat(case, provider: str) -> str:
     """What a row of ``provider`` on ``case`` runs that differs from the case ('' when nothing):
-    the torch.nn baselines run a zoneout case without zoneout."""
-    if case.zoneout and provider in TORCH_NN_PROVIDERS:
-        return (f"WITHOUT zoneout (torch.nn has none; p={case.zoneout:g} not applied): x torch-nn of this case is "
-                f"to the un-zoned recurrence")
-    return ""
+    the torch.nn baselines run a zoneout case without zoneout and a LayerNorm case without LayerNorm."""
+    if provider not in TORCH_NN_PROVIDERS:
+        return ""
+    out = []
+    if case.zoneout:
+        out.append(f"WITHOUT zoneout (torch.nn has none; p={case.zoneout:g} not applied): x torch-nn of this case is "
+                   f"to the un-zoned recurrence")
+    if case.layernorm:
+        out.append("WITHOUT LayerNorm (torch.nn has none; LN_ih, LN_hh" + (", LN_c" if case.cell == "lstm" else "")
+                   + " not applied): x torch-nn of this case is to the un-normalised recurrence")
+    return "; ".join(out)
 
 
 def _layer_state(sd: dict, layer: int, direction: int, keep_reverse: bool = False) -> dict:
@@ -123,17 +176,27 @@ def _layer_state(sd: dict, layer: int, direction: int, keep_reverse: bool = Fals
     return {k.replace(suffix, new): v for k, v in sd.items() if k.endswith(suffix)}
 
 
-def _rnn_cls(cell: str, fused_backend: str | None):
+def _rnn_cls(cell: str, fused_backend: str | None, layernorm: bool = False):
+    """torch.nn's class (fused_backend None: never layer-normalised), else fusedrnn's, the
+    LayerNorm one (LayerNormGRU / LayerNormLSTM) with ``layernorm``."""
     if fused_backend is None:
         return torch.nn.GRU if cell == "gru" else torch.nn.LSTM
     try:
         import fusedrnn
     except Exception as e:  # noqa: BLE001 - any import failure is a reason, not a crash
         raise Unavailable(f"import fusedrnn failed ({type(e).__name__}: {e})") from e
-    cls = getattr(fusedrnn, "GRU" if cell == "gru" else "LSTM", None)
+    name = ("LayerNorm" if layernorm else "") + ("GRU" if cell == "gru" else "LSTM")
+    cls = getattr(fusedrnn, name, None)
     if cls is None:
-        raise Unavailable("fusedrnn.GRU/LSTM not present in this checkout")
+        raise Unavailable(f"fusedrnn.{name} not present in this checkout")
     return cls
+
+
+def _load(module, inp: Inputs, fused: bool):
+    """The shared weights into ``module``; a fusedrnn module of a LayerNorm case also gets the
+    case's gammas and betas (strict: every parameter is the inputs')."""
+    module.load_state_dict({**inp.state_dict, **inp.norm_dict} if fused else inp.state_dict)
+    return module
 
 
 def _module_model(inp: Inputs, fused_backend: str | None, training: bool = False):
@@ -142,7 +205,7 @@ def _module_model(inp: Inputs, fused_backend: str | None, training: bool = False
     get ``zoneout=case.zoneout``; torch.nn's have none (see ``caveat``)."""
     case = inp.case
     dtype, device = inp.x.dtype, inp.x.device
-    cls = _rnn_cls(case.cell, fused_backend)
+    cls = _rnn_cls(case.cell, fused_backend, case.layernorm)
     kw = {} if fused_backend is None else {"backend": fused_backend}
     if fused_backend is not None and case.zoneout:
         kw["zoneout"] = case.zoneout
@@ -158,8 +221,7 @@ def _module_model(inp: Inputs, fused_backend: str | None, training: bool = False
     else:
         extra = dict(kw, residual=True) if case.residual else kw
         modules = cls(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional, **extra)
-        modules.load_state_dict(inp.state_dict)
-        modules = modules.to(device=device, dtype=dtype).train(training)
+        modules = _load(modules, inp, fused_backend is not None).to(device=device, dtype=dtype).train(training)
 
         def run(seq):
             return modules(seq)[0]
@@ -197,12 +259,12 @@ def _graphed_stream_model(inp: Inputs, fused_backend: str | None):
         raise Unavailable("the CUDA-graph providers time the streaming cases only")
     if inp.x.device.type != "cuda":
         raise Unavailable("CUDA graphs need a GPU")
-    cls = _rnn_cls(case.cell, fused_backend)
+    cls = _rnn_cls(case.cell, fused_backend, case.layernorm)
     kw = {} if fused_backend is None else {"backend": fused_backend}
     if fused_backend is not None and case.zoneout:
         kw["zoneout"] = case.zoneout
     module = cls(case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional, **kw)
-    module.load_state_dict(inp.state_dict)
+    module = _load(module, inp, fused_backend is not None)
     module = module.to(device=inp.x.device, dtype=inp.x.dtype).eval()  # inference: zoneout m = p
     x1 = inp.x[:1].clone()
     h = inp.x.new_zeros(case.layers * case.D, case.B, case.H)
@@ -241,6 +303,39 @@ def _lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh):
     return torch.lstm_cell(x_t, (h, c), w_ih, w_hh, b_ih, b_hh)
 
 
+def _ln_gru_step(x_t, h, w_ih, w_hh, b_ih, b_hh, g_ih, be_ih, g_hh, be_hh):
+    """One layer-normalised GRU step as a user writes it (fusedrnn/layernorm.py's semantics):
+    gi = LN_ih(x W_ihᵀ) + b_ih, gh = LN_hh(h W_hhᵀ) + b_hh, then torch's GRU gate math."""
+    from fusedrnn.layernorm import norm
+
+    gi = norm(F.linear(x_t, w_ih), g_ih, be_ih) + b_ih
+    gh = norm(F.linear(h, w_hh), g_hh, be_hh) + b_hh
+    i_r, i_z, i_n = gi.chunk(3, 1)
+    h_r, h_z, h_n = gh.chunk(3, 1)
+    r = torch.sigmoid(i_r + h_r)
+    z = torch.sigmoid(i_z + h_z)
+    n = torch.tanh(i_n + r * h_n)
+    return (1 - z) * n + z * h
+
+
+def _ln_lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh, g_ih, be_ih, g_hh, be_hh, g_c, be_c):
+    """One layer-normalised LSTM step as a user writes it: a = LN_ih(x W_ihᵀ) + LN_hh(h W_hhᵀ) +
+    b_ih + b_hh (gates i, f, g, o), c_t = σ(f) c + σ(i) tanh(g), h_t = σ(o) tanh(LN_c(c_t))."""
+    from fusedrnn.layernorm import norm
+
+    a = norm(F.linear(x_t, w_ih), g_ih, be_ih) + norm(F.linear(h, w_hh), g_hh, be_hh) + b_ih + b_hh
+    i, f, g, o = a.chunk(4, 1)
+    c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+    return torch.sigmoid(o) * torch.tanh(norm(c_new, g_c, be_c)), c_new
+
+
+def _step_fn(cell: str, layernorm: bool):
+    """The step (x_t, h[, c], *weights) -> h_t or (h_t, c_t): torch's cell op, or the LayerNorm step."""
+    if cell == "gru":
+        return _ln_gru_step if layernorm else _gru_step
+    return _ln_lstm_step if layernorm else _lstm_step
+
+
 def _zone_fn(p: float, training: bool):
     """The zoneout a user of the cell loop writes: (new, old) -> the zoned state, fusedrnn's
     semantics (fusedrnn/zoneout.py) with torch's masks. Training: m = Bernoulli(p) drawn by torch at
@@ -257,19 +352,21 @@ def _zone_fn(p: float, training: bool):
     return zone
 
 
-def _compiled_step(cell: str, zone=None):
+def _compiled_step(cell: str, zone=None, layernorm: bool = False):
     # Weights are arguments, so layers of equal shapes share one compiled graph. Dynamo's caches
     # are reset first: each case brings new shapes, and past its recompile limit dynamo would
-    # silently run the step eagerly. With zoneout the zoned step is compiled (draw and blend inside).
+    # silently run the step eagerly. With zoneout the zoned step is compiled (draw and blend inside);
+    # with LayerNorm the LayerNorm step (its gammas and betas are arguments too).
     torch._dynamo.reset()
+    base = _step_fn(cell, layernorm)
     if zone is None:
-        return torch.compile(_gru_step if cell == "gru" else _lstm_step, dynamic=False)
+        return torch.compile(base, dynamic=False)
     if cell == "gru":
-        def zoned(x_t, h, w_ih, w_hh, b_ih, b_hh):
-            return zone(_gru_step(x_t, h, w_ih, w_hh, b_ih, b_hh), h)
+        def zoned(x_t, h, *weights):
+            return zone(base(x_t, h, *weights), h)
     else:
-        def zoned(x_t, h, c, w_ih, w_hh, b_ih, b_hh):
-            h_new, c_new = _lstm_step(x_t, h, c, w_ih, w_hh, b_ih, b_hh)
+        def zoned(x_t, h, c, *weights):
+            h_new, c_new = base(x_t, h, c, *weights)
             return zone(h_new, h), zone(c_new, c)
     return torch.compile(zoned, dynamic=False)
 
@@ -280,7 +377,9 @@ def _cell_loop_model(inp: Inputs, compiled: bool, training: bool = False):
     Variable lengths: a row's state is frozen and its output zeroed past its length (torch.where),
     which also gives the reverse direction its packed-sequence meaning. Zoneout (``case.zoneout``):
     each step's new states go through ``_zone_fn(p, training)`` (before the length mask, as in
-    fusedrnn's kernels)."""
+    fusedrnn's kernels). LayerNorm (``case.layernorm``): the step is ``_ln_gru_step`` /
+    ``_ln_lstm_step`` with the cell's weights and the inputs' gammas and betas (parameters here,
+    so the backward computes their gradients too)."""
     case = inp.case
     dtype, device = inp.x.dtype, inp.x.device
     cells = []  # cells[layer][direction]
@@ -292,33 +391,46 @@ def _cell_loop_model(inp: Inputs, compiled: bool, training: bool = False):
             c.load_state_dict({name.replace("_l0", ""): v for name, v in w.items()})
             row.append(c.to(device=device, dtype=dtype))
         cells.append(row)
-    params = [p for row in cells for c in row for p in c.parameters()]
+    norms = []  # norms[layer][direction]: the LayerNorm parameters in _ln_*_step's order (LayerNorm cases)
+    if case.layernorm:
+        kinds = ("ih", "hh", "c") if case.cell == "lstm" else ("ih", "hh")
+        norms = [[tuple(torch.nn.Parameter(inp.norm_dict[f"layernorm_{kind}_{p}_l{k}{'_reverse' if d else ''}"].clone())
+                        for kind in kinds for p in ("weight", "bias")) for d in range(case.D)]
+                 for k in range(case.layers)]
+    params = [p for row in cells for c in row for p in c.parameters()] + \
+        [p for row in norms for group in row for p in group]
     T, B, H = case.T, case.B, case.H
     valid = None
     if inp.lengths is not None:
         valid = (torch.arange(T).view(T, 1) < inp.lengths.view(1, B)).to(device).unsqueeze(-1)  # (T, B, 1)
     zone = _zone_fn(case.zoneout, training)
-    step = _compiled_step(case.cell, zone) if compiled else None
+    step = _compiled_step(case.cell, zone, case.layernorm) if compiled else None
+    ln_step = _step_fn(case.cell, True) if case.layernorm else None
 
-    def one_step(cell, x_t, h, c):
-        """(h_t, c_t or None) of one step: the eager cell then zoneout, or the compiled (zoned) step."""
+    def one_step(cell, norm, x_t, h, c):
+        """(h_t, c_t or None) of one step: the eager cell (or LayerNorm step) then zoneout, or the
+        compiled (zoned) step. ``norm``: the layer-direction's LayerNorm parameters, or None."""
+        args = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh, *(norm or ()))
         if step is None:
-            h_new, c_new = (cell(x_t, h), None) if case.cell == "gru" else cell(x_t, (h, c))
+            if ln_step is not None:
+                out = ln_step(x_t, h, *args) if case.cell == "gru" else ln_step(x_t, h, c, *args)
+            else:
+                out = cell(x_t, h) if case.cell == "gru" else cell(x_t, (h, c))
+            h_new, c_new = (out, None) if case.cell == "gru" else out
             if zone is not None:
                 h_new = zone(h_new, h)
                 c_new = None if c_new is None else zone(c_new, c)
             return h_new, c_new
-        args = (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh)
         if case.cell == "gru":
             return step(x_t, h, *args), None
         return step(x_t, h, c, *args)
 
-    def direction(cell, seq, reverse):
+    def direction(cell, norm, seq, reverse):
         h = seq.new_zeros(B, H)
         c = seq.new_zeros(B, H) if case.cell == "lstm" else None
         ys = [None] * T
         for t in (range(T - 1, -1, -1) if reverse else range(T)):
-            h_new, c_new = one_step(cell, seq[t], h, c)
+            h_new, c_new = one_step(cell, norm, seq[t], h, c)
             if valid is not None:
                 h_new = torch.where(valid[t], h_new, h)
                 if c_new is not None:
@@ -336,7 +448,8 @@ def _cell_loop_model(inp: Inputs, compiled: bool, training: bool = False):
         for t in range(T):
             inp_t = x[t]
             for k in range(case.layers):
-                hs[k], c_new = one_step(cells[k][0], inp_t, hs[k], cs[k] if cs else None)
+                hs[k], c_new = one_step(cells[k][0], norms[k][0] if norms else None, inp_t, hs[k],
+                                        cs[k] if cs else None)
                 if cs:
                     cs[k] = c_new
                 inp_t = hs[k]
@@ -347,7 +460,8 @@ def _cell_loop_model(inp: Inputs, compiled: bool, training: bool = False):
             return stream(x)
         seq = x
         for k in range(case.layers):
-            outs = [direction(cells[k][d], seq, reverse=d == 1) for d in range(case.D)]
+            outs = [direction(cells[k][d], norms[k][d] if norms else None, seq, reverse=d == 1)
+                    for d in range(case.D)]
             y = outs[0] if case.D == 1 else torch.cat(outs, -1)
             seq = y + seq if case.residual else y
         return seq
@@ -380,6 +494,9 @@ def build(inp: Inputs, provider: str, mode: str) -> Callable[[], None]:
     case = inp.case
     if case.zoneout and provider in _zoneout_reasons():
         raise Unavailable(f"{provider}: {_zoneout_reasons()[provider]}")
+    ln_why = layernorm_reasons(inp, provider, mode)
+    if ln_why:  # the backend's own reasons; none once it runs LayerNorm
+        raise Unavailable(f"{provider}: {'; '.join(ln_why)}")
     check_device(provider, inp.x.device)
     if mode not in case.modes:
         raise Unavailable(f"{case.id} is measured in {', '.join(case.modes)} only")

@@ -27,8 +27,8 @@ from .timing import measure, peak_memory_mib
 
 ROOT = Path(__file__).resolve().parent.parent
 CSV_FIELDS = (
-    "case", "cell", "B", "H", "T", "layers", "bidirectional", "packed", "residual", "stream", "zoneout", "tokens",
-    "scaled_from", "provider", "mode", "dtype", "device", "gpu", "status", "reason", "note",
+    "case", "cell", "B", "H", "T", "layers", "bidirectional", "packed", "residual", "stream", "zoneout", "layernorm",
+    "tokens", "scaled_from", "provider", "mode", "dtype", "device", "gpu", "status", "reason", "note",
     "median_ms", "p20_ms", "p80_ms", "mean_ms", "reps", "timing_method",
     "us_per_step", "tokens_per_s", "ratio_torch_nn", "floor_ms", "floor_kind", "ratio_floor",
     "roofline_ms", "roofline_note", "barrier_floor_ms", "barrier_note", "peak_extra_mib",
@@ -92,7 +92,7 @@ def _case_fields(case: Case) -> dict:
     return {
         "case": case.id, "cell": case.cell, "B": case.B, "H": case.H, "T": case.T, "layers": case.layers,
         "bidirectional": case.bidirectional, "packed": case.packed, "residual": case.residual,
-        "stream": case.stream, "zoneout": case.zoneout, "tokens": case.tokens(), "scaled_from": case.scaled_from or "",
+        "stream": case.stream, "zoneout": case.zoneout, "layernorm": case.layernorm, "tokens": case.tokens(), "scaled_from": case.scaled_from or "",
     }
 
 
@@ -104,7 +104,7 @@ def _short(e: BaseException, limit: int = 300) -> str:
 
 def run_one(case: Case, provider: str, mode: str, dtype_name: str, device, *, quick: bool) -> dict:
     row = {**_case_fields(case), "provider": provider, "mode": mode, "dtype": dtype_name, "device": str(device),
-           "note": providers.caveat(case, provider)}  # what this provider runs unlike the case (torch.nn: no zoneout)
+           "note": providers.caveat(case, provider)}  # what this provider runs unlike the case (torch.nn: no zoneout / LayerNorm)
     dtype = DTYPES[dtype_name]
     call = None
     try:
@@ -246,6 +246,7 @@ def format_tables(rows: list[dict], floor_info: dict, label: str) -> str:
         shape += f" packed ({r0['tokens']} tokens)" if r0["packed"] else ""
         shape += " residual" if r0["residual"] else ""
         shape += f" zoneout={r0['zoneout']:g}" if r0.get("zoneout") else ""
+        shape += " layernorm" if r0.get("layernorm") else ""
         scaled = f" [scaled down from {r0['scaled_from']}]" if r0["scaled_from"] else ""
         out.append(f"\n== {cid}: {shape}{scaled}   ({label})")
         head = (f"{'mode':<17}{'dtype':<6}{'provider':<20}{'median ms':>10}{'p20-p80 ms':>18}{'us/step':>10}"

@@ -862,8 +862,9 @@ def report(dtypes: tuple[str, ...] = ("bf16",)) -> str:
         for dtype in dtypes:
             est = model_cuda.model(case, dtype)
             if isinstance(est, str):
-                rows.append(f"| {case.id} | {dtype} | {'not applicable (zoneout)' if case.zoneout else 'does not fit'}"
-                            " | | | | |")
+                why = "not applicable (zoneout)" if case.zoneout else \
+                    "not applicable (LayerNorm)" if case.layernorm else "does not fit"
+                rows.append(f"| {case.id} | {dtype} | {why} | | | | |")
                 continue
             cells = []
             for p, step in zip(model_cuda.plans(case, dtype), (est.fwd_step, est.bwd_step)):

@@ -23,7 +23,8 @@ def summarize(doc: dict) -> str:
     lines += ["time / torch.nn (cuDNN on a GPU); '-' = not measured (see results.csv 'reason')", head]
     footnotes = []
     for case_id, provs in doc.get("results", {}).items():
-        # a baseline that ran something else than the case (torch.nn on a zoneout case: no zoneout)
+        # a baseline that ran something else than the case (torch.nn on a zoneout case: no zoneout;
+        # on a LayerNorm case: no LayerNorm)
         note = next((r.get("note") for mode in provs.get("torch-nn", {}).values() for r in mode.values()
                      if r.get("note")), "")
         if note:

@@ -55,17 +55,17 @@ def test_cli_cpu_demo(tmp_path):
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="", TRITON_INTERPRET="1")
     proc = subprocess.run(
         [sys.executable, "-m", "fusedrnn.bench", "--quick", "--no-progress", "--cases",
-         "small-lstm,residual-gru,zoneout-gru", "--out", str(out)],
+         "small-lstm,residual-gru,zoneout-gru,layernorm-lstm", "--out", str(out)],
         capture_output=True, text=True, timeout=240, env=env,
     )
     log = proc.stdout + proc.stderr
     assert "No CUDA GPU is visible" in proc.stdout and "CPU DEMONSTRATION" in proc.stdout, log
     doc = json.loads((out / "results.json").read_text())
-    assert set(doc["results"]) == {"small-lstm", "residual-gru", "zoneout-gru"}
+    assert set(doc["results"]) == {"small-lstm", "residual-gru", "zoneout-gru", "layernorm-lstm"}
     assert doc["meta"]["label"].startswith("CPU demonstration")
     with open(out / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert rows and {r["case"] for r in rows} == {"small-lstm", "residual-gru", "zoneout-gru"}
+    assert rows and {r["case"] for r in rows} == {"small-lstm", "residual-gru", "zoneout-gru", "layernorm-lstm"}
     zo = {(r["provider"], r["mode"]): r for r in rows if r["case"] == "zoneout-gru"}
     assert {r["zoneout"] for r in zo.values()} == {"0.1"} and {r["zoneout"] for r in rows} == {"0.0", "0.1"}
     for mode in cases.MODES:  # the demo's default providers on the zoneout case
@@ -73,6 +73,13 @@ def test_cli_cpu_demo(tmp_path):
         assert zo[("cell-loop", mode)]["status"] == "ok" and zo[("fusedrnn-reference", mode)]["status"] == "ok", log
         declined = zo[("fusedrnn-torch", mode)]
         assert declined["status"] == "unavailable" and "zoneout" in declined["reason"]
+    ln = {(r["provider"], r["mode"]): r for r in rows if r["case"] == "layernorm-lstm"}
+    assert {r["layernorm"] for r in ln.values()} == {"True"}
+    for mode in cases.MODES:  # the demo's default providers on the LayerNorm case (scaled down, on the CPU)
+        assert ln[("torch-nn", mode)]["status"] == "ok" and "WITHOUT LayerNorm" in ln[("torch-nn", mode)]["note"]
+        assert ln[("cell-loop", mode)]["status"] == "ok" and ln[("fusedrnn-reference", mode)]["status"] == "ok", log
+        declined = ln[("fusedrnn-torch", mode)]
+        assert declined["status"] == "unavailable" and "layernorm" in declined["reason"]
     assert all(r["label"].startswith("CPU demonstration") for r in rows)
     ok = [r for r in rows if r["status"] == "ok"]
     assert {r["provider"] for r in ok} >= {"torch-nn", "fusedrnn-torch", "fusedrnn-reference", "cell-loop"}, log
@@ -392,3 +399,243 @@ def test_cli_model_prints_the_zoneout_case():
     assert ("zoneout-gru    bf16  fusedrnn-cuda      not modelled: not applicable (the cuda backend declines "
             "zoneout") in out
     assert "zoneout p=0.1 (MODEL, independent of p)" in out
+
+
+# --- LayerNorm ----------------------------------------------------------------------------------------
+
+
+def _layernorm_inputs(mode, dtype=torch.float64, **changes):
+    case = dataclasses.replace(cases.get("layernorm-lstm").scaled_down(tiny=True), **changes)
+    return cases.make_inputs(case, dtype, "cpu", mode)
+
+
+def test_layernorm_case_is_in_the_grid():
+    from fusedrnn.bench import providers
+
+    c = cases.get("layernorm-lstm")
+    assert c in cases.CASES and (c.cell, c.B, c.H, c.T, c.layers, c.layernorm) == ("lstm", 32, 512, 256, 2, True)
+    assert c.modes == cases.MODES and not (c.stream or c.packed or c.residual or c.bidirectional or c.zoneout)
+    assert [x.id for x in cases.CASES if x.layernorm] == ["layernorm-lstm"]
+    small = c.scaled_down(tiny=True)
+    assert small.layernorm and "LayerNorm (LN_ih, LN_hh, LN_c)" in small.describe()
+    for prov in ("torch-nn", "cell-loop", "cell-loop-compiled", "fusedrnn-triton", "fusedrnn-cuda"):
+        assert all(providers.applies(c, prov, m) for m in cases.MODES)
+    # FLOPs unchanged; bytes: the gammas and betas (2·4H for LN_ih, LN_hh each, 2·H for LN_c) per layer,
+    # read in the forward, read again and their gradients written in the backward
+    plain = dataclasses.replace(c, layernorm=False)
+    assert c.flops("forward+backward") == plain.flops("forward+backward")
+    extra = c.layers * 2 * (4 * 4 * c.H + 2 * c.H)
+    assert c.min_bytes("forward", 2) - plain.min_bytes("forward", 2) == extra
+    assert c.min_bytes("forward+backward", 2) - plain.min_bytes("forward+backward", 2) == 3 * extra
+
+
+def test_layernorm_inputs_draw_gammas_and_betas():
+    """The case's gammas and betas are fusedrnn.LayerNormLSTM's parameters by name and shape, away
+    from the initial 1 and 0, and the torch.nn weights are the plain case's."""
+    import fusedrnn
+
+    inp = _layernorm_inputs("forward")
+    c = inp.case
+    module = fusedrnn.LayerNormLSTM(c.I, c.H, num_layers=c.layers)
+    want = {n: tuple(p.shape) for n, p in module.named_parameters() if n.startswith("layernorm_")}
+    assert {n: tuple(v.shape) for n, v in inp.norm_dict.items()} == want
+    for n, v in inp.norm_dict.items():
+        assert (v - (1.0 if "_weight_" in n else 0.0)).abs().max() > 0.1
+    plain = cases.make_inputs(dataclasses.replace(c, layernorm=False), torch.float64, "cpu", "forward")
+    assert plain.norm_dict == {} and all(torch.equal(inp.state_dict[k], v) for k, v in plain.state_dict.items())
+
+
+@pytest.mark.parametrize("variant, compiled", [({}, False), ({"cell": "gru"}, False),
+                                               ({"packed": True, "bidirectional": True}, False),
+                                               ({"zoneout": 0.3}, False), ({}, True)])
+def test_cell_loop_layernorm_matches_fusedrnn(variant, compiled):
+    """The cell loop's LayerNorm step (fusedrnn.layernorm.norm, eager or compiled) computes what
+    fusedrnn.LayerNormLSTM / LayerNormGRU on the reference backend computes, forward and every
+    gradient (float64), and differs from the un-normalised stack that torch.nn runs."""
+    from fusedrnn.bench import providers
+
+    inp = _layernorm_inputs("forward+backward", **variant)
+    training = not inp.case.zoneout  # zoneout: evaluation (m = p), deterministic on both sides
+    loop, loop_params, mask = providers._cell_loop_model(inp, compiled=compiled, training=training)
+    fused, fused_params = providers._module_model(inp, "reference", training=training)
+    plain, _ = providers._module_model(inp, None, training=training)
+    x1, x2 = (inp.x.clone().requires_grad_() for _ in range(2))
+    got, want = loop(x1), fused(x2)
+    dy = inp.dy
+    if inp.case.packed:  # the modules return packed data, the loop the padded, masked sequence
+        got = torch.nn.utils.rnn.pack_padded_sequence(got, inp.lengths, enforce_sorted=False).data
+        dy = torch.nn.utils.rnn.pack_padded_sequence(dy, inp.lengths, enforce_sorted=False).data
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    with torch.no_grad():
+        unnormed = plain(inp.x)
+    assert (want - unnormed).abs().max() > 1e-2  # LayerNorm changed the result: the comparison means something
+    torch.autograd.backward([got, want], [dy, dy])
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-9, atol=1e-11)
+    # the same parameters, in the same total: the loop's are per layer-direction, the module's by name
+    assert sum(p.numel() for p in loop_params) == sum(p.numel() for p in fused_params)
+    for grads in (loop_params, fused_params):
+        assert all(p.grad is not None for p in grads)
+    total = [sorted(float(p.grad.abs().sum()) for p in ps) for ps in (loop_params, fused_params)]
+    assert total[0] == pytest.approx(total[1], rel=1e-9)
+
+
+def test_layernorm_unavailable_and_caveats():
+    """The fused providers whose backend declines LayerNorm are Unavailable with the backend's own
+    reason; the torch.nn baselines run without LayerNorm and every such row says so."""
+    from fusedrnn.backends import cuda, native, triton
+    from fusedrnn.bench import providers
+
+    inp = _layernorm_inputs("forward", dtype=torch.float32)
+    for prov, why in (("fusedrnn-cuda", cuda.LAYERNORM_REASON), ("fusedrnn-torch", native.LAYERNORM_REASON),
+                      ("fusedrnn-triton", triton.LAYERNORM_REASON), ("fusedrnn-cuda-graphed", cuda.LAYERNORM_REASON)):
+        assert providers.layernorm_reasons(inp, prov, "forward") == [why]
+        with pytest.raises(providers.Unavailable) as e:
+            providers.build(inp, prov, "forward")
+        assert str(e.value) == f"{prov}: {why}" and "layernorm" in why.lower()
+    assert providers.layernorm_reasons(inp, "fusedrnn-reference", "forward") == []
+    assert providers.build(inp, "fusedrnn-reference", "forward") is not None
+    assert providers.build(inp, "torch-nn", "forward") is not None  # runs, un-normalised
+    for prov in ("torch-nn", "torch-nn-nocudnn", "torch-nn-graphed"):
+        assert "WITHOUT LayerNorm" in providers.caveat(inp.case, prov)
+        assert "WITHOUT zoneout" not in providers.caveat(inp.case, prov)
+    both = dataclasses.replace(inp.case, zoneout=0.1)
+    assert "WITHOUT zoneout" in providers.caveat(both, "torch-nn") and "WITHOUT LayerNorm" in providers.caveat(
+        both, "torch-nn")
+    for prov in ("cell-loop", "cell-loop-compiled", "fusedrnn-triton", "fusedrnn-reference"):
+        assert providers.caveat(inp.case, prov) == ""
+    assert providers.layernorm_reasons(_zoneout_inputs("forward"), "fusedrnn-triton", "forward") == []
+
+
+def test_layernorm_provider_follows_the_backend(monkeypatch):
+    """Nothing in the benchmark decides whether a fused backend runs LayerNorm: a backend whose
+    reasons() stop naming it is no longer declined here (its rows then run)."""
+    from fusedrnn import backends
+    from fusedrnn.bench import providers
+
+    inp = _layernorm_inputs("forward", dtype=torch.float32)
+    backend = backends.get("torch")
+    real = type(backend).reasons
+    monkeypatch.setattr(type(backend), "reasons",
+                        lambda self, spec, forced: real(self, dataclasses.replace(spec, layernorm=False), forced))
+    assert providers.layernorm_reasons(inp, "fusedrnn-torch", "forward") == []
+    assert providers.layernorm_reasons(inp, "fusedrnn-cuda", "forward") != []
+
+
+def test_layernorm_csv_table_and_summary(tmp_path):
+    """The CPU grid (the CPU demonstration's part (i)) on the scaled-down LayerNorm case: the CSV
+    records layernorm on every row and the torch.nn caveat on its rows, the declined providers are
+    'unavailable' with their reason, and the summary footnotes the ratio."""
+    from fusedrnn.bench import runner, summary
+
+    case = cases.get("layernorm-lstm").scaled_down(tiny=True)
+    provs = ["torch-nn", "cell-loop", "fusedrnn-reference", "fusedrnn-torch", "fusedrnn-cuda"]
+    rows, env, floor_info = runner.run_grid([case], provs, list(cases.MODES), ["fp32"], "cpu", quick=True,
+                                            label="test", progress=False)
+    paths = runner.write_results(tmp_path, rows, env, floor_info)
+    with open(paths["csv"]) as f:
+        got = list(csv.DictReader(f))
+    assert len(got) == 2 * len(provs) and all(r["layernorm"] == "True" and r["zoneout"] == "0.0" for r in got)
+    by = {(r["provider"], r["mode"]): r for r in got}
+    for mode in cases.MODES:
+        assert by[("torch-nn", mode)]["status"] == "ok" and "WITHOUT LayerNorm" in by[("torch-nn", mode)]["note"]
+        for prov in ("cell-loop", "fusedrnn-reference"):
+            assert by[(prov, mode)]["status"] == "ok" and by[(prov, mode)]["note"] == ""
+            assert float(by[(prov, mode)]["ratio_torch_nn"]) > 0
+        for prov in ("fusedrnn-torch", "fusedrnn-cuda"):
+            r = by[(prov, mode)]
+            assert r["status"] == "unavailable" and "layernorm" in r["reason"].lower(), r
+    text = runner.format_tables(rows, floor_info, "CPU")
+    assert " layernorm " in text and "WITHOUT LayerNorm" in text
+    s = summary.summarize(json.loads(paths["json"].read_text()))
+    assert "layernorm-lstm*" in s and "* layernorm-lstm: torch.nn ran WITHOUT LayerNorm" in s
+
+
+def _ln_cost(design, case, m=None):
+    """(training fwd, bwd, inference fwd) us/step the LayerNorm phases add to the design's own plan."""
+    from fusedrnn.bench import model_triton, perf_model
+
+    d = model_triton.layernorm_design(case, "bf16", design, m or perf_model.H100)
+    return (d.train.us - d.base_train.us, d.bwd.us - d.base_bwd.us, d.inf.us - d.base_inf.us), d
+
+
+def test_layernorm_model_cost_is_positive_and_follows_the_syncs():
+    """MODEL: LayerNorm adds a positive cost per step to either design, forward and backward; the
+    persistent design pays exactly one extra grid barrier per in-step LayerNorm (GRU 1, LSTM 2) and
+    nothing else scales with the barrier; batch_tile pays no grid barrier but one L2 reload per
+    extra pass and block; LSTM (LN_hh and LN_c) costs more than GRU (LN_hh) in both."""
+    from fusedrnn.bench import model_triton, perf_model
+
+    base = cases.get("layernorm-lstm")
+    gru = dataclasses.replace(base, cell="gru")
+    assert (model_triton.layernorm_syncs("gru"), model_triton.layernorm_syncs("lstm")) == (1, 2)
+    slow_barrier = perf_model.replace_machine(barrier_us=perf_model.H100.barrier_us + 0.5)
+    slow_l2 = perf_model.replace_machine(l2_us=perf_model.H100.l2_us + 0.1)
+    for case in (base, gru, dataclasses.replace(base, B=256), dataclasses.replace(gru, B=256)):
+        syncs = model_triton.layernorm_syncs(case.cell)
+        for design in model_triton.LN_DESIGNS:
+            cost, d = _ln_cost(design, case)
+            assert all(c > 0 for c in cost), (case.cell, case.B, design, cost)
+            for st in (d.inf, d.train, d.bwd):  # one sync phase per in-step LayerNorm
+                assert sum(ph.name.endswith(" sync") for ph in st.phases) == syncs
+            assert d.fwd_ms > d.base_fwd_ms and d.fb_ms > d.base_fb_ms
+            slower, _ = _ln_cost(design, case, slow_barrier)
+            grid = d.plan_fwd.grid_barrier
+            for c0, c1 in zip(cost, slower):
+                assert c1 - c0 == pytest.approx(syncs * 0.5 if grid else 0.0, abs=1e-9)
+            if not grid:  # batch_tile: a reload trip per extra pass and block
+                blocks = d.plan_fwd.n_blk
+                farther, _ = _ln_cost(design, case, slow_l2)
+                assert farther[0] - cost[0] == pytest.approx(syncs * blocks * 0.1, rel=1e-6)
+        for design in model_triton.LN_DESIGNS:
+            if case.cell == "lstm":
+                lstm_cost = _ln_cost(design, case)[0]
+                gru_cost = _ln_cost(design, dataclasses.replace(case, cell="gru"))[0]
+                assert all(a > b for a, b in zip(lstm_cost, gru_cost)), (design, lstm_cost, gru_cost)
+    # the persistent LSTM design: each extra grid barrier is a step's barrier again
+    cost, d = _ln_cost("persistent", base)
+    assert d.plan_fwd.grid_barrier and cost[0] > 2 * perf_model.H100.barrier_us
+
+
+@pytest.mark.parametrize("changes, expect", [({}, "persistent"), ({"cell": "gru"}, "persistent"),
+                                             ({"B": 256}, "persistent"), ({"H": 64}, "batch_tile"),
+                                             ({"H": 64, "cell": "gru"}, "batch_tile")])
+def test_layernorm_model_picks_the_cheaper_design(changes, expect):
+    """MODEL: the model picks the design with the smaller forward+backward ms (H=512: persistent,
+    whose step is a fraction of one program streaming all of W; H=64: batch_tile, W in one
+    program and CTA barriers instead of grid barriers), and model() reports that design's figures."""
+    from fusedrnn.bench import model_cuda, model_triton
+
+    case = dataclasses.replace(cases.get("layernorm-lstm"), **changes)
+    designs = model_triton.layernorm_designs(case, "bf16")
+    pick = model_triton.choose_layernorm_design(designs)
+    assert pick == expect and designs[pick].fb_ms == min(d.fb_ms for d in designs.values())
+    other = next(d for d in model_triton.LN_DESIGNS if d != pick)
+    assert designs[pick].fb_ms < designs[other].fb_ms
+    est = model_triton.model(case, "bf16")
+    assert (est.fwd_ms, est.fb_ms, est.fwd_step.us, est.bwd_step.us) == (
+        designs[pick].fwd_ms, designs[pick].fb_ms, designs[pick].inf.us, designs[pick].bwd.us)
+    assert est.plan.startswith(f"LayerNorm design {pick}") and f"picks {pick}" in est.notes and "MODEL" in est.notes
+    plain = model_triton.model(dataclasses.replace(case, layernorm=False), "bf16")
+    assert est.fb_ms > plain.fb_ms
+    why = model_cuda.model(case, "bf16")
+    assert isinstance(why, str) and "declines LayerNorm" in why
+
+
+def test_readme_layernorm_table_is_the_model():
+    """bench/README.md's LayerNorm design table is model_triton.layernorm_table() (bf16) as printed."""
+    from fusedrnn.bench import model_triton
+
+    text = open(README).read()
+    block = text.split("<!-- layernorm designs: model_triton.layernorm_table() -->")[1].split("\n\n")[0].strip("\n")
+    assert block == model_triton.layernorm_table("bf16")
+
+
+def test_cli_model_prints_the_layernorm_case():
+    proc = subprocess.run([sys.executable, "-m", "fusedrnn.bench", "--model", "--cases", "layernorm-lstm", "--dtypes",
+                           "bf16"], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "layernorm-lstm bf16  fusedrnn-triton" in out and "LN_c sync 1.20" in out
+    assert "layernorm-lstm bf16  fusedrnn-cuda      not modelled: not applicable (the cuda backend declines LayerNorm" in out
+    assert "LayerNorm in the Triton step: two designs" in out and "| layernorm-lstm | persistent |" in out
