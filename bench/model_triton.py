@@ -31,7 +31,7 @@ tests/test_triton_codegen.py keeps checking the parts the phases rely on):
   gate math (the masks depend only on the seed and the step, but the step loop computes them
   after the barrier). Independent of p's value; absent when p = 0;
 - ``LN_*`` (a case with ``layernorm`` only; ``layernorm_phases`` below): LayerNorm fused into the
-  step, priced for two designs (the kernels do not fuse it yet: see "LayerNorm" below);
+  step, priced for two designs, the shipped one (batch_tile) and persistent (see "LayerNorm" below);
 - streamed plans replace operand/stage/MMA by the K loop: a pipeline fill (one L2 trip) plus, per
   BLOCK_K chunk, the larger of the chunk's L2 transfer (operand + W), its shared-memory reads and
   its MMA chain, the asynchronous copies keeping the next chunks in flight.
@@ -43,10 +43,11 @@ LayerNorm (fusedrnn/layernorm.py: LN over a row's whole gate vector, and for LST
 state). LN_ih(x W_ihᵀ) needs no step: it is one element-wise pass over the projection outside the
 recurrence (``layernorm_ih_us``, in the call's extras). LN_hh and LN_c need every unit of a row
 inside the step, so a unit-split step must meet once more per LayerNorm. Two designs, priced on the
-plans kernels/plan.py gives (MODEL, the same machine constants; the kernels do not fuse LN yet):
+plans kernels/plan.py gives (MODEL, the same machine constants):
 
-- ``batch_tile`` (make_plan(strategy="batch_tile"): one program per 16-row batch tile walks every
-  unit block, no grid barrier): the step runs in passes over the blocks separated by CTA barriers.
+- ``batch_tile``, what the Triton kernels run (SHIPPED_LN_DESIGN; make_plan(layernorm=True): one
+  program per 16-row batch tile walks every unit block, no grid barrier, blocks of at most
+  LN_MAX_BLOCK_H units): the step runs in passes over the blocks separated by CTA barriers.
   Forward: pass 1 per block: the product, its raw gate tile stored to a scratch buffer (BB x 4*BH
   fp32, L2), per-row sum and sum of squares; CTA barrier; pass 2 per block: reload, normalise
   (x-hat stored when training), gates, c~ stored, per-row sums of c~; CTA barrier; pass 3 (LSTM):
@@ -66,8 +67,10 @@ Per LayerNorm the phases are ``LN_<hh|c> sums`` (the element ops and the per-row
 what is stored before the meeting), ``LN_<hh|c> sync`` (a CTA barrier, or a grid barrier),
 ``LN_<hh|c> reload`` (batch_tile: the tiles back from L2; persistent: the partials) and
 ``LN_<hh|c> apply`` (statistics, normalisation or its backward, and the extra stores). The gate
-math and the usual stores are the plan's own step (unchanged). The model picks the design with the
-smaller modelled forward+backward time (``choose_layernorm_design``).
+math and the usual stores are the plan's own step (unchanged). A LayerNorm case's estimate is the
+shipped design's; the notes and ``layernorm_table`` also give the design the model prefers (the
+smaller modelled forward+backward time, ``choose_layernorm_design``): persistent at the bench
+case's H=512, where one program per batch tile streams all of W_hh every step; not implemented.
 """
 
 from __future__ import annotations
@@ -119,18 +122,20 @@ LN_OPS = {
     ("bwd", "apply"): 3,  # rstd * (g - mean g - x-hat * mean(g x-hat))
 }
 LN_DESIGNS = ("persistent", "batch_tile")
+SHIPPED_LN_DESIGN = "batch_tile"  # what the Triton kernels run (kernels/plan.py make_plan(layernorm=True))
 _LN_PASS = {("fwd", "hh"): "2", ("fwd", "c"): "3", ("bwd", "c"): "B", ("bwd", "hh"): "C"}  # batch_tile: the pass a reload starts
 LN_IH_PASSES = {"fwd": 3, "bwd": 4}  # LN_ih outside the step: (T*B, G) tiles read/written (stats, normalise;
 # backward: the row sums, then d(gx) from d(a), x-hat)
 
 
-def _plan(cell: str, direction: str, case: Case, dtype_name: str, m: Machine, strategy: str | None = None):
+def _plan(cell: str, direction: str, case: Case, dtype_name: str, m: Machine, strategy: str | None = None,
+          layernorm: bool = False):
     from fusedrnn.kernels import plan as kplan
 
     device = kplan.Device(m.name, m.n_sm, m.smem_optin_bytes, 90)
     # fp32 is exact fp32 (torch's default matmul precision): FMA plans
     return kplan.make_plan(cell, direction, case.B, case.H, elem_bytes(dtype_name), device, strategy=strategy,
-                           fma=dtype_name == "fp32")
+                           fma=dtype_name == "fp32", layernorm=layernorm)
 
 
 def _clk(n: float, m: Machine) -> float:
@@ -361,8 +366,9 @@ def layernorm_design(case: Case, dtype_name: str, design: str, m: Machine = H100
     """One design (``LN_DESIGNS``) on ``case``'s shape: kernels/plan.py's plan of that strategy."""
     if design not in LN_DESIGNS:
         raise ValueError(f"design must be one of {LN_DESIGNS}, got {design!r}")
-    pf = _plan(case.cell, "fwd", case, dtype_name, m, strategy=design)
-    pb = _plan(case.cell, "bwd", case, dtype_name, m, strategy=design)
+    shipped = design == SHIPPED_LN_DESIGN  # the kernels' own LayerNorm plans
+    pf = _plan(case.cell, "fwd", case, dtype_name, m, strategy=design, layernorm=shipped)
+    pb = _plan(case.cell, "bwd", case, dtype_name, m, strategy=design, layernorm=shipped)
     base = {k: step(case.cell, d, case, dtype_name, save, m, plan=p)[1]
             for k, d, save, p in (("inf", "fwd", False, pf), ("train", "fwd", True, pf), ("bwd", "bwd", True, pb))}
     full = {k: Step(st.phases + tuple(layernorm_phases(pf if k != "bwd" else pb, case, "bwd" if k == "bwd" else "fwd",
@@ -416,7 +422,7 @@ def layernorm_table(dtype_name: str = "bf16", m: Machine = H100) -> str:
     lines = [f"MODEL, not measured ({dtype_name}, T={base.T}, {base.layers} layers; {m.name}); us per step "
              "(one layer), ms per call (every layer): without LN -> with LN",
              "| shape | design | plan (fwd / bwd) | inference fwd us | training fwd us | bwd us | fwd ms | "
-             "fwd+bwd ms | picked |",
+             "fwd+bwd ms | model's pick |",
              "|---|---|---|---|---|---|---|---|---|"]
     for label, changes in LAYERNORM_SHAPES:
         case = dataclasses.replace(base, **changes)
@@ -426,7 +432,7 @@ def layernorm_table(dtype_name: str = "bf16", m: Machine = H100) -> str:
             plans = " / ".join(f"{p.nprog_h}x{p.n_btiles} {p.BB}x{p.BH}{' W resident' if p.resident else ''}"
                                for p in (d.plan_fwd, d.plan_bwd))
             lines.append(
-                f"| {label} | {name} | {plans} | {d.base_inf.us:.2f} -> {d.inf.us:.2f} | "
+                f"| {label} | {name}{' (shipped)' if name == SHIPPED_LN_DESIGN else ''} | {plans} | {d.base_inf.us:.2f} -> {d.inf.us:.2f} | "
                 f"{d.base_train.us:.2f} -> {d.train.us:.2f} | {d.base_bwd.us:.2f} -> {d.bwd.us:.2f} | "
                 f"{d.base_fwd_ms:.3f} -> {d.fwd_ms:.3f} | {d.base_fb_ms:.3f} -> {d.fb_ms:.3f} | "
                 f"{'yes' if name == pick else ''} |")
@@ -461,16 +467,18 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
 
 
 def _layernorm_model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
-    """A LayerNorm case: the cheaper design's figures, both designs and the plans without LN in the notes."""
+    """A LayerNorm case: the shipped design's figures; both designs, the model's preference and the
+    plans without LN in the notes."""
     try:
         designs = layernorm_designs(case, dtype_name, m)
     except ImportError as e:  # fusedrnn.kernels not importable here
         return f"kernels/plan.py not importable: {e}"
     pick = choose_layernorm_design(designs)
-    d = designs[pick]
-    notes = (f"LayerNorm (MODEL; the Triton kernels do not fuse it yet, so these price designs, not code): picks "
-             f"{pick} (the smaller fwd+bwd ms); " + "; ".join(_design_words(n, x) for n, x in designs.items())
+    d = designs[SHIPPED_LN_DESIGN]
+    notes = (f"LayerNorm (MODEL): the kernels run {SHIPPED_LN_DESIGN}; the model prefers {pick} (the smaller "
+             f"fwd+bwd ms{'' if pick == SHIPPED_LN_DESIGN else '; not implemented'}); "
+             + "; ".join(_design_words(n, x) for n, x in designs.items())
              + f"; LN_ih outside the step: +{layernorm_ih_us(case, dtype_name, m)[0]:.1f} / "
              f"+{layernorm_ih_us(case, dtype_name, m)[1]:.1f} us per layer fwd / bwd")
-    plan = f"LayerNorm design {pick}: fwd: {d.plan_fwd.describe()}; bwd: {d.plan_bwd.describe()}"
+    plan = f"LayerNorm design {SHIPPED_LN_DESIGN}: fwd: {d.plan_fwd.describe()}; bwd: {d.plan_bwd.describe()}"
     return Estimate("fusedrnn-triton", case.id, dtype_name, plan, d.inf, d.bwd, d.fwd_ms, d.fb_ms, notes=notes)

@@ -481,13 +481,15 @@ def test_cell_loop_layernorm_matches_fusedrnn(variant, compiled):
 
 def test_layernorm_unavailable_and_caveats():
     """The fused providers whose backend declines LayerNorm are Unavailable with the backend's own
-    reason; the torch.nn baselines run without LayerNorm and every such row says so."""
-    from fusedrnn.backends import cuda, native, triton
+    reason, the Triton one (which fuses it) brings no LayerNorm reason; the torch.nn baselines run
+    without LayerNorm and every such row says so."""
+    from fusedrnn.backends import cuda, native
     from fusedrnn.bench import providers
 
     inp = _layernorm_inputs("forward", dtype=torch.float32)
+    assert providers.layernorm_reasons(inp, "fusedrnn-triton", "forward") == []
     for prov, why in (("fusedrnn-cuda", cuda.LAYERNORM_REASON), ("fusedrnn-torch", native.LAYERNORM_REASON),
-                      ("fusedrnn-triton", triton.LAYERNORM_REASON), ("fusedrnn-cuda-graphed", cuda.LAYERNORM_REASON)):
+                      ("fusedrnn-cuda-graphed", cuda.LAYERNORM_REASON)):
         assert providers.layernorm_reasons(inp, prov, "forward") == [why]
         with pytest.raises(providers.Unavailable) as e:
             providers.build(inp, prov, "forward")
@@ -602,7 +604,8 @@ def test_layernorm_model_cost_is_positive_and_follows_the_syncs():
 def test_layernorm_model_picks_the_cheaper_design(changes, expect):
     """MODEL: the model picks the design with the smaller forward+backward ms (H=512: persistent,
     whose step is a fraction of one program streaming all of W; H=64: batch_tile, W in one
-    program and CTA barriers instead of grid barriers), and model() reports that design's figures."""
+    program and CTA barriers instead of grid barriers); model() reports the shipped design's
+    figures (the kernels run batch_tile) and names the model's pick."""
     from fusedrnn.bench import model_cuda, model_triton
 
     case = dataclasses.replace(cases.get("layernorm-lstm"), **changes)
@@ -612,9 +615,17 @@ def test_layernorm_model_picks_the_cheaper_design(changes, expect):
     other = next(d for d in model_triton.LN_DESIGNS if d != pick)
     assert designs[pick].fb_ms < designs[other].fb_ms
     est = model_triton.model(case, "bf16")
+    shipped = designs[model_triton.SHIPPED_LN_DESIGN]
+    assert model_triton.SHIPPED_LN_DESIGN == "batch_tile"
     assert (est.fwd_ms, est.fb_ms, est.fwd_step.us, est.bwd_step.us) == (
-        designs[pick].fwd_ms, designs[pick].fb_ms, designs[pick].inf.us, designs[pick].bwd.us)
-    assert est.plan.startswith(f"LayerNorm design {pick}") and f"picks {pick}" in est.notes and "MODEL" in est.notes
+        shipped.fwd_ms, shipped.fb_ms, shipped.inf.us, shipped.bwd.us)
+    assert est.plan.startswith("LayerNorm design batch_tile") and f"model prefers {pick}" in est.notes
+    assert "MODEL" in est.notes and (("not implemented" in est.notes) == (pick != "batch_tile"))
+    # the shipped design is priced on the kernels' own LayerNorm plans
+    from fusedrnn.kernels import plan as kplan
+
+    for p in (shipped.plan_fwd, shipped.plan_bwd):
+        assert p.strategy == "batch_tile" and p.BH <= kplan.LN_MAX_BLOCK_H[2]
     plain = model_triton.model(dataclasses.replace(case, layernorm=False), "bf16")
     assert est.fb_ms > plain.fb_ms
     why = model_cuda.model(case, "bf16")
@@ -636,6 +647,6 @@ def test_cli_model_prints_the_layernorm_case():
                           env=dict(os.environ, CUDA_VISIBLE_DEVICES=""))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
-    assert "layernorm-lstm bf16  fusedrnn-triton" in out and "LN_c sync 1.20" in out
+    assert "layernorm-lstm bf16  fusedrnn-triton" in out and "LN_c sync 0.01" in out and "model prefers persistent" in out
     assert "layernorm-lstm bf16  fusedrnn-cuda      not modelled: not applicable (the cuda backend declines LayerNorm" in out
     assert "LayerNorm in the Triton step: two designs" in out and "| layernorm-lstm | persistent |" in out
