@@ -682,7 +682,7 @@ def test_offsets_past_int32(gpu, cell):
     """T*B*G > 2^31 elements: every (t, b, gate) offset into gx/saved/dgh must be 64-bit. Checked on
     the last steps (forward) and on dx of the last steps (backward) against cuDNN's error in bf16."""
     B, H, I = 128, 1024, 8  # noqa: E741
-    G = (3 if cell == "gru" else 4) * H
+    G = backends.CELLS[cell] * H
     T = (1 << 31) // (B * G) + 16
     g = torch.Generator().manual_seed(1)
     k = 1 / math.sqrt(H)
@@ -697,7 +697,7 @@ def test_offsets_past_int32(gpu, cell):
         lv = {n: t.to(gpu.device, dtype).requires_grad_() for n, t in w.items()}
         xs = x.to(gpu.device, dtype).requires_grad_()
         states = (h0.to(gpu.device, dtype),) + ((c0.to(gpu.device, dtype),) if cell == "lstm" else ())
-        fn = Fn.gru if cell == "gru" else Fn.lstm
+        fn = getattr(Fn, cell)
         outs = fn(xs, *states, lv["w_ih"], lv["w_hh"], lv["b_ih"], lv["b_hh"], backend=backend)
         loss = (outs[0][-8:].float() * up.to(gpu.device)).sum()
         (dx,) = torch.autograd.grad(loss, [xs])
