@@ -285,6 +285,20 @@ def test_fake_forward_and_autograd_shapes(cell, bias, residual, lengths):
 
 
 @needs_cuda_ops
+def test_rnn_entry_refuses_what_it_cannot_run():
+    """The Elman RNN entry: another cell name, a zoneout or a LayerNorm handed to it directly is a
+    ValueError naming it (dispatch never hands it one: reasons() declines those calls)."""
+    a = _meta_inputs("rnn_tanh")
+    args = (a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["residual"], a["lengths"], False)
+    with pytest.raises(ValueError, match="cell must be 'rnn_tanh' or 'rnn_relu', got 'gru'"):
+        cuda_ops.rnn("gru", *args)
+    with pytest.raises(ValueError, match="no zoneout"):
+        cuda_ops.BACKEND.rnn("rnn_tanh", *args, zoneout=object())
+    with pytest.raises(ValueError, match="no LayerNorm"):
+        cuda_ops.BACKEND.rnn("rnn_relu", *args, layernorm=object())
+
+
+@needs_cuda_ops
 def test_fake_saved_buffer_only_when_grad_needed():
     gx = torch.empty(4, 2, 48, device="meta")
     h0, w = torch.empty(2, 16, device="meta"), torch.empty(48, 16, device="meta")
