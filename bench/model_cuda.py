@@ -64,6 +64,8 @@ IN_FLIGHT_BYTES = 24 * 1024  # the least a CTA keeps in flight when shared memor
 FWD_UNITS = 16
 W_WORDS = 8  # W_hh words per (block, m-tile, lane) (kWWords)
 MODES = ("half", "tf32", "tf32x3")
+# Gates per cell (n_gates in csrc/rnn_launch.h): the Elman RNN (rnn_tanh, rnn_relu) has one.
+GATES = {"gru": 3, "lstm": 4, "rnn_tanh": 1, "rnn_relu": 1}
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -120,7 +122,7 @@ def plan_for_units(cell: str, backward: bool, dtype_name: str, tf32: bool, H: in
                    num_sms: int, smem_optin: int) -> Plan:
     elem = elem_bytes(dtype_name)
     mode = "half" if elem == 2 else ("tf32" if tf32 else "tf32x3")
-    ng = 3 if cell == "gru" else 4
+    ng = GATES[cell]
     K = ng * H if backward else H
     mtiles = units // 16 if backward else ng * units // 16
     n_ug = _ceil_div(H, units)
@@ -170,8 +172,9 @@ L2_FILL_BYTES_PER_CLK = 64  # per SM
 L2_READ_TBPS = 5.5  # all SMs together
 MMA_FMA_PER_CLK = {"half": 1024, "tf32": 512, "tf32x3": 512}  # per SM, mma.sync
 SYNCTHREADS_US = 0.02
-CELL_MATH_US = {"gru": 0.04, "lstm": 0.05}  # forward: ~3-4 MUFU pairs + FMAs, dependent
-PHASE_A_MATH_US = {"gru": 0.03, "lstm": 0.04}
+# forward: ~3-4 MUFU pairs + FMAs, dependent; the Elman RNN one tanh (one MUFU pair) or a max (MODEL)
+CELL_MATH_US = {"gru": 0.04, "lstm": 0.05, "rnn_tanh": 0.02, "rnn_relu": 0.01}
+PHASE_A_MATH_US = {"gru": 0.03, "lstm": 0.04, "rnn_tanh": 0.01, "rnn_relu": 0.01}
 MMAS_PER_KSTEP = {"half": 1, "tf32": 1, "tf32x3": 3}
 
 

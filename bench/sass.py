@@ -230,13 +230,14 @@ def kernel_sass(so: Path | None = None, arch: str = "90") -> dict[str, list[Insn
 
 
 _TYPE = {2: "13__nv_bfloat16", 1: "6__half", 4: "f"}
+CELL_INDEX = {"gru": 0, "lstm": 1, "rnn_tanh": 2, "rnn_relu": 3}  # the kernels' CELL (csrc/rnn_launch.h, Cell)
 
 
 def kernel_name(cell: str, backward: bool, elem: int, mode: str, mtiles: int, dtype_name: str = "bf16",
                 ntiles: int = 2) -> str:
     """The mangled name of a plan's kernel instantiation (csrc/rnn_kernels.cuh): one per cell, dtype,
     math mode, n-tiles per pass, and m-tiles for the backward."""
-    c = 0 if cell == "gru" else 1
+    c = CELL_INDEX[cell]
     t = _TYPE[1 if dtype_name == "fp16" else elem]
     m = {"half": 0, "tf32": 1, "tf32x3": 2}[mode]
     if backward:
@@ -265,7 +266,7 @@ def param_constants(plan, steps: int, null: set[str]) -> dict[int, int]:
     """c[0x0] words (byte offset -> 32-bit value) of FwdParams / BwdParams for `plan` (a
     bench.model_cuda.Plan): the Plan struct, T, reverse = false, pointers (fake, 256-byte aligned,
     0 for the names in `null`); blockDim and gridDim at the bank's start."""
-    ints = {"cell": 0 if plan.cell == "gru" else 1, "backward": int(plan.backward),
+    ints = {"cell": CELL_INDEX[plan.cell], "backward": int(plan.backward),
             "mode": {"half": 0, "tf32": 1, "tf32x3": 2}[plan.mode], "n_ug": plan.unit_groups,
             "n_bg": plan.batch_groups}
     words = {0x0: 256, 0x4: 1, 0x8: 1, 0xC: plan.grid, 0x10: 1, 0x14: 1}

@@ -1,4 +1,5 @@
-// Persistent cooperative GRU/LSTM recurrence kernels (one layer, one direction, whole sequence).
+// Persistent cooperative GRU/LSTM/Elman RNN recurrence kernels (one layer, one direction, whole sequence).
+// CELL: 0 GRU, 1 LSTM, 2 Elman RNN tanh, 3 Elman RNN relu (rnn_launch.h: n_gates, n_saved).
 //
 // Grid: plan.grid = unit groups x batch groups, all co-resident (cooperative launch). CTA (ug, bg)
 // owns `units` hidden units of every gate and `rows` batch rows (csrc/rnn_launch.h, make_plan).
@@ -123,6 +124,25 @@ template <typename T> __device__ __forceinline__ float bits_to_f(uint32_t raw) {
 // c_t = f * c_{t-1} + i * g, written once so that forward and backward round identically.
 __device__ __forceinline__ float lstm_c_new(float i, float f, float g, float c_prev) {
   return __fmaf_rn(f, c_prev, __fmul_rn(i, g));
+}
+
+// The Elman RNN's nonlinearity (CELL 2: tanh, 3: relu) and its derivative from the output h' alone
+// (what the forward saves): 1 - h'^2, and (h' > 0) as torch's relu backward.
+template <int CELL> __device__ __forceinline__ float elman_act(float v) {
+  static_assert(is_elman(CELL), "an Elman RNN cell");
+  if constexpr (CELL == 2) {
+    return tanh_fast(v);
+  } else {
+    return v < 0.f ? 0.f : v;
+  }
+}
+template <int CELL> __device__ __forceinline__ float elman_act_grad(float h) {
+  static_assert(is_elman(CELL), "an Elman RNN cell");
+  if constexpr (CELL == 2) {
+    return 1.f - h * h;
+  } else {
+    return h > 0.f ? 1.f : 0.f;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -569,6 +589,10 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const F
               sv[2 * H + j] = ng;
               sv[3 * H + j] = gh[2];
             }
+          } else if constexpr (is_elman(CELL)) {
+            // h = act(gx + gh): tanh, or relu (NaN propagates, as torch's)
+            h_new = elman_act<CELL>(bits_to_f<T>(in.gx[0]) + gh[0]);
+            if (sv) sv[j] = h_new;  // the derivative is a function of h' alone
           } else {
             const float ig = sigmoid_fast(bits_to_f<T>(in.gx[0]) + gh[0]);
             const float fg = sigmoid_fast(bits_to_f<T>(in.gx[1]) + gh[1]);
@@ -722,6 +746,9 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
         exchange_store(dg + 2 * H + j, from_f<T>(dn * rg));  // gh_n enters as r * gh_n
         dgx_n[row * H + j] = from_f<T>(dn);
         dh_s[r * U + u] = dh * zg;  // direct path; phase B adds dgates · W_hh
+      } else if constexpr (is_elman(CELL)) {
+        exchange_store(dg + j, from_f<T>(dh * elman_act_grad<CELL>(in.sv[m][0])));  // d(pre-activation)
+        dh_s[r * U + u] = 0.f;  // h_prev reaches h only through the gate
       } else {
         const float ig = in.sv[m][0], fg = in.sv[m][1], gg = in.sv[m][2], og = in.sv[m][3], c_prev = in.sv[m][4];
         const float tc = tanh_fast(lstm_c_new(ig, fg, gg, c_prev));

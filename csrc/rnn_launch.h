@@ -18,7 +18,11 @@
 
 namespace fusedrnn {
 
-enum class Cell : int { GRU = 0, LSTM = 1 };
+// The cells: GRU, LSTM, and the Elman RNN (torch.nn.RNN) with nonlinearity tanh or relu. Everything
+// cell-specific in the kernels (gates, saved activations, the cell math and its backward) is a
+// constexpr case of CELL; the plan's slice sizes follow from n_gates.
+enum class Cell : int { GRU = 0, LSTM = 1, RNN_TANH = 2, RNN_RELU = 3 };
+FUSEDRNN_HD constexpr bool is_elman(int cell) { return cell == 2 || cell == 3; }
 enum class DType : int { F16 = 0, BF16 = 1, F32 = 2 };
 // How the recurrent product is computed on tensor cores (fp32 accumulation in every mode).
 enum MathMode : int {
@@ -50,9 +54,10 @@ FUSEDRNN_HD constexpr int w_regs(int mode, int mtiles) {
   return mode == 2 ? (mtiles >= 3 ? 24 : mtiles == 2 ? 32 : 48) : 96;
 }
 
-FUSEDRNN_HD constexpr int n_gates(int cell) { return cell == 0 ? 3 : 4; }
-// fp32 values saved per (t, b, unit) for the backward: GRU r,z,n,(W_hn h+b_hn); LSTM i,f,g,o,c_prev.
-FUSEDRNN_HD constexpr int n_saved(int cell) { return cell == 0 ? 4 : 5; }
+FUSEDRNN_HD constexpr int n_gates(int cell) { return cell == 0 ? 3 : cell == 1 ? 4 : 1; }
+// fp32 values saved per (t, b, unit) for the backward: GRU r,z,n,(W_hn h+b_hn); LSTM i,f,g,o,c_prev;
+// Elman RNN h' (its derivative: 1 - h'^2 for tanh, h' > 0 for relu).
+FUSEDRNN_HD constexpr int n_saved(int cell) { return cell == 0 ? 4 : cell == 1 ? 5 : 1; }
 FUSEDRNN_HD constexpr int ceil_div(int a, int b) { return (a + b - 1) / b; }
 FUSEDRNN_HD constexpr int round_up(int x, int m) { return ceil_div(x, m) * m; }
 FUSEDRNN_HD constexpr size_t round_up_sz(size_t x, size_t m) { return (x + m - 1) / m * m; }
@@ -207,13 +212,19 @@ const void* gru_fwd_kernel(DType d, int mode, int ntiles);
 const void* lstm_fwd_kernel(DType d, int mode, int ntiles);
 const void* gru_bwd_kernel(DType d, int mode, int mtiles, int ntiles);
 const void* lstm_bwd_kernel(DType d, int mode, int mtiles, int ntiles);
+// The Elman RNN cells (cell 2 tanh, 3 relu), both nonlinearities in one file per direction.
+const void* elman_fwd_kernel(int cell, DType d, int mode, int ntiles);
+const void* elman_bwd_kernel(int cell, DType d, int mode, int mtiles, int ntiles);
 
 inline const void* rnn_kernel(const Plan& p, DType d) {
   if (p.backward) {
-    return p.cell == 0 ? gru_bwd_kernel(d, p.mode, p.mtiles, p.pass_ntiles)
-                       : lstm_bwd_kernel(d, p.mode, p.mtiles, p.pass_ntiles);
+    return p.cell == 0   ? gru_bwd_kernel(d, p.mode, p.mtiles, p.pass_ntiles)
+           : p.cell == 1 ? lstm_bwd_kernel(d, p.mode, p.mtiles, p.pass_ntiles)
+                         : elman_bwd_kernel(p.cell, d, p.mode, p.mtiles, p.pass_ntiles);
   }
-  return p.cell == 0 ? gru_fwd_kernel(d, p.mode, p.pass_ntiles) : lstm_fwd_kernel(d, p.mode, p.pass_ntiles);
+  return p.cell == 0   ? gru_fwd_kernel(d, p.mode, p.pass_ntiles)
+         : p.cell == 1 ? lstm_fwd_kernel(d, p.mode, p.pass_ntiles)
+                       : elman_fwd_kernel(p.cell, d, p.mode, p.pass_ntiles);
 }
 
 // launch.cu: device properties, occupancy (cached), cooperative launch, and the synchronisation-only

@@ -247,6 +247,7 @@ std::vector<Tensor> rnn_forward(Cell cell, const Tensor& gx, const Tensor& h0, c
 
 // dy (T,B,H) and dh_n (B,H) in the input dtype, dc_n (B,H) for LSTM; hist/saved from the forward.
 // Returns {dgh (T,B,G), dgx_n (T,B,H) for GRU (else undefined), dh0, dc0 (LSTM; else undefined)}.
+// (For the LSTM and the Elman RNN dgx = dgh; the GRU's gx_n enters without the factor r.)
 std::vector<Tensor> rnn_backward(Cell cell, const Tensor& dy, const Tensor& dh_n, const OptTensor& dc_n,
                                  const Tensor& w_hh, const Tensor& hist, const Tensor& saved,
                                  const OptTensor& lengths, bool reverse, bool allow_tf32, bool ready_flags) {
@@ -261,7 +262,7 @@ std::vector<Tensor> rnn_backward(Cell cell, const Tensor& dy, const Tensor& dh_n
   check_arg(hist, "hist", dy, {T, B, H});
   check_float_arg(saved, "saved (the forward was run without saving for backward?)", dy,
                   {T, B, n_saved((int)cell) * H});
-  const bool is_lstm = cell == Cell::LSTM;
+  const bool is_lstm = cell == Cell::LSTM, is_gru = cell == Cell::GRU;
   if (dc_n) check_arg(*dc_n, "dc_n", dy, {B, H});
 
   DeviceScope scope(dy);
@@ -269,7 +270,7 @@ std::vector<Tensor> rnn_backward(Cell cell, const Tensor& dy, const Tensor& dh_n
   const auto opts = dy.options();
   const auto fopts = opts.dtype(at::kFloat);
   Tensor dgh = kernel_buffer({T, B, G}, opts, "dgh");
-  Tensor dgx_n = is_lstm ? Tensor() : kernel_buffer({T, B, H}, opts, "dgx_n");
+  Tensor dgx_n = is_gru ? kernel_buffer({T, B, H}, opts, "dgx_n") : Tensor();
   Tensor dh = kernel_buffer({B, H}, fopts, "dh");
   dh.copy_(dh_n);
   Tensor dc;
@@ -294,7 +295,7 @@ std::vector<Tensor> rnn_backward(Cell cell, const Tensor& dy, const Tensor& dh_n
   p.saved = saved_c.data_ptr<float>();
   p.lengths = len.defined() ? len.data_ptr<int64_t>() : nullptr;
   p.dgh = dgh.data_ptr();
-  p.dgx_n = is_lstm ? nullptr : dgx_n.data_ptr();
+  p.dgx_n = is_gru ? dgx_n.data_ptr() : nullptr;
   p.dh = dh.data_ptr<float>();
   p.dc = is_lstm ? dc.data_ptr<float>() : nullptr;
   const Tensor ready = ready_flags_for(p.plan, ready_flags, opts);
@@ -338,10 +339,36 @@ std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const Tensor&
   return {o[0], o[2], o[3]};
 }
 
+// The Elman RNN (cell "rnn_tanh" or "rnn_relu"): gru_forward's arguments and results, one gate.
+Cell elman_cell(const std::string& name) {
+  if (name == "rnn_tanh") return Cell::RNN_TANH;
+  if (name == "rnn_relu") return Cell::RNN_RELU;
+  TORCH_CHECK(false, "fusedrnn cuda: the Elman RNN cell must be 'rnn_tanh' or 'rnn_relu', got '", name, "'");
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> elman_forward(const std::string& cell, const Tensor& gx, const Tensor& h0,
+                                                         const Tensor& w_hh, const OptTensor& b_hh,
+                                                         const OptTensor& residual, const OptTensor& lengths,
+                                                         bool reverse, bool save, bool allow_tf32, bool ready_flags) {
+  auto o = rnn_forward(elman_cell(cell), gx, h0, std::nullopt, w_hh, b_hh, residual, lengths, reverse, save,
+                       allow_tf32, ready_flags);
+  return {o[0], o[1], o[3], o[4]};
+}
+
+std::tuple<Tensor, Tensor> elman_backward(const std::string& cell, const Tensor& dy, const Tensor& dh_n,
+                                          const Tensor& w_hh, const Tensor& hist, const Tensor& saved,
+                                          const OptTensor& lengths, bool reverse, bool allow_tf32, bool ready_flags) {
+  auto o = rnn_backward(elman_cell(cell), dy, dh_n, std::nullopt, w_hh, hist, saved, lengths, reverse, allow_tf32,
+                        ready_flags);
+  return {o[0], o[2]};
+}
+
 Cell cell_named(const std::string& name) {
   if (name == "gru") return Cell::GRU;
   if (name == "lstm") return Cell::LSTM;
-  TORCH_CHECK(false, "fusedrnn cuda: cell must be 'gru' or 'lstm', got '", name, "'");
+  if (name == "rnn_tanh") return Cell::RNN_TANH;
+  if (name == "rnn_relu") return Cell::RNN_RELU;
+  TORCH_CHECK(false, "fusedrnn cuda: cell must be 'gru', 'lstm', 'rnn_tanh' or 'rnn_relu', got '", name, "'");
 }
 
 pybind11::dict plan_dict(const Plan& p) {
@@ -433,6 +460,13 @@ void register_rnn(pybind11::module_& m) {
   m.def("lstm_backward", &lstm_backward, "persistent LSTM recurrence backward -> (dgh, dh0, dc0)", py::arg("dy"),
         py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"), py::arg("hist"), py::arg("saved"), py::arg("lengths"),
         py::arg("reverse"), py::arg("allow_tf32"), py::arg("ready_flags") = false);
+  m.def("elman_forward", &elman_forward,
+        "persistent Elman RNN recurrence forward, cell 'rnn_tanh' or 'rnn_relu' -> (y, h_n, hist, saved)",
+        py::arg("cell"), py::arg("gx"), py::arg("h0"), py::arg("w_hh"), py::arg("b_hh"), py::arg("residual"),
+        py::arg("lengths"), py::arg("reverse"), py::arg("save"), py::arg("allow_tf32"), py::arg("ready_flags") = false);
+  m.def("elman_backward", &elman_backward, "persistent Elman RNN recurrence backward -> (dgh, dh0)",
+        py::arg("cell"), py::arg("dy"), py::arg("dh_n"), py::arg("w_hh"), py::arg("hist"), py::arg("saved"),
+        py::arg("lengths"), py::arg("reverse"), py::arg("allow_tf32"), py::arg("ready_flags") = false);
   m.def("launch_shape", &launch_shape, "the launch plan for a device of num_sms SMs and smem_optin bytes (no GPU)",
         py::arg("cell"), py::arg("backward"), py::arg("dtype"), py::arg("tf32"), py::arg("H"), py::arg("B"),
         py::arg("num_sms"), py::arg("smem_optin"));

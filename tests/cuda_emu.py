@@ -20,7 +20,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 CSRC = ROOT / "csrc"
 SOURCES = [CSRC / "rnn_ops.cpp"]
 SOURCES += [CSRC / "emu" / f for f in ("bindings.cpp", "runtime.cpp", "selftest.cpp")]
-SOURCES += [CSRC / "emu" / f"kernels_{k}.cpp" for k in ("gru_fwd", "gru_bwd", "lstm_fwd", "lstm_bwd")]
+SOURCES += [CSRC / "emu" / f"kernels_{k}.cpp"
+            for k in ("gru_fwd", "gru_bwd", "lstm_fwd", "lstm_bwd", "rnn_fwd", "rnn_bwd")]
 
 
 def cuda_include_dir() -> pathlib.Path | None:

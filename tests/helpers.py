@@ -159,7 +159,9 @@ def raw_recurrence_inputs(cell, T, B, H, dtype, device="cpu", seed=31):
     """(n_gates, gx, h0, c0 or None, w_hh, b_hh) for the cuda backend's raw forward."""
     import math
 
-    ng = 3 if cell == "gru" else 4
+    from fusedrnn.backends import CELLS
+
+    ng = CELLS[cell]
     g = torch.Generator().manual_seed(seed)
     gx = (torch.randn(T, B, ng * H, generator=g) * 0.5).to(device, dtype)
     h0 = (torch.randn(B, H, generator=g) * 0.5).to(device, dtype)
@@ -170,8 +172,8 @@ def raw_recurrence_inputs(cell, T, B, H, dtype, device="cpu", seed=31):
 
 
 def check_raw_recurrence_forward(ext, cell, dtype, reverse, device, T=7, B=19, H=40, seed=31):
-    """The cuda backend's raw ``gru_forward`` / ``lstm_forward`` (of fusedrnn._C on a GPU, or of the
-    CPU emulator): hist[t] is the state before time t (the exchange buffer), and the saved activations equal the gate values
+    """The cuda backend's raw ``gru_forward`` / ``lstm_forward`` / ``elman_forward`` (of fusedrnn._C on a
+    GPU, or of the CPU emulator): hist[t] is the state before time t (the exchange buffer), and the saved activations equal the gate values
     recomputed here in fp64 from gx, hist and W_hh (the kernel's MMA operands are exactly these values,
     fp32 accumulation: only the summation order differs). A wrong slot index, MMA layout or K-split sum
     shows here directly."""
@@ -180,6 +182,8 @@ def check_raw_recurrence_forward(ext, cell, dtype, reverse, device, T=7, B=19, H
     ng, gx, h0, c0, w_hh, b_hh = raw_recurrence_inputs(cell, T, B, H, dtype, device, seed)
     if cell == "gru":
         (y, h_n, hist, saved), c_n = ext.gru_forward(gx, h0, w_hh, b_hh, None, None, reverse, True, False), None
+    elif cell != "lstm":
+        (y, h_n, hist, saved), c_n = ext.elman_forward(cell, gx, h0, w_hh, b_hh, None, None, reverse, True, False), None
     else:
         y, h_n, c_n, hist, saved = ext.lstm_forward(gx, h0, c0, w_hh, b_hh, None, None, reverse, True, False)
     order = list(range(T - 1, -1, -1)) if reverse else list(range(T))
@@ -194,6 +198,8 @@ def check_raw_recurrence_forward(ext, cell, dtype, reverse, device, T=7, B=19, H
         z = torch.sigmoid(pre[..., H:2 * H])
         n = torch.tanh(gx.double()[..., 2 * H:] + r * gh[..., 2 * H:])
         want = torch.cat([r, z, n, gh[..., 2 * H:]], -1)
+    elif cell != "lstm":  # the Elman RNN saves h'
+        want = torch.tanh(pre) if cell == "rnn_tanh" else torch.relu(pre)
     else:
         i, f, gg, o = (pre[..., k * H:(k + 1) * H] for k in range(4))
         want = torch.cat([torch.sigmoid(i), torch.sigmoid(f), torch.tanh(gg), torch.sigmoid(o)], -1)

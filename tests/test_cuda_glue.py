@@ -13,7 +13,7 @@ import torch
 
 import fusedrnn
 from fusedrnn import _ext, backends, dispatch
-from fusedrnn.backends import CallSpec
+from fusedrnn.backends import CELLS, CallSpec
 from fusedrnn.bench import model_cuda
 
 try:
@@ -122,7 +122,7 @@ def test_unsupported_dtype_proj_and_capability(fake_gpu):
 
 
 @needs_cuda_ops
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 def test_hidden_size_limit_is_stated_with_its_number(fake_gpu, cell, dtype):
     hmax = cuda_ops.max_hidden_size(cell, dtype, False, 0)
@@ -159,7 +159,7 @@ def test_declared_limits_on_h100_and_a100(capsys):
 
     table = {}
     for (gpu, (sms, optin)), cell, (dtype, tf32) in itertools.product(
-            (("H100", H100), ("A100", A100)), ("gru", "lstm"),
+            (("H100", H100), ("A100", A100)), ("gru", "lstm", "rnn_tanh", "rnn_relu"),
             (("bfloat16", False), ("float32", True), ("float32", False))):
         table[(gpu, cell, dtype, tf32)] = hmax(cell, dtype, tf32, sms, optin)
     with capsys.disabled():
@@ -173,6 +173,10 @@ def test_declared_limits_on_h100_and_a100(capsys):
         ("A100", "gru", "bfloat16", False): 1728, ("A100", "gru", "float32", True): 1024,
         ("A100", "gru", "float32", False): 640, ("A100", "lstm", "bfloat16", False): 1536,
         ("A100", "lstm", "float32", True): 768, ("A100", "lstm", "float32", False): 384,
+    } | {  # the Elman RNN (one gate): the grid, 16 units per CTA on every SM, in every dtype and mode
+        (gpu, cell, dtype, tf32): 16 * sms for gpu, (sms, _) in (("H100", H100), ("A100", A100))
+        for cell in ("rnn_tanh", "rnn_relu") for dtype, tf32 in (("bfloat16", False), ("float32", True),
+                                                                 ("float32", False))
     }
 
 
@@ -184,7 +188,8 @@ def test_model_plan_is_the_kernels_plan():
     fields = ("grid", "smem", "units", "mtiles", "unit_groups", "batch_groups", "rows", "passes", "pass_ntiles",
               "kblock", "blocks_per_warp", "reg_blocks", "smem_blocks", "stage_slots", "mode", "fits")
     for cell, bwd, (dtype, tf32), H, B, (sms, optin) in itertools.product(
-            ("gru", "lstm"), (False, True), (("bfloat16", False), ("float16", False), ("float32", True),
+            ("gru", "lstm", "rnn_tanh", "rnn_relu"), (False, True), (("bfloat16", False), ("float16", False),
+                                                                     ("float32", True),
                                              ("float32", False)),
             (1, 17, 100, 256, 768, 1024, 2048), (1, 8, 9, 16, 33, 128, 300), (H100, A100, (4, 227 * 1024))):
         c = dict(source.launch_shape(cell, bwd, dtype, tf32, H, B, sms, optin))
@@ -238,12 +243,13 @@ def test_step_boundary_default_is_the_models_choice(monkeypatch):
 @needs_cuda_ops
 def test_ops_registered():
     for name in ("cuda_gru_recurrence", "cuda_gru_recurrence_backward",
-                 "cuda_lstm_recurrence", "cuda_lstm_recurrence_backward"):
+                 "cuda_lstm_recurrence", "cuda_lstm_recurrence_backward",
+                 "cuda_rnn_recurrence", "cuda_rnn_recurrence_backward"):
         assert hasattr(torch.ops.fusedrnn, name), name
 
 
 def _meta_inputs(cell, T=5, B=3, I=7, H=16, bias=True, residual=True, lengths=True):  # noqa: E741
-    G = (3 if cell == "gru" else 4) * H
+    G = CELLS[cell] * H
     mk = lambda *s: torch.empty(*s, device="meta", requires_grad=True)  # noqa: E731
     args = dict(x=mk(T, B, I), h0=mk(B, H), w_ih=mk(G, I), w_hh=mk(G, H),
                 b_ih=mk(G) if bias else None, b_hh=mk(G) if bias else None,
@@ -255,13 +261,16 @@ def _meta_inputs(cell, T=5, B=3, I=7, H=16, bias=True, residual=True, lengths=Tr
 
 
 @needs_cuda_ops
-@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
 @pytest.mark.parametrize("bias,residual,lengths", [(True, True, True), (False, False, False)])
 def test_fake_forward_and_autograd_shapes(cell, bias, residual, lengths):
     a = _meta_inputs(cell, bias=bias, residual=residual, lengths=lengths)
     if cell == "gru":
         outs = cuda_ops.gru(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["residual"],
                             a["lengths"], False)
+    elif cell != "lstm":
+        outs = cuda_ops.rnn(cell, a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["residual"],
+                            a["lengths"], True)
     else:
         outs = cuda_ops.lstm(a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], None,
                              a["residual"], a["lengths"], True)
@@ -276,6 +285,20 @@ def test_fake_forward_and_autograd_shapes(cell, bias, residual, lengths):
 
 
 @needs_cuda_ops
+def test_rnn_entry_refuses_what_it_cannot_run():
+    """The Elman RNN entry: another cell name, a zoneout or a LayerNorm handed to it directly is a
+    ValueError naming it (dispatch never hands it one: reasons() declines those calls)."""
+    a = _meta_inputs("rnn_tanh")
+    args = (a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["residual"], a["lengths"], False)
+    with pytest.raises(ValueError, match="cell must be 'rnn_tanh' or 'rnn_relu', got 'gru'"):
+        cuda_ops.rnn("gru", *args)
+    with pytest.raises(ValueError, match="no zoneout"):
+        cuda_ops.BACKEND.rnn("rnn_tanh", *args, zoneout=object())
+    with pytest.raises(ValueError, match="no LayerNorm"):
+        cuda_ops.BACKEND.rnn("rnn_relu", *args, layernorm=object())
+
+
+@needs_cuda_ops
 def test_fake_saved_buffer_only_when_grad_needed():
     gx = torch.empty(4, 2, 48, device="meta")
     h0, w = torch.empty(2, 16, device="meta"), torch.empty(48, 16, device="meta")
@@ -283,6 +306,14 @@ def test_fake_saved_buffer_only_when_grad_needed():
     assert hist.shape == (4, 2, 16) and saved.numel() == 0
     _, _, _, saved = torch.ops.fusedrnn.cuda_gru_recurrence(gx, h0, w, None, None, None, False, True, False)
     assert saved.shape == (4, 2, 64) and saved.dtype == torch.float32
+    w1 = torch.empty(16, 16, device="meta")  # the Elman RNN: one gate, one saved activation (h')
+    for cell in ("rnn_tanh", "rnn_relu"):
+        _, _, hist, saved = torch.ops.fusedrnn.cuda_rnn_recurrence(cell, gx[..., :16], h0, w1, None, None, None, False,
+                                                                   False, False)
+        assert hist.shape == (4, 2, 16) and saved.numel() == 0
+        _, _, _, saved = torch.ops.fusedrnn.cuda_rnn_recurrence(cell, gx[..., :16], h0, w1, None, None, None, False,
+                                                                True, False)
+        assert saved.shape == (4, 2, 16) and saved.dtype == torch.float32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -295,5 +326,8 @@ def test_extension_input_checks_name_the_argument():
     gx = torch.randn(4, 2, 48)
     with pytest.raises(RuntimeError, match="gx must be a 3-D CUDA tensor"):
         EXT.gru_forward(gx, torch.zeros(2, 16), torch.zeros(48, 16), None, None, None, False, False, False)
-    with pytest.raises(RuntimeError, match="cell must be 'gru' or 'lstm'"):
+    with pytest.raises(RuntimeError, match="cell must be 'gru', 'lstm', 'rnn_tanh' or 'rnn_relu'"):
         EXT.launch_shape("rnn", False, "float32", False, 16, 2, *H100)
+    with pytest.raises(RuntimeError, match="gx must be a 3-D CUDA tensor"):
+        EXT.elman_forward("rnn_tanh", gx[..., :16], torch.zeros(2, 16), torch.zeros(16, 16), None, None, None, False,
+                          False, False)

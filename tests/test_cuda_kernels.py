@@ -13,6 +13,7 @@ within K_LOWP x the error of torch's own op at that precision).
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -35,10 +36,12 @@ from hypothesis import strategies as st
 
 import fusedrnn
 from fusedrnn.backends import cuda as cuda_ops
+from fusedrnn import backends
 from fusedrnn import functional as Fn
 
 H100 = (132, 227 * 1024)  # SMs, opt-in shared memory per CTA: the emulated device unless a case says otherwise
-CELLS = ["gru", "lstm"]
+CELLS = ["gru", "lstm", "rnn_tanh", "rnn_relu"]  # the Elman RNN cells: CELL 2 and 3 of the same kernels
+GATED = ["gru", "lstm"]
 LOWP = [torch.bfloat16, torch.float16]
 
 
@@ -59,7 +62,9 @@ class Executor:
         return self.ext if self.name == "emu" else None
 
     def call(self, cell):
-        return cuda_ops.gru if cell == "gru" else cuda_ops.lstm
+        if cell in ("gru", "lstm"):
+            return cuda_ops.gru if cell == "gru" else cuda_ops.lstm
+        return functools.partial(cuda_ops.rnn, cell)
 
     def inputs(self, cell, T, B, I, H, dtype, **kw):  # noqa: E741
         d, lens = make_cell_inputs(cell, T, B, I, H, dtype, **kw)
@@ -222,13 +227,34 @@ def test_low_precision_within_torch_error(ex, cell, dtype, case):
 TF32_SHAPES = [(6, 5, 48, None), (2, 9, 400, None), (2, 33, 40, 4)]
 
 
+# relu's derivative jumps at 0: a pre-activation within TF32's error of 0 may take the other side, and
+# its whole gradient with it. These seeds keep the oracle's pre-activations RELU_MARGIN away from 0.
+RELU_TF32_SEEDS = {(2, 33, 40): 4}
+RELU_MARGIN = 5e-4
+
+
+def _relu_margin(d, lens):
+    """min |pre-activation| over the valid steps of the fp64 oracle's relu RNN (forward direction)."""
+    d = {k: v.double() if v is not None else None for k, v in d.items()}
+    with torch.no_grad():
+        y, _ = _ref("rnn_relu")(d["x"], d["h0"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"], d["residual"], lens,
+                                False)
+        h = y - d["residual"]
+        pre = (d["x"] @ d["w_ih"].T + d["b_ih"] + torch.cat([d["h0"][None], h[:-1]]) @ d["w_hh"].T + d["b_hh"])
+        valid = torch.arange(pre.shape[0]).view(-1, 1) < lens.view(1, -1)
+        return pre.abs()[valid].min().item()
+
+
 @pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("T,B,H,sms", TF32_SHAPES)
 def test_tf32_path(ex, cell, T, B, H, sms):
     """fp32 with TF32 allowed: one TF32 MMA per k-step. Within TF32's error, and really a different
     path from the exact one."""
     ex.set_sms(sms)
-    d, lens = ex.inputs(cell, T, B, 12, H, torch.float32, residual=True, lengths=True, seed=3)
+    seed = RELU_TF32_SEEDS.get((T, B, H), 3) if cell == "rnn_relu" else 3
+    d, lens = ex.inputs(cell, T, B, 12, H, torch.float32, residual=True, lengths=True, seed=seed)
+    if cell == "rnn_relu":
+        assert _relu_margin({k: v.cpu() if v is not None else None for k, v in d.items()}, lens) > RELU_MARGIN
     want = run_cell_with_grads(cell, _ref(cell), d, lens, False)
     exact = run_cell_with_grads(cell, ex.call(cell), d, lens, False)
     ex.tf32(True)
@@ -325,7 +351,7 @@ def test_one_launch_per_direction(ex, cell, T):
     d, lens = ex.inputs(cell, T, 3, 5, 40, torch.bfloat16, residual=True, lengths=True, seed=T)
     leaves = {k: v.clone().requires_grad_() for k, v in d.items() if v is not None}
     a = {k: leaves.get(k) for k in d}
-    if cell == "gru":
+    if cell != "lstm":
         args = (a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["residual"], lens, False)
     else:
         args = (a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], None, a["residual"], lens,
@@ -367,7 +393,7 @@ def test_deterministic_and_no_grad_matches(ex, cell):
 
 
 def _positional(cell, d, lens, reverse=False):
-    if cell == "gru":
+    if cell != "lstm":
         return (d["x"], d["h0"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"], d["residual"], lens, reverse)
     return (d["x"], d["h0"], d["c0"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"], None, d["residual"], lens, reverse)
 
@@ -386,8 +412,13 @@ def test_input_checks_name_the_argument(ex):
     with pytest.raises(RuntimeError, match="saved"):
         ex.ext.gru_backward(torch.zeros(3, 2, 8, device=ex.device), h0, w_hh, torch.zeros(3, 2, 8, device=ex.device),
                             torch.zeros(0, device=ex.device), None, False, False)
-    with pytest.raises(RuntimeError, match="cell must be 'gru' or 'lstm'"):
+    with pytest.raises(RuntimeError, match="cell must be 'gru', 'lstm', 'rnn_tanh' or 'rnn_relu'"):
         ex.ext.launch_shape("rnn", False, "float32", False, 8, 2, *H100)
+    _, gx1, h01, _, w_hh1, b_hh1 = raw_recurrence_inputs("rnn_tanh", 3, 2, 8, torch.float32, ex.device)
+    with pytest.raises(RuntimeError, match="Elman RNN cell must be 'rnn_tanh' or 'rnn_relu'"):
+        ex.ext.elman_forward("gru", gx1, h01, w_hh1, b_hh1, None, None, False, False, False)
+    with pytest.raises(RuntimeError, match="w_hh must have shape"):
+        ex.ext.elman_forward("rnn_relu", gx1, h01, w_hh, b_hh1, None, None, False, False, False)
 
 
 @pytest.mark.parametrize("cell", CELLS)
@@ -401,18 +432,22 @@ def test_custom_ops_opcheck(ex, cell):
     if cell == "gru":
         fwd, bwd = cuda_ops._gru_recurrence, cuda_ops._gru_recurrence_backward
         states = (d["h0"],)
+    elif cell != "lstm":  # the Elman RNN ops take the cell first
+        fwd, bwd = cuda_ops._rnn_recurrence, cuda_ops._rnn_recurrence_backward
+        states = (d["h0"],)
     else:
         fwd, bwd = cuda_ops._lstm_recurrence, cuda_ops._lstm_recurrence_backward
         states = (d["h0"], d["c0"])
+    pre = (cell,) if cell.startswith("rnn_") else ()
     for save in (False, True):
-        torch.library.opcheck(fwd, (gx, *states, d["w_hh"], d["b_hh"], d["residual"], lens, True, save, False))
+        torch.library.opcheck(fwd, (*pre, gx, *states, d["w_hh"], d["b_hh"], d["residual"], lens, True, save, False))
     leaves = [t.clone().requires_grad_() for t in (gx, *states, d["w_hh"], d["b_hh"], d["residual"])]
-    torch.library.opcheck(fwd, (*leaves, lens, True, True, False))
-    out = fwd(gx, *states, d["w_hh"], d["b_hh"], d["residual"], lens, True, True, False)
+    torch.library.opcheck(fwd, (*pre, *leaves, lens, True, True, False))
+    out = fwd(*pre, gx, *states, d["w_hh"], d["b_hh"], d["residual"], lens, True, True, False)
     hist, saved = out[-2], out[-1]
     dy, dh = torch.randn_like(out[0]), torch.randn_like(states[0])
-    dstates = (dh,) if cell == "gru" else (dh, torch.randn_like(dh))
-    torch.library.opcheck(bwd, (dy, *dstates, d["w_hh"], hist, saved, lens, True, False))
+    dstates = (dh,) if cell != "lstm" else (dh, torch.randn_like(dh))
+    torch.library.opcheck(bwd, (*pre, dy, *dstates, d["w_hh"], hist, saved, lens, True, False))
 
 
 @settings(max_examples=10, deadline=None,
@@ -504,6 +539,10 @@ def test_outputs_fully_written(emu):
         if cell == "gru":
             y, h_n, hist, saved = emu.ext.gru_forward(gx, h0, w_hh, b_hh, gx[..., :24], lengths, True, True, False)
             outs = {"y": y, "h_n": h_n, "hist": hist, "saved": saved}
+        elif cell != "lstm":
+            y, h_n, hist, saved = emu.ext.elman_forward(cell, gx, h0, w_hh, b_hh, gx[..., :24], lengths, True, True,
+                                                        False)
+            outs = {"y": y, "h_n": h_n, "hist": hist, "saved": saved}
         else:
             y, h_n, c_n, hist, saved = emu.ext.lstm_forward(gx, h0, c0, w_hh, b_hh, gx[..., :24], lengths, True, True,
                                                             False)
@@ -515,6 +554,9 @@ def test_outputs_fully_written(emu):
         if cell == "gru":
             grads = dict(zip(("dgh", "dgx_n", "dh0"),
                              emu.ext.gru_backward(torch.ones_like(y), ones, w_hh, hist, saved, lengths, True, False)))
+        elif cell != "lstm":
+            grads = dict(zip(("dgh", "dh0"), emu.ext.elman_backward(cell, torch.ones_like(y), ones, w_hh, hist, saved,
+                                                                     lengths, True, False)))
         else:
             grads = dict(zip(("dgh", "dh0", "dc0"), emu.ext.lstm_backward(torch.ones_like(y), ones, ones, w_hh, hist,
                                                                           saved, lengths, True, False)))
@@ -526,7 +568,7 @@ def test_case_table_covers_every_plan_shape(emu):
     """The tests above, with the dtypes they run, exercise every shape the launch plan takes: batch
     groups, 1 and 2 n-tiles per pass, several passes, 16 and 32 units per CTA in the backward,
     W_hh blocks in shared memory in each math mode, a staging ring that wraps, element-wise staging,
-    the kernel instantiations (n-tiles per pass are a template parameter) and every ring depth."""
+    the kernel instantiations (n-tiles per pass are a template parameter) of every cell and every ring depth."""
     exact_and_16bit = [("bfloat16", False), ("float32", False)]
     runs = [((c.H, c.B, c.sms or H100[0], H100[1]), cell, m) for c in CASES for cell in CELLS for m in exact_and_16bit]
     runs += [((H, B, sms or H100[0], H100[1]), cell, m) for _, B, H, sms in TF32_SHAPES for cell in CELLS
@@ -539,13 +581,14 @@ def test_case_table_covers_every_plan_shape(emu):
             p = emu.ext.launch_shape(cell, bwd, dtype, tf32, H, B, sms, smem)
             if not p["fits"]:
                 continue
-            K = (3 if cell == "gru" else 4) * H if bwd else H
+            K = backends.CELLS[cell] * H if bwd else H
             seen |= {("batch groups",) if p["batch_groups"] > 1 else (), ("passes",) if p["passes"] > 1 else (),
                      ("ntiles", p["pass_ntiles"]), ("units", bwd, p["units"]),
                      ("smem blocks", bwd, p["mode"]) if p["smem_blocks"] > 0 else (),
                      ("ring wraps",) if p["blocks_per_warp"] > p["stage_slots"] else (),
                      ("element-wise staging",) if K % (16 // (4 if dtype == "float32" else 2)) else (),
-                     ("kernel", p["mode"], bwd, p["units"], p["pass_ntiles"]), ("ring slots", p["stage_slots"])}
+                     ("kernel", p["mode"], bwd, p["units"], p["pass_ntiles"]), ("ring slots", p["stage_slots"]),
+                     ("cell kernel", cell, p["mode"], bwd, p["units"], p["pass_ntiles"])}
     want = {("batch groups",), ("passes",), ("ntiles", 1), ("ntiles", 2), ("units", False, 16), ("units", True, 16),
             ("units", True, 32), ("ring wraps",), ("element-wise staging",)}
     want |= {("smem blocks", bwd, mode) for bwd in (False, True) for mode in ("half", "tf32", "tf32x3")}
@@ -555,6 +598,10 @@ def test_case_table_covers_every_plan_shape(emu):
     want |= {("kernel", mode, bwd, units, nt) for mode in ("half", "tf32", "tf32x3") for nt in (1, 2)
              for bwd, units in ((False, 16), (True, 16), (True, 32)) if not (bwd and units == 16 and nt == 2)}
     want |= {("kernel", "half", True, 16, 2)} | {("ring slots", s) for s in range(1, 9)}
+    # and those instantiations for every cell (CELL is a template parameter too)
+    want |= {("cell kernel", cell, mode, bwd, units, nt) for cell in CELLS for mode in ("half", "tf32", "tf32x3")
+             for nt in (1, 2) for bwd, units in ((False, 16), (True, 16), (True, 32))
+             if not (bwd and units == 16 and nt == 2)}
     assert want <= seen, sorted(want - seen)
 
 
@@ -635,7 +682,7 @@ def test_offsets_past_int32(gpu, cell):
     """T*B*G > 2^31 elements: every (t, b, gate) offset into gx/saved/dgh must be 64-bit. Checked on
     the last steps (forward) and on dx of the last steps (backward) against cuDNN's error in bf16."""
     B, H, I = 128, 1024, 8  # noqa: E741
-    G = (3 if cell == "gru" else 4) * H
+    G = backends.CELLS[cell] * H
     T = (1 << 31) // (B * G) + 16
     g = torch.Generator().manual_seed(1)
     k = 1 / math.sqrt(H)
@@ -650,7 +697,7 @@ def test_offsets_past_int32(gpu, cell):
         lv = {n: t.to(gpu.device, dtype).requires_grad_() for n, t in w.items()}
         xs = x.to(gpu.device, dtype).requires_grad_()
         states = (h0.to(gpu.device, dtype),) + ((c0.to(gpu.device, dtype),) if cell == "lstm" else ())
-        fn = Fn.gru if cell == "gru" else Fn.lstm
+        fn = getattr(Fn, cell)
         outs = fn(xs, *states, lv["w_ih"], lv["w_hh"], lv["b_ih"], lv["b_hh"], backend=backend)
         loss = (outs[0][-8:].float() * up.to(gpu.device)).sum()
         (dx,) = torch.autograd.grad(loss, [xs])

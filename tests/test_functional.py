@@ -223,13 +223,23 @@ def test_rnn_reference_is_torchs_cell_definition(nonlinearity):
     torch.testing.assert_close(h_n, h, atol=1e-12, rtol=1e-12)
 
 
-def test_cuda_backend_declines_the_rnn_cell_with_its_reason():
-    """The CUDA kernels have no Elman RNN cell: auto never plans it, a forced backend='cuda' says why."""
+def test_cuda_backend_takes_the_rnn_cell_as_the_gru():
+    """The CUDA kernels run the Elman RNN cell (CELL 2 and 3 of csrc/rnn_kernels.cuh): the cuda backend
+    gives an RNN call the reasons it gives the same GRU call (here: the device, or no GPU), and still
+    declines zoneout by name; a forced backend='cuda' on the CPU names the device."""
+    import dataclasses
+
+    cuda = backends.get("cuda")
     for device in ("cpu", "cuda"):
-        spec = backends.CallSpec("rnn_relu", torch.device(device), torch.float32, 8, 4, 16, 16, 16, False, False, False,
-                                 False)
-        assert any("no Elman RNN cell" in r for r in backends.get("cuda").reasons(spec, forced=True))
-    with pytest.raises(ValueError, match=r"backend 'cuda' cannot run this RNN_TANH call: .*no Elman RNN cell"):
+        gru = backends.CallSpec("gru", torch.device(device), torch.float32, 8, 4, 16, 16, 16, False, False, False,
+                                False)
+        for cell in ("rnn_tanh", "rnn_relu"):
+            spec = dataclasses.replace(gru, cell=cell)
+            assert cuda.reasons(spec, forced=True) == cuda.reasons(gru, forced=True), (device, cell)
+            assert not any("Elman" in r for r in cuda.reasons(spec, forced=True))
+            zoned = cuda.reasons(dataclasses.replace(spec, zoneout=True), forced=True)
+            assert any("no zoneout" in r for r in zoned), zoned
+    with pytest.raises(ValueError, match=r"backend 'cuda' cannot run this RNN_TANH call: .*device=cpu"):
         call("rnn_tanh", make_args("rnn_tanh"), backend="cuda")
 
 

@@ -117,10 +117,6 @@ SMALL = [("gru", 2, True, True, 0, True), ("lstm", 2, True, False, 0, False),  #
          ("rnn_tanh", 2, True, False, 0, True), ("rnn_relu", 1, True, True, 0, False)]
 
 
-def _on_cuda_kernels(executor) -> bool:
-    return executor == EMU or executor.backend == "cuda"
-
-
 def _case_id(c):
     cell, L, bi, bf, proj, res = c
     return f"{cell}-L{L}-{'bi' if bi else 'uni'}-{'bf' if bf else 'tf'}-p{proj}-{'res' if res else 'nores'}"
@@ -128,14 +124,14 @@ def _case_id(c):
 
 def _pairs():
     """(executor, case): slow executors (interpreter, emulator) get the SMALL cases; the fused
-    kernels have no projection, the CUDA kernels no Elman RNN cell."""
+    kernels have no projection."""
     out = []
     for p in EXECUTORS:
         ex = p.values[0]
         slow = ex == EMU or ex.slow
         fused = ex == EMU or ex.backend in ("triton", "cuda")
         for c in SMALL if slow else FULL:
-            if not (fused and c[4]) and not (_on_cuda_kernels(ex) and c[0].startswith("rnn_")):
+            if not (fused and c[4]):
                 out.append(pytest.param(ex, c, id=f"{p.id}-{_case_id(c)}", marks=p.marks))
     return out
 
@@ -169,8 +165,6 @@ def test_lengths_match_pack_unpack(executor, case, monkeypatch):
 @pytest.mark.parametrize("executor", EXECUTORS)
 def test_odd_shapes(executor, cell, monkeypatch):
     """T=1, B=1, every row full, every row one step, unbatched input, int32 lengths, no hx."""
-    if _on_cuda_kernels(executor) and cell.startswith("rnn_"):
-        pytest.skip("the CUDA kernels have no Elman RNN cell")
     backend, device, dtype, tol, _ = _setup(executor, monkeypatch)
     torch.manual_seed(3)
     f, t = _modules(cell, backend, device, dtype, 3, 2 if device == "cpu" else 32, bidirectional=True)
@@ -321,8 +315,6 @@ def test_module_with_lengths_compiles_fullgraph(cls, backend):
 @pytest.mark.parametrize("cls", [fusedrnn.GRU, fusedrnn.LSTM, fusedrnn.RNN])
 @pytest.mark.gpu
 def test_no_host_sync_with_lengths_on_the_gpu(cls, backend):
-    if cls is fusedrnn.RNN and backend == "cuda":
-        pytest.skip("the CUDA kernels have no Elman RNN cell")
     m = cls(32, 64, num_layers=2, bidirectional=True, backend=backend, device="cuda")
     x = torch.randn(17, 5, 32, device="cuda", requires_grad=True)
     lengths = torch.tensor([17, 3, 9, 1, 12], device="cuda")

@@ -8,6 +8,8 @@ All figures are MODEL.
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 try:  # installed: bench/ is fusedrnn.bench; a checkout run from its root: bench
@@ -102,8 +104,15 @@ def _plan_mmas(p) -> int:
     return p.passes * p.blocks_per_warp * p.mtiles * p.pass_ntiles * 2 * model_cuda.MMAS_PER_KSTEP[p.mode]
 
 
+# The Elman RNN (CELL 2 and 3 of the same kernels) on some of the benchmark shapes: one gate, so its own plans
+ELMAN_FROM = ("flashrnn", "fastrnns", "deepbench-gru", "small-lstm", "stream-gru2-b1")
+
+
 def _cases():
-    return [(c, d) for c in cases.CASES for d in ("bf16", "fp16", "fp32")]
+    elman = [dataclasses.replace(c, cell=cell, id=f"{c.id}-as-{cell}") for c in cases.CASES if c.id in ELMAN_FROM
+             for cell in ("rnn_tanh", "rnn_relu")]
+    assert len(elman) == 2 * len(ELMAN_FROM)
+    return [(c, d) for c in (*cases.CASES, *elman) for d in ("bf16", "fp16", "fp32")]
 
 
 def compute_phase_below_stalls(step, s: model_cuda.SassCompute) -> str | None:

@@ -1,4 +1,4 @@
-"""The cuda backend: persistent cooperative GRU/LSTM kernels from csrc/ (built into fusedrnn._C).
+"""The cuda backend: persistent cooperative GRU/LSTM/Elman RNN kernels from csrc/ (built into fusedrnn._C).
 
 Per call (one layer, one direction, whole sequence):
   gx = x·W_ihᵀ + b_ih                   one torch GEMM for all steps (cuBLAS)
@@ -10,8 +10,10 @@ and for the backward:
   dW_hh = dghᵀ·h_prev, db_hh = Σ dgh, dresidual = dy masked to valid steps   torch GEMMs/reductions
   dx, dW_ih, db_ih                       autograd of the input-projection GEMM.
 
-The recurrences are torch.library custom ops (``fusedrnn::cuda_gru_recurrence`` ...) with fake
-implementations and registered autograd, so torch.compile traces them. Kernel design, numerics and
+The recurrences are torch.library custom ops (``fusedrnn::cuda_gru_recurrence`` ...; the Elman RNN's
+``fusedrnn::cuda_rnn_recurrence`` takes the cell, "rnn_tanh" or "rnn_relu") with fake implementations
+and registered autograd, so torch.compile traces them. The cells whose state is h alone (GRU, Elman RNN)
+share the fakes, the autograd and the entry point. Kernel design, numerics and
 limits: csrc/README.md.
 """
 
@@ -29,18 +31,18 @@ from torch import Tensor
 
 from .. import _ext as _extension
 from .._ext import ExtensionError, load
-from . import RNN_CELLS, Backend
+from . import CELLS, RNN_CELLS, Backend
 
-__all__ = ["BACKEND", "unavailable", "limits", "max_hidden_size", "gru", "lstm"]
+__all__ = ["BACKEND", "unavailable", "limits", "max_hidden_size", "gru", "lstm", "rnn"]
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_CAPABILITY = (8, 0)
-_N_SAVED = {"gru": 4, "lstm": 5}  # fp32 values per (t, b, unit) kept for the backward
+_N_SAVED = {"gru": 4, "lstm": 5, "rnn_tanh": 1, "rnn_relu": 1}  # fp32 values per (t, b, unit) kept for the backward
 ZONEOUT_REASON = "zoneout: the CUDA kernels have no zoneout yet; the Triton kernels and the reference run it"
 LAYERNORM_REASON = "layernorm: the CUDA kernels have no LayerNorm yet; the reference runs it"
-RNN_REASON = "the CUDA kernels have no Elman RNN cell (nonlinearity tanh/relu); the Triton kernels and torch's op run it"
 _DTYPE_NAME = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
-_REQUIRED = ("gru_forward", "lstm_forward", "gru_backward", "lstm_backward", "plan", "launch_shape", "barrier_floor")
+_REQUIRED = ("gru_forward", "lstm_forward", "gru_backward", "lstm_backward", "elman_forward", "elman_backward", "plan",
+             "launch_shape", "barrier_floor")
 # Batch size the hidden-size limit is stated for: near the limit it puts 16 or more rows in every CTA,
 # the largest staging buffers a plan uses, so the limit holds for every batch size the kernels take
 # (at most 64 rows per CTA; limits() states that bound separately).
@@ -176,12 +178,17 @@ def _gru_recurrence(
     return tuple(_ext().gru_forward(gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, _ready_flags()))
 
 
+def _hcell_fake(cell: str, gx: Tensor, save: bool):
+    """(y, h_n, hist, saved) of a cell whose state is h alone (GRU, Elman RNN)."""
+    T, B, G = gx.shape
+    H = G // CELLS[cell]
+    saved = gx.new_empty(_saved_shape(cell, T, B, H, save), dtype=torch.float32)
+    return gx.new_empty(T, B, H), gx.new_empty(B, H), gx.new_empty(T, B, H), saved
+
+
 @_gru_recurrence.register_fake
 def _(gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32):
-    T, B, G = gx.shape
-    H = G // 3
-    saved = gx.new_empty(_saved_shape("gru", T, B, H, save), dtype=torch.float32)
-    return gx.new_empty(T, B, H), gx.new_empty(B, H), gx.new_empty(T, B, H), saved
+    return _hcell_fake("gru", gx, save)
 
 
 @torch.library.custom_op("fusedrnn::cuda_gru_recurrence_backward", mutates_args=())
@@ -196,6 +203,35 @@ def _gru_recurrence_backward(
 def _(dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32):
     T, B, H = dy.shape
     return dy.new_empty(T, B, 3 * H), dy.new_empty(T, B, H), dy.new_empty(B, H)
+
+
+@torch.library.custom_op("fusedrnn::cuda_rnn_recurrence", mutates_args=())
+def _rnn_recurrence(
+    cell: str, gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], residual: Optional[Tensor],
+    lengths: Optional[Tensor], reverse: bool, save: bool, allow_tf32: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    return tuple(
+        _ext().elman_forward(cell, gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, _ready_flags())
+    )
+
+
+@_rnn_recurrence.register_fake
+def _(cell, gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32):
+    return _hcell_fake(cell, gx, save)
+
+
+@torch.library.custom_op("fusedrnn::cuda_rnn_recurrence_backward", mutates_args=())
+def _rnn_recurrence_backward(
+    cell: str, dy: Tensor, dh_n: Tensor, w_hh: Tensor, hist: Tensor, saved: Tensor, lengths: Optional[Tensor],
+    reverse: bool, allow_tf32: bool,
+) -> tuple[Tensor, Tensor]:
+    return tuple(_ext().elman_backward(cell, dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32, _ready_flags()))
+
+
+@_rnn_recurrence_backward.register_fake
+def _(cell, dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32):
+    T, B, H = dy.shape
+    return dy.new_empty(T, B, H), dy.new_empty(B, H)
 
 
 @torch.library.custom_op("fusedrnn::cuda_lstm_recurrence", mutates_args=())
@@ -261,24 +297,39 @@ def _residual_grad(ctx, r_idx: int, dy: Tensor, lengths: Tensor | None):
     return dy.clone() if valid is None else dy * valid.to(dy.dtype)
 
 
-def _gru_setup_context(ctx, inputs, output):
+# The cells whose state is h alone share the autograd: the GRU op's inputs are (gx, h0, w_hh, b_hh,
+# residual, lengths, reverse, save, allow_tf32), the Elman RNN op's the same after its cell.
+def _hcell_save(ctx, cell, inputs, output):
     gx, h0, w_hh, b_hh, residual, lengths, reverse, save, tf32 = inputs
     y, h_n, hist, saved = output
     ctx.mark_non_differentiable(hist, saved)
     ctx.save_for_backward(w_hh, hist, saved, lengths)
-    ctx.reverse, ctx.tf32 = reverse, tf32
+    ctx.cell, ctx.reverse, ctx.tf32 = cell, reverse, tf32
 
 
-def _gru_backward(ctx, dy, dh_n, _dhist, _dsaved):
+def _gru_setup_context(ctx, inputs, output):
+    _hcell_save(ctx, "gru", inputs, output)
+
+
+def _rnn_setup_context(ctx, inputs, output):
+    _hcell_save(ctx, inputs[0], inputs[1:], output)
+
+
+def _hcell_backward(ctx, dy, dh_n, _dhist, _dsaved):
     w_hh, hist, saved, lengths = ctx.saved_tensors
     dy = _grad_or_zeros(dy, hist)
     dh_n = _grad_or_zeros(dh_n, hist[0])
-    dgh, dgx_n, dh0 = _gru_recurrence_backward(dy, dh_n, w_hh, hist, saved, lengths, ctx.reverse, ctx.tf32)
-    H = hist.shape[-1]
-    dgx = torch.cat([dgh[..., : 2 * H], dgx_n], dim=-1) if ctx.needs_input_grad[0] else None
-    dw_hh, db_hh = _recurrent_weight_grads(ctx, 2, 3, dgh, hist)
-    dres = _residual_grad(ctx, 4, dy, lengths)
-    return dgx, dh0, dw_hh, db_hh, dres, None, None, None, None
+    o = 0 if ctx.cell == "gru" else 1  # the Elman RNN op's inputs start with its cell
+    if ctx.cell == "gru":
+        dgh, dgx_n, dh0 = _gru_recurrence_backward(dy, dh_n, w_hh, hist, saved, lengths, ctx.reverse, ctx.tf32)
+        H = hist.shape[-1]
+        dgx = torch.cat([dgh[..., : 2 * H], dgx_n], dim=-1) if ctx.needs_input_grad[0] else None
+    else:  # one gate: d(gx) = d(gh) = d(pre-activation)
+        dgh, dh0 = _rnn_recurrence_backward(ctx.cell, dy, dh_n, w_hh, hist, saved, lengths, ctx.reverse, ctx.tf32)
+        dgx = dgh if ctx.needs_input_grad[o] else None
+    dw_hh, db_hh = _recurrent_weight_grads(ctx, o + 2, o + 3, dgh, hist)
+    dres = _residual_grad(ctx, o + 4, dy, lengths)
+    return (None,) * o + (dgx, dh0, dw_hh, db_hh, dres, None, None, None, None)
 
 
 def _lstm_setup_context(ctx, inputs, output):
@@ -301,7 +352,10 @@ def _lstm_backward(ctx, dy, dh_n, dc_n, _dhist, _dsaved):
 
 
 torch.library.register_autograd(
-    "fusedrnn::cuda_gru_recurrence", _gru_backward, setup_context=_gru_setup_context
+    "fusedrnn::cuda_gru_recurrence", _hcell_backward, setup_context=_gru_setup_context
+)
+torch.library.register_autograd(
+    "fusedrnn::cuda_rnn_recurrence", _hcell_backward, setup_context=_rnn_setup_context
 )
 torch.library.register_autograd(
     "fusedrnn::cuda_lstm_recurrence", _lstm_backward, setup_context=_lstm_setup_context
@@ -323,12 +377,25 @@ def _input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Tensor:
         return F.linear(x, w_ih, b_ih)
 
 
-def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+def _hcell(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+    """One layer-direction of a cell whose state is h alone: the GRU, or the Elman RNN ``cell``."""
     gx = _input_projection(x, w_ih, b_ih)
     save = _needs_save(x, h0, w_ih, w_hh, b_ih, b_hh, residual)
     tf32 = x.dtype == torch.float32 and allow_tf32()
-    y, h_n, _, _ = _gru_recurrence(gx, h0, w_hh, b_hh, residual, lengths, reverse, save, tf32)
+    args = (gx, h0, w_hh, b_hh, residual, lengths, reverse, save, tf32)
+    y, h_n, _, _ = _gru_recurrence(*args) if cell == "gru" else _rnn_recurrence(cell, *args)
     return y, h_n
+
+
+def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+    return _hcell("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+
+
+def rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+    """One Elman RNN layer-direction, ``cell`` "rnn_tanh" or "rnn_relu" (see fusedrnn.functional.rnn_tanh)."""
+    if cell not in RNN_CELLS:
+        raise ValueError(f"cell must be 'rnn_tanh' or 'rnn_relu', got {cell!r}")
+    return _hcell(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
 
 
 def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
@@ -360,10 +427,9 @@ class CudaBackend(Backend):
         return unavailable()
 
     def reasons(self, spec, forced):
-        if spec.cell in RNN_CELLS or spec.zoneout or spec.layernorm:  # decided without loading the extension
+        if spec.zoneout or spec.layernorm:  # decided without loading the extension
             return ([] if spec.device.type == "cuda" else [f"device={spec.device.type} (supported: cuda)"]) + \
-                ([RNN_REASON] if spec.cell in RNN_CELLS else []) + ([ZONEOUT_REASON] if spec.zoneout else []) + \
-                ([LAYERNORM_REASON] if spec.layernorm else [])
+                ([ZONEOUT_REASON] if spec.zoneout else []) + ([LAYERNORM_REASON] if spec.layernorm else [])
         if spec.device.type != "cuda":  # decided without loading the extension
             return [f"device={spec.device.type} (supported: cuda)"]
         if not forced and _extension.needs_jit_build():
@@ -379,6 +445,12 @@ class CudaBackend(Backend):
     def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
         self.refuse_layernorm(layernorm, LAYERNORM_REASON)
         return gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+
+    def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
+        self.refuse_layernorm(layernorm, LAYERNORM_REASON)
+        if zoneout is not None:
+            raise ValueError(f"fusedrnn backend {self.name!r}: {ZONEOUT_REASON}")
+        return rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
 
     def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None,
              layernorm=None):
