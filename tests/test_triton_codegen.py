@@ -49,9 +49,9 @@ and not under their supersets), hence the flag cross. Each distinct specializati
 once, in parallel (one process per CPU), and its result cached on disk
 (~/.cache/fusedrnn/triton-codegen, or $FUSEDRNN_CODEGEN_CACHE) keyed by the Triton version, the
 kernel sources (kernels/*.py but plan.py, whose choices are part of the key) and the code in this
-file that reads the compiled kernel: a warm run compiles nothing. Cold, it is ~1,090
-specializations per Triton version (measured here: 14 CPU-minutes with Triton 3.8, 10 with 3.6); an edit to a kernel
-source makes the next run cold, an edit to the plan recompiles only the specializations it changes.
+file that reads the compiled kernel: a warm run compiles nothing. Cold, it is ~2,070
+specializations per Triton version (measured here: 50 minutes for both versions on this 2-core
+machine, shared with other jobs); an edit to a kernel source makes the next run cold, an edit to the plan recompiles only the specializations it changes.
 
 The compiles run in subprocesses with the interpreter off (conftest.py sets TRITON_INTERPRET=1,
 under which @triton.jit yields interpreter functions). Run this file as a script to see the
