@@ -326,33 +326,38 @@ def test_zoneout_unavailable_and_caveats():
     assert providers.caveat(cases.get("flashrnn"), "torch-nn") == ""
 
 
-def test_zoneout_csv_table_and_summary(tmp_path):
-    """The CPU grid (what the CPU demonstration's part (i) runs) on the scaled-down zoneout case: the
-    CSV records zoneout on every row and the torch.nn caveat on its rows, the table shows both, the
-    declined providers are 'unavailable' with their reason, and the summary footnotes the ratio."""
+@pytest.mark.parametrize("case_id, fields, option, reason_word, table_word", [
+    ("zoneout-gru", {"zoneout": "0.1"}, "zoneout", "zoneout", "zoneout=0.1"),
+    ("layernorm-lstm", {"layernorm": "True", "zoneout": "0.0"}, "LayerNorm", "layernorm", " layernorm "),
+])
+def test_option_case_csv_table_and_summary(tmp_path, case_id, fields, option, reason_word, table_word):
+    """The CPU grid (what the CPU demonstration's part (i) runs) on a scaled-down case with an option
+    torch.nn cannot run (zoneout, LayerNorm): the CSV records the option on every row and the
+    torch.nn caveat on its rows, the table shows both, the declined providers are 'unavailable'
+    with their reason, and the summary footnotes the ratio."""
     from fusedrnn.bench import runner, summary
 
-    case = cases.get("zoneout-gru").scaled_down(tiny=True)
+    case = cases.get(case_id).scaled_down(tiny=True)
     provs = ["torch-nn", "cell-loop", "fusedrnn-reference", "fusedrnn-torch", "fusedrnn-cuda"]
     rows, env, floor_info = runner.run_grid([case], provs, list(cases.MODES), ["fp32"], "cpu", quick=True,
                                             label="test", progress=False)
     paths = runner.write_results(tmp_path, rows, env, floor_info)
     with open(paths["csv"]) as f:
         got = list(csv.DictReader(f))
-    assert len(got) == 2 * len(provs) and all(r["zoneout"] == "0.1" for r in got)
+    assert len(got) == 2 * len(provs) and all(all(r[k] == v for k, v in fields.items()) for r in got)
     by = {(r["provider"], r["mode"]): r for r in got}
     for mode in cases.MODES:
-        assert by[("torch-nn", mode)]["status"] == "ok" and "WITHOUT zoneout" in by[("torch-nn", mode)]["note"]
+        assert by[("torch-nn", mode)]["status"] == "ok" and f"WITHOUT {option}" in by[("torch-nn", mode)]["note"]
         for prov in ("cell-loop", "fusedrnn-reference"):
             assert by[(prov, mode)]["status"] == "ok" and by[(prov, mode)]["note"] == ""
             assert float(by[(prov, mode)]["ratio_torch_nn"]) > 0
         for prov in ("fusedrnn-torch", "fusedrnn-cuda"):
             r = by[(prov, mode)]
-            assert r["status"] == "unavailable" and "zoneout" in r["reason"], r
+            assert r["status"] == "unavailable" and reason_word in r["reason"], r
     text = runner.format_tables(rows, floor_info, "CPU")
-    assert "zoneout=0.1" in text and "WITHOUT zoneout" in text
+    assert table_word in text and f"WITHOUT {option}" in text
     s = summary.summarize(json.loads(paths["json"].read_text()))
-    assert "zoneout-gru*" in s and "* zoneout-gru: torch.nn ran WITHOUT zoneout" in s
+    assert f"{case_id}*" in s and f"* {case_id}: torch.nn ran WITHOUT {option}" in s
 
 
 def test_zoneout_model_term():
@@ -521,35 +526,6 @@ def test_layernorm_provider_follows_the_backend(monkeypatch):
                         lambda self, spec, forced: real(self, dataclasses.replace(spec, layernorm=False), forced))
     assert providers.layernorm_reasons(inp, "fusedrnn-torch", "forward") == []
     assert providers.layernorm_reasons(inp, "fusedrnn-cuda", "forward") != []
-
-
-def test_layernorm_csv_table_and_summary(tmp_path):
-    """The CPU grid (the CPU demonstration's part (i)) on the scaled-down LayerNorm case: the CSV
-    records layernorm on every row and the torch.nn caveat on its rows, the declined providers are
-    'unavailable' with their reason, and the summary footnotes the ratio."""
-    from fusedrnn.bench import runner, summary
-
-    case = cases.get("layernorm-lstm").scaled_down(tiny=True)
-    provs = ["torch-nn", "cell-loop", "fusedrnn-reference", "fusedrnn-torch", "fusedrnn-cuda"]
-    rows, env, floor_info = runner.run_grid([case], provs, list(cases.MODES), ["fp32"], "cpu", quick=True,
-                                            label="test", progress=False)
-    paths = runner.write_results(tmp_path, rows, env, floor_info)
-    with open(paths["csv"]) as f:
-        got = list(csv.DictReader(f))
-    assert len(got) == 2 * len(provs) and all(r["layernorm"] == "True" and r["zoneout"] == "0.0" for r in got)
-    by = {(r["provider"], r["mode"]): r for r in got}
-    for mode in cases.MODES:
-        assert by[("torch-nn", mode)]["status"] == "ok" and "WITHOUT LayerNorm" in by[("torch-nn", mode)]["note"]
-        for prov in ("cell-loop", "fusedrnn-reference"):
-            assert by[(prov, mode)]["status"] == "ok" and by[(prov, mode)]["note"] == ""
-            assert float(by[(prov, mode)]["ratio_torch_nn"]) > 0
-        for prov in ("fusedrnn-torch", "fusedrnn-cuda"):
-            r = by[(prov, mode)]
-            assert r["status"] == "unavailable" and "layernorm" in r["reason"].lower(), r
-    text = runner.format_tables(rows, floor_info, "CPU")
-    assert " layernorm " in text and "WITHOUT LayerNorm" in text
-    s = summary.summarize(json.loads(paths["json"].read_text()))
-    assert "layernorm-lstm*" in s and "* layernorm-lstm: torch.nn ran WITHOUT LayerNorm" in s
 
 
 def _ln_cost(design, case, m=None):

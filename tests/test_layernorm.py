@@ -97,8 +97,8 @@ def _layernorm(a):
     return LayerNorm(a["ln_ih_w"], a["ln_ih_b"], a["ln_hh_w"], a["ln_hh_b"], a.get("ln_c_w"), a.get("ln_c_b"))
 
 
-def _oracle(cell, a, lengths, reverse):
-    kw = dict(residual=a["residual"], lengths=lengths, reverse=reverse, layernorm=_layernorm(a))
+def _oracle(cell, a, lengths, reverse, zo=None):
+    kw = dict(residual=a["residual"], lengths=lengths, reverse=reverse, layernorm=_layernorm(a), zoneout=zo)
     if cell == "lstm":
         return reference.lstm_reference(a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], **kw)
     if cell == "gru":
@@ -494,12 +494,9 @@ def test_cpu_autocast_casts_the_layernorm_parameters_with_the_weights(cell):
     assert m.layernorm_hh_weight_l1.grad is not None and m.layernorm_hh_weight_l1.grad.dtype == torch.float32
 
 
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_torch_compile_fullgraph(cell, training):
-    torch.manual_seed(0)
-    m = _randomise_layernorm(CLASSES[cell](4, 6, num_layers=2, zoneout=0.2, dropconnect=0.3)).train(training)
-    x = torch.randn(5, 2, 4, requires_grad=True)
+def _assert_compiled_equals_eager(m, x):
+    """m(x) through torch.compile(fullgraph=True) equals eager: the output and the gradients of x
+    and of every parameter."""
     got, want = compiled_and_eager(m, x, seed=4)
     torch.testing.assert_close(got, want)
     params = [x] + list(m.parameters())
@@ -507,6 +504,15 @@ def test_torch_compile_fullgraph(cell, training):
     ge = torch.autograd.grad(want.square().sum(), params)
     for (n, _), a, b in zip([("x", None)] + list(m.named_parameters()), gc, ge):
         torch.testing.assert_close(a, b, msg=lambda s: f"{n}: {s}")
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_torch_compile_fullgraph(cell, training):
+    torch.manual_seed(0)
+    m = _randomise_layernorm(CLASSES[cell](4, 6, num_layers=2, zoneout=0.2, dropconnect=0.3)).train(training)
+    x = torch.randn(5, 2, 4, requires_grad=True)
+    _assert_compiled_equals_eager(m, x)
 
 
 def test_convert_leaves_them_alone_and_unconvert_refuses():
@@ -574,12 +580,7 @@ def _triton_call(zo=None, strategy=None):
 
 
 def _oracle_call(zo=None):
-    def call(cell, a, lengths, reverse):
-        kw = dict(residual=a["residual"], lengths=lengths, reverse=reverse, layernorm=_layernorm(a), zoneout=zo)
-        if cell == "lstm":
-            return reference.lstm_reference(a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], **kw)
-        return reference.gru_reference(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], **kw)
-    return call
+    return lambda cell, a, lengths, reverse: _oracle(cell, a, lengths, reverse, zo)
 
 
 def _grads_in(fn, cell, d, lengths, reverse, dtype, device):
@@ -686,10 +687,4 @@ def test_triton_torch_compile_fullgraph(triton_executor, cell):
     torch.manual_seed(0)
     m = _randomise_layernorm(CLASSES[cell](4, 6, num_layers=2, zoneout=0.2, backend="triton")).to(dev)
     x = torch.randn(5, 2, 4, device=dev, requires_grad=True)
-    got, want = compiled_and_eager(m, x, seed=4)
-    torch.testing.assert_close(got, want)
-    params = [x] + list(m.parameters())
-    gc = torch.autograd.grad(got.square().sum(), params)
-    ge = torch.autograd.grad(want.square().sum(), params)
-    for (n, _), a, b in zip([("x", None)] + list(m.named_parameters()), gc, ge):
-        torch.testing.assert_close(a, b, msg=lambda s: f"{n}: {s}")
+    _assert_compiled_equals_eager(m, x)
