@@ -9,8 +9,9 @@ provider's median time. Dispatch (fusedrnn/dispatch.py) then takes, for a call i
 the fastest of torch and the fused backends that a GPU run validated — never a fused backend on
 this table's word alone.
 
-The grid is ordered so that the most used shapes come first, and the sweep stops starting new
-points after ``budget_s`` seconds; the table is rewritten after every point, so a run cut short
+The grid is ordered so that the most used shapes come first (the LSTM and GRU grid, then the Elman
+RNN's: ``auto`` can pick a fused RNN kernel only where a row holds its cell), and the sweep stops
+starting new points after ``budget_s`` seconds; the table is rewritten after every point, so a run cut short
 (a timeout, a hung kernel killed) still leaves what it measured.
 """
 
@@ -24,7 +25,8 @@ import torch
 
 from . import timing
 
-CELLS = ("lstm", "gru")
+CELLS = ("lstm", "gru", "rnn_tanh", "rnn_relu")
+CELL_ORDER = (("lstm", "gru"), ("rnn_tanh", "rnn_relu"))  # the gated cells' whole grid first
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 H_GRID = (256, 512, 1024, 128, 2048)
 B_GRID = (16, 1, 64, 4, 256)
@@ -46,7 +48,9 @@ def buckets(grid) -> dict[int, list[int]]:
 
 
 def _inputs(cell: str, dtype: torch.dtype, H: int, B: int, T: int, device, training: bool):
-    g = 4 if cell == "lstm" else 3
+    from fusedrnn.backends import CELLS as GATES
+
+    g = GATES[cell]
     rnd = lambda *s: (torch.randn(*s, device=device) / H**0.5).to(dtype).requires_grad_(training)  # noqa: E731
     x = rnd(T, B, H)
     states = [rnd(B, H) for _ in range(2 if cell == "lstm" else 1)]
@@ -59,7 +63,7 @@ def point_fn(provider: str, cell: str, dtype: torch.dtype, H: int, B: int, T: in
     from fusedrnn import functional
 
     x, states, weights = _inputs(cell, dtype, H, B, T, device, training)
-    op = functional.gru if cell == "gru" else functional.lstm
+    op = getattr(functional, cell)
     dy = torch.randn(T, B, H, device=device, dtype=dtype) if training else None
 
     def call():
@@ -81,7 +85,7 @@ def sweep(device, dtypes=("bf16", "fp16"), budget_s: float = 300.0, providers=PR
     rows: list[dict] = []
     t0 = time.perf_counter()
     path = None
-    points = list(itertools.product(B_GRID, H_GRID, CELLS, dtypes, MODES))
+    points = [p for cells in CELL_ORDER for p in itertools.product(B_GRID, H_GRID, cells, dtypes, MODES)]
     for B, H, cell, dtype_name, mode in points:
         if time.perf_counter() - t0 > budget_s:
             log(f"dispatch sweep: budget of {budget_s:.0f} s spent; {len(rows)} of {len(points)} points measured")

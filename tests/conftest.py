@@ -67,6 +67,8 @@ _DTYPE_ALIASES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "fp6
 def _coverage(params: dict) -> tuple[str | None, str | None]:
     """(cell, dtype) a validating test covers, read from its parameters (also inside tuples and
     case objects, one level deep). A test with a cell but no dtype parameter runs float32."""
+    from fusedrnn.evidence import CELLS  # the cells a validation record names
+
     cell = dtype = None
 
     def look(value):
@@ -74,7 +76,7 @@ def _coverage(params: dict) -> tuple[str | None, str | None]:
         if isinstance(value, torch.dtype):
             dtype = dtype or str(value).replace("torch.", "")
         elif isinstance(value, str):
-            if value in ("gru", "lstm"):
+            if value in CELLS:
                 cell = cell or value
             elif value in _DTYPE_ALIASES:
                 dtype = dtype or _DTYPE_ALIASES[value]

@@ -161,6 +161,28 @@ def test_table_picks_the_fastest_validated_candidate(fake_gpu):
     assert dispatch.choose("auto", spec("gru", torch.float32)).name == "torch"
 
 
+def test_elman_rnn_cells_are_gated_and_tabled_on_their_own(fake_gpu):
+    """A record that vouches for rnn_tanh and a table row of rnn_tanh open exactly that cell: not
+    rnn_relu (another instantiation of the kernels), not GRU."""
+    write_validated(fake_gpu, record("cuda", passed={"gru": [], "lstm": [], "rnn_tanh": ["bfloat16"], "rnn_relu": []}))
+    write_table(fake_gpu, [row(cell="rnn_tanh"), row(cell="rnn_relu"), row()])
+    assert dispatch.choose("auto", spec("rnn_tanh", torch.bfloat16)).name == "cuda"
+    assert dispatch.choose("auto", spec("rnn_relu", torch.bfloat16)).name == "torch"  # validated for tanh only
+    assert dispatch.choose("auto", spec("gru", torch.bfloat16)).name == "torch"
+
+
+def test_dispatch_sweep_measures_every_cell_gated_cells_first():
+    """The sweep's grid names every cell a record can vouch for (the gated cells' whole grid before
+    the Elman RNN's), and each point's call runs (here on the CPU through torch, training)."""
+    from fusedrnn.bench import dispatch_sweep
+
+    assert set(dispatch_sweep.CELLS) == set(evidence.CELLS)
+    order = [c for cells in dispatch_sweep.CELL_ORDER for c in cells]
+    assert sorted(order) == sorted(dispatch_sweep.CELLS)
+    for cell in dispatch_sweep.CELLS:
+        dispatch_sweep.point_fn("torch", cell, torch.float32, 8, 2, 3, torch.device("cpu"), True)()
+
+
 def test_evidence_for_sm90_bf16_gru_opens_exactly_that(fake_gpu, monkeypatch):
     """Validated for sm_90 bf16 GRU only, and a table in which the fused kernels win everywhere:
     fused for sm_90 bf16 GRU, torch for every other cell, dtype and GPU family."""
@@ -257,11 +279,13 @@ def test_summarize_report_rules():
         {"backend": "cuda", "outcome": "failed", "cell": "gru", "dtype": "float16"},
         {"backend": "triton", "outcome": "passed", "cell": "gru", "dtype": "bfloat16"},
         {"backend": "triton", "outcome": "failed", "cell": None, "dtype": None},  # e.g. the grid barrier
+        {**ok, "cell": "rnn_tanh", "dtype": "bfloat16"},  # the Elman RNN cells are vouched for one by one
     ])
     s = evidence.summarize_report(lines)
-    assert s["cuda"]["passed"] == {"gru": ["bfloat16", "float32"], "lstm": ["bfloat16", "float16", "float32"]}
+    assert s["cuda"]["passed"] == {"gru": ["bfloat16", "float32"], "lstm": ["bfloat16", "float16", "float32"],
+                                   "rnn_tanh": ["bfloat16"], "rnn_relu": []}
     assert s["cuda"]["failed"] == ["t7"]
-    assert s["triton"]["passed"] == {"gru": [], "lstm": []}
+    assert s["triton"]["passed"] == {"gru": [], "lstm": [], "rnn_tanh": [], "rnn_relu": []}
     assert evidence.summarize_report(report_lines([{**ok, "cell": "gru", "dtype": "bfloat16"}], finished=False)) == {}
 
 
@@ -344,7 +368,7 @@ def test_validation_report_from_a_pytest_run(tmp_path):
     (tmp_path / "test_fake_gpu.py").write_text(
         "import pytest, torch\n"
         "@pytest.mark.validates('cuda')\n"
-        "@pytest.mark.parametrize('cell', ['gru', 'lstm'])\n"
+        "@pytest.mark.parametrize('cell', ['gru', 'lstm', 'rnn_relu'])\n"
         "@pytest.mark.parametrize('dtype', [torch.bfloat16, 'fp16'])\n"
         "def test_numerics(cell, dtype):\n"
         "    assert not (cell == 'lstm' and dtype == 'fp16')\n"
@@ -358,9 +382,10 @@ def test_validation_report_from_a_pytest_run(tmp_path):
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)], env=env,
                    capture_output=True, text=True, timeout=120, cwd=tmp_path)
     lines = [json.loads(x) for x in report.read_text().splitlines()]
-    assert lines[-1]["event"] == "finished" and len(lines) == 6
+    assert lines[-1]["event"] == "finished" and len(lines) == 8
     s = evidence.summarize_report(lines)
-    assert s["cuda"]["passed"] == {"gru": ["bfloat16", "float16"], "lstm": ["bfloat16"]}
+    assert s["cuda"]["passed"] == {"gru": ["bfloat16", "float16"], "lstm": ["bfloat16"], "rnn_tanh": [],
+                                   "rnn_relu": ["bfloat16", "float16"]}
     assert s["triton"]["tests"] == {"passed": 0, "failed": 0, "skipped": 1}
 
 
