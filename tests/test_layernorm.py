@@ -688,3 +688,35 @@ def test_triton_torch_compile_fullgraph(triton_executor, cell):
     m = _randomise_layernorm(CLASSES[cell](4, 6, num_layers=2, zoneout=0.2, backend="triton")).to(dev)
     x = torch.randn(5, 2, 4, device=dev, requires_grad=True)
     _assert_compiled_equals_eager(m, x)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize("case", [TRITON_CASES[2], TRITON_CASES[3]], ids=lambda c: "-".join(str(v) for v in c))
+def test_triton_low_precision_within_the_baselines_error(triton_executor, case, dtype):
+    """fp16/bf16 LayerNorm cells in the Triton step (operands in the dtype, statistics and gate math
+    in fp32): the error of every output and gradient against the fp64 oracle is within K_LOWP x the
+    larger of two baselines' errors in that dtype: the oracle itself (which computes in fp32 and
+    rounds once per step, so it is stricter than any kernel with dtype operands) and torch's own op
+    for the same cell without LayerNorm on the same inputs (torch has no LayerNorm RNN: this is its
+    error at that precision, shape and weights; its inputs' gradients are compared with it)."""
+    from fusedrnn import backends
+    from helpers import K_LOWP, rel_err, run_cell_with_grads
+
+    from executors import executor_device
+
+    cell, T, B, I, H, has_lengths, reverse, residual, bias = case  # noqa: E741
+    d = make_inputs(cell, T, B, I, H, bias=bias, residual=residual, seed=6)
+    lengths = torch.randint(1, T + 1, (B,), generator=torch.Generator().manual_seed(5)) if has_lengths else None
+    exact = _grads_in(_oracle_call(), cell, d, lengths, reverse, DT, "cpu")
+    base = _grads_in(_oracle_call(), cell, d, lengths, reverse, dtype, "cpu")
+    got = _grads_in(_triton_call(), cell, d, lengths, reverse, dtype, executor_device(triton_executor))
+    plain = {k: v for k, v in d.items() if not k.startswith("ln_")}
+    torch_call = getattr(backends.get("torch"), cell)  # called directly: dispatch offers torch fp32/fp64 only on CPU
+    t_low, t_exact = (run_cell_with_grads(cell, torch_call, plain, lengths, reverse, dtype=dt) for dt in (dtype, None))
+    torch_err = {k: rel_err(t_low[k], t_exact[k]) for k in t_exact}  # out0.., d_x, d_w_hh, ... (no LN parameters)
+    pairs = [(f"out{k}", g, b, e) for k, (g, b, e) in enumerate(zip(got[0], base[0], exact[0]))]
+    assert got[1].keys() == exact[1].keys()
+    pairs += [(f"d_{k}", got[1][k], base[1][k], exact[1][k]) for k in exact[1]]
+    for name, g, b, e in pairs:
+        allowed = K_LOWP * max(rel_err(b, e), torch_err.get(name, 0.0))
+        assert rel_err(g, e) <= allowed, f"{cell} {dtype} {name}: {rel_err(g, e):.2e} > {K_LOWP} x {allowed / K_LOWP:.2e}"
