@@ -677,8 +677,10 @@ def _barrier_op(insn: Insn) -> bool:
         op.startswith(("LD.", "LDG")) and "STRONG.GPU" in op)
 
 
-def _latency(insn: Insn, lat: Latencies) -> int:
+def _latency(insn: Insn, lat: Latencies, strong_loads_l2: bool = False) -> int:
     op = insn.op
+    if strong_loads_l2 and op.startswith("LDG") and "STRONG.GPU" in op:
+        return lat.l2  # Triton's .cg operand loads (its barrier poll is an acquire load too: skipped at s = 0)
     if _barrier_op(insn):
         return 0
     if op.startswith("HMMA"):
@@ -770,10 +772,14 @@ class _Walker:
 
 
 def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latencies(), kernel: str = "",
-         budget: int = 400_000, trace: list | None = None) -> Walk:
+         budget: int = 400_000, trace: list | None = None, strong_loads_l2: bool = False,
+         loop: tuple[int, int] | None = None) -> Walk:
     """Run lane 0 of warp 0 of CTA 0 (integer state only) from the kernel's entry to its step loop,
-    then one step of the loop issued with the control words (see bench/README.md)."""
-    rng = step_loop_range(insns)
+    then one step of the loop issued with the control words (see bench/README.md).
+    ``strong_loads_l2``: a strong LDG is an L2 round trip (the Triton kernels' .cg operand loads),
+    not a barrier operation of no latency (the CUDA kernels' polls). ``loop``: the step loop's
+    (first, last) index when the caller found it (default: ``step_loop_range``)."""
+    rng = loop if loop is not None else step_loop_range(insns)
     out = Walk(kernel)
     if rng is None:
         out.stopped = "no step loop"
@@ -831,7 +837,7 @@ def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latenc
         if op.startswith("BAR.") and not op.startswith("BAR.ARV"):
             nxt = issue + max(stall, lat.cta_barrier)
         if c.wbar != NO_BARRIER:
-            sb[c.wbar] = max(sb[c.wbar], issue + (_latency(insn, lat) if live else 1))
+            sb[c.wbar] = max(sb[c.wbar], issue + (_latency(insn, lat, strong_loads_l2) if live else 1))
         if c.rbar != NO_BARRIER:
             sb[c.rbar] = max(sb[c.rbar], issue + lat.read)
         out.stall_clk += stall
