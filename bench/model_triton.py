@@ -545,16 +545,12 @@ def bandwidth_floor_us(p, case: Case, direction: str, m: Machine = H100) -> floa
                                             smem_us(chunk_bytes + chunk_reads, m)))
 
 
-def sass_latencies(p, m: Machine = H100):
-    """The walk's latencies from the machine: L2 and HBM round trips in clocks. With W resident
-    behind a grid barrier the step's HBM loads (gx, state, residual) are issued before the barrier
-    wait: what the barrier does not hide of their trip is on the path (``prefetch`` of the
-    analytic model); otherwise the whole trip."""
+def sass_latencies(m: Machine = H100):
+    """The walk's latencies from the machine: L2 and HBM round trips and the HMMA latency in clocks."""
     from . import sass
 
-    hbm_us = max(0.0, m.hbm_us - m.barrier_us) if (p.resident and p.grid_barrier) else m.hbm_us
     return sass.Latencies(clk_ghz=1.0 / (m.clk_us * 1e3), l2=round(m.l2_us / m.clk_us),
-                          hbm=max(1, round(hbm_us / m.clk_us)), hmma=m.hmma_clk)
+                          hbm=round(m.hbm_us / m.clk_us), hmma=m.hmma_clk)
 
 
 def sass_compute(case: Case, direction: str, dtype_name: str, save: bool, m: Machine = H100) -> SassCompute | None:
@@ -582,7 +578,8 @@ def _sass_compute(case: Case, direction: str, dtype_name: str, save: bool, m: Ma
         return None
     if compiled is None:
         return None
-    w = triton_sass.walk_step(compiled, p, plain, save, sass_latencies(p, m))
+    w = triton_sass.walk_step(compiled, p, plain, save, sass_latencies(m), kernel=spec.kernel,
+                              barrier_clk=round(m.barrier_us / m.clk_us) if p.grid_barrier else 0)
     if w.stopped and w.stopped != "exit":
         return None
     _, analytic = step(case.cell, direction, plain, dtype_name, save, m)

@@ -278,9 +278,55 @@ def time_loop_range(insns: list) -> tuple[int, int] | None:
     return best
 
 
+# buffers a step reads that the kernel wrote in the step before (this program or another): L2 hits;
+# every other global load (gx, residual, saved activations, dy, lengths, ...) is an HBM trip
+L2_BUFFERS = {"rnn_fwd_kernel": {"xchg_ptr", "hseq_ptr", "cseq_ptr", "counter_ptr"},
+              "rnn_bwd_kernel": {"xchg_ptr", "dh_ptr", "dc_ptr", "counter_ptr"}}
+
+
+def buffer_of(compiled: Compiled, address: int | None) -> str | None:
+    """The argument whose (fake) buffer ``address`` lies in (param_constants' layout)."""
+    if address is None or address < FAKE_BASE:
+        return None
+    ordinal = (address - FAKE_BASE) // 0x10000000 - 1
+    return compiled.names[ordinal] if 0 <= ordinal < len(compiled.names) else None
+
+
+def wait_point(insns: list, loop: tuple[int, int]) -> int | None:
+    """The address of the branch that skips the barrier wait at s = 0 (step_wait's ``if s > 0``): the
+    first forward branch in the time loop over a region holding the poll (a strong load in a loop)."""
+    index = {insn.addr: n for n, insn in enumerate(insns)}
+    for n in range(loop[0], loop[1] + 1):
+        target = insns[n].branch_target()
+        if target is None or target <= insns[n].addr or target not in index or not insns[n].pred:
+            continue
+        region = insns[n + 1:index[target]]
+        polls = any(i.op.startswith(("LDG", "LD.", "ATOM")) and "STRONG.GPU" in i.op for i in region)
+        loops = any((i.branch_target() or 1 << 62) < i.addr for i in region)
+        if polls and loops:
+            return insns[n].addr
+    return None
+
+
 def walk_step(compiled: Compiled, plan, case, save: bool, lat: sass.Latencies = sass.Latencies(),
-              trace: list | None = None) -> sass.Walk:
-    """The first step (s = 0) of the time-step loop for lane 0 of warp 0 of program (0, 0)."""
+              trace: list | None = None, kernel: str = "rnn_fwd_kernel", barrier_clk: int = 0,
+              buffers: dict | None = None) -> sass.Walk:
+    """The first step (s = 0) of the time-step loop for lane 0 of warp 0 of program (0, 0). A plain
+    global load whose address the machine knows costs an L2 trip for the buffers the previous step
+    wrote (``L2_BUFFERS``), an HBM trip otherwise; a strong (.cg) load (the exchange operand) an L2
+    trip. At the barrier wait that s = 0 skips (``wait_point``) the warp waits ``barrier_clk``, so the
+    loads issued before it (with W resident: gx, state, residual) complete during the barrier; that
+    wait is not in the returned issue time (the barrier is its own phase). An unknown address: an HBM trip. ``buffers`` (a dict) collects the loads per buffer."""
+    l2 = L2_BUFFERS.get(kernel, set())
+
+    def load_latency(insn, address):
+        name = buffer_of(compiled, address)
+        if buffers is not None:
+            buffers[name] = buffers.get(name, 0) + 1
+        return lat.l2 if name in l2 or "STRONG" in insn.op else lat.hbm  # unknown address: HBM
+
+    loop = time_loop_range(compiled.insns)
+    wait = wait_point(compiled.insns, loop) if loop and barrier_clk else None
     return sass.walk(compiled.insns, plan, param_constants(compiled, plan, case, save), lat,
-                     kernel="triton", trace=trace, strong_loads_l2=True,
-                     loop=time_loop_range(compiled.insns))
+                     kernel=kernel, trace=trace, strong_loads_l2=True, loop=loop, load_latency=load_latency,
+                     wait_at=wait, wait_clk=barrier_clk)
