@@ -490,8 +490,8 @@ class Machine:
             if None in (a, b, c):
                 self.set(ops[0], None)
             elif ".HI" in op:
-                if ".U32" not in op:
-                    return False
+                if ".U32" not in op:  # signed: the high word of the 64-bit signed product
+                    a, b = (a - (1 << 32) if a >> 31 else a), (b - (1 << 32) if b >> 31 else b)
                 self.set(ops[0], ((a * b) >> 32) + c)
             else:
                 self.set(ops[0], a * b + c)
@@ -866,7 +866,8 @@ def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latenc
             nxt = issue + max(stall, lat.cta_barrier)
         if c.wbar != NO_BARRIER:
             latency = _latency(insn, lat, strong_loads_l2) if live else 1
-            if live and load_latency is not None and op.startswith(("LDG", "LD.")):
+            if live and load_latency is not None and op.startswith(("LDG", "LD.")) \
+                    and not op.startswith(("LDGSTS", "LDGDEPBAR")):
                 latency = load_latency(insn, w.m.address(insn.args))
                 latency = _latency(insn, lat, strong_loads_l2) if latency is None else latency
             sb[c.wbar] = max(sb[c.wbar], issue + latency)
