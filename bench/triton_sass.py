@@ -318,7 +318,8 @@ def walk_step(compiled: Compiled, plan, case, save: bool, lat: sass.Latencies = 
     wrote (``L2_BUFFERS``), an HBM trip otherwise; a strong (.cg) load (the exchange operand) an L2
     trip. At the barrier wait that s = 0 skips (``wait_point``) the warp waits ``barrier_clk``, so the
     loads issued before it (with W resident: gx, state, residual) complete during the barrier; that
-    wait is not in the returned issue time (the barrier is its own phase). An unknown address: an HBM trip. ``buffers`` (a dict) collects the loads per buffer."""
+    wait is not in the returned issue time (the barrier is its own phase). An unknown address: an
+    HBM trip. ``buffers`` (a dict) collects the loads per buffer."""
     l2 = L2_BUFFERS.get(kernel, set())
 
     def load_latency(insn, address):
