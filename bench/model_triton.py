@@ -36,6 +36,12 @@ tests/test_triton_codegen.py keeps checking the parts the phases rely on):
   BLOCK_K chunk, the larger of the chunk's L2 transfer (operand + W), its shared-memory reads and
   its MMA chain, the asynchronous copies keeping the next chunks in flight.
 
+Where Triton and cuobjdump are present, the step's compute phase (all but the barrier) is instead
+taken from the compiled sm_90 SASS of the kernel the bench launches (``sass_compute``,
+bench/triton_sass.py: one step of the time-step loop walked for one warp with bench/sass.py's
+walker; bench/README.md, "The Triton kernels' compute phase, from their SASS"); the analytic
+figure stays beside it in the phase's words. The LayerNorm case stays analytic.
+
 Every program runs the same step, so a step's time is one program's. Assumptions beyond
 bench/perf_model.py's machine table are the module constants below (to be measured on a GPU).
 
