@@ -622,10 +622,15 @@ class Machine:
         c = self.pred(ops[4]) if len(ops) > 4 else True
         if "EX" in parts:  # the high words of a 64-bit compare, the low words' result in ops[5]
             low = self.pred(ops[5]) if len(ops) > 5 else None
-            if cmp_ not in ("EQ", "NE") or None in (a, b, low):
+            if None in (a, b, low):
                 r = None
-            else:
+            elif cmp_ in ("EQ", "NE"):
                 r = (a == b and low) if cmp_ == "EQ" else (a != b or low)
+            else:  # ordered: the high words decide unless equal, then the low words' (unsigned) result
+                if not unsigned:
+                    a, b = (a - (1 << 32) if a >> 31 else a), (b - (1 << 32) if b >> 31 else b)
+                strict = {"LT": a < b, "LE": a < b, "GT": a > b, "GE": a > b}[cmp_]
+                r = strict or (a == b and bool(low))
         elif None in (a, b):
             r = None
         else:

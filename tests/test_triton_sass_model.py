@@ -67,6 +67,7 @@ def test_modelled_triton_compute_phase_is_not_below_the_stall_sum(case, dtype):
         assert s.hmma == s.hmma_live == _plan_mmas(p), (case.id, direction, save, s.hmma, _plan_mmas(p))
         if not p.resident:  # streamed W: the K loop's asynchronous copies ran
             assert s.copies > 0, (case.id, direction, save)
+        assert s.guessed == (), (case.id, direction, save, s.guessed)  # every branch decided by the plan
     assert est.fwd_step.phases[-1].name == model_triton.SASS_PHASE or "SASS" in est.fwd_step.describe()
     assert "compute phase from the sm_90 SASS (MODEL)" in est.notes
 
@@ -139,3 +140,18 @@ def test_time_loop_is_the_outermost_loop_around_the_product():
              ins(0x20, "BRA", "0x10"), ins(0x30, "REDG.E.ADD.STRONG.GPU", "desc[UR4][R6.64], R3"),
              ins(0x40, "BRA", "0x0"), ins(0x50, "EXIT")]
     assert triton_sass.time_loop_range(insns) == (0, 4)
+
+
+def test_integer_state_orders_64_bit_values():
+    """ISETP.<ordered>.EX: the high words decide unless equal (the Triton step's s < n_steps - 1 on
+    64-bit counters before the barrier's arrival)."""
+    def run(lo_a, hi_a, lo_b, hi_b, cmp_):
+        m = sass.Machine({})
+        for text in (f"MOV R0, {lo_a:#x}", f"MOV R1, {hi_a:#x}", f"MOV R2, {lo_b:#x}", f"MOV R3, {hi_b:#x}",
+                     f"ISETP.{cmp_}.U32.AND P0, PT, R0, R2, PT", f"ISETP.{cmp_}.U32.AND.EX P0, PT, R1, R3, PT, P0"):
+            op, args = text.split(" ", 1)
+            m.execute(sass.Insn(0, "", op, args))
+        return m.pred("P0")
+    assert run(5, 0, 3, 0, "GE") is True and run(3, 0, 5, 0, "GE") is False
+    assert run(0, 1, 0xFFFFFFFF, 0, "GT") is True and run(0xFFFFFFFF, 0, 0, 1, "LT") is True
+    assert run(7, 2, 7, 2, "LE") is True and run(8, 2, 7, 2, "LE") is False
