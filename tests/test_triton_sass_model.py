@@ -108,6 +108,7 @@ def test_cache_is_keyed_and_reused(tmp_path, monkeypatch):
     """The dump's cache file changes with the specialization and the kernel sources; a cached dump
     is read without compiling (and with FUSEDRNN_TRITON_SASS_COMPILE=0 a missing one is None)."""
     monkeypatch.setenv("FUSEDRNN_SASS_CACHE", str(tmp_path))
+    monkeypatch.delenv("FUSEDRNN_MODEL_SASS", raising=False)
     monkeypatch.setattr(triton_sass, "triton_version", lambda: "9.9.9")
     monkeypatch.setattr(sass, "cuda_tool", lambda name: "/bin/true")
     case = cases.get("flashrnn")
@@ -131,6 +132,8 @@ def test_cache_is_keyed_and_reused(tmp_path, monkeypatch):
     assert got is not None and [i.op for i in got.insns] == ["EXIT"] and got.insns[0].ctrl.stall == 5
     monkeypatch.setattr(triton_sass, "source_hash", lambda: "edited")
     assert triton_sass._cache_file(a) != f
+    monkeypatch.setattr(triton_sass, "triton_version", lambda: None)  # no Triton: no SASS, no compile
+    assert triton_sass.kernel_sass(a) is None
 
 
 def test_time_loop_is_the_outermost_loop_around_the_product():
