@@ -36,6 +36,12 @@ tests/test_triton_codegen.py keeps checking the parts the phases rely on):
   BLOCK_K chunk, the larger of the chunk's L2 transfer (operand + W), its shared-memory reads and
   its MMA chain, the asynchronous copies keeping the next chunks in flight.
 
+Where Triton and cuobjdump are present, the step's compute phase (all but the barrier) is instead
+taken from the compiled sm_90 SASS of the kernel the bench launches (``sass_compute``,
+bench/triton_sass.py: one step of the time-step loop walked for one warp with bench/sass.py's
+walker; bench/README.md, "The Triton kernels' compute phase, from their SASS"); the analytic
+figure stays beside it in the phase's words. The LayerNorm case stays analytic.
+
 Every program runs the same step, so a step's time is one program's. Assumptions beyond
 bench/perf_model.py's machine table are the module constants below (to be measured on a GPU).
 
@@ -75,7 +81,11 @@ case's H=512, where one program per batch tile streams all of W_hh every step; n
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import os
+import subprocess
 from dataclasses import dataclass
 
 from .cases import Case
@@ -444,9 +454,9 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
     if getattr(case, "layernorm", False):
         return _layernorm_model(case, dtype_name, m)
     try:
-        pf, fwd_inf = step(case.cell, "fwd", case, dtype_name, False, m)
-        _, fwd_train = step(case.cell, "fwd", case, dtype_name, True, m)
-        pb, bwd = step(case.cell, "bwd", case, dtype_name, True, m)
+        pf, fwd_inf = sass_step(case, "fwd", dtype_name, False, m)
+        _, fwd_train = sass_step(case, "fwd", dtype_name, True, m)
+        pb, bwd = sass_step(case, "bwd", dtype_name, True, m)
     except ImportError as e:  # fusedrnn.kernels not importable here
         return f"kernels/plan.py not importable: {e}"
     fwd_extra = bwd_extra = 0.0
@@ -458,6 +468,13 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
     train_ms, fb_ms = whole_call_ms(case, dtype_name, fwd_train, bwd, fwd_extra, bwd_extra, m)
     plan = f"fwd: {pf.describe()}; bwd: {pb.describe()}"
     notes = f"training forward {fwd_train.us:.2f} us/step (saves activations)"
+    sassed = [sass_compute(case, d, dtype_name, save, m) for d, save in (("fwd", False), ("fwd", True), ("bwd", True))]
+    if all(x is not None for x in sassed):
+        notes += ("; compute phase from the sm_90 SASS (MODEL): inference / training fwd / bwd "
+                  + " / ".join(f"{x.us:.2f}" for x in sassed) + " us (analytic "
+                  + " / ".join(f"{x.analytic_us:.2f}" for x in sassed) + ")")
+    else:
+        notes += "; analytic compute phase (no SASS: Triton, cuobjdump or the cached dump missing)"
     if case.zoneout:
         zo = {s_: next(ph.us for ph in st.phases if ph.name == "zoneout")
               for s_, st in (("inference", fwd_inf), ("training fwd", fwd_train), ("bwd", bwd))}
@@ -482,3 +499,169 @@ def _layernorm_model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate
              f"+{layernorm_ih_us(case, dtype_name, m)[1]:.1f} us per layer fwd / bwd")
     plan = f"LayerNorm design {SHIPPED_LN_DESIGN}: fwd: {d.plan_fwd.describe()}; bwd: {d.plan_bwd.describe()}"
     return Estimate("fusedrnn-triton", case.id, dtype_name, plan, d.inf, d.bwd, d.fwd_ms, d.fb_ms, notes=notes)
+
+
+# --- the compute phase from the compiled SASS (bench/triton_sass.py) ----------------------------
+
+SASS_PHASE = "compute (SASS)"
+BOUNDARY_PHASES = ("barrier", "CTA barrier")  # a step's synchronisation: not part of its compute phase
+
+
+@dataclass(frozen=True)
+class SassCompute:
+    """One step's compute phase of the Triton kernel from its sm_90 SASS, all MODEL: the executed
+    path of the first step issued for one warp (``walk_us``), Σ stall counts on it (``stall_us``, a
+    hard lower bound for that warp) and the analytic figure beside them (the step's phases but the
+    barrier)."""
+
+    walk_us: float
+    stall_us: float
+    floor_us: float  # the operand's L2 transfer and the shared-memory traffic at bandwidth (``bandwidth_floor_us``)
+    analytic_us: float
+    executed: int
+    hmma: int
+    hmma_live: int
+    copies: int  # cp.async copies lane 0 executes (streamed W)
+    guessed: tuple[str, ...]
+    kernel: str  # the specialization in words
+
+    @property
+    def us(self) -> float:
+        return max(self.walk_us, self.stall_us, self.floor_us)
+
+
+def bandwidth_floor_us(p, case: Case, direction: str, m: Machine = H100) -> float:
+    """What one warp's walk does not see: per unit block, one L2 trip plus the larger of the
+    operand's (and a streamed W's) L2 transfer, at the SM's port and its share of L2 bandwidth
+    (``_l2_transfer_us``), and the shared-memory traffic at the SM's bandwidth (the analytic
+    model's operand / stage / MMA or K-loop terms without their latency chains)."""
+    e = p.elem_bytes
+    blocks = math.ceil(p.n_blk / p.nprog_h)
+    rows = min(case.B, p.BB)
+    k_valid = (-(-case.H // 16) * 16) * (1 if direction == "fwd" else case.gates)
+    programs = p.nprog_h * p.n_btiles
+    if p.resident:
+        staged = p.BB * p.K * e
+        reads = p.w_slice_bytes + staged * _operand_readers(p)
+        return blocks * (m.l2_us + max(_l2_transfer_us(rows * k_valid * e, programs, m), smem_us(staged + reads, m)))
+    chunks = p.K // p.BLOCK_K
+    chunk_bytes = (rows * p.BLOCK_K + p.BLOCK_K * p.N) * e
+    chunk_reads = (p.BB * p.BLOCK_K * _operand_readers(p) + p.BLOCK_K * p.N) * e
+    return blocks * (m.l2_us + chunks * max(_l2_transfer_us(chunk_bytes, programs, m),
+                                            smem_us(chunk_bytes + chunk_reads, m)))
+
+
+def sass_latencies(m: Machine = H100):
+    """The walk's latencies from the machine: L2 and HBM round trips and the HMMA latency in clocks."""
+    from . import sass
+
+    return sass.Latencies(clk_ghz=1.0 / (m.clk_us * 1e3), l2=round(m.l2_us / m.clk_us),
+                          hbm=round(m.hbm_us / m.clk_us), hmma=m.hmma_clk)
+
+
+def sass_compute(case: Case, direction: str, dtype_name: str, save: bool, m: Machine = H100) -> SassCompute | None:
+    """The compute phase of one step of the launcher's plan for ``case`` from the kernel's SASS, or
+    None (no Triton / cuobjdump / cached dump, FUSEDRNN_MODEL_SASS=0, a LayerNorm case, a dtype the
+    bench does not run, a walk that did not finish or left a loop's trip count to a rule). A
+    zoneout case walks the kernel without zoneout (its term stays the analytic ``zoneout`` phase)."""
+    if os.environ.get(SASS_OFF, "1") == "0":
+        return None
+    return _sass_compute(case, direction, dtype_name, save, m)
+
+
+@functools.lru_cache(maxsize=None)
+def _sass_compute(case: Case, direction: str, dtype_name: str, save: bool, m: Machine) -> SassCompute | None:
+    from . import triton_sass
+
+    if getattr(case, "layernorm", False) or dtype_name not in triton_sass.DTYPES:
+        return None
+    plain = dataclasses.replace(case, zoneout=0.0) if getattr(case, "zoneout", 0) else case
+    p = _plan(case.cell, direction, case, dtype_name, m)
+    spec = triton_sass.specialization(p, plain, direction, dtype_name, save)
+    try:
+        compiled = triton_sass.kernel_sass(spec)
+    except (RuntimeError, OSError, subprocess.SubprocessError):  # the compile failed: the analytic model
+        return None
+    if compiled is None:
+        return None
+    w = triton_sass.walk_step(compiled, p, plain, save, sass_latencies(m), kernel=spec.kernel,
+                              barrier_clk=round(m.barrier_us / m.clk_us) if p.grid_barrier else 0)
+    if w.stopped and w.stopped != "exit":
+        return None
+    if any("backward branch" in g for g in w.guessed):  # a loop whose trip count the walk could not
+        return None  # resolve: the path is not the plan's (seen: the exact-fp32 FMA backward)
+    _, analytic = step(case.cell, direction, plain, dtype_name, save, m)
+    analytic_us = sum(ph.us for ph in analytic.phases if ph.name not in BOUNDARY_PHASES)
+    flags = ",".join(k for k, v in spec.constexprs if k in ("HAS_BIAS", "HAS_RES", "HAS_LEN", "SAVE_ACT", "HAS_DY")
+                     and v) or "-"
+    return SassCompute(w.issue_clk * m.clk_us, w.stall_clk * m.clk_us, bandwidth_floor_us(p, plain, direction, m),
+                       analytic_us, w.executed, w.hmma,
+                       w.hmma_live, w.ldgsts_live, tuple(w.guessed), f"{spec.kernel} {dtype_name} flags={flags}")
+
+
+def sass_step(case: Case, direction: str, dtype_name: str, save: bool, m: Machine = H100):
+    """(plan, Step) as ``step``, with the compute phase from the SASS where it is available: the
+    step's synchronisation phase kept, every other analytic phase replaced by ``compute (SASS)``
+    (zoneout's term kept beside it)."""
+    p, st = step(case.cell, direction, case, dtype_name, save, m)
+    s = sass_compute(case, direction, dtype_name, save, m)
+    if s is None:
+        return p, st
+    keep = tuple(ph for ph in st.phases if ph.name in BOUNDARY_PHASES)
+    compute = Phase(SASS_PHASE, s.us,
+                    f"sm_90 SASS ({s.kernel}), one warp, first step: executed path {s.walk_us:.2f} us "
+                    f"({s.executed} instructions, {s.hmma} HMMAs), stall-count sum {s.stall_us:.2f} us, "
+                    f"bandwidth floor {s.floor_us:.2f} us; "
+                    f"the analytic model said {s.analytic_us:.2f} us")
+    zo = tuple(ph for ph in st.phases if ph.name == "zoneout")
+    return p, Step(keep + (compute,) + zo)
+
+
+def sass_report(dtypes: tuple[str, ...] = ("bf16",), m: Machine = H100) -> str:
+    """Per case: the analytic compute phase vs the SASS-derived one per step (all MODEL), and the
+    call's ms both ways."""
+    from .cases import CASES
+
+    rows = ["MODEL, not measured (sm_90 SASS of the Triton kernels, Triton "
+            f"{__import__('fusedrnn.bench.triton_sass', fromlist=['x']).triton_version()}; "
+            "H100 assumptions of bench/perf_model.py; compute = the step but its barrier)",
+            "| case | dtype | inference fwd compute us: analytic / SASS (walk, stall sum, floor) | "
+            "training fwd: analytic / SASS (walk, stall sum, floor) | bwd: analytic / SASS (walk, stall sum, floor) | "
+            "fwd / f+b ms: analytic -> SASS |",
+            "|---|---|---|---|---|---|"]
+    for case in CASES:
+        for dtype in dtypes:
+            cells = []
+            for d, save in (("fwd", False), ("fwd", True), ("bwd", True)):
+                s = sass_compute(case, d, dtype, save, m)
+                cells.append("-" if s is None else f"{s.analytic_us:.2f} / {s.us:.2f} ({s.walk_us:.2f}, "
+                                                   f"{s.stall_us:.2f}, {s.floor_us:.2f})")
+            est = model(case, dtype, m)
+            if isinstance(est, str) or all(c == "-" for c in cells):
+                why = "LayerNorm: analytic only" if getattr(case, "layernorm", False) else "no SASS"
+                rows.append(f"| {case.id} | {dtype} | {why} | | | |")
+                continue
+            old = _analytic_model(case, dtype, m)
+            cells.append(f"{old.fwd_ms:.3f} / {old.fb_ms:.3f} -> {est.fwd_ms:.3f} / {est.fb_ms:.3f}")
+            rows.append(f"| {case.id} | {dtype} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def _analytic_model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate:
+    os.environ[SASS_OFF], before = "0", os.environ.get(SASS_OFF)
+    try:
+        return model(case, dtype_name, m)
+    finally:
+        if before is None:
+            del os.environ[SASS_OFF]
+        else:
+            os.environ[SASS_OFF] = before
+
+
+SASS_OFF = "FUSEDRNN_MODEL_SASS"
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(sass_report(tuple(sys.argv[1:]) or ("bf16",)))

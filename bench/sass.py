@@ -376,6 +376,16 @@ class Machine:
             v = -v & M32
         return v
 
+    def address(self, args: str) -> int | None:
+        """The 64-bit address of a memory operand ``[R4.64+0x10]`` (None when unknown)."""
+        m = re.search(r"\[(U?R)(\d+)\.64(?:\+(0x[0-9a-f]+|\d+))?\]", args)
+        if not m:
+            return None
+        lo, hi = self.r.get(f"{m.group(1)}{m.group(2)}"), self.r.get(f"{m.group(1)}{int(m.group(2)) + 1}")
+        if lo is None or hi is None:
+            return None
+        return (lo | hi << 32) + (int(m.group(3), 0) if m.group(3) else 0)
+
     def set(self, name: str, v: int | None) -> None:
         name = name.replace(".reuse", "")
         if name in ("RZ", "URZ", "PT", "UPT"):
@@ -480,8 +490,8 @@ class Machine:
             if None in (a, b, c):
                 self.set(ops[0], None)
             elif ".HI" in op:
-                if ".U32" not in op:
-                    return False
+                if ".U32" not in op:  # signed: the high word of the 64-bit signed product
+                    a, b = (a - (1 << 32) if a >> 31 else a), (b - (1 << 32) if b >> 31 else b)
                 self.set(ops[0], ((a * b) >> 32) + c)
             else:
                 self.set(ops[0], a * b + c)
@@ -588,6 +598,14 @@ class Machine:
                 return False
             v = int(x)
             self.set(ops[0], max(0, min(v, M32)) if ".U32" in op else v)
+        elif base in ("SGXT", "USGXT"):  # SGXT[.U32] d, a, n: the low n bits of a, sign- or zero-extended
+            a, n = V(ops[1]), V(ops[2])
+            if None in (a, n):
+                self.set(ops[0], None)
+            else:
+                n = n & 31 or 32
+                low = a & ((1 << n) - 1)
+                self.set(ops[0], low if ".U32" in op or not low >> (n - 1) else low - (1 << n))
         elif base in ("POPC", "UPOPC"):
             a = V(ops[1])
             self.set(ops[0], None if a is None else bin(a).count("1"))
@@ -604,10 +622,15 @@ class Machine:
         c = self.pred(ops[4]) if len(ops) > 4 else True
         if "EX" in parts:  # the high words of a 64-bit compare, the low words' result in ops[5]
             low = self.pred(ops[5]) if len(ops) > 5 else None
-            if cmp_ not in ("EQ", "NE") or None in (a, b, low):
+            if None in (a, b, low):
                 r = None
-            else:
+            elif cmp_ in ("EQ", "NE"):
                 r = (a == b and low) if cmp_ == "EQ" else (a != b or low)
+            else:  # ordered: the high words decide unless equal, then the low words' (unsigned) result
+                if not unsigned:
+                    a, b = (a - (1 << 32) if a >> 31 else a), (b - (1 << 32) if b >> 31 else b)
+                strict = {"LT": a < b, "LE": a < b, "GT": a > b, "GE": a > b}[cmp_]
+                r = strict or (a == b and bool(low))
         elif None in (a, b):
             r = None
         else:
@@ -677,8 +700,10 @@ def _barrier_op(insn: Insn) -> bool:
         op.startswith(("LD.", "LDG")) and "STRONG.GPU" in op)
 
 
-def _latency(insn: Insn, lat: Latencies) -> int:
+def _latency(insn: Insn, lat: Latencies, strong_loads_l2: bool = False) -> int:
     op = insn.op
+    if strong_loads_l2 and op.startswith("LDG") and "STRONG.GPU" in op:
+        return lat.l2  # Triton's .cg operand loads (its barrier poll is an acquire load too: skipped at s = 0)
     if _barrier_op(insn):
         return 0
     if op.startswith("HMMA"):
@@ -770,10 +795,20 @@ class _Walker:
 
 
 def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latencies(), kernel: str = "",
-         budget: int = 400_000, trace: list | None = None) -> Walk:
+         budget: int = 400_000, trace: list | None = None, strong_loads_l2: bool = False,
+         loop: tuple[int, int] | None = None, load_latency=None, wait_at: int | None = None,
+         wait_clk: int = 0) -> Walk:
     """Run lane 0 of warp 0 of CTA 0 (integer state only) from the kernel's entry to its step loop,
-    then one step of the loop issued with the control words (see bench/README.md)."""
-    rng = step_loop_range(insns)
+    then one step of the loop issued with the control words (see bench/README.md).
+    ``strong_loads_l2``: a strong LDG is an L2 round trip (the Triton kernels' .cg operand loads),
+    not a barrier operation of no latency (the CUDA kernels' polls). ``loop``: the step loop's
+    (first, last) index when the caller found it (default: ``step_loop_range``). ``load_latency``:
+    (instruction, address or None) -> clocks or None (the default), for a global load whose address
+    the integer machine knows (the caller maps it to the buffer it reads). ``wait_at``: the address
+    where the step waits at a barrier that the walked step skips (Triton's s = 0): the warp waits
+    ``wait_clk`` there (loads issued before it complete meanwhile), and the wait is taken out of
+    the issue time again (the barrier is its own phase)."""
+    rng = loop if loop is not None else step_loop_range(insns)
     out = Walk(kernel)
     if rng is None:
         out.stopped = "no step loop"
@@ -795,6 +830,7 @@ def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latenc
     group_done = 0  # latest completion among the open cp.async group's copies
     groups: list[int] = []  # completion cycle of each committed group, oldest first (this step's)
     first = True
+    waited = 0  # barrier waits added at wait_at, taken out at the end
     while spent < budget:
         if pc is None:
             out.stopped = "exit"
@@ -804,6 +840,9 @@ def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latenc
         first = False
         insn = insns[pc]
         c = insn.ctrl or Control(1, 0, NO_BARRIER, NO_BARRIER, 0, 0)
+        if wait_at is not None and insn.addr == wait_at:
+            t += wait_clk
+            waited += wait_clk
         issue = max([t] + [sb[b] for b in c.waits_on()])
         op = insn.op
         live = (w.m.pred(insn.pred) if insn.pred else True) is not False
@@ -831,7 +870,12 @@ def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latenc
         if op.startswith("BAR.") and not op.startswith("BAR.ARV"):
             nxt = issue + max(stall, lat.cta_barrier)
         if c.wbar != NO_BARRIER:
-            sb[c.wbar] = max(sb[c.wbar], issue + (_latency(insn, lat) if live else 1))
+            latency = _latency(insn, lat, strong_loads_l2) if live else 1
+            if live and load_latency is not None and op.startswith(("LDG", "LD.")) \
+                    and not op.startswith(("LDGSTS", "LDGDEPBAR")):
+                latency = load_latency(insn, w.m.address(insn.args))
+                latency = _latency(insn, lat, strong_loads_l2) if latency is None else latency
+            sb[c.wbar] = max(sb[c.wbar], issue + latency)
         if c.rbar != NO_BARRIER:
             sb[c.rbar] = max(sb[c.rbar], issue + lat.read)
         out.stall_clk += stall
@@ -844,7 +888,7 @@ def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latenc
         spent += 1
     else:
         out.stopped = "instruction budget spent"
-    out.issue_clk = max([t] + groups)
+    out.issue_clk = max([t] + groups) - waited
     out.guessed = w.guessed
     return out
 

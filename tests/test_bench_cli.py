@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -400,7 +401,10 @@ def test_cli_model_prints_the_zoneout_case():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "zoneout-gru    bf16  fusedrnn-triton" in out
-    assert "+ epilogue 0.31 + zoneout " in out  # the backward step's phases end with the zoneout term
+    # the backward step's phases end with the zoneout term (after the analytic epilogue, or after the
+    # compute phase from the SASS where Triton and cuobjdump are present: bench/triton_sass.py)
+    assert "+ epilogue 0.31 + zoneout " in out or re.search(r"bwd step: barrier [0-9.]+ \+ compute \(SASS\) [0-9.]+ "
+                                                            r"\+ zoneout [0-9.]+ = ", out), out
     assert ("zoneout-gru    bf16  fusedrnn-cuda      not modelled: not applicable (the cuda backend declines "
             "zoneout") in out
     assert "zoneout p=0.1 (MODEL, independent of p)" in out
@@ -602,7 +606,9 @@ def test_layernorm_model_picks_the_cheaper_design(changes, expect):
 
     for p in (shipped.plan_fwd, shipped.plan_bwd):
         assert p.strategy == "batch_tile" and p.BH <= kplan.LN_MAX_BLOCK_H[2]
-    plain = model_triton.model(dataclasses.replace(case, layernorm=False), "bf16")
+    # the LayerNorm estimate is analytic (its passes are not walked in the SASS): against the analytic
+    # figure of the same case without LayerNorm
+    plain = model_triton._analytic_model(dataclasses.replace(case, layernorm=False), "bf16")
     assert est.fb_ms > plain.fb_ms
     why = model_cuda.model(case, "bf16")
     assert isinstance(why, str) and "declines LayerNorm" in why
