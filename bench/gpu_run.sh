@@ -36,6 +36,9 @@ START=$(date +%s)
 STAMP=$(date +%Y%m%d-%H%M%S)
 export PYTHONUNBUFFERED=1
 unset TRITON_INTERPRET   # real GPU kernels, never the interpreter
+# The latency model printed beside the measurements reads the Triton kernels' SASS only from the
+# cache (bench/triton_sass.py): compiling ~35 kernels for it would spend device time on CPU work.
+export FUSEDRNN_TRITON_SASS_COMPILE=${FUSEDRNN_TRITON_SASS_COMPILE:-0}
 STAGES=()
 
 if $PY -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' > /dev/null 2>&1; then
