@@ -546,6 +546,21 @@ class Machine:
             self.set(ops[0], r)
             if pdest is not None:
                 self.set(pdest, None if r is None else int(r != 0))
+        elif op == "P2R":  # P2R d, PR, a, mask: the predicates P<b> of the mask's bits into d, a elsewhere
+            a, mask = V(ops[2]), V(ops[3])
+            bits = None if mask is None else [self.p.get(f"P{b}") for b in range(7) if mask >> b & 1]
+            if None in (a, mask) or None in bits:
+                self.set(ops[0], None)
+            else:
+                self.set(ops[0], (a & ~mask & M32) | sum(int(bool(self.p[f"P{b}"])) << b
+                                                        for b in range(7) if mask >> b & 1))
+        elif op == "R2P":  # R2P PR, a, mask: P<b> = bit b of a, for the mask's bits
+            a, mask = V(ops[1]), V(ops[2])
+            if mask is None:
+                return False
+            for b in range(7):
+                if mask >> b & 1:
+                    self.set(f"P{b}", None if a is None else a >> b & 1)
         elif base in ("SEL", "USEL"):
             g = self.pred(ops[3])
             self.set(ops[0], None if g is None else V(ops[1]) if g else V(ops[2]))
