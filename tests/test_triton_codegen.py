@@ -64,6 +64,7 @@ import dataclasses
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -680,9 +681,12 @@ def run_compiles(which: str, version: str, triton_dir: Path | None = None) -> li
         cache_dir().mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile("w+") as err, \
                 subprocess.Popen([sys.executable, __file__, "--jsonl", str(jobs)], env=env, cwd=ROOT, text=True,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err) as proc:
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err,
+                                 start_new_session=True) as proc:
             threading.Thread(target=_feed, args=(proc.stdin, missing), daemon=True).start()
-            timer = threading.Timer(COMPILE_TIMEOUT_S, proc.kill)
+            # on timeout the whole process group: the worker's compile processes hold its stdout open,
+            # so killing the worker alone would leave this loop waiting for an end of file forever
+            timer = threading.Timer(COMPILE_TIMEOUT_S, os.killpg, args=(proc.pid, signal.SIGKILL))
             timer.start()
             try:
                 # each result is cached as it arrives: an interrupted run keeps what it compiled
