@@ -516,6 +516,29 @@ def test_zoneout_matches_reference(ex, zcase):
     assert_fp32_close(got, want, f"{cell} {case.id} zoneout {p_h}/{p_c} training={training}")
 
 
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("zcase", [ZONEOUT_CASES[0], ZONEOUT_CASES[2], ZONEOUT_CASES[3]], ids=_zoneout_case_id)
+def test_zoneout_low_precision(ex, zcase, dtype):
+    """The fp16/bf16 ZO kernels (the half MMA path): every output and gradient within K_LOWP x the
+    error of the reference run in that dtype (same Zoneout, same masks), both against the fp64 oracle."""
+    from helpers import K_LOWP
+
+    from fusedrnn.zoneout import Zoneout
+
+    cell, case, p_h, p_c, training = zcase
+    ex.set_sms(case.sms)
+    d, lens = ex.inputs(cell, case.T, case.B, case.I, case.H, torch.float64, bias=case.bias, residual=case.residual,
+                        lengths=case.lengths, seed=case.T * 7 + case.H)
+    seeds = torch.tensor([99, 2**50 + 1], dtype=torch.int64, device=ex.device) if training else None
+    zo = Zoneout(p_h, p_c, seeds)
+    oracle = run_cell_with_grads(cell, _zoneout_ref(cell, zo), d, lens, case.reverse)
+    base = run_cell_with_grads(cell, _zoneout_ref(cell, zo), d, lens, case.reverse, dtype=dtype)
+    got = run_cell_with_grads(cell, _zoneout_call(ex, cell, zo), d, lens, case.reverse, dtype=dtype)
+    for k in oracle:
+        e, e_ref = rel_err(got[k], oracle[k]), rel_err(base[k], oracle[k])
+        assert e <= K_LOWP * max(e_ref, 1e-3), f"{cell} {dtype} zoneout {k}: {e:.2e} vs the reference's {e_ref:.2e}"
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_zoneout_off_is_the_plain_kernel(ex, cell):
     """No zoneout, zo_p [0, 0] and zoneout on a state the cell lacks (c of a GRU) run the plain kernel:
