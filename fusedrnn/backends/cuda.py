@@ -13,7 +13,9 @@ and for the backward:
 The recurrences are torch.library custom ops (``fusedrnn::cuda_gru_recurrence`` ...; the Elman RNN's
 ``fusedrnn::cuda_rnn_recurrence`` takes the cell, "rnn_tanh" or "rnn_relu") with fake implementations
 and registered autograd, so torch.compile traces them. The cells whose state is h alone (GRU, Elman RNN)
-share the fakes, the autograd and the entry point. Kernel design, numerics and
+share the fakes, the autograd and the entry point. Zoneout (fusedrnn/zoneout.py) runs in the kernels
+(their ZO instantiations): every op takes ``zo_p`` and ``zo_seeds`` as backends/triton.py's do, the
+seeds stay on the device and the backward regenerates the masks from them. Kernel design, numerics and
 limits: csrc/README.md.
 """
 
