@@ -300,7 +300,7 @@ def sass_compute(p: Plan, case: Case, dtype_name: str, m: Machine = H100) -> Sas
 def _analytic_compute_us(p: Plan, case: Case, m: Machine) -> float:
     body = forward_step if not p.backward else backward_step
     step = body(p, case, m, analytic=True)
-    return sum(ph.us for ph in step.phases if ph.name not in ("grid.sync", "ready flags"))
+    return sum(ph.us for ph in step.phases if ph.name not in ("grid.sync", "ready flags", "zoneout"))
 
 
 def _sass_phase(p: Plan, case: Case, m: Machine, dtype_name: str) -> Phase | None:
@@ -313,12 +313,44 @@ def _sass_phase(p: Plan, case: Case, m: Machine, dtype_name: str) -> Phase | Non
                  f"the analytic model said {s.analytic_us:.2f} us")
 
 
+def zoneout_phase(p: Plan, case: Case, training: bool, m: Machine = H100) -> Phase | None:
+    """The zoneout term of one step of plan ``p`` (None without zoneout), MODEL: the ZO kernels
+    (csrc/rnn_kernels.cuh, template parameter ZO) add to the cell math (forward) or phase A (backward)
+    of each pass, per (row, unit) element a thread owns (the forward one, the backward one per m-tile),
+    the ops model_triton.zoneout_ops counts from the same source (Philox 4x32-10 of
+    fusedrnn/zoneout.py per zoned state, the counter, float map, compare and select; evaluation: the
+    blend p * old + (1 - p) * new), issued by the CTA's 256 threads at model_triton's 64 integer
+    ops/clk/SM (the blend at the FFMA rate), against one element's dependent Philox chain. Counted
+    from the source, not from the ZO kernels' SASS (the walk prices the plain kernels)."""
+    if not getattr(case, "zoneout", 0.0):
+        return None
+    from . import model_triton as mt
+
+    direction = "bwd" if p.backward else "fwd"
+    ops = mt.zoneout_ops(p.cell, direction, training)
+    elements = THREADS * (p.mtiles if p.backward else 1)  # per pass, each thread its own element(s)
+    rate = mt.ALU_OPS_PER_CLK_SM if training else mt.FMA_PER_CLK_SM["fp32"]
+    chain = mt.PHILOX_ROUNDS * mt.PHILOX_ROUND_CLK if training else 2 * 4
+    clk = max(elements * ops / rate, chain)
+    what = (f"Philox 4x32-{mt.PHILOX_ROUNDS} masks{' regenerated' if p.backward else ''}" if training
+            else "evaluation blend p*old + (1-p)*new")
+    return Phase("zoneout", p.passes * clk * m.clk_us,
+                 f"{what}: {ops} ops x {elements} elements per pass at {rate}/clk/SM vs a {chain}-clk dependent "
+                 f"chain, x{p.passes} passes")
+
+
+def _with_zoneout(step: Step, zo: Phase | None) -> Step:
+    return step if zo is None else Step(step.phases + (zo,))
+
+
 def forward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False, analytic: bool = False,
-                 dtype_name: str = "bf16") -> Step:
+                 dtype_name: str = "bf16", training: bool = False) -> Step:
+    """One forward step; ``training``: a zoneout case's forward draws masks (else evaluation: m = p)."""
+    zo = zoneout_phase(p, case, training, m)
     if not analytic:
         ph = _sass_phase(p, case, m, dtype_name)
         if ph is not None:
-            return Step((ph, _boundary(m, flags)))
+            return _with_zoneout(Step((ph, _boundary(m, flags))), zo)
     phases = []
     for q in range(p.passes):
         label = f"pass {q} " if p.passes > 1 else ""
@@ -327,15 +359,16 @@ def forward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False, an
         if q + 1 < p.passes:
             phases.append(Phase(f"{label}__syncthreads", SYNCTHREADS_US))
     phases.append(_boundary(m, flags))
-    return Step(tuple(_merge_passes(phases, p.passes)))
+    return _with_zoneout(Step(tuple(_merge_passes(phases, p.passes))), zo)
 
 
 def backward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False, analytic: bool = False,
                   dtype_name: str = "bf16") -> Step:
+    zo = zoneout_phase(p, case, True, m)
     if not analytic:
         ph = _sass_phase(p, case, m, dtype_name)
         if ph is not None:
-            return Step((_boundary(m, flags), ph))
+            return _with_zoneout(Step((_boundary(m, flags), ph)), zo)
     phases = [_boundary(m, flags)]
     for q in range(p.passes):
         label = f"pass {q} " if p.passes > 1 else ""
@@ -344,7 +377,7 @@ def backward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False, a
                             "next step's dgates for these rows; inputs loaded before the MMA"))
         if q + 1 < p.passes:
             phases.append(Phase(f"{label}__syncthreads", SYNCTHREADS_US))
-    return Step(tuple(_merge_passes(phases, p.passes)))
+    return _with_zoneout(Step(tuple(_merge_passes(phases, p.passes))), zo)
 
 
 def _merge_passes(phases: list[Phase], passes: int) -> list[Phase]:
@@ -394,9 +427,6 @@ def _tf32_note(case: Case, m: Machine) -> str:
 
 @register("fusedrnn-cuda")
 def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
-    if getattr(case, "zoneout", 0.0):
-        return ("not applicable (the cuda backend declines zoneout: its kernels have none; fusedrnn runs it on "
-                "the Triton kernels or the reference)")
     if getattr(case, "layernorm", False):
         return "not applicable (the cuda backend declines LayerNorm: its kernels have none; the reference runs it)"
     fwd_plan, bwd_plan = plans(case, dtype_name, m)
@@ -410,11 +440,17 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
     for layer_input in case.layer_inputs():
         f, b = projection_gemms_us(case, dtype_name, layer_input, m)
         gemm_f, gemm_b = max(gemm_f, f), max(gemm_b, b)
-    fwd_ms, fb_ms = whole_call_ms(case, dtype_name, fwd, bwd, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
+    # A zoneout case's forward+backward is a training step (its forward draws masks); the forward
+    # alone is inference (m = p). Without zoneout the two forward steps are the same.
+    fwd_t = forward_step(fwd_plan, case, m, flags=DEFAULT_FLAGS, dtype_name=dtype_name, training=True)
+    fwd_ms = whole_call_ms(case, dtype_name, fwd, bwd, gemm_f + m.launch_us, gemm_b + m.launch_us, m)[0]
+    fb_ms = whole_call_ms(case, dtype_name, fwd_t, bwd, gemm_f + m.launch_us, gemm_b + m.launch_us, m)[1]
     other = not DEFAULT_FLAGS
     fwd_o = forward_step(fwd_plan, case, m, flags=other, dtype_name=dtype_name)
+    fwd_ot = forward_step(fwd_plan, case, m, flags=other, dtype_name=dtype_name, training=True)
     bwd_o = backward_step(bwd_plan, case, m, flags=other, dtype_name=dtype_name)
-    other_ms = whole_call_ms(case, dtype_name, fwd_o, bwd_o, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
+    other_ms = (whole_call_ms(case, dtype_name, fwd_o, bwd_o, gemm_f + m.launch_us, gemm_b + m.launch_us, m)[0],
+                whole_call_ms(case, dtype_name, fwd_ot, bwd_o, gemm_f + m.launch_us, gemm_b + m.launch_us, m)[1])
     kinds = (f"ready flags ({READY_FLAGS_US} us, the default: cheaper by this model)",
              f"grid barriers ({m.barrier_us} us)")
     notes = (f"step boundary: {kinds[0] if DEFAULT_FLAGS else kinds[1]}; with "
@@ -432,6 +468,12 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
                   f"{old_ms[0]:.3f} / {old_ms[1]:.3f} ms fwd / fwd+bwd")
     else:
         notes += "; compute phase from the analytic model (no built extension or cuobjdump: no SASS to walk)"
+    zo_f, zo_t, zo_b = (zoneout_phase(pl, case, tr, m) for pl, tr in ((fwd_plan, False), (fwd_plan, True),
+                                                                       (bwd_plan, True)))
+    if zo_f is not None:
+        notes += (f"; zoneout p={case.zoneout:g} (MODEL, independent of p, counted from the source): "
+                  f"+{zo_f.us:.2f} us per inference step, +{zo_t.us:.2f} per training forward step, "
+                  f"+{zo_b.us:.2f} per backward step")
     if dtype_name == "fp32":
         notes += ("; fp32 with TF32 off (torch's default) runs 3xTF32 MMAs (hi·lo + lo·hi + hi·hi: fp32 accuracy); "
                   f"{_tf32_note(case, m)}; the projection GEMMs are costed at TF32 rate by perf_model")

@@ -23,9 +23,9 @@ training runs h_t = m * h_{t-1} + (1 - m) * h~_t, m ~ Bernoulli(p) per element, 
 and direction (LSTM: c likewise, its own mask), and evaluation runs m = p. Mode "forward" is
 inference, so it runs evaluation semantics (every module in eval(), m = p); "forward+backward" is
 a training step (modules in train(), masks drawn).
-  fusedrnn-triton, fusedrnn-reference   zoneout=p: the masks are Philox, generated in the step
-  fusedrnn-cuda, fusedrnn-torch (and -graphed)   Unavailable: those backends decline zoneout (their
-                      own reason is the message)
+  fusedrnn-triton, fusedrnn-cuda (and -graphed), fusedrnn-reference   zoneout=p: the masks are
+                      Philox, generated in the step (the fused kernels regenerate them in the backward)
+  fusedrnn-torch      Unavailable: that backend declines zoneout (its own reason is the message)
   cell-loop, cell-loop-compiled   the loop a user writes today: after each cell step,
                       torch.lerp(h~, h_prev, m) with m = torch.empty_like(h).bernoulli_(p) drawn by torch
                       per step (training) or the scalar p (evaluation); the compiled loop compiles the
@@ -115,12 +115,12 @@ CPU_DEMO_DEFAULT = ("torch-nn", "cell-loop", "fusedrnn-torch", "fusedrnn-referen
 def _zoneout_reasons() -> dict[str, str]:
     """provider -> why it cannot run zoneout: the backend's own reason (fusedrnn.backends)."""
     try:
-        from fusedrnn.backends import cuda, native
+        from fusedrnn.backends import native
 
-        cuda_why, torch_why = cuda.ZONEOUT_REASON, native.ZONEOUT_REASON
+        torch_why = native.ZONEOUT_REASON
     except Exception as e:  # noqa: BLE001 - an unimportable fusedrnn is a reason too
-        cuda_why = torch_why = f"import fusedrnn.backends failed ({type(e).__name__}: {e})"
-    return {"fusedrnn-cuda": cuda_why, "fusedrnn-cuda-graphed": cuda_why, "fusedrnn-torch": torch_why}
+        torch_why = f"import fusedrnn.backends failed ({type(e).__name__}: {e})"
+    return {"fusedrnn-torch": torch_why}
 
 
 def layernorm_reasons(inp: Inputs, provider: str, mode: str) -> list[str]:

@@ -234,15 +234,17 @@ CELL_INDEX = {"gru": 0, "lstm": 1, "rnn_tanh": 2, "rnn_relu": 3}  # the kernels'
 
 
 def kernel_name(cell: str, backward: bool, elem: int, mode: str, mtiles: int, dtype_name: str = "bf16",
-                ntiles: int = 2) -> str:
+                ntiles: int = 2, zo: bool = False) -> str:
     """The mangled name of a plan's kernel instantiation (csrc/rnn_kernels.cuh): one per cell, dtype,
-    math mode, n-tiles per pass, and m-tiles for the backward."""
+    math mode, n-tiles per pass, m-tiles for the backward, and zoneout (ZO: the plain kernel unless
+    ``zo``)."""
     c = CELL_INDEX[cell]
     t = _TYPE[1 if dtype_name == "fp16" else elem]
     m = {"half": 0, "tf32": 1, "tf32x3": 2}[mode]
+    z = int(zo)
     if backward:
-        return f"_ZN8fusedrnn25rnn_bwd_persistent_kernelILi{c}E{t}Li{m}ELi{mtiles}ELi{ntiles}EEEvNS_9BwdParamsE"
-    return f"_ZN8fusedrnn25rnn_fwd_persistent_kernelILi{c}E{t}Li{m}ELi{ntiles}EEEvNS_9FwdParamsE"
+        return f"_ZN8fusedrnn25rnn_bwd_persistent_kernelILi{c}E{t}Li{m}ELi{mtiles}ELi{ntiles}ELb{z}EEEvNS_9BwdParamsE"
+    return f"_ZN8fusedrnn25rnn_fwd_persistent_kernelILi{c}E{t}Li{m}ELi{ntiles}ELb{z}EEEvNS_9FwdParamsE"
 
 
 # ---------------------------------------------------------------------------------------------

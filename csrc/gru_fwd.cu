@@ -1,7 +1,9 @@
-// GRU forward persistent kernel, instantiated for fp16, bf16, fp32 (TF32) and fp32 (3xTF32), each with 1 and 2 n-tiles per pass.
+// GRU forward persistent kernel, instantiated for fp16, bf16, fp32 (TF32) and fp32 (3xTF32), each with 1 and 2 n-tiles per pass, without and with zoneout (ZO).
 // One file per (cell, direction) so that the instantiations compile in parallel.
 #include "rnn_kernels.cuh"
 
 namespace fusedrnn {
-const void* gru_fwd_kernel(DType d, int mode, int ntiles) { return select_fwd_kernel<0>(d, mode, ntiles); }
+const void* gru_fwd_kernel(DType d, int mode, int ntiles, bool zo) {
+  return select_fwd_kernel<0>(d, mode, ntiles, zo);
+}
 }  // namespace fusedrnn

@@ -1,7 +1,9 @@
-// LSTM forward persistent kernel, instantiated for fp16, bf16, fp32 (TF32) and fp32 (3xTF32), each with 1 and 2 n-tiles per pass.
+// LSTM forward persistent kernel, instantiated for fp16, bf16, fp32 (TF32) and fp32 (3xTF32), each with 1 and 2 n-tiles per pass, without and with zoneout (ZO).
 // One file per (cell, direction) so that the instantiations compile in parallel.
 #include "rnn_kernels.cuh"
 
 namespace fusedrnn {
-const void* lstm_fwd_kernel(DType d, int mode, int ntiles) { return select_fwd_kernel<1>(d, mode, ntiles); }
+const void* lstm_fwd_kernel(DType d, int mode, int ntiles, bool zo) {
+  return select_fwd_kernel<1>(d, mode, ntiles, zo);
+}
 }  // namespace fusedrnn

@@ -239,4 +239,42 @@ __device__ __forceinline__ void wait_ready(const int* flags, int n, int need) {
 __device__ __forceinline__ float sigmoid_fast(float x) { return rcp_approx(1.f + ex2_approx(-1.44269504088896341f * x)); }
 __device__ __forceinline__ float tanh_fast(float x) { return __fmaf_rn(2.f, sigmoid_fast(2.f * x), -1.f); }
 
+// ---------------------------------------------------------------------------------------------
+// Zoneout's random numbers (fusedrnn/zoneout.py `uniform`, Triton's tl.rand, bit for bit): Philox
+// 4x32 with 10 rounds of counter (lo(offset), hi(offset), 0, 0) and key (lo(seed), hi(seed)), its
+// first word as int32 with negative values folded (~x), times tl.rand's scale, in float32.
+// mul.hi.u32 (__umulhi) on the GPU; plain 64-bit products in the emulator build.
+// ---------------------------------------------------------------------------------------------
+__device__ __forceinline__ uint32_t mulhi_u32(uint32_t a, uint32_t b) {
+#if defined(FUSEDRNN_EMULATE)
+  return (uint32_t)(((uint64_t)a * (uint64_t)b) >> 32);
+#else
+  return __umulhi(a, b);
+#endif
+}
+
+__device__ __forceinline__ uint32_t philox_word0(uint64_t seed, uint64_t offset) {
+  uint32_t c0 = (uint32_t)offset, c1 = (uint32_t)(offset >> 32), c2 = 0u, c3 = 0u;
+  uint32_t k0 = (uint32_t)seed, k1 = (uint32_t)(seed >> 32);
+#pragma unroll
+  for (int round = 0; round < 10; ++round) {
+    const uint32_t hi_b = mulhi_u32(0xCD9E8D57u, c2), lo_b = 0xCD9E8D57u * c2;
+    const uint32_t hi_a = mulhi_u32(0xD2511F53u, c0), lo_a = 0xD2511F53u * c0;
+    c0 = hi_b ^ c1 ^ k0;
+    c1 = lo_b;
+    c2 = hi_a ^ c3 ^ k1;
+    c3 = lo_a;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return c0;
+}
+
+// [0, 1) in float32: tl.rand(seed, offset).
+__device__ __forceinline__ float philox_uniform(uint64_t seed, uint64_t offset) {
+  uint32_t x = philox_word0(seed, offset);
+  x = x >= 0x80000000u ? ~x : x;  // the word as int32, negative values folded to -x - 1
+  return __fmul_rn((float)(int)x, 4.6566127342e-10f);
+}
+
 }  // namespace fusedrnn

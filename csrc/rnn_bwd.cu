@@ -1,10 +1,10 @@
-// Elman RNN backward persistent kernel (cell 2 tanh, cell 3 relu), instantiated for fp16, bf16, fp32 (TF32) and fp32 (3xTF32), each with 16 and 32 units per CTA and 1 and 2 n-tiles per pass.
+// Elman RNN backward persistent kernel (cell 2 tanh, cell 3 relu), instantiated for fp16, bf16, fp32 (TF32) and fp32 (3xTF32), each with 16 and 32 units per CTA and 1 and 2 n-tiles per pass, without and with zoneout (ZO).
 // One file per direction for the two nonlinearities (one gate: small instantiations), compiled in parallel with the others.
 #include "rnn_kernels.cuh"
 
 namespace fusedrnn {
-const void* elman_bwd_kernel(int cell, DType d, int mode, int mtiles, int ntiles) {
-  return cell == (int)Cell::RNN_RELU ? select_bwd_kernel<3>(d, mode, mtiles, ntiles)
-                                     : select_bwd_kernel<2>(d, mode, mtiles, ntiles);
+const void* elman_bwd_kernel(int cell, DType d, int mode, int mtiles, int ntiles, bool zo) {
+  return cell == (int)Cell::RNN_RELU ? select_bwd_kernel<3>(d, mode, mtiles, ntiles, zo)
+                                     : select_bwd_kernel<2>(d, mode, mtiles, ntiles, zo);
 }
 }  // namespace fusedrnn

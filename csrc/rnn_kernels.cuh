@@ -145,6 +145,43 @@ template <int CELL> __device__ __forceinline__ float elman_act_grad(float h) {
   }
 }
 
+// Zoneout in the ZO kernels (fusedrnn/zoneout.py, the Triton kernels' zone / zone_grad): state w (0 h,
+// 1 c) of element `off` = (t * B + b) * H + j. Training: the element keeps its old value where
+// philox_uniform(seed_w, off) < p_w (a selection, exact); evaluation: p * old + (1 - p) * new. A state
+// with p = 0 is not zoned. The seeds are read from device memory once per launch (no host read).
+struct Zone {
+  const ZoneParams& z;  // the kernel parameter (p, 1 - p, whether training: constant-bank operands)
+  uint64_t seed[2];
+  // zoned: a ZO kernel (a compile-time constant): the seeds are loaded, else nothing is.
+  __device__ __forceinline__ Zone(const ZoneParams& zp, bool zoned) : z(zp), seed{0u, 0u} {
+    if (zoned && zp.seeds != nullptr) {
+      seed[0] = (uint64_t)zp.seeds[0];
+      seed[1] = (uint64_t)zp.seeds[1];
+    }
+  }
+  // The zoned state from the cell's new one and the state before the step.
+  __device__ __forceinline__ float zone(int w, uint64_t off, float new_v, float old_v) const {
+    if (z.p[w] == 0.f) return new_v;
+    if (z.seeds != nullptr) return philox_uniform(seed[w], off) < z.p[w] ? old_v : new_v;
+    return __fmaf_rn(z.p[w], old_v, __fmul_rn(z.q[w], new_v));
+  }
+  // The backward of zone() for the gradient d of the zoned state: d_new (to the cell's new state) and
+  // d_old (to the state before the step), the masks regenerated.
+  __device__ __forceinline__ void grad(int w, uint64_t off, float d, float& d_new, float& d_old) const {
+    if (z.p[w] == 0.f) {
+      d_new = d;
+      d_old = 0.f;
+    } else if (z.seeds != nullptr) {
+      const bool keep = philox_uniform(seed[w], off) < z.p[w];
+      d_new = keep ? 0.f : d;
+      d_old = keep ? d : 0.f;
+    } else {
+      d_new = z.q[w] * d;
+      d_old = z.p[w] * d;
+    }
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // The recurrent product of one 16-row pass: acc[mt][nt] (the m-tile x n-tile blocks of D) =
 //   Σ over this warp's K blocks of A(rows of m-tile mt, block) · B(rows nt*8..nt*8+7, block)ᵀ
@@ -483,7 +520,9 @@ template <typename T> __device__ __forceinline__ bool aligned16(const T* p) {
 // ---------------------------------------------------------------------------------------------
 // Forward
 // ---------------------------------------------------------------------------------------------
-template <int CELL, typename T, int MODE, int NT>
+// ZO: zoneout (p.zo) applied to the new states, a constexpr case of the same step body (without it the
+// kernel is the plain one: no zoneout code at all).
+template <int CELL, typename T, int MODE, int NT, bool ZO>
 __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const FwdParams p) {
 #if FUSEDRNN_KERNEL_BODY
   constexpr int NG = n_gates(CELL), NS = n_saved(CELL), MT = NG, U = kFwdUnits;
@@ -529,6 +568,7 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const F
   for (int r = threadIdx.x; r < P.rows; r += kThreads)
     len_s[r] = r >= my_rows ? 0 : p.lengths != nullptr ? (int)min((int64_t)steps, p.lengths[row0 + r]) : steps;
   const bool vec_ok = H % R::EPP == 0 && aligned16(hist);
+  [[maybe_unused]] const Zone zo(p.zo, ZO);  // used by the ZO kernels only
   __syncthreads();
 
   // The thread's cell inputs of one (step, pass), loaded one pass ahead of their use, in place once
@@ -599,8 +639,9 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const F
             const float gg = tanh_fast(bits_to_f<T>(in.gx[2]) + gh[2]);
             const float og = sigmoid_fast(bits_to_f<T>(in.gx[3]) + gh[3]);
             const float c_prev = c_s[r * U + ct.r];
-            const float c_new = lstm_c_new(ig, fg, gg, c_prev);
-            h_new = og * tanh_fast(c_new);
+            float c_new = lstm_c_new(ig, fg, gg, c_prev);
+            h_new = og * tanh_fast(c_new);  // h~ from the cell's own c~
+            if constexpr (ZO) c_new = zo.zone(1, ((uint64_t)t * B + b) * H + j, c_new, c_prev);
             c_s[r * U + ct.r] = c_new;
             if (sv) {
               sv[j] = ig;
@@ -610,6 +651,7 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const F
               sv[4 * H + j] = c_prev;
             }
           }
+          if constexpr (ZO) h_new = zo.zone(0, ((uint64_t)t * B + b) * H + j, h_new, h_prev);
           h_s[r * U + ct.r] = h_new;
         }
         const float y_val = !valid ? 0.f : residual != nullptr ? h_new + bits_to_f<T>(in.res) : h_new;
@@ -645,7 +687,8 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const F
 // ---------------------------------------------------------------------------------------------
 // Backward
 // ---------------------------------------------------------------------------------------------
-template <int CELL, typename T, int MODE, int MT, int NT>
+// ZO: the backward of the forward's zoneout (p.zo), the masks regenerated (a constexpr case, as there).
+template <int CELL, typename T, int MODE, int MT, int NT, bool ZO>
 __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const BwdParams p) {
 #if FUSEDRNN_KERNEL_BODY
   constexpr int NG = n_gates(CELL), NS = n_saved(CELL), U = 16 * MT;
@@ -694,6 +737,7 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
   for (int r = threadIdx.x; r < P.rows; r += kThreads)
     len_s[r] = r >= my_rows ? 0 : p.lengths != nullptr ? (int)min((int64_t)steps, p.lengths[row0 + r]) : steps;
   const bool vec_ok = G % R::EPP == 0 && aligned16(dgh);
+  [[maybe_unused]] const Zone zo(p.zo, ZO);  // used by the ZO kernels only
   __syncthreads();
 
   // Phase A's inputs for the thread's (row, unit) pairs of one (step, pass), as raw bits.
@@ -734,7 +778,10 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
         if constexpr (CELL == 0) dgx_n[row * H + j] = from_f<T>(0.f);
         continue;
       }
-      const float dh = dh_s[r * U + u] + bits_to_f<T>(in.dy[m]);
+      float dh = dh_s[r * U + u] + bits_to_f<T>(in.dy[m]);  // d(h_t); with zoneout, of the zoned h_t
+      [[maybe_unused]] float dh_old = 0.f;  // zoneout: the part of d(h_t) that goes to h_{t-1} directly
+      [[maybe_unused]] const uint64_t off = ((uint64_t)t * B + b) * H + j;
+      if constexpr (ZO) zo.grad(0, off, dh, dh, dh_old);  // dh -> d(h~_t), the cell's own new h
       if constexpr (CELL == 0) {
         const float rg = in.sv[m][0], zg = in.sv[m][1], ng = in.sv[m][2], gh_n = in.sv[m][3];
         const float h_prev = bits_to_f<T>(in.h_prev[m]);
@@ -745,20 +792,36 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
         exchange_store(dg + H + j, from_f<T>(dz));
         exchange_store(dg + 2 * H + j, from_f<T>(dn * rg));  // gh_n enters as r * gh_n
         dgx_n[row * H + j] = from_f<T>(dn);
-        dh_s[r * U + u] = dh * zg;  // direct path; phase B adds dgates · W_hh
+        if constexpr (ZO) {
+          dh_s[r * U + u] = dh * zg + dh_old;
+        } else {
+          dh_s[r * U + u] = dh * zg;  // direct path; phase B adds dgates · W_hh
+        }
       } else if constexpr (is_elman(CELL)) {
         exchange_store(dg + j, from_f<T>(dh * elman_act_grad<CELL>(in.sv[m][0])));  // d(pre-activation)
-        dh_s[r * U + u] = 0.f;  // h_prev reaches h only through the gate
+        if constexpr (ZO) {
+          dh_s[r * U + u] = dh_old;
+        } else {
+          dh_s[r * U + u] = 0.f;  // h_prev reaches h only through the gate
+        }
       } else {
         const float ig = in.sv[m][0], fg = in.sv[m][1], gg = in.sv[m][2], og = in.sv[m][3], c_prev = in.sv[m][4];
-        const float tc = tanh_fast(lstm_c_new(ig, fg, gg, c_prev));
-        const float dc = dc_s[r * U + u] + dh * og * (1.f - tc * tc);
+        const float tc = tanh_fast(lstm_c_new(ig, fg, gg, c_prev));  // tanh of the cell's own c~_t
+        float dc_in = dc_s[r * U + u];  // d(c_t); with zoneout, of the zoned c_t
+        [[maybe_unused]] float dc_old = 0.f;
+        if constexpr (ZO) zo.grad(1, off, dc_in, dc_in, dc_old);  // -> d(c~_t) through c_t, and to c_{t-1}
+        const float dc = dc_in + dh * og * (1.f - tc * tc);
         exchange_store(dg + j, from_f<T>(dc * gg * ig * (1.f - ig)));
         exchange_store(dg + H + j, from_f<T>(dc * c_prev * fg * (1.f - fg)));
         exchange_store(dg + 2 * H + j, from_f<T>(dc * ig * (1.f - gg * gg)));
         exchange_store(dg + 3 * H + j, from_f<T>(dh * tc * og * (1.f - og)));
-        dc_s[r * U + u] = dc * fg;
-        dh_s[r * U + u] = 0.f;  // h_prev reaches h only through the gates
+        if constexpr (ZO) {
+          dc_s[r * U + u] = dc * fg + dc_old;
+          dh_s[r * U + u] = dh_old;
+        } else {
+          dc_s[r * U + u] = dc * fg;
+          dh_s[r * U + u] = 0.f;  // h_prev reaches h only through the gates
+        }
       }
     }
   };
@@ -817,65 +880,75 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
 }
 
 // ---------------------------------------------------------------------------------------------
-// Instantiations, selected by dtype and math mode, n-tiles per pass (1 or 2), and m-tiles for the
-// backward; the ring's slot count is a template of RecProduct::run, chosen per pass
+// Instantiations, selected by dtype and math mode, n-tiles per pass (1 or 2), m-tiles for the
+// backward, and zoneout (ZO); the ring's slot count is a template of RecProduct::run, chosen per pass
 // ---------------------------------------------------------------------------------------------
 #if defined(FUSEDRNN_EMULATE)
 // The emulator runs a kernel through one signature: entry(&params).
-template <int CELL, typename T, int MODE, int NT> void emu_fwd_entry(const void* params) {
-  rnn_fwd_persistent_kernel<CELL, T, MODE, NT>(*static_cast<const FwdParams*>(params));
+template <int CELL, typename T, int MODE, int NT, bool ZO> void emu_fwd_entry(const void* params) {
+  rnn_fwd_persistent_kernel<CELL, T, MODE, NT, ZO>(*static_cast<const FwdParams*>(params));
 }
-template <int CELL, typename T, int MODE, int MT, int NT> void emu_bwd_entry(const void* params) {
-  rnn_bwd_persistent_kernel<CELL, T, MODE, MT, NT>(*static_cast<const BwdParams*>(params));
+template <int CELL, typename T, int MODE, int MT, int NT, bool ZO> void emu_bwd_entry(const void* params) {
+  rnn_bwd_persistent_kernel<CELL, T, MODE, MT, NT, ZO>(*static_cast<const BwdParams*>(params));
 }
 #endif
 
-template <int CELL, typename T, int MODE, int NT> const void* fwd_kernel_ptr() {
+template <int CELL, typename T, int MODE, int NT, bool ZO> const void* fwd_kernel_ptr() {
 #if defined(FUSEDRNN_EMULATE)
-  return reinterpret_cast<const void*>(&emu_fwd_entry<CELL, T, MODE, NT>);
+  return reinterpret_cast<const void*>(&emu_fwd_entry<CELL, T, MODE, NT, ZO>);
 #else
-  return reinterpret_cast<const void*>(&rnn_fwd_persistent_kernel<CELL, T, MODE, NT>);
+  return reinterpret_cast<const void*>(&rnn_fwd_persistent_kernel<CELL, T, MODE, NT, ZO>);
 #endif
 }
 
-template <int CELL, typename T, int MODE, int MT, int NT> const void* bwd_kernel_ptr() {
+template <int CELL, typename T, int MODE, int MT, int NT, bool ZO> const void* bwd_kernel_ptr() {
 #if defined(FUSEDRNN_EMULATE)
-  return reinterpret_cast<const void*>(&emu_bwd_entry<CELL, T, MODE, MT, NT>);
+  return reinterpret_cast<const void*>(&emu_bwd_entry<CELL, T, MODE, MT, NT, ZO>);
 #else
-  return reinterpret_cast<const void*>(&rnn_bwd_persistent_kernel<CELL, T, MODE, MT, NT>);
+  return reinterpret_cast<const void*>(&rnn_bwd_persistent_kernel<CELL, T, MODE, MT, NT, ZO>);
 #endif
 }
 
-template <int CELL, int NT> const void* select_fwd_kernel_nt(DType d, int mode) {
+template <int CELL, int NT, bool ZO> const void* select_fwd_kernel_nt(DType d, int mode) {
   switch (d) {
-    case DType::F16: return fwd_kernel_ptr<CELL, __half, kHalf, NT>();
-    case DType::BF16: return fwd_kernel_ptr<CELL, __nv_bfloat16, kHalf, NT>();
+    case DType::F16: return fwd_kernel_ptr<CELL, __half, kHalf, NT, ZO>();
+    case DType::BF16: return fwd_kernel_ptr<CELL, __nv_bfloat16, kHalf, NT, ZO>();
     case DType::F32:
-      return mode == kTf32 ? fwd_kernel_ptr<CELL, float, kTf32, NT>() : fwd_kernel_ptr<CELL, float, kTf32x3, NT>();
+      return mode == kTf32 ? fwd_kernel_ptr<CELL, float, kTf32, NT, ZO>()
+                           : fwd_kernel_ptr<CELL, float, kTf32x3, NT, ZO>();
   }
   return nullptr;
 }
 
-template <int CELL> const void* select_fwd_kernel(DType d, int mode, int ntiles) {
-  return ntiles == 2 ? select_fwd_kernel_nt<CELL, 2>(d, mode) : select_fwd_kernel_nt<CELL, 1>(d, mode);
+template <int CELL, bool ZO> const void* select_fwd_kernel_zo(DType d, int mode, int ntiles) {
+  return ntiles == 2 ? select_fwd_kernel_nt<CELL, 2, ZO>(d, mode) : select_fwd_kernel_nt<CELL, 1, ZO>(d, mode);
 }
 
-template <int CELL, int MT, int NT> const void* select_bwd_kernel_mt(DType d, int mode) {
+template <int CELL> const void* select_fwd_kernel(DType d, int mode, int ntiles, bool zo) {
+  return zo ? select_fwd_kernel_zo<CELL, true>(d, mode, ntiles) : select_fwd_kernel_zo<CELL, false>(d, mode, ntiles);
+}
+
+template <int CELL, int MT, int NT, bool ZO> const void* select_bwd_kernel_mt(DType d, int mode) {
   switch (d) {
-    case DType::F16: return bwd_kernel_ptr<CELL, __half, kHalf, MT, NT>();
-    case DType::BF16: return bwd_kernel_ptr<CELL, __nv_bfloat16, kHalf, MT, NT>();
+    case DType::F16: return bwd_kernel_ptr<CELL, __half, kHalf, MT, NT, ZO>();
+    case DType::BF16: return bwd_kernel_ptr<CELL, __nv_bfloat16, kHalf, MT, NT, ZO>();
     case DType::F32:
-      return mode == kTf32 ? bwd_kernel_ptr<CELL, float, kTf32, MT, NT>()
-                           : bwd_kernel_ptr<CELL, float, kTf32x3, MT, NT>();
+      return mode == kTf32 ? bwd_kernel_ptr<CELL, float, kTf32, MT, NT, ZO>()
+                           : bwd_kernel_ptr<CELL, float, kTf32x3, MT, NT, ZO>();
   }
   return nullptr;
 }
 
-template <int CELL> const void* select_bwd_kernel(DType d, int mode, int mtiles, int ntiles) {
+template <int CELL, bool ZO> const void* select_bwd_kernel_zo(DType d, int mode, int mtiles, int ntiles) {
   if (ntiles == 2) {
-    return mtiles == 2 ? select_bwd_kernel_mt<CELL, 2, 2>(d, mode) : select_bwd_kernel_mt<CELL, 1, 2>(d, mode);
+    return mtiles == 2 ? select_bwd_kernel_mt<CELL, 2, 2, ZO>(d, mode) : select_bwd_kernel_mt<CELL, 1, 2, ZO>(d, mode);
   }
-  return mtiles == 2 ? select_bwd_kernel_mt<CELL, 2, 1>(d, mode) : select_bwd_kernel_mt<CELL, 1, 1>(d, mode);
+  return mtiles == 2 ? select_bwd_kernel_mt<CELL, 2, 1, ZO>(d, mode) : select_bwd_kernel_mt<CELL, 1, 1, ZO>(d, mode);
+}
+
+template <int CELL> const void* select_bwd_kernel(DType d, int mode, int mtiles, int ntiles, bool zo) {
+  return zo ? select_bwd_kernel_zo<CELL, true>(d, mode, mtiles, ntiles)
+            : select_bwd_kernel_zo<CELL, false>(d, mode, mtiles, ntiles);
 }
 
 }  // namespace fusedrnn

@@ -165,6 +165,15 @@ FUSEDRNN_HD inline Plan make_plan(Cell cell, bool backward, DType dtype, bool tf
 }
 
 // Pointers are to contiguous tensors; "scalar" means the input dtype (fp16, bf16 or fp32).
+// Zoneout of one launch (the ZO kernels only; fusedrnn/zoneout.py): p and 1 - p per state (h, c; c
+// for the LSTM), and the (2,) int64 seeds (h, c) in device memory in training, null in evaluation
+// (m = p). A state with p = 0 is not zoned.
+struct ZoneParams {
+  float p[2];
+  float q[2];              // 1 - p, rounded from double as the reference's (1 - p)
+  const int64_t* seeds;    // (2,) or null (evaluation)
+};
+
 struct FwdParams {
   Plan plan;
   int T;
@@ -180,6 +189,7 @@ struct FwdParams {
   float* c_state;          // (B, H) fp32 (LSTM): c0 on entry, c_n on exit
   float* saved;            // (T, B, n_saved*H) fp32, or null when no backward will run
   int* ready;              // (n_bg, n_ug) ready flags, zeroed; null: a grid barrier per step (ptx.cuh)
+  ZoneParams zo;           // read by the ZO kernels only (last: the other fields keep their offsets)
 };
 
 struct BwdParams {
@@ -196,6 +206,7 @@ struct BwdParams {
   float* dh;               // (B, H) fp32: dh_n on entry, dh0 on exit
   float* dc;               // (B, H) fp32 (LSTM): dc_n on entry, dc0 on exit
   int* ready;              // (n_bg, n_ug) ready flags, zeroed; null: a grid barrier per step (ptx.cuh)
+  ZoneParams zo;           // read by the ZO kernels only (last: the other fields keep their offsets)
 };
 
 // What the device allows for a plan (launch.cu).
@@ -207,24 +218,25 @@ struct Occupancy {
 };
 
 // Kernel entry pointers, one file per (cell, direction) so that the instantiations compile in
-// parallel. The backward has one instantiation per m-tile count (16 or 32 units per CTA).
-const void* gru_fwd_kernel(DType d, int mode, int ntiles);
-const void* lstm_fwd_kernel(DType d, int mode, int ntiles);
-const void* gru_bwd_kernel(DType d, int mode, int mtiles, int ntiles);
-const void* lstm_bwd_kernel(DType d, int mode, int mtiles, int ntiles);
+// parallel. The backward has one instantiation per m-tile count (16 or 32 units per CTA). zo: the
+// zoneout instantiation (template parameter ZO of the same kernel), else the plain one.
+const void* gru_fwd_kernel(DType d, int mode, int ntiles, bool zo);
+const void* lstm_fwd_kernel(DType d, int mode, int ntiles, bool zo);
+const void* gru_bwd_kernel(DType d, int mode, int mtiles, int ntiles, bool zo);
+const void* lstm_bwd_kernel(DType d, int mode, int mtiles, int ntiles, bool zo);
 // The Elman RNN cells (cell 2 tanh, 3 relu), both nonlinearities in one file per direction.
-const void* elman_fwd_kernel(int cell, DType d, int mode, int ntiles);
-const void* elman_bwd_kernel(int cell, DType d, int mode, int mtiles, int ntiles);
+const void* elman_fwd_kernel(int cell, DType d, int mode, int ntiles, bool zo);
+const void* elman_bwd_kernel(int cell, DType d, int mode, int mtiles, int ntiles, bool zo);
 
-inline const void* rnn_kernel(const Plan& p, DType d) {
+inline const void* rnn_kernel(const Plan& p, DType d, bool zo = false) {
   if (p.backward) {
-    return p.cell == 0   ? gru_bwd_kernel(d, p.mode, p.mtiles, p.pass_ntiles)
-           : p.cell == 1 ? lstm_bwd_kernel(d, p.mode, p.mtiles, p.pass_ntiles)
-                         : elman_bwd_kernel(p.cell, d, p.mode, p.mtiles, p.pass_ntiles);
+    return p.cell == 0   ? gru_bwd_kernel(d, p.mode, p.mtiles, p.pass_ntiles, zo)
+           : p.cell == 1 ? lstm_bwd_kernel(d, p.mode, p.mtiles, p.pass_ntiles, zo)
+                         : elman_bwd_kernel(p.cell, d, p.mode, p.mtiles, p.pass_ntiles, zo);
   }
-  return p.cell == 0   ? gru_fwd_kernel(d, p.mode, p.pass_ntiles)
-         : p.cell == 1 ? lstm_fwd_kernel(d, p.mode, p.pass_ntiles)
-                       : elman_fwd_kernel(p.cell, d, p.mode, p.pass_ntiles);
+  return p.cell == 0   ? gru_fwd_kernel(d, p.mode, p.pass_ntiles, zo)
+         : p.cell == 1 ? lstm_fwd_kernel(d, p.mode, p.pass_ntiles, zo)
+                       : elman_fwd_kernel(p.cell, d, p.mode, p.pass_ntiles, zo);
 }
 
 // launch.cu: device properties, occupancy (cached), cooperative launch, and the synchronisation-only

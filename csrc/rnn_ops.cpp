@@ -180,12 +180,45 @@ Tensor ready_flags_for(const Plan& p, bool ready_flags, const at::TensorOptions&
   return ready_flags ? at::zeros({(int64_t)p.n_bg * p.n_ug}, opts.dtype(at::kInt)) : Tensor();
 }
 
+// Zoneout (fusedrnn/backends/cuda.py: zo_p [] or [p_h, p_c], zo_seeds the (2,) int64 seeds h, c in
+// training, None in evaluation): the launch's ZoneParams, and whether the ZO kernel runs (a state of
+// the cell with p > 0; zo_p all zero runs the plain kernel, which computes the same).
+struct ZoneArgs {
+  ZoneParams zp{};
+  bool zoned = false;
+};
+ZoneArgs zone_args(Cell cell, const std::vector<double>& zo_p, const OptTensor& zo_seeds, const Tensor& ref) {
+  ZoneArgs a;
+  if (zo_p.empty()) {
+    TORCH_CHECK(!zo_seeds.has_value(), "fusedrnn cuda: zo_seeds given without zo_p (the zoneout probabilities)");
+    return a;
+  }
+  TORCH_CHECK(zo_p.size() == 2, "fusedrnn cuda: zo_p must be [] or [p_h, p_c], got ", zo_p.size(), " values");
+  for (int w = 0; w < 2; ++w) {
+    TORCH_CHECK(zo_p[w] >= 0.0 && zo_p[w] < 1.0, "fusedrnn cuda: zo_p[", w, "] (zoneout p_", w == 0 ? "h" : "c",
+                ") must be in [0, 1), got ", zo_p[w]);
+    a.zp.p[w] = (float)zo_p[w];
+    a.zp.q[w] = (float)(1.0 - zo_p[w]);
+  }
+  if (zo_seeds.has_value()) {
+    const Tensor& s = *zo_seeds;
+    TORCH_CHECK(s.scalar_type() == at::kLong && s.dim() == 1 && s.size(0) == 2,
+                "fusedrnn cuda: zo_seeds must be an int64 tensor of shape (2,) (the h and c seeds), got ",
+                s.scalar_type(), " ", s.sizes());
+    TORCH_CHECK(s.device() == ref.device(), "fusedrnn cuda: zo_seeds is on ", s.device(), " but ", ref.device(),
+                " is the kernel's device (the kernel reads the seeds from device memory)");
+  }
+  a.zoned = a.zp.p[0] > 0.f || (cell == Cell::LSTM && a.zp.p[1] > 0.f);
+  return a;
+}
+
 // gx (T,B,G), h0 (B,H), c0 (B,H) for LSTM, w_hh (G,H), b_hh (G,), residual (T,B,H), lengths (B,).
 // Returns {y, h_n, c_n (LSTM; else undefined), hist, saved (empty unless save)}. ready_flags: per-CTA
 // ready flags between steps instead of grid barriers (off by default; see ptx.cuh).
 std::vector<Tensor> rnn_forward(Cell cell, const Tensor& gx, const Tensor& h0, const OptTensor& c0, const Tensor& w_hh,
                                 const OptTensor& b_hh, const OptTensor& residual, const OptTensor& lengths,
-                                bool reverse, bool save, bool allow_tf32, bool ready_flags) {
+                                bool reverse, bool save, bool allow_tf32, bool ready_flags,
+                                const std::vector<double>& zo_p, const OptTensor& zo_seeds) {
   TORCH_CHECK(on_kernel_device(gx) && gx.dim() == 3, "fusedrnn cuda: gx must be a 3-D ", kDeviceKind,
               " tensor (T, B, G), got ", gx.sizes(), " on ", gx.device());
   const DType dt = dtype_of(gx.scalar_type());
@@ -201,6 +234,7 @@ std::vector<Tensor> rnn_forward(Cell cell, const Tensor& gx, const Tensor& h0, c
   const bool is_lstm = cell == Cell::LSTM;
   if (c0) check_arg(*c0, "c0", gx, {B, H});
   TORCH_CHECK(T * B * std::max<int64_t>(G, 5 * H) < (int64_t(1) << 62), "fusedrnn cuda: problem too large");
+  ZoneArgs zo = zone_args(cell, zo_p, zo_seeds, gx);
 
   DeviceScope scope(gx);
   check_device(gx);
@@ -223,6 +257,7 @@ std::vector<Tensor> rnn_forward(Cell cell, const Tensor& gx, const Tensor& h0, c
   const Tensor b_c = b_hh ? kernel_input(*b_hh, "b_hh") : Tensor();
   const Tensor r_c = residual ? kernel_input(*residual, "residual") : Tensor();
   const Tensor len = lengths.has_value() ? kernel_input(lengths_on(lengths, gx, B), "lengths") : Tensor();
+  const Tensor seeds_c = zo.zoned && zo_seeds.has_value() ? kernel_input(*zo_seeds, "zo_seeds") : Tensor();
 
   FwdParams p{};
   p.plan = device_plan(cell, false, dt, allow_tf32 && dt == DType::F32, H, B);
@@ -241,7 +276,9 @@ std::vector<Tensor> rnn_forward(Cell cell, const Tensor& gx, const Tensor& h0, c
   p.saved = save ? saved.data_ptr<float>() : nullptr;
   const Tensor ready = ready_flags_for(p.plan, ready_flags, opts);
   p.ready = ready.defined() ? ready.data_ptr<int>() : nullptr;
-  check_launch(launch_cooperative(rnn_kernel(p.plan, dt), p.plan, &p, current_stream()), "the forward kernel");
+  p.zo = zo.zp;
+  p.zo.seeds = seeds_c.defined() ? seeds_c.data_ptr<int64_t>() : nullptr;
+  check_launch(launch_cooperative(rnn_kernel(p.plan, dt, zo.zoned), p.plan, &p, current_stream()), "the forward kernel");
   return outputs({y, h_state.to(gx.scalar_type()), is_lstm ? c_state.to(gx.scalar_type()) : Tensor(), hist, saved});
 }
 
@@ -250,7 +287,8 @@ std::vector<Tensor> rnn_forward(Cell cell, const Tensor& gx, const Tensor& h0, c
 // (For the LSTM and the Elman RNN dgx = dgh; the GRU's gx_n enters without the factor r.)
 std::vector<Tensor> rnn_backward(Cell cell, const Tensor& dy, const Tensor& dh_n, const OptTensor& dc_n,
                                  const Tensor& w_hh, const Tensor& hist, const Tensor& saved,
-                                 const OptTensor& lengths, bool reverse, bool allow_tf32, bool ready_flags) {
+                                 const OptTensor& lengths, bool reverse, bool allow_tf32, bool ready_flags,
+                                 const std::vector<double>& zo_p, const OptTensor& zo_seeds) {
   TORCH_CHECK(on_kernel_device(dy) && dy.dim() == 3, "fusedrnn cuda: dy must be a 3-D ", kDeviceKind,
               " tensor (T, B, H), got ", dy.sizes(), " on ", dy.device());
   const DType dt = dtype_of(dy.scalar_type());
@@ -264,6 +302,7 @@ std::vector<Tensor> rnn_backward(Cell cell, const Tensor& dy, const Tensor& dh_n
                   {T, B, n_saved((int)cell) * H});
   const bool is_lstm = cell == Cell::LSTM, is_gru = cell == Cell::GRU;
   if (dc_n) check_arg(*dc_n, "dc_n", dy, {B, H});
+  ZoneArgs zo = zone_args(cell, zo_p, zo_seeds, dy);
 
   DeviceScope scope(dy);
   check_device(dy);
@@ -283,6 +322,7 @@ std::vector<Tensor> rnn_backward(Cell cell, const Tensor& dy, const Tensor& dh_n
   const Tensor dy_c = kernel_input(dy, "dy"), w_c = kernel_input(w_hh, "w_hh");
   const Tensor hist_c = kernel_input(hist, "hist"), saved_c = kernel_input(saved, "saved");
   const Tensor len = lengths.has_value() ? kernel_input(lengths_on(lengths, dy, B), "lengths") : Tensor();
+  const Tensor seeds_c = zo.zoned && zo_seeds.has_value() ? kernel_input(*zo_seeds, "zo_seeds") : Tensor();
 
   BwdParams p{};
   p.plan = device_plan(cell, true, dt, allow_tf32 && dt == DType::F32, H, B);
@@ -300,7 +340,9 @@ std::vector<Tensor> rnn_backward(Cell cell, const Tensor& dy, const Tensor& dh_n
   p.dc = is_lstm ? dc.data_ptr<float>() : nullptr;
   const Tensor ready = ready_flags_for(p.plan, ready_flags, opts);
   p.ready = ready.defined() ? ready.data_ptr<int>() : nullptr;
-  check_launch(launch_cooperative(rnn_kernel(p.plan, dt), p.plan, &p, current_stream()), "the backward kernel");
+  p.zo = zo.zp;
+  p.zo.seeds = seeds_c.defined() ? seeds_c.data_ptr<int64_t>() : nullptr;
+  check_launch(launch_cooperative(rnn_kernel(p.plan, dt, zo.zoned), p.plan, &p, current_stream()), "the backward kernel");
   return outputs({dgh, dgx_n, dh.to(dy.scalar_type()), is_lstm ? dc.to(dy.scalar_type()) : Tensor()});
 }
 
@@ -308,9 +350,10 @@ std::vector<Tensor> rnn_backward(Cell cell, const Tensor& dy, const Tensor& dh_n
 std::tuple<Tensor, Tensor, Tensor, Tensor> gru_forward(const Tensor& gx, const Tensor& h0, const Tensor& w_hh,
                                                        const OptTensor& b_hh, const OptTensor& residual,
                                                        const OptTensor& lengths, bool reverse, bool save,
-                                                       bool allow_tf32, bool ready_flags) {
+                                                       bool allow_tf32, bool ready_flags,
+                                                       const std::vector<double>& zo_p, const OptTensor& zo_seeds) {
   auto o = rnn_forward(Cell::GRU, gx, h0, std::nullopt, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32,
-                       ready_flags);
+                       ready_flags, zo_p, zo_seeds);
   return {o[0], o[1], o[3], o[4]};
 }
 
@@ -318,24 +361,29 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> lstm_forward(const Tensor& gx
                                                                 const Tensor& w_hh, const OptTensor& b_hh,
                                                                 const OptTensor& residual, const OptTensor& lengths,
                                                                 bool reverse, bool save, bool allow_tf32,
-                                                                bool ready_flags) {
-  auto o = rnn_forward(Cell::LSTM, gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, ready_flags);
+                                                                bool ready_flags, const std::vector<double>& zo_p,
+                                                                const OptTensor& zo_seeds) {
+  auto o = rnn_forward(Cell::LSTM, gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, ready_flags,
+                       zo_p, zo_seeds);
   return {o[0], o[1], o[2], o[3], o[4]};
 }
 
 std::tuple<Tensor, Tensor, Tensor> gru_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& w_hh,
                                                 const Tensor& hist, const Tensor& saved, const OptTensor& lengths,
-                                                bool reverse, bool allow_tf32, bool ready_flags) {
+                                                bool reverse, bool allow_tf32, bool ready_flags,
+                                                const std::vector<double>& zo_p, const OptTensor& zo_seeds) {
   auto o = rnn_backward(Cell::GRU, dy, dh_n, std::nullopt, w_hh, hist, saved, lengths, reverse, allow_tf32,
-                        ready_flags);
+                        ready_flags, zo_p, zo_seeds);
   return {o[0], o[1], o[2]};
 }
 
 std::tuple<Tensor, Tensor, Tensor> lstm_backward(const Tensor& dy, const Tensor& dh_n, const Tensor& dc_n,
                                                  const Tensor& w_hh, const Tensor& hist, const Tensor& saved,
                                                  const OptTensor& lengths, bool reverse, bool allow_tf32,
-                                                 bool ready_flags) {
-  auto o = rnn_backward(Cell::LSTM, dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32, ready_flags);
+                                                 bool ready_flags, const std::vector<double>& zo_p,
+                                                 const OptTensor& zo_seeds) {
+  auto o = rnn_backward(Cell::LSTM, dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32, ready_flags,
+                        zo_p, zo_seeds);
   return {o[0], o[2], o[3]};
 }
 
@@ -349,17 +397,19 @@ Cell elman_cell(const std::string& name) {
 std::tuple<Tensor, Tensor, Tensor, Tensor> elman_forward(const std::string& cell, const Tensor& gx, const Tensor& h0,
                                                          const Tensor& w_hh, const OptTensor& b_hh,
                                                          const OptTensor& residual, const OptTensor& lengths,
-                                                         bool reverse, bool save, bool allow_tf32, bool ready_flags) {
+                                                         bool reverse, bool save, bool allow_tf32, bool ready_flags,
+                                                         const std::vector<double>& zo_p, const OptTensor& zo_seeds) {
   auto o = rnn_forward(elman_cell(cell), gx, h0, std::nullopt, w_hh, b_hh, residual, lengths, reverse, save,
-                       allow_tf32, ready_flags);
+                       allow_tf32, ready_flags, zo_p, zo_seeds);
   return {o[0], o[1], o[3], o[4]};
 }
 
 std::tuple<Tensor, Tensor> elman_backward(const std::string& cell, const Tensor& dy, const Tensor& dh_n,
                                           const Tensor& w_hh, const Tensor& hist, const Tensor& saved,
-                                          const OptTensor& lengths, bool reverse, bool allow_tf32, bool ready_flags) {
+                                          const OptTensor& lengths, bool reverse, bool allow_tf32, bool ready_flags,
+                                          const std::vector<double>& zo_p, const OptTensor& zo_seeds) {
   auto o = rnn_backward(elman_cell(cell), dy, dh_n, std::nullopt, w_hh, hist, saved, lengths, reverse, allow_tf32,
-                        ready_flags);
+                        ready_flags, zo_p, zo_seeds);
   return {o[0], o[2]};
 }
 
@@ -450,23 +500,29 @@ void register_rnn(pybind11::module_& m) {
   namespace py = pybind11;
   m.def("gru_forward", &gru_forward, "persistent GRU recurrence forward -> (y, h_n, hist, saved)", py::arg("gx"),
         py::arg("h0"), py::arg("w_hh"), py::arg("b_hh"), py::arg("residual"), py::arg("lengths"), py::arg("reverse"),
-        py::arg("save"), py::arg("allow_tf32"), py::arg("ready_flags") = false);
+        py::arg("save"), py::arg("allow_tf32"), py::arg("ready_flags") = false, py::arg("zo_p") = std::vector<double>{},
+        py::arg("zo_seeds") = py::none());
   m.def("lstm_forward", &lstm_forward, "persistent LSTM recurrence forward -> (y, h_n, c_n, hist, saved)",
         py::arg("gx"), py::arg("h0"), py::arg("c0"), py::arg("w_hh"), py::arg("b_hh"), py::arg("residual"),
-        py::arg("lengths"), py::arg("reverse"), py::arg("save"), py::arg("allow_tf32"), py::arg("ready_flags") = false);
+        py::arg("lengths"), py::arg("reverse"), py::arg("save"), py::arg("allow_tf32"), py::arg("ready_flags") = false, py::arg("zo_p") = std::vector<double>{},
+        py::arg("zo_seeds") = py::none());
   m.def("gru_backward", &gru_backward, "persistent GRU recurrence backward -> (dgh, dgx_n, dh0)", py::arg("dy"),
         py::arg("dh_n"), py::arg("w_hh"), py::arg("hist"), py::arg("saved"), py::arg("lengths"), py::arg("reverse"),
-        py::arg("allow_tf32"), py::arg("ready_flags") = false);
+        py::arg("allow_tf32"), py::arg("ready_flags") = false, py::arg("zo_p") = std::vector<double>{},
+        py::arg("zo_seeds") = py::none());
   m.def("lstm_backward", &lstm_backward, "persistent LSTM recurrence backward -> (dgh, dh0, dc0)", py::arg("dy"),
         py::arg("dh_n"), py::arg("dc_n"), py::arg("w_hh"), py::arg("hist"), py::arg("saved"), py::arg("lengths"),
-        py::arg("reverse"), py::arg("allow_tf32"), py::arg("ready_flags") = false);
+        py::arg("reverse"), py::arg("allow_tf32"), py::arg("ready_flags") = false, py::arg("zo_p") = std::vector<double>{},
+        py::arg("zo_seeds") = py::none());
   m.def("elman_forward", &elman_forward,
         "persistent Elman RNN recurrence forward, cell 'rnn_tanh' or 'rnn_relu' -> (y, h_n, hist, saved)",
         py::arg("cell"), py::arg("gx"), py::arg("h0"), py::arg("w_hh"), py::arg("b_hh"), py::arg("residual"),
-        py::arg("lengths"), py::arg("reverse"), py::arg("save"), py::arg("allow_tf32"), py::arg("ready_flags") = false);
+        py::arg("lengths"), py::arg("reverse"), py::arg("save"), py::arg("allow_tf32"), py::arg("ready_flags") = false, py::arg("zo_p") = std::vector<double>{},
+        py::arg("zo_seeds") = py::none());
   m.def("elman_backward", &elman_backward, "persistent Elman RNN recurrence backward -> (dgh, dh0)",
         py::arg("cell"), py::arg("dy"), py::arg("dh_n"), py::arg("w_hh"), py::arg("hist"), py::arg("saved"),
-        py::arg("lengths"), py::arg("reverse"), py::arg("allow_tf32"), py::arg("ready_flags") = false);
+        py::arg("lengths"), py::arg("reverse"), py::arg("allow_tf32"), py::arg("ready_flags") = false, py::arg("zo_p") = std::vector<double>{},
+        py::arg("zo_seeds") = py::none());
   m.def("launch_shape", &launch_shape, "the launch plan for a device of num_sms SMs and smem_optin bytes (no GPU)",
         py::arg("cell"), py::arg("backward"), py::arg("dtype"), py::arg("tf32"), py::arg("H"), py::arg("B"),
         py::arg("num_sms"), py::arg("smem_optin"));

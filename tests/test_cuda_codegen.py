@@ -35,9 +35,10 @@ CSRC = ROOT / "csrc"
 KERNEL_SOURCES = ("gru_fwd.cu", "gru_bwd.cu", "lstm_fwd.cu", "lstm_bwd.cu", "rnn_fwd.cu", "rnn_bwd.cu", "launch.cu")
 ARCHS = ("80", "90")
 # Instantiations per file: fp16, bf16, fp32 (TF32), fp32 (3xTF32), each for 1 and 2 n-tiles per pass;
-# the backward also once per m-tile count; rnn_*.cu hold the Elman RNN's two cells (tanh, relu).
-INSTANTIATIONS = {"gru_fwd.cu": 8, "lstm_fwd.cu": 8, "gru_bwd.cu": 16, "lstm_bwd.cu": 16, "rnn_fwd.cu": 16,
-                  "rnn_bwd.cu": 32, "launch.cu": 1}
+# the backward also once per m-tile count; rnn_*.cu hold the Elman RNN's two cells (tanh, relu); and
+# each once without and once with zoneout (template parameter ZO).
+INSTANTIATIONS = {"gru_fwd.cu": 16, "lstm_fwd.cu": 16, "gru_bwd.cu": 32, "lstm_bwd.cu": 32, "rnn_fwd.cu": 32,
+                  "rnn_bwd.cu": 64, "launch.cu": 1}
 
 
 NVCC = cuda_tool("nvcc")

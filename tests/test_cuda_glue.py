@@ -262,18 +262,23 @@ def _meta_inputs(cell, T=5, B=3, I=7, H=16, bias=True, residual=True, lengths=Tr
 
 @needs_cuda_ops
 @pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_relu"])
-@pytest.mark.parametrize("bias,residual,lengths", [(True, True, True), (False, False, False)])
-def test_fake_forward_and_autograd_shapes(cell, bias, residual, lengths):
+@pytest.mark.parametrize("bias,residual,lengths,zoned", [(True, True, True, False), (False, False, False, False),
+                                                         (True, False, True, "training"), (False, True, False, "eval")])
+def test_fake_forward_and_autograd_shapes(cell, bias, residual, lengths, zoned):
+    from fusedrnn.zoneout import Zoneout
+
     a = _meta_inputs(cell, bias=bias, residual=residual, lengths=lengths)
+    seeds = torch.empty(2, dtype=torch.int64, device="meta") if zoned == "training" else None
+    zo = Zoneout(0.3, 0.4, seeds) if zoned else None
     if cell == "gru":
         outs = cuda_ops.gru(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["residual"],
-                            a["lengths"], False)
+                            a["lengths"], False, zo)
     elif cell != "lstm":
         outs = cuda_ops.rnn(cell, a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["residual"],
-                            a["lengths"], True)
+                            a["lengths"], True, zo)
     else:
         outs = cuda_ops.lstm(a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], None,
-                             a["residual"], a["lengths"], True)
+                             a["residual"], a["lengths"], True, zo)
     T, B, _ = a["x"].shape
     H = a["h0"].shape[1]
     assert outs[0].shape == (T, B, H) and all(o.shape == (B, H) for o in outs[1:])
@@ -286,33 +291,53 @@ def test_fake_forward_and_autograd_shapes(cell, bias, residual, lengths):
 
 @needs_cuda_ops
 def test_rnn_entry_refuses_what_it_cannot_run():
-    """The Elman RNN entry: another cell name, a zoneout or a LayerNorm handed to it directly is a
-    ValueError naming it (dispatch never hands it one: reasons() declines those calls)."""
+    """The Elman RNN entry: another cell name or a LayerNorm handed to it directly is a ValueError
+    naming it (dispatch never hands it one: reasons() declines those calls); a zoneout it runs."""
+    from fusedrnn.zoneout import Zoneout
+
     a = _meta_inputs("rnn_tanh")
     args = (a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["residual"], a["lengths"], False)
     with pytest.raises(ValueError, match="cell must be 'rnn_tanh' or 'rnn_relu', got 'gru'"):
         cuda_ops.rnn("gru", *args)
-    with pytest.raises(ValueError, match="no zoneout"):
-        cuda_ops.BACKEND.rnn("rnn_tanh", *args, zoneout=object())
     with pytest.raises(ValueError, match="no LayerNorm"):
         cuda_ops.BACKEND.rnn("rnn_relu", *args, layernorm=object())
+    y, h_n = cuda_ops.BACKEND.rnn("rnn_tanh", *args, zoneout=Zoneout(0.2, 0.2))  # the fakes: shapes only
+    assert y.shape == a["x"].shape[:2] + (16,) and h_n.shape == a["h0"].shape
+
+
+@needs_cuda_ops
+def test_backend_takes_zoneout_calls():
+    """The cuda backend's reasons() no longer decline zoneout (the kernels run it: template parameter
+    ZO of csrc/rnn_kernels.cuh); a LayerNorm call is still declined by name."""
+    import dataclasses
+
+    from fusedrnn import backends
+
+    cuda = backends.get("cuda")
+    for cell in ("gru", "lstm", "rnn_tanh", "rnn_relu"):
+        spec = backends.CallSpec(cell, torch.device("cpu"), torch.float32, 8, 4, 16, 16, 16, False, False, False,
+                                 False)
+        zoned = dataclasses.replace(spec, zoneout=True)
+        assert cuda.reasons(zoned, forced=True) == cuda.reasons(spec, forced=True)
+        assert not any("zoneout" in r for r in cuda.reasons(zoned, forced=True))
+        assert any("LayerNorm" in r for r in cuda.reasons(dataclasses.replace(spec, layernorm=True), forced=True))
 
 
 @needs_cuda_ops
 def test_fake_saved_buffer_only_when_grad_needed():
     gx = torch.empty(4, 2, 48, device="meta")
     h0, w = torch.empty(2, 16, device="meta"), torch.empty(48, 16, device="meta")
-    _, _, hist, saved = torch.ops.fusedrnn.cuda_gru_recurrence(gx, h0, w, None, None, None, False, False, False)
+    _, _, hist, saved = torch.ops.fusedrnn.cuda_gru_recurrence(gx, h0, w, None, None, None, False, False, False, [], None)
     assert hist.shape == (4, 2, 16) and saved.numel() == 0
-    _, _, _, saved = torch.ops.fusedrnn.cuda_gru_recurrence(gx, h0, w, None, None, None, False, True, False)
+    _, _, _, saved = torch.ops.fusedrnn.cuda_gru_recurrence(gx, h0, w, None, None, None, False, True, False, [], None)
     assert saved.shape == (4, 2, 64) and saved.dtype == torch.float32
     w1 = torch.empty(16, 16, device="meta")  # the Elman RNN: one gate, one saved activation (h')
     for cell in ("rnn_tanh", "rnn_relu"):
         _, _, hist, saved = torch.ops.fusedrnn.cuda_rnn_recurrence(cell, gx[..., :16], h0, w1, None, None, None, False,
-                                                                   False, False)
+                                                                   False, False, [], None)
         assert hist.shape == (4, 2, 16) and saved.numel() == 0
         _, _, _, saved = torch.ops.fusedrnn.cuda_rnn_recurrence(cell, gx[..., :16], h0, w1, None, None, None, False,
-                                                                True, False)
+                                                                True, False, [], None)
         assert saved.shape == (4, 2, 16) and saved.dtype == torch.float32
 
 

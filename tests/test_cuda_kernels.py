@@ -439,15 +439,143 @@ def test_custom_ops_opcheck(ex, cell):
         fwd, bwd = cuda_ops._lstm_recurrence, cuda_ops._lstm_recurrence_backward
         states = (d["h0"], d["c0"])
     pre = (cell,) if cell.startswith("rnn_") else ()
-    for save in (False, True):
-        torch.library.opcheck(fwd, (*pre, gx, *states, d["w_hh"], d["b_hh"], d["residual"], lens, True, save, False))
-    leaves = [t.clone().requires_grad_() for t in (gx, *states, d["w_hh"], d["b_hh"], d["residual"])]
-    torch.library.opcheck(fwd, (*pre, *leaves, lens, True, True, False))
-    out = fwd(*pre, gx, *states, d["w_hh"], d["b_hh"], d["residual"], lens, True, True, False)
-    hist, saved = out[-2], out[-1]
-    dy, dh = torch.randn_like(out[0]), torch.randn_like(states[0])
-    dstates = (dh,) if cell != "lstm" else (dh, torch.randn_like(dh))
-    torch.library.opcheck(bwd, (*pre, dy, *dstates, d["w_hh"], hist, saved, lens, True, False))
+    seeds = torch.tensor([11, 2**40 + 5], dtype=torch.int64, device=ex.device)
+    for zo in (([], None), ([0.3, 0.4], seeds), ([0.3, 0.4], None)):  # none, training, evaluation
+        for save in (False, True):
+            torch.library.opcheck(fwd, (*pre, gx, *states, d["w_hh"], d["b_hh"], d["residual"], lens, True, save,
+                                        False, *zo))
+        leaves = [t.clone().requires_grad_() for t in (gx, *states, d["w_hh"], d["b_hh"], d["residual"])]
+        torch.library.opcheck(fwd, (*pre, *leaves, lens, True, True, False, *zo))
+        out = fwd(*pre, gx, *states, d["w_hh"], d["b_hh"], d["residual"], lens, True, True, False, *zo)
+        hist, saved = out[-2], out[-1]
+        dy, dh = torch.randn_like(out[0]), torch.randn_like(states[0])
+        dstates = (dh,) if cell != "lstm" else (dh, torch.randn_like(dh))
+        torch.library.opcheck(bwd, (*pre, dy, *dstates, d["w_hh"], hist, saved, lens, True, False, *zo))
+
+
+# ---------------------------------------------------------------------------------------------
+# Zoneout (the ZO kernels: template parameter ZO of the same step body; fusedrnn/zoneout.py)
+# ---------------------------------------------------------------------------------------------
+
+# cell, case, p_h, p_c, training: odd H (element-wise staging), lengths, reverse, residual, batch
+# groups, several passes per step, the backward at 32 units per CTA (two m-tiles), p_h != p_c, and a
+# state with p = 0
+ZONEOUT_CASES = [
+    ("gru", CASES[1], 0.3, 0.3, True),
+    ("gru", CASES[3], 0.25, 0.25, False),
+    ("lstm", CASES[2], 0.3, 0.6, True),
+    ("lstm", CASES[3], 0.2, 0.45, False),
+    ("lstm", CASES[0], 0.0, 0.4, True),
+    ("lstm", CASES[7], 0.35, 0.0, True),
+    ("rnn_tanh", CASES[1], 0.3, 0.3, True),
+    ("rnn_relu", CASES[7], 0.4, 0.4, False),
+    ("rnn_tanh", CASES[2], 0.5, 0.5, False),
+]
+
+
+def _zoneout_call(ex, cell, zo):
+    call = ex.call(cell)
+    return lambda *a: call(*a, zo)  # zoneout: the argument after reverse
+
+
+def _zoneout_ref(cell, zo):
+    from fusedrnn import reference
+
+    if cell == "lstm":
+        return lambda x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, res, lens, rev: reference.lstm_reference(
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual=res, lengths=lens, reverse=rev, zoneout=zo)
+    if cell == "gru":
+        return lambda x, h0, w_ih, w_hh, b_ih, b_hh, res, lens, rev: reference.gru_reference(
+            x, h0, w_ih, w_hh, b_ih, b_hh, residual=res, lengths=lens, reverse=rev, zoneout=zo)
+    return lambda x, h0, w_ih, w_hh, b_ih, b_hh, res, lens, rev: reference.rnn_reference(
+        x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=cell[4:], residual=res, lengths=lens, reverse=rev, zoneout=zo)
+
+
+def _zoneout_case_id(c):
+    cell, case, p_h, p_c, training = c
+    return f"{cell}-{case.id}-{p_h}-{p_c}-{'train' if training else 'eval'}"
+
+
+@pytest.mark.parametrize("zcase", ZONEOUT_CASES, ids=_zoneout_case_id)
+def test_zoneout_matches_reference(ex, zcase):
+    """Forward outputs, final states and every gradient of the ZO kernels (fp32, 3xTF32) against the
+    fp64 oracle with the same Zoneout: in training the same seeds give the same masks (Philox in the
+    kernel, fusedrnn.zoneout.uniform in the oracle), regenerated in the backward; in evaluation m = p."""
+    from fusedrnn.zoneout import Zoneout
+
+    cell, case, p_h, p_c, training = zcase
+    ex.set_sms(case.sms)
+    d, lens = ex.inputs(cell, case.T, case.B, case.I, case.H, torch.float64, bias=case.bias, residual=case.residual,
+                        lengths=case.lengths, seed=case.T * 7 + case.H)
+    seeds = torch.tensor([1234567, 2**40 + 3], dtype=torch.int64, device=ex.device) if training else None
+    zo = Zoneout(p_h, p_c, seeds)
+    want = run_cell_with_grads(cell, _zoneout_ref(cell, zo), d, lens, case.reverse)
+    plain = run_cell_with_grads(cell, _zoneout_ref(cell, None), d, lens, case.reverse)
+    assert (want["out0"] - plain["out0"]).abs().max() > 1e-3  # zoneout changed the result
+    got = run_cell_with_grads(cell, _zoneout_call(ex, cell, zo), d, lens, case.reverse, dtype=torch.float32)
+    assert_fp32_close(got, want, f"{cell} {case.id} zoneout {p_h}/{p_c} training={training}")
+
+
+@pytest.mark.parametrize("dtype", LOWP, ids=str)
+@pytest.mark.parametrize("zcase", [ZONEOUT_CASES[0], ZONEOUT_CASES[2], ZONEOUT_CASES[3]], ids=_zoneout_case_id)
+def test_zoneout_low_precision(ex, zcase, dtype):
+    """The fp16/bf16 ZO kernels (the half MMA path): every output and gradient within K_LOWP x the
+    error of the reference run in that dtype (same Zoneout, same masks), both against the fp64 oracle."""
+    from helpers import K_LOWP
+
+    from fusedrnn.zoneout import Zoneout
+
+    cell, case, p_h, p_c, training = zcase
+    ex.set_sms(case.sms)
+    d, lens = ex.inputs(cell, case.T, case.B, case.I, case.H, torch.float64, bias=case.bias, residual=case.residual,
+                        lengths=case.lengths, seed=case.T * 7 + case.H)
+    seeds = torch.tensor([99, 2**50 + 1], dtype=torch.int64, device=ex.device) if training else None
+    zo = Zoneout(p_h, p_c, seeds)
+    oracle = run_cell_with_grads(cell, _zoneout_ref(cell, zo), d, lens, case.reverse)
+    base = run_cell_with_grads(cell, _zoneout_ref(cell, zo), d, lens, case.reverse, dtype=dtype)
+    got = run_cell_with_grads(cell, _zoneout_call(ex, cell, zo), d, lens, case.reverse, dtype=dtype)
+    for k in oracle:
+        e, e_ref = rel_err(got[k], oracle[k]), rel_err(base[k], oracle[k])
+        assert e <= K_LOWP * max(e_ref, 1e-3), f"{cell} {dtype} zoneout {k}: {e:.2e} vs the reference's {e_ref:.2e}"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_zoneout_off_is_the_plain_kernel(ex, cell):
+    """No zoneout, zo_p [0, 0] and zoneout on a state the cell lacks (c of a GRU) run the plain kernel:
+    the same bits as a call without zoneout. The seeds decide the masks: the same seeds give the same
+    bits, others a different result."""
+    from fusedrnn.zoneout import Zoneout
+
+    case = CASES[2]
+    d, lens = _case_inputs(ex, cell, case, torch.float32)
+    run = lambda zo: run_cell_with_grads(cell, _zoneout_call(ex, cell, zo), d, lens, False)  # noqa: E731
+    base = run(None)
+    for zo in (Zoneout(0.0, 0.0), Zoneout(0.0, 0.0, torch.tensor([3, 4], device=ex.device))) + (
+            (Zoneout(0.0, 0.5, torch.tensor([3, 4], device=ex.device)),) if cell != "lstm" else ()):
+        got = run(zo)
+        assert all(torch.equal(got[k], base[k]) for k in base), zo
+    s1 = torch.tensor([7, 8], dtype=torch.int64, device=ex.device)
+    a, b = run(Zoneout(0.3, 0.3, s1)), run(Zoneout(0.3, 0.3, s1.clone()))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    c = run(Zoneout(0.3, 0.3, torch.tensor([9, 8], dtype=torch.int64, device=ex.device)))
+    assert not torch.equal(a["out0"], c["out0"])
+
+
+def test_zoneout_argument_checks(ex):
+    """rnn_ops.cpp's named checks of the zoneout arguments."""
+    _, gx, h0, _, w_hh, b_hh = raw_recurrence_inputs("gru", 3, 2, 8, torch.float32, ex.device)
+    seeds = torch.tensor([1, 2], dtype=torch.int64, device=ex.device)
+    base = (gx, h0, w_hh, b_hh, None, None, False, False, False, False)
+    with pytest.raises(RuntimeError, match=r"zo_p must be \[\] or \[p_h, p_c\]"):
+        ex.ext.gru_forward(*base, [0.1], None)
+    with pytest.raises(RuntimeError, match=r"zo_p\[1\] \(zoneout p_c\) must be in \[0, 1\)"):
+        ex.ext.gru_forward(*base, [0.1, 1.0], None)
+    with pytest.raises(RuntimeError, match="zo_seeds given without zo_p"):
+        ex.ext.gru_forward(*base, [], seeds)
+    with pytest.raises(RuntimeError, match="zo_seeds must be an int64 tensor of shape"):
+        ex.ext.gru_forward(*base, [0.1, 0.1], seeds.to(torch.int32))
+    with pytest.raises(RuntimeError, match="zo_seeds must be an int64 tensor of shape"):
+        ex.ext.gru_forward(*base, [0.1, 0.1], torch.tensor([1, 2, 3], device=ex.device))
 
 
 @settings(max_examples=10, deadline=None,

@@ -225,8 +225,8 @@ def test_rnn_reference_is_torchs_cell_definition(nonlinearity):
 
 def test_cuda_backend_takes_the_rnn_cell_as_the_gru():
     """The CUDA kernels run the Elman RNN cell (CELL 2 and 3 of csrc/rnn_kernels.cuh): the cuda backend
-    gives an RNN call the reasons it gives the same GRU call (here: the device, or no GPU), and still
-    declines zoneout by name; a forced backend='cuda' on the CPU names the device."""
+    gives an RNN call the reasons it gives the same GRU call (here: the device, or no GPU), also with
+    zoneout (which the kernels run); a forced backend='cuda' on the CPU names the device."""
     import dataclasses
 
     cuda = backends.get("cuda")
@@ -238,7 +238,7 @@ def test_cuda_backend_takes_the_rnn_cell_as_the_gru():
             assert cuda.reasons(spec, forced=True) == cuda.reasons(gru, forced=True), (device, cell)
             assert not any("Elman" in r for r in cuda.reasons(spec, forced=True))
             zoned = cuda.reasons(dataclasses.replace(spec, zoneout=True), forced=True)
-            assert any("no zoneout" in r for r in zoned), zoned
+            assert zoned == cuda.reasons(gru, forced=True) and not any("zoneout" in r for r in zoned), zoned
     with pytest.raises(ValueError, match=r"backend 'cuda' cannot run this RNN_TANH call: .*device=cpu"):
         call("rnn_tanh", make_args("rnn_tanh"), backend="cuda")
 

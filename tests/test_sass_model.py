@@ -152,3 +152,24 @@ def test_the_check_fires_on_the_analytic_compute_phase():
     s = model_cuda.sass_compute(bwd, case, "bf16", H100)
     old = model_cuda.backward_step(bwd, case, H100, analytic=True)
     assert compute_phase_below_stalls(old, s) is not None
+
+
+# Philox 4x32's round multipliers as SASS immediates (ptxas prints them signed): 0xD2511F53, 0xCD9E8D57
+_PHILOX_IMMEDIATES = ("-0x2daee0ad", "-0x326172a9")
+
+
+@needs_sass
+def test_zoneout_code_only_in_the_zo_kernels():
+    """Zoneout is a compile-time case (template parameter ZO of csrc/rnn_kernels.cuh): every ZO kernel
+    has a plain twin, the plain kernels hold no Philox (nor any code of it: a runtime mode once put a
+    jump table after the gate math and lengthened the plain step), and every ZO kernel's step loop
+    multiplies by both Philox constants."""
+    plain = {k for k in KERNELS if "ELb0EEEvNS" in k}
+    zo = {k for k in KERNELS if "ELb1EEEvNS" in k}
+    assert zo and {k.replace("ELb1EEEvNS", "ELb0EEEvNS") for k in zo} == plain and len(plain) + len(zo) == len(KERNELS)
+    for k in plain:
+        text = " ".join(i.args.lower() for i in KERNELS[k])
+        assert not any(c in text for c in _PHILOX_IMMEDIATES), k
+    for k in zo:
+        text = " ".join(i.args.lower() for i in sass.step_loop(KERNELS[k]))
+        assert all(c in text for c in _PHILOX_IMMEDIATES), k

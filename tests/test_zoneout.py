@@ -60,6 +60,44 @@ def test_torch_philox_is_triton_rand_bit_for_bit():
         assert torch.equal(zoneout.uniform(s[0], off), got), seed
 
 
+def _philox_words(seed: int, offset: int) -> int:
+    """Philox 4x32-10's first word in Python integers (the definition, independent of torch)."""
+    m = 0xFFFFFFFF
+    c = [offset & m, (offset >> 32) & m, 0, 0]
+    k0, k1 = seed & m, (seed >> 32) & m
+    for _ in range(10):
+        pb, pa = 0xCD9E8D57 * c[2], 0xD2511F53 * c[0]
+        c = [(pb >> 32) ^ c[1] ^ k0, pb & m, (pa >> 32) ^ c[3] ^ k1, pa & m]
+        k0, k1 = (k0 + 0x9E3779B9) & m, (k1 + 0xBB67AE85) & m
+    return c[0]
+
+
+def test_cuda_kernels_philox_is_zoneout_uniform_bit_for_bit():
+    """csrc/ptx.cuh's philox_word0 / philox_uniform (what the CUDA kernels zone with), as the CPU
+    emulator builds them, equal fusedrnn.zoneout.uniform bit for bit: small and large offsets (the
+    high counter word, past 2^32 and 2^40), seeds with high bits set (and the int64 sign bit), and
+    the first word equals a plain-integer Philox."""
+    import cuda_emu
+
+    reason = cuda_emu.unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"CUDA emulator: {reason}")
+    emu = cuda_emu.load()
+    g = torch.Generator().manual_seed(5)
+    seed_values = (0, 1, 1234567, 2**31 + 5, 2**32 - 1, 2**32, 2**40 + 77, zoneout.SEED_HIGH - 1, 2**63 - 1, -1, -2**63)
+    for seed in seed_values:
+        off = torch.randint(0, 2**62, (4096,), generator=g, dtype=torch.int64)
+        off[:4096 // 2] = torch.randint(0, 2**33, (4096 // 2,), generator=g, dtype=torch.int64)
+        off[:16] = torch.arange(16)
+        off[16:20] = torch.tensor([2**32 - 1, 2**32, 2**32 + 1, 2**63 - 1])
+        seeds = torch.full_like(off, seed)
+        words, got = emu.philox(seeds, off)
+        want = zoneout.uniform(torch.tensor(seed, dtype=torch.int64), off)
+        assert got.dtype == torch.float32 and torch.equal(got, want), seed
+        for i in (0, 1, 15, 16, 17, 19, 100, 4000):
+            assert int(words[i]) & 0xFFFFFFFF == _philox_words(seed & (2**64 - 1), int(off[i])), (seed, i)
+
+
 def test_mask_rate_and_independence():
     seeds = zoneout.draw_seeds(2, "cpu")
     p, B, W, T = 0.3, 64, 96, 40

@@ -10,6 +10,7 @@ void register_rnn(pybind11::module_& m);  // csrc/rnn_ops.cpp, compiled with -DF
 }  // namespace fusedrnn
 namespace fusedrnn_emu {
 torch::Tensor selftest(const std::string& name, int64_t variant, const torch::Tensor& in);  // selftest.cpp
+std::vector<torch::Tensor> philox(const torch::Tensor& seeds, const torch::Tensor& offsets);  // selftest.cpp
 }  // namespace fusedrnn_emu
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -52,4 +53,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("num_sms"), py::arg("smem_optin"));
   m.def("selftest", &fusedrnn_emu::selftest, "run one of the emulator's self-test kernels (csrc/emu/selftest.cpp)",
         py::arg("name"), py::arg("variant"), py::arg("input"));
+  m.def("philox", &fusedrnn_emu::philox,
+        "zoneout's Philox as the kernels compute it (csrc/ptx.cuh): (first word, float32 uniform) per (seed, offset)",
+        py::arg("seeds"), py::arg("offsets"));
 }

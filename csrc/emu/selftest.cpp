@@ -331,4 +331,22 @@ torch::Tensor selftest(const std::string& name, int64_t variant, const torch::Te
   return out;
 }
 
+// Zoneout's random numbers as the kernels compute them (csrc/ptx.cuh philox_word0, philox_uniform,
+// in this build with 64-bit products for mul.hi): for each (seed, offset) pair, Philox 4x32-10's first
+// word and the float32 uniform, for tests/test_zoneout.py to compare with fusedrnn.zoneout.uniform.
+std::vector<torch::Tensor> philox(const torch::Tensor& seeds, const torch::Tensor& offsets) {
+  TORCH_CHECK(seeds.is_cpu() && offsets.is_cpu() && seeds.scalar_type() == at::kLong &&
+                  offsets.scalar_type() == at::kLong && seeds.sizes() == offsets.sizes(),
+              "philox: seeds and offsets: int64 CPU tensors of one shape");
+  const torch::Tensor s = seeds.contiguous(), o = offsets.contiguous();
+  torch::Tensor word = torch::empty_like(s), u = torch::empty(s.sizes(), s.options().dtype(at::kFloat));
+  const int64_t* sp = s.data_ptr<int64_t>();
+  const int64_t* op = o.data_ptr<int64_t>();
+  for (int64_t i = 0; i < s.numel(); ++i) {
+    word.data_ptr<int64_t>()[i] = (int64_t)fusedrnn::philox_word0((uint64_t)sp[i], (uint64_t)op[i]);
+    u.data_ptr<float>()[i] = fusedrnn::philox_uniform((uint64_t)sp[i], (uint64_t)op[i]);
+  }
+  return {word, u};
+}
+
 }  // namespace fusedrnn_emu

@@ -13,7 +13,9 @@ and for the backward:
 The recurrences are torch.library custom ops (``fusedrnn::cuda_gru_recurrence`` ...; the Elman RNN's
 ``fusedrnn::cuda_rnn_recurrence`` takes the cell, "rnn_tanh" or "rnn_relu") with fake implementations
 and registered autograd, so torch.compile traces them. The cells whose state is h alone (GRU, Elman RNN)
-share the fakes, the autograd and the entry point. Kernel design, numerics and
+share the fakes, the autograd and the entry point. Zoneout (fusedrnn/zoneout.py) runs in the kernels
+(their ZO instantiations): every op takes ``zo_p`` and ``zo_seeds`` as backends/triton.py's do, the
+seeds stay on the device and the backward regenerates the masks from them. Kernel design, numerics and
 limits: csrc/README.md.
 """
 
@@ -38,7 +40,6 @@ __all__ = ["BACKEND", "unavailable", "limits", "max_hidden_size", "gru", "lstm",
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MIN_CAPABILITY = (8, 0)
 _N_SAVED = {"gru": 4, "lstm": 5, "rnn_tanh": 1, "rnn_relu": 1}  # fp32 values per (t, b, unit) kept for the backward
-ZONEOUT_REASON = "zoneout: the CUDA kernels have no zoneout yet; the Triton kernels and the reference run it"
 LAYERNORM_REASON = "layernorm: the CUDA kernels have no LayerNorm yet; the reference runs it"
 _DTYPE_NAME = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 _REQUIRED = ("gru_forward", "lstm_forward", "gru_backward", "lstm_backward", "elman_forward", "elman_backward", "plan",
@@ -170,12 +171,19 @@ def _saved_shape(cell: str, T: int, B: int, H: int, save: bool) -> tuple:
     return (T, B, _N_SAVED[cell] * H) if save else (0,)
 
 
+# Zoneout arguments of every op (as backends/triton.py's): ``zo_p`` [] without zoneout, else [p_h, p_c];
+# ``zo_seeds`` the (2,) int64 seeds (h, c) on the kernel's device in training, None in evaluation
+# (m = p). The kernels regenerate the masks in the backward from the same seeds (fusedrnn/zoneout.py).
+
+
 @torch.library.custom_op("fusedrnn::cuda_gru_recurrence", mutates_args=())
 def _gru_recurrence(
     gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], residual: Optional[Tensor],
-    lengths: Optional[Tensor], reverse: bool, save: bool, allow_tf32: bool,
+    lengths: Optional[Tensor], reverse: bool, save: bool, allow_tf32: bool, zo_p: list[float],
+    zo_seeds: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    return tuple(_ext().gru_forward(gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, _ready_flags()))
+    return tuple(_ext().gru_forward(gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, _ready_flags(),
+                                    zo_p, zo_seeds))
 
 
 def _hcell_fake(cell: str, gx: Tensor, save: bool):
@@ -187,20 +195,21 @@ def _hcell_fake(cell: str, gx: Tensor, save: bool):
 
 
 @_gru_recurrence.register_fake
-def _(gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32):
+def _(gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, zo_p, zo_seeds):
     return _hcell_fake("gru", gx, save)
 
 
 @torch.library.custom_op("fusedrnn::cuda_gru_recurrence_backward", mutates_args=())
 def _gru_recurrence_backward(
     dy: Tensor, dh_n: Tensor, w_hh: Tensor, hist: Tensor, saved: Tensor, lengths: Optional[Tensor],
-    reverse: bool, allow_tf32: bool,
+    reverse: bool, allow_tf32: bool, zo_p: list[float], zo_seeds: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return tuple(_ext().gru_backward(dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32, _ready_flags()))
+    return tuple(_ext().gru_backward(dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32, _ready_flags(),
+                                     zo_p, zo_seeds))
 
 
 @_gru_recurrence_backward.register_fake
-def _(dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32):
+def _(dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32, zo_p, zo_seeds):
     T, B, H = dy.shape
     return dy.new_empty(T, B, 3 * H), dy.new_empty(T, B, H), dy.new_empty(B, H)
 
@@ -208,28 +217,31 @@ def _(dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32):
 @torch.library.custom_op("fusedrnn::cuda_rnn_recurrence", mutates_args=())
 def _rnn_recurrence(
     cell: str, gx: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], residual: Optional[Tensor],
-    lengths: Optional[Tensor], reverse: bool, save: bool, allow_tf32: bool,
+    lengths: Optional[Tensor], reverse: bool, save: bool, allow_tf32: bool, zo_p: list[float],
+    zo_seeds: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     return tuple(
-        _ext().elman_forward(cell, gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, _ready_flags())
+        _ext().elman_forward(cell, gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, _ready_flags(),
+                             zo_p, zo_seeds)
     )
 
 
 @_rnn_recurrence.register_fake
-def _(cell, gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32):
+def _(cell, gx, h0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, zo_p, zo_seeds):
     return _hcell_fake(cell, gx, save)
 
 
 @torch.library.custom_op("fusedrnn::cuda_rnn_recurrence_backward", mutates_args=())
 def _rnn_recurrence_backward(
     cell: str, dy: Tensor, dh_n: Tensor, w_hh: Tensor, hist: Tensor, saved: Tensor, lengths: Optional[Tensor],
-    reverse: bool, allow_tf32: bool,
+    reverse: bool, allow_tf32: bool, zo_p: list[float], zo_seeds: Optional[Tensor],
 ) -> tuple[Tensor, Tensor]:
-    return tuple(_ext().elman_backward(cell, dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32, _ready_flags()))
+    return tuple(_ext().elman_backward(cell, dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32, _ready_flags(),
+                                       zo_p, zo_seeds))
 
 
 @_rnn_recurrence_backward.register_fake
-def _(cell, dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32):
+def _(cell, dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32, zo_p, zo_seeds):
     T, B, H = dy.shape
     return dy.new_empty(T, B, H), dy.new_empty(B, H)
 
@@ -237,15 +249,17 @@ def _(cell, dy, dh_n, w_hh, hist, saved, lengths, reverse, allow_tf32):
 @torch.library.custom_op("fusedrnn::cuda_lstm_recurrence", mutates_args=())
 def _lstm_recurrence(
     gx: Tensor, h0: Tensor, c0: Tensor, w_hh: Tensor, b_hh: Optional[Tensor], residual: Optional[Tensor],
-    lengths: Optional[Tensor], reverse: bool, save: bool, allow_tf32: bool,
+    lengths: Optional[Tensor], reverse: bool, save: bool, allow_tf32: bool, zo_p: list[float],
+    zo_seeds: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     return tuple(
-        _ext().lstm_forward(gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, _ready_flags())
+        _ext().lstm_forward(gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, _ready_flags(),
+                            zo_p, zo_seeds)
     )
 
 
 @_lstm_recurrence.register_fake
-def _(gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32):
+def _(gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32, zo_p, zo_seeds):
     T, B, G = gx.shape
     H = G // 4
     saved = gx.new_empty(_saved_shape("lstm", T, B, H, save), dtype=torch.float32)
@@ -255,15 +269,16 @@ def _(gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, allow_tf32):
 @torch.library.custom_op("fusedrnn::cuda_lstm_recurrence_backward", mutates_args=())
 def _lstm_recurrence_backward(
     dy: Tensor, dh_n: Tensor, dc_n: Tensor, w_hh: Tensor, hist: Tensor, saved: Tensor,
-    lengths: Optional[Tensor], reverse: bool, allow_tf32: bool,
+    lengths: Optional[Tensor], reverse: bool, allow_tf32: bool, zo_p: list[float], zo_seeds: Optional[Tensor],
 ) -> tuple[Tensor, Tensor, Tensor]:
     return tuple(
-        _ext().lstm_backward(dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32, _ready_flags())
+        _ext().lstm_backward(dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32, _ready_flags(),
+                             zo_p, zo_seeds)
     )
 
 
 @_lstm_recurrence_backward.register_fake
-def _(dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32):
+def _(dy, dh_n, dc_n, w_hh, hist, saved, lengths, reverse, allow_tf32, zo_p, zo_seeds):
     T, B, H = dy.shape
     return dy.new_empty(T, B, 4 * H), dy.new_empty(B, H), dy.new_empty(B, H)
 
@@ -298,13 +313,14 @@ def _residual_grad(ctx, r_idx: int, dy: Tensor, lengths: Tensor | None):
 
 
 # The cells whose state is h alone share the autograd: the GRU op's inputs are (gx, h0, w_hh, b_hh,
-# residual, lengths, reverse, save, allow_tf32), the Elman RNN op's the same after its cell.
+# residual, lengths, reverse, save, allow_tf32, zo_p, zo_seeds), the Elman RNN op's the same after its
+# cell. The zoneout seeds are saved: the backward kernel regenerates the masks from them.
 def _hcell_save(ctx, cell, inputs, output):
-    gx, h0, w_hh, b_hh, residual, lengths, reverse, save, tf32 = inputs
+    gx, h0, w_hh, b_hh, residual, lengths, reverse, save, tf32, zo_p, zo_seeds = inputs
     y, h_n, hist, saved = output
     ctx.mark_non_differentiable(hist, saved)
-    ctx.save_for_backward(w_hh, hist, saved, lengths)
-    ctx.cell, ctx.reverse, ctx.tf32 = cell, reverse, tf32
+    ctx.save_for_backward(w_hh, hist, saved, lengths, zo_seeds)
+    ctx.cell, ctx.reverse, ctx.tf32, ctx.zo_p = cell, reverse, tf32, list(zo_p)
 
 
 def _gru_setup_context(ctx, inputs, output):
@@ -316,39 +332,42 @@ def _rnn_setup_context(ctx, inputs, output):
 
 
 def _hcell_backward(ctx, dy, dh_n, _dhist, _dsaved):
-    w_hh, hist, saved, lengths = ctx.saved_tensors
+    w_hh, hist, saved, lengths, zo_seeds = ctx.saved_tensors
     dy = _grad_or_zeros(dy, hist)
     dh_n = _grad_or_zeros(dh_n, hist[0])
     o = 0 if ctx.cell == "gru" else 1  # the Elman RNN op's inputs start with its cell
     if ctx.cell == "gru":
-        dgh, dgx_n, dh0 = _gru_recurrence_backward(dy, dh_n, w_hh, hist, saved, lengths, ctx.reverse, ctx.tf32)
+        dgh, dgx_n, dh0 = _gru_recurrence_backward(dy, dh_n, w_hh, hist, saved, lengths, ctx.reverse, ctx.tf32,
+                                                   ctx.zo_p, zo_seeds)
         H = hist.shape[-1]
         dgx = torch.cat([dgh[..., : 2 * H], dgx_n], dim=-1) if ctx.needs_input_grad[0] else None
     else:  # one gate: d(gx) = d(gh) = d(pre-activation)
-        dgh, dh0 = _rnn_recurrence_backward(ctx.cell, dy, dh_n, w_hh, hist, saved, lengths, ctx.reverse, ctx.tf32)
+        dgh, dh0 = _rnn_recurrence_backward(ctx.cell, dy, dh_n, w_hh, hist, saved, lengths, ctx.reverse, ctx.tf32,
+                                            ctx.zo_p, zo_seeds)
         dgx = dgh if ctx.needs_input_grad[o] else None
     dw_hh, db_hh = _recurrent_weight_grads(ctx, o + 2, o + 3, dgh, hist)
     dres = _residual_grad(ctx, o + 4, dy, lengths)
-    return (None,) * o + (dgx, dh0, dw_hh, db_hh, dres, None, None, None, None)
+    return (None,) * o + (dgx, dh0, dw_hh, db_hh, dres, None, None, None, None, None, None)
 
 
 def _lstm_setup_context(ctx, inputs, output):
-    gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, tf32 = inputs
+    gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, tf32, zo_p, zo_seeds = inputs
     y, h_n, c_n, hist, saved = output
     ctx.mark_non_differentiable(hist, saved)
-    ctx.save_for_backward(w_hh, hist, saved, lengths)
-    ctx.reverse, ctx.tf32 = reverse, tf32
+    ctx.save_for_backward(w_hh, hist, saved, lengths, zo_seeds)
+    ctx.reverse, ctx.tf32, ctx.zo_p = reverse, tf32, list(zo_p)
 
 
 def _lstm_backward(ctx, dy, dh_n, dc_n, _dhist, _dsaved):
-    w_hh, hist, saved, lengths = ctx.saved_tensors
+    w_hh, hist, saved, lengths, zo_seeds = ctx.saved_tensors
     dy = _grad_or_zeros(dy, hist)
     dh_n = _grad_or_zeros(dh_n, hist[0])
     dc_n = _grad_or_zeros(dc_n, hist[0])
-    dgh, dh0, dc0 = _lstm_recurrence_backward(dy, dh_n, dc_n, w_hh, hist, saved, lengths, ctx.reverse, ctx.tf32)
+    dgh, dh0, dc0 = _lstm_recurrence_backward(dy, dh_n, dc_n, w_hh, hist, saved, lengths, ctx.reverse, ctx.tf32,
+                                              ctx.zo_p, zo_seeds)
     dw_hh, db_hh = _recurrent_weight_grads(ctx, 3, 4, dgh, hist)
     dres = _residual_grad(ctx, 5, dy, lengths)
-    return dgh, dh0, dc0, dw_hh, db_hh, dres, None, None, None, None
+    return dgh, dh0, dc0, dw_hh, db_hh, dres, None, None, None, None, None, None
 
 
 torch.library.register_autograd(
@@ -377,34 +396,43 @@ def _input_projection(x: Tensor, w_ih: Tensor, b_ih: Tensor | None) -> Tensor:
         return F.linear(x, w_ih, b_ih)
 
 
-def _hcell(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+def _zo_args(zoneout) -> tuple[list[float], Optional[Tensor]]:
+    """A fusedrnn.zoneout.Zoneout (or None) -> the ops' (zo_p, zo_seeds)."""
+    if zoneout is None:
+        return [], None
+    return [float(zoneout.p_h), float(zoneout.p_c)], zoneout.seeds
+
+
+def _hcell(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
     """One layer-direction of a cell whose state is h alone: the GRU, or the Elman RNN ``cell``."""
     gx = _input_projection(x, w_ih, b_ih)
     save = _needs_save(x, h0, w_ih, w_hh, b_ih, b_hh, residual)
     tf32 = x.dtype == torch.float32 and allow_tf32()
-    args = (gx, h0, w_hh, b_hh, residual, lengths, reverse, save, tf32)
+    args = (gx, h0, w_hh, b_hh, residual, lengths, reverse, save, tf32, *_zo_args(zoneout))
     y, h_n, _, _ = _gru_recurrence(*args) if cell == "gru" else _rnn_recurrence(cell, *args)
     return y, h_n
 
 
-def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
-    return _hcell("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+def gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
+    """One GRU layer-direction; ``zoneout`` a fusedrnn.zoneout.Zoneout or None (masks made in the kernels)."""
+    return _hcell("gru", x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
 
 
-def rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse):
+def rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None):
     """One Elman RNN layer-direction, ``cell`` "rnn_tanh" or "rnn_relu" (see fusedrnn.functional.rnn_tanh)."""
     if cell not in RNN_CELLS:
         raise ValueError(f"cell must be 'rnn_tanh' or 'rnn_relu', got {cell!r}")
-    return _hcell(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+    return _hcell(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
 
 
-def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse):
+def lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None):
     if w_hr is not None:
         raise ValueError("fusedrnn cuda backend: proj_size (w_hr) is not supported")
     gx = _input_projection(x, w_ih, b_ih)
     save = _needs_save(x, h0, c0, w_ih, w_hh, b_ih, b_hh, residual)
     tf32 = x.dtype == torch.float32 and allow_tf32()
-    y, h_n, c_n, _, _ = _lstm_recurrence(gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, tf32)
+    y, h_n, c_n, _, _ = _lstm_recurrence(gx, h0, c0, w_hh, b_hh, residual, lengths, reverse, save, tf32,
+                                         *_zo_args(zoneout))
     return y, h_n, c_n
 
 
@@ -427,9 +455,9 @@ class CudaBackend(Backend):
         return unavailable()
 
     def reasons(self, spec, forced):
-        if spec.zoneout or spec.layernorm:  # decided without loading the extension
+        if spec.layernorm:  # decided without loading the extension
             return ([] if spec.device.type == "cuda" else [f"device={spec.device.type} (supported: cuda)"]) + \
-                ([ZONEOUT_REASON] if spec.zoneout else []) + ([LAYERNORM_REASON] if spec.layernorm else [])
+                [LAYERNORM_REASON]
         if spec.device.type != "cuda":  # decided without loading the extension
             return [f"device={spec.device.type} (supported: cuda)"]
         if not forced and _extension.needs_jit_build():
@@ -444,18 +472,16 @@ class CudaBackend(Backend):
 
     def gru(self, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
         self.refuse_layernorm(layernorm, LAYERNORM_REASON)
-        return gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+        return gru(x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
 
     def rnn(self, cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout=None, layernorm=None):
         self.refuse_layernorm(layernorm, LAYERNORM_REASON)
-        if zoneout is not None:
-            raise ValueError(f"fusedrnn backend {self.name!r}: {ZONEOUT_REASON}")
-        return rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse)
+        return rnn(cell, x, h0, w_ih, w_hh, b_ih, b_hh, residual, lengths, reverse, zoneout)
 
     def lstm(self, x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout=None,
              layernorm=None):
         self.refuse_layernorm(layernorm, LAYERNORM_REASON)
-        return lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse)
+        return lstm(x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual, lengths, reverse, zoneout)
 
 
 BACKEND = CudaBackend()

@@ -17,7 +17,7 @@ from torch import Tensor
 from . import FLOAT_DTYPES, Backend, dtype_reasons
 
 
-ZONEOUT_REASON = "zoneout (torch's RNN ops have no zoneout; the reference and the Triton kernels run it)"
+ZONEOUT_REASON = "zoneout (torch's RNN ops have no zoneout; the reference, the Triton and the CUDA kernels run it)"
 LAYERNORM_REASON = "layernorm (torch's RNN ops have no LayerNorm; the reference runs it)"
 
 
