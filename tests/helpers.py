@@ -221,3 +221,18 @@ def compiled_and_eager(module, x, seed: int):
         got = compiled(x)[0]
     torch.manual_seed(seed)
     return got, module(x)[0]
+
+
+def zoneout_reference_call(cell, zo):
+    """The oracle (fusedrnn.reference) for ``cell`` with zoneout ``zo`` (a fusedrnn.zoneout.Zoneout or
+    None), in the positional functional signature run_cell_with_grads calls."""
+    from fusedrnn import reference
+
+    if cell == "lstm":
+        return lambda x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, res, lens, rev: reference.lstm_reference(
+            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual=res, lengths=lens, reverse=rev, zoneout=zo)
+    if cell == "gru":
+        return lambda x, h0, w_ih, w_hh, b_ih, b_hh, res, lens, rev: reference.gru_reference(
+            x, h0, w_ih, w_hh, b_ih, b_hh, residual=res, lengths=lens, reverse=rev, zoneout=zo)
+    return lambda x, h0, w_ih, w_hh, b_ih, b_hh, res, lens, rev: reference.rnn_reference(
+        x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=cell[4:], residual=res, lengths=lens, reverse=rev, zoneout=zo)

@@ -30,6 +30,7 @@ from helpers import (
     raw_recurrence_inputs,
     rel_err,
     run_cell_with_grads,
+    zoneout_reference_call,
 )
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -478,19 +479,6 @@ def _zoneout_call(ex, cell, zo):
     return lambda *a: call(*a, zo)  # zoneout: the argument after reverse
 
 
-def _zoneout_ref(cell, zo):
-    from fusedrnn import reference
-
-    if cell == "lstm":
-        return lambda x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, res, lens, rev: reference.lstm_reference(
-            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual=res, lengths=lens, reverse=rev, zoneout=zo)
-    if cell == "gru":
-        return lambda x, h0, w_ih, w_hh, b_ih, b_hh, res, lens, rev: reference.gru_reference(
-            x, h0, w_ih, w_hh, b_ih, b_hh, residual=res, lengths=lens, reverse=rev, zoneout=zo)
-    return lambda x, h0, w_ih, w_hh, b_ih, b_hh, res, lens, rev: reference.rnn_reference(
-        x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=cell[4:], residual=res, lengths=lens, reverse=rev, zoneout=zo)
-
-
 def _zoneout_case_id(c):
     cell, case, p_h, p_c, training = c
     return f"{cell}-{case.id}-{p_h}-{p_c}-{'train' if training else 'eval'}"
@@ -509,8 +497,8 @@ def test_zoneout_matches_reference(ex, zcase):
                         lengths=case.lengths, seed=case.T * 7 + case.H)
     seeds = torch.tensor([1234567, 2**40 + 3], dtype=torch.int64, device=ex.device) if training else None
     zo = Zoneout(p_h, p_c, seeds)
-    want = run_cell_with_grads(cell, _zoneout_ref(cell, zo), d, lens, case.reverse)
-    plain = run_cell_with_grads(cell, _zoneout_ref(cell, None), d, lens, case.reverse)
+    want = run_cell_with_grads(cell, zoneout_reference_call(cell, zo), d, lens, case.reverse)
+    plain = run_cell_with_grads(cell, zoneout_reference_call(cell, None), d, lens, case.reverse)
     assert (want["out0"] - plain["out0"]).abs().max() > 1e-3  # zoneout changed the result
     got = run_cell_with_grads(cell, _zoneout_call(ex, cell, zo), d, lens, case.reverse, dtype=torch.float32)
     assert_fp32_close(got, want, f"{cell} {case.id} zoneout {p_h}/{p_c} training={training}")
@@ -531,8 +519,8 @@ def test_zoneout_low_precision(ex, zcase, dtype):
                         lengths=case.lengths, seed=case.T * 7 + case.H)
     seeds = torch.tensor([99, 2**50 + 1], dtype=torch.int64, device=ex.device) if training else None
     zo = Zoneout(p_h, p_c, seeds)
-    oracle = run_cell_with_grads(cell, _zoneout_ref(cell, zo), d, lens, case.reverse)
-    base = run_cell_with_grads(cell, _zoneout_ref(cell, zo), d, lens, case.reverse, dtype=dtype)
+    oracle = run_cell_with_grads(cell, zoneout_reference_call(cell, zo), d, lens, case.reverse)
+    base = run_cell_with_grads(cell, zoneout_reference_call(cell, zo), d, lens, case.reverse, dtype=dtype)
     got = run_cell_with_grads(cell, _zoneout_call(ex, cell, zo), d, lens, case.reverse, dtype=dtype)
     for k in oracle:
         e, e_ref = rel_err(got[k], oracle[k]), rel_err(base[k], oracle[k])

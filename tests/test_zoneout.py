@@ -18,7 +18,8 @@ from __future__ import annotations
 import pytest
 import torch
 from executors import executor_device, executor_params
-from helpers import assert_fp32_close, compiled_and_eager, make_cell_inputs, run_cell_with_grads
+from helpers import (assert_fp32_close, compiled_and_eager, make_cell_inputs, run_cell_with_grads,
+                     zoneout_reference_call)
 
 import fusedrnn
 import fusedrnn.functional as F
@@ -148,17 +149,6 @@ def test_check_zoneout(value, cell, ok):
 # ------------------------------------------------------------------------------------------------
 
 
-def _ref_call(cell, zo):
-    if cell == "lstm":
-        return lambda x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, res, lens, rev: reference.lstm_reference(
-            x, h0, c0, w_ih, w_hh, b_ih, b_hh, w_hr, residual=res, lengths=lens, reverse=rev, zoneout=zo)
-    if cell == "gru":
-        return lambda x, h0, w_ih, w_hh, b_ih, b_hh, res, lens, rev: reference.gru_reference(
-            x, h0, w_ih, w_hh, b_ih, b_hh, residual=res, lengths=lens, reverse=rev, zoneout=zo)
-    return lambda x, h0, w_ih, w_hh, b_ih, b_hh, res, lens, rev: reference.rnn_reference(
-        x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity=cell[4:], residual=res, lengths=lens, reverse=rev, zoneout=zo)
-
-
 def _call(call, cell, d, lens=None, reverse=False):
     if cell == "lstm":
         return call(d["x"], d["h0"], d["c0"], d["w_ih"], d["w_hh"], d["b_ih"], d["b_hh"], None, d["residual"], lens,
@@ -173,8 +163,8 @@ def test_reference_zoned_step_is_the_definition(cell):
     d, _ = make_cell_inputs(cell, 1, 6, 5, 8, torch.float64)
     seeds = torch.tensor([11, 12], dtype=torch.int64)
     zo = Zoneout(0.4, 0.6, seeds)
-    got = _call(_ref_call(cell, zo), cell, d)
-    plain = _call(_ref_call(cell, None), cell, d)
+    got = _call(zoneout_reference_call(cell, zo), cell, d)
+    plain = _call(zoneout_reference_call(cell, None), cell, d)
     m_h = zoneout.keep_mask(seeds[0], 0.4, 0, 6, 8, "cpu")
     assert 0 < m_h.sum() < m_h.numel()
     want_h = torch.where(m_h, d["h0"], plain[1])
@@ -183,7 +173,7 @@ def test_reference_zoned_step_is_the_definition(cell):
     if cell == "lstm":
         m_c = zoneout.keep_mask(seeds[1], 0.6, 0, 6, 8, "cpu")
         torch.testing.assert_close(got[2], torch.where(m_c, d["c0"], plain[2]), rtol=0, atol=0)
-    ev = _call(_ref_call(cell, Zoneout(0.4, 0.6)), cell, d)
+    ev = _call(zoneout_reference_call(cell, Zoneout(0.4, 0.6)), cell, d)
     torch.testing.assert_close(ev[1], 0.4 * d["h0"] + 0.6 * plain[1])
 
 
@@ -198,9 +188,9 @@ def test_evaluation_is_the_expectation_of_training(cell):
     d.setdefault("residual", None)
     d.setdefault("b_ih", None)
     d.setdefault("b_hh", None)
-    train = _call(_ref_call(cell, Zoneout(0.3, 0.3, torch.tensor([7, 8]))), cell, d)
-    ev = _call(_ref_call(cell, Zoneout(0.3, 0.3)), cell, d)
-    spread = (ev[1][0] - _call(_ref_call(cell, None), cell, d)[1][0]).abs().max().item() / 0.7  # |h0 - h~|
+    train = _call(zoneout_reference_call(cell, Zoneout(0.3, 0.3, torch.tensor([7, 8]))), cell, d)
+    ev = _call(zoneout_reference_call(cell, Zoneout(0.3, 0.3)), cell, d)
+    spread = (ev[1][0] - _call(zoneout_reference_call(cell, None), cell, d)[1][0]).abs().max().item() / 0.7  # |h0 - h~|
     assert (train[1].mean(0) - ev[1][0]).abs().max().item() < 5 * spread * (0.21 / B) ** 0.5 + 1e-12
 
 
@@ -254,8 +244,8 @@ def test_triton_matches_reference(executor, case):
     d = {k: (v.to(dev) if v is not None else None) for k, v in d.items()}
     seeds = torch.tensor([1234567, 2**40 + 3], dtype=torch.int64, device=dev) if training else None
     zo = Zoneout(p_h, p_c, seeds)
-    want = run_cell_with_grads(cell, _ref_call(cell, zo), d, lens, reverse)
-    plain = run_cell_with_grads(cell, _ref_call(cell, None), d, lens, reverse)
+    want = run_cell_with_grads(cell, zoneout_reference_call(cell, zo), d, lens, reverse)
+    plain = run_cell_with_grads(cell, zoneout_reference_call(cell, None), d, lens, reverse)
     assert (want["out0"] - plain["out0"]).abs().max() > 1e-3  # zoneout changed the result
     got = run_cell_with_grads(cell, _triton_call(cell, zo, strategy), d, lens, reverse, dtype=torch.float32)
     assert_fp32_close(got, want, f"{cell} zoneout {p_h}/{p_c} training={training}")
