@@ -10,14 +10,19 @@ variant has the structure the latency model (bench/model_cuda.py) assumes, read 
   - no integer division (the I2F.RP / MUFU.RCP / F2I / IMAD.HI idiom of a runtime divisor) and no
     predicated HMMA (an n-tile the plan does not have): the product is specialised on its n-tiles
     and counts its ring slot along (tests/test_sass_model.py checks the executed HMMAs per step).
+nvcc's objects and ptxas reports are cached by nvcc version, flags and csrc/'s bytes (see
+nvcc_cache_dir), so an unchanged csrc/ is compiled once per machine, not once per run or CI leg.
 Also: setup.py says so when torch's CUDA and nvcc's major versions differ. Needs nvcc; skipped
 without it. Run with -s to see the register / spill table.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import os
 import re
+import shutil
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -78,14 +83,57 @@ def parse_ptxas(text: str) -> dict:
     return out
 
 
-def _compile(source: str, tmp: Path) -> tuple[str, int, str, Path]:
-    obj = tmp / (source + ".o")
+def _command(source: str, obj: Path) -> list[str]:
     cmd = [NVCC, "-std=c++17", "-O3", "--expt-relaxed-constexpr", "-Xptxas=-v", "-c", str(CSRC / source),
            "-o", str(obj), f"-I{CSRC}"]
     for arch in ARCHS:
         cmd += ["-gencode", f"arch=compute_{arch},code=sm_{arch}"]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    return source, proc.returncode, proc.stdout + proc.stderr, obj
+    return cmd
+
+
+# The result cache: nvcc's output for one kernel file depends only on nvcc, the flags and csrc/'s
+# headers and sources (no torch: test_kernel_sources_do_not_include_torch), so the object and the
+# ptxas report are kept on disk (~/.cache/fusedrnn/nvcc-codegen, or $FUSEDRNN_NVCC_CACHE) keyed by all
+# three. Both CI legs and every rerun of an unchanged csrc/ then read instead of compiling (minutes of
+# 2 cores each); any edit under csrc/, another nvcc or another flag compiles afresh. Failures are not
+# cached.
+
+def nvcc_cache_dir() -> Path:
+    return Path(os.environ.get("FUSEDRNN_NVCC_CACHE") or Path.home() / ".cache" / "fusedrnn" / "nvcc-codegen")
+
+
+@functools.cache
+def _nvcc_version() -> str:
+    return subprocess.run([NVCC, "--version"], capture_output=True, text=True).stdout
+
+
+def cache_key(source: str, nvcc_version: str | None = None, csrc: Path = CSRC) -> str:
+    h = hashlib.sha256()
+    h.update((nvcc_version if nvcc_version is not None else _nvcc_version()).encode())
+    h.update(" ".join(_command(source, Path("OBJ"))[1:]).replace(str(CSRC), "CSRC").encode())
+    for p in sorted(csrc.rglob("*")):
+        if p.is_file() and p.suffix in (".cu", ".cuh", ".h"):
+            h.update(p.relative_to(csrc).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()[:32]
+
+
+def _compile(source: str, tmp: Path) -> tuple[str, int, str, Path]:
+    obj = tmp / (source + ".o")
+    cached = nvcc_cache_dir() / f"{source}-{cache_key(source)}"
+    if (cached / "done").exists():
+        shutil.copyfile(cached / "obj.o", obj)
+        return source, 0, (cached / "ptxas.log").read_text(), obj
+    proc = subprocess.run(_command(source, obj), capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    if proc.returncode == 0:
+        try:
+            cached.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(obj, cached / "obj.o")
+            (cached / "ptxas.log").write_text(log)
+            (cached / "done").touch()  # last: a half-written entry is never read
+        except OSError:
+            pass
+    return source, proc.returncode, log, obj
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +141,22 @@ def builds(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nvcc")
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
         return list(pool.map(lambda s: _compile(s, tmp), KERNEL_SOURCES))
+
+
+def test_nvcc_cache_key_follows_nvcc_flags_and_every_source(tmp_path):
+    """A cached object is reused only for the same nvcc, flags and csrc/ bytes: a header edit (any
+    file) misses, as does another nvcc; a file outside csrc/'s sources does not matter."""
+    for p in CSRC.iterdir():
+        if p.is_file():
+            (tmp_path / p.name).write_bytes(p.read_bytes())
+    base = cache_key("gru_fwd.cu", "nvcc 13.0", tmp_path)
+    assert base == cache_key("gru_fwd.cu", "nvcc 13.0", tmp_path)
+    assert base != cache_key("gru_bwd.cu", "nvcc 13.0", tmp_path)
+    assert base != cache_key("gru_fwd.cu", "nvcc 13.1", tmp_path)
+    (tmp_path / "README.md").write_text("not compiled")
+    assert base == cache_key("gru_fwd.cu", "nvcc 13.0", tmp_path)
+    (tmp_path / "ptx.cuh").write_bytes((tmp_path / "ptx.cuh").read_bytes() + b"\n")
+    assert base != cache_key("gru_fwd.cu", "nvcc 13.0", tmp_path)
 
 
 def test_kernel_sources_compile(builds):
