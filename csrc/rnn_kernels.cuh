@@ -318,6 +318,7 @@ struct RecProduct {
     const T* piece[NT];
     int live[NT];
     uint4* slot0;  // ring slot 0, n-tile 0 of this lane; slot s, n-tile nt: + (s * NT + nt) * 32
+    bool full;     // the ring holds kStages groups whenever a block is due (see wait_due)
   };
   __device__ Lane lane_of(uint4* stage_smem, const Source& src, const Plan& P) const {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -330,6 +331,7 @@ struct RecProduct {
       l.live[nt] = row_ok ? kb_in : 0;
     }
     l.slot0 = stage_smem + warp * P.stage_slots * NT * 32 + lane;
+    l.full = P.stage_slots == kStages || P.blocks_per_warp <= P.stage_slots;
     return l;
   }
 
@@ -377,10 +379,18 @@ struct RecProduct {
     }
   }
 
-  // Waits for the oldest copy still due: the prologue commits S = stage_slots groups (blocks
-  // 0 .. S-1; the plan has S <= blocks per warp) and every block one more (empty for the last S
-  // blocks), so when block i is due, S - 1 later groups may still be in flight.
-  __device__ static void wait_due(const Plan& P) {
+  // Waits for the oldest copy still due. The prologue commits S = stage_slots groups (blocks
+  // 0 .. S-1; the plan has S <= blocks per warp) and every block one more (a refill, or empty for
+  // the last S blocks), so when block i is due, S - 1 later groups may still be in flight. When the
+  // ring is full (S = kStages, or S = blocks per warp: no refills) the prologue pads its S groups
+  // with kStages - S empty ones, so that count is kStages - 1 for every block of every plan: one
+  // wait with a constant count. Only a ring the plan shortened for shared memory (S < kStages and
+  // refills) takes the switch on S.
+  template <bool FULL> __device__ static void wait_due(const Plan& P) {
+    if constexpr (FULL) {
+      cp_async_wait<kStages - 1>();
+      return;
+    }
     switch (P.stage_slots - 1) {
       case 0: cp_async_wait<0>(); break;
       case 1: cp_async_wait<1>(); break;
@@ -396,33 +406,61 @@ struct RecProduct {
   // Block i in ring slot `slot` (i % S, kept by the caller without a division) once its copy has
   // landed: its product, then the slot takes block i + S (issued after the MMAs have read it: a lane
   // reuses only its own slots, so no barrier is needed).
+  template <bool FULL>
   __device__ static void step_block(float (&acc)[MT][NT][4], const uint4 (&a)[MT][2], const Lane& l,
                                     const Source& src, int i, int slot, const Plan& P) {
-    wait_due(P);
+    wait_due<FULL>(P);
     block_product(acc, a, l.slot0 + slot * (NT * 32));
     if (i + P.stage_slots < P.blocks_per_warp) issue(l, src, i + P.stage_slots, slot, P);
     cp_async_commit();
   }
 
-  // One pass's product over this warp's blocks: a ring of stage_slots blocks in flight per lane,
-  // block i computed once its own copy has landed. Blocks 0..RB-1 take A from registers, the rest from
-  // w_smem.
-  __device__ void run(float (&acc)[MT][NT][4], uint4* stage_smem, const Source& src, const uint4* w_smem,
-                      const Plan& P) const {
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  // The ring's prologue of one pass: blocks 0 .. S-1 (S = stage_slots, 1 <= S <= kStages), one group
+  // each (padded to kStages groups when the ring is full, see wait_due). Unrolled over kStages with the slot count as a guard, so the copies leave back to back with
+  // their addresses made once (a runtime loop took ~90 clk a block on sm_90: the loop's branches and
+  // the 16-byte path's test each trip).
+  __device__ Lane begin(uint4* stage_smem, const Source& src, const Plan& P) const {
     const Lane l = lane_of(stage_smem, src, P);
     const int S = P.stage_slots;
-    int j = 0;
-    do {  // S >= 1 blocks, one group each
-      issue(l, src, j, j, P);
-      cp_async_commit();
-    } while (++j < S);
+    if (src.vec_ok && l.full) {
+#pragma unroll
+      for (int j = 0; j < kStages; ++j) {
+        if (j < S) issue(l, src, j, j, P);
+        cp_async_commit();  // padded to kStages groups (wait_due)
+      }
+    } else {
+      int j = 0;
+      do {  // S >= 1 blocks, one group each
+        issue(l, src, j, j, P);
+        cp_async_commit();
+      } while (++j < S);
+      if (l.full)
+        for (; j < kStages; ++j) cp_async_commit();
+    }
+    return l;
+  }
+
+  // One pass's product over this warp's blocks, after begin(): a ring of stage_slots blocks in flight
+  // per lane, block i computed once its own copy has landed. Blocks 0..RB-1 take A from registers, the
+  // rest from w_smem.
+  __device__ void run(float (&acc)[MT][NT][4], const Lane& l, const Source& src, const uint4* w_smem,
+                      const Plan& P) const {
+    if (l.full)
+      run_ring<true>(acc, l, src, w_smem, P);
+    else
+      run_ring<false>(acc, l, src, w_smem, P);
+  }
+  template <bool FULL>
+  __device__ void run_ring(float (&acc)[MT][NT][4], const Lane& l, const Source& src, const uint4* w_smem,
+                           const Plan& P) const {
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int S = P.stage_slots;
     int slot = 0;
     auto next_slot = [&] { slot = slot + 1 == S ? 0 : slot + 1; };
     static_for<RB>([&](auto ic) {
       constexpr int i = decltype(ic)::value;
       if (i > 0 && i >= P.blocks_per_warp) return;  // every warp has block 0 (zero past K): its MMAs always run
-      step_block(acc, w[i], l, src, i, slot, P);
+      step_block<FULL>(acc, w[i], l, src, i, slot, P);
       next_slot();
     });
     // A of block i in shared memory: w_smem[((warp * smem_blocks + i - RB) * MT + mt) * 2 + half][lane]
@@ -433,7 +471,7 @@ struct RecProduct {
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int half = 0; half < 2; ++half) a[mt][half] = wa[((i - RB) * MT + mt) * 2 * 32 + half * 32];
-      step_block(acc, a, l, src, i, slot, P);
+      step_block<FULL>(acc, a, l, src, i, slot, P);
       next_slot();
     };
     if constexpr (RB == 0) {  // every warp has block 0: at least one iteration, so its MMAs always run
@@ -445,9 +483,13 @@ struct RecProduct {
   }
 
   // One pass: the product over this warp's blocks, its partial sums stored for every thread to reduce
-  // once the barrier at the end has passed.
+  // once the barrier at the end has passed. `behind_copies` runs once the ring's first copies are on
+  // their way (the kernel's loads for a later phase: they do not delay the operand).
+  template <typename F>
   __device__ void pass_product(float* part, uint4* stage_smem, const Source& src, const uint4* w_smem,
-                               const Plan& P) const {
+                               const Plan& P, F&& behind_copies) const {
+    const Lane l = begin(stage_smem, src, P);
+    behind_copies();
     float acc[MT][NT][4];
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -455,7 +497,7 @@ struct RecProduct {
       for (int nt = 0; nt < NT; ++nt)
 #pragma unroll
         for (int r = 0; r < 4; ++r) acc[mt][nt][r] = 0.f;
-    run(acc, stage_smem, src, w_smem, P);
+    run(acc, l, src, w_smem, P);
     store_partials(part, acc);
     __syncthreads();
   }
@@ -599,7 +641,7 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const F
       const int rb = q * kPassRows;
       if (ready != nullptr && q == 0 && s > 0) wait_ready(ready, P.n_ug, s);  // hist[t] of every unit group
       const typename R::Source src{hist + (size_t)t * B * H, H, row0 + rb, min(kPassRows, my_rows - rb), vec_ok};
-      rec.pass_product(part, stage, src, w_smem, P);
+      rec.pass_product(part, stage, src, w_smem, P, [] {});
 
       const int r = rb + ct.n;
       if (unit_ok && r < my_rows) {
@@ -853,10 +895,12 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
       grid.sync();  // dgh[t] complete for every unit
     }
     for (int q = 0; q < P.passes; ++q) {
-      if (s > 0) load_inputs(t_prev, q, in);
       const int rb = q * kPassRows;
       const typename R::Source src{dgh + (size_t)t * B * G, G, row0 + rb, min(kPassRows, my_rows - rb), vec_ok};
-      rec.pass_product(part, stage, src, w_smem, P);
+      // the next phase A's inputs (HBM) leave behind the operand's first copies (L2)
+      rec.pass_product(part, stage, src, w_smem, P, [&] {
+        if (s > 0) load_inputs(t_prev, q, in);
+      });
       const int r = rb + ct.n;
       if (r < my_rows) {
 #pragma unroll
@@ -881,7 +925,7 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
 
 // ---------------------------------------------------------------------------------------------
 // Instantiations, selected by dtype and math mode, n-tiles per pass (1 or 2), m-tiles for the
-// backward, and zoneout (ZO); the ring's slot count is a template of RecProduct::run, chosen per pass
+// backward, and zoneout (ZO); the ring's slot count is the plan's (a guard of RecProduct::begin's unrolled prologue)
 // ---------------------------------------------------------------------------------------------
 #if defined(FUSEDRNN_EMULATE)
 // The emulator runs a kernel through one signature: entry(&params).

@@ -319,6 +319,39 @@ def test_hidden_size_at_the_limit(ex, cell):
         run_cell_with_grads(cell, ex.call(cell), bigger, None, False)
 
 
+# The ring's kinds past the padded one (RecProduct::wait_due) with element-wise staging (odd H), in the
+# backward (K = gates x H: the most blocks per warp): (cell, H, dtype, the emulated device's shared
+# memory, the backward's ring kind). fp32 exact on the H100's 227 KiB; the shortened ring in bf16 on
+# the 96 KiB device near the limit test's size (B=17, T=1).
+ELEMENTWISE_RINGS = [("gru", 343, "float32", 227 * 1024, "full, wraps"),
+                     ("lstm", 257, "float32", 227 * 1024, "full, wraps"),
+                     ("gru", 1279, "bfloat16", SMALL_SMEM, "shortened")]
+
+
+@pytest.mark.parametrize("cell,H,dtype,smem,kind", ELEMENTWISE_RINGS, ids=lambda v: str(v).replace(", ", "-"))
+def test_elementwise_staging_through_every_ring_kind(ex, cell, H, dtype, smem, kind):
+    """Odd H (16-byte copies impossible: element-wise staging) through a full ring that wraps (8
+    slots, padded prologue) and through a ring shortened for shared memory: forward, states and
+    every gradient vs the oracle. Element-wise staging stores synchronously, so this checks that
+    path's slots and block order in each ring; the wait counts (one constant count for a full ring,
+    the switch on the slot count for a shortened one) are the 16-byte cases' (the case table, and
+    the limit test's shortened ring: each fails when a wait count is wrong)."""
+    if ex.emu is None:
+        pytest.skip("the ring kind is a property of the emulated device's plan")
+    ex.emu.set_device(H100[0], smem)
+    B, T = (3, 2) if dtype == "float32" else (17, 1)
+    assert _ring_kind(ex.emu.launch_shape(cell, True, dtype, False, H, B, H100[0], smem)) == kind
+    if dtype == "float32":
+        d, lens = ex.inputs(cell, T, B, 5, H, torch.float32, lengths=True, seed=4)
+        want = run_cell_with_grads(cell, _ref(cell), d, lens, False)
+        got = run_cell_with_grads(cell, ex.call(cell), d, lens, False)
+        assert_fp32_close(got, want, f"{cell} H={H} ({kind})")
+    else:
+        d, lens = ex.inputs(cell, T, B, 8, H, torch.float64, residual=True, lengths=True, seed=4)
+        got = run_cell_with_grads(cell, ex.call(cell), d, lens, True, dtype=torch.bfloat16)
+        assert_lowp_within_baselines(cell, got, d, lens, True, torch.bfloat16)
+
+
 # ---------------------------------------------------------------------------------------------
 # The extension's raw outputs, launches and barriers, determinism, registered ops
 # ---------------------------------------------------------------------------------------------
@@ -691,6 +724,8 @@ def test_case_table_covers_every_plan_shape(emu):
              for m in [("float32", True), ("float32", False)]]
     runs += [((_largest_hidden(emu, cell, "bfloat16"), 17, H100[0], SMALL_SMEM), cell, ("bfloat16", False))
              for cell in CELLS]
+    runs += [((H, 3 if dtype == "float32" else 17, H100[0], smem), cell, (dtype, False))
+             for cell, H, dtype, smem, _ in ELEMENTWISE_RINGS]
     seen = set()
     for (H, B, sms, smem), cell, (dtype, tf32) in runs:
         for bwd in (False, True):
@@ -704,7 +739,8 @@ def test_case_table_covers_every_plan_shape(emu):
                      ("ring wraps",) if p["blocks_per_warp"] > p["stage_slots"] else (),
                      ("element-wise staging",) if K % (16 // (4 if dtype == "float32" else 2)) else (),
                      ("kernel", p["mode"], bwd, p["units"], p["pass_ntiles"]), ("ring slots", p["stage_slots"]),
-                     ("cell kernel", cell, p["mode"], bwd, p["units"], p["pass_ntiles"])}
+                     ("cell kernel", cell, p["mode"], bwd, p["units"], p["pass_ntiles"]),
+                     ("ring", _ring_kind(p), bool(K % (16 // (4 if dtype == "float32" else 2))))}
     want = {("batch groups",), ("passes",), ("ntiles", 1), ("ntiles", 2), ("units", False, 16), ("units", True, 16),
             ("units", True, 32), ("ring wraps",), ("element-wise staging",)}
     want |= {("smem blocks", bwd, mode) for bwd in (False, True) for mode in ("half", "tf32", "tf32x3")}
@@ -718,7 +754,19 @@ def test_case_table_covers_every_plan_shape(emu):
     want |= {("cell kernel", cell, mode, bwd, units, nt) for cell in CELLS for mode in ("half", "tf32", "tf32x3")
              for nt in (1, 2) for bwd, units in ((False, 16), (True, 16), (True, 32))
              if not (bwd and units == 16 and nt == 2)}
+    # the ring's three kinds (RecProduct::wait_due), each with 16-byte and element-wise staging
+    want |= {("ring", kind, elementwise) for kind in ("padded", "full, wraps", "shortened")
+             for elementwise in (False, True)}
     assert want <= seen, sorted(want - seen)
+
+
+def _ring_kind(p) -> str:
+    """A full ring pads its prologue to kStages (8) groups and waits with one constant count: every
+    block in flight at once (padded), or 8 slots that wrap; a ring the plan shortened for shared
+    memory wraps with fewer slots and waits by a switch on its slot count."""
+    if p["blocks_per_warp"] <= p["stage_slots"]:
+        return "padded"
+    return "full, wraps" if p["stage_slots"] == 8 else "shortened"
 
 
 # ---------------------------------------------------------------------------------------------
