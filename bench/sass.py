@@ -334,6 +334,10 @@ class Machine:
         self.const = const
         self.r: dict[str, int | None] = {}
         self.p: dict[str, bool | None] = {}
+        # Registers known in some bits only: (value, mask of the known bits); r[name] is None for them.
+        # Only LOP3 reads them (nvcc packs predicates into a register's bits, some known, some not,
+        # and tests one bit later: LOP3.LUT P2, RZ, R189, 0x2, ...).
+        self.part: dict[str, tuple[int, int]] = {}
 
     # -- operands
     def pred(self, text: str) -> bool | None:
@@ -392,6 +396,7 @@ class Machine:
         name = name.replace(".reuse", "")
         if name in ("RZ", "URZ", "PT", "UPT"):
             return
+        self.part.pop(name, None)
         if _PRED.match(name):
             self.p[name] = None if v is None else bool(v)
         elif re.fullmatch(r"U?R\d+", name):
@@ -424,6 +429,43 @@ class Machine:
             else:
                 break
 
+    def bits(self, text: str) -> tuple[int, int]:
+        """(value, known-bit mask) of an operand: a known value is known in every bit."""
+        t = text.strip().replace(".reuse", "")
+        v = self.val(t)
+        if v is not None:
+            return v, M32
+        inv = t.startswith("~")
+        value, mask = self.part.get(t.lstrip("~"), (0, 0))
+        return ((~value & M32) if inv else value), mask
+
+    def _lop3_bits(self, ops: list[str]) -> tuple[int, int]:
+        """LOP3.LUT d, a, b, c, lut bit by bit: a result bit is known where the LUT gives the same
+        output for every value of the input bits that are unknown there."""
+        (a, ma), (b, mb), (c, mc) = self.bits(ops[1]), self.bits(ops[2]), self.bits(ops[3])
+        lut = self.val(ops[4])
+        if lut is None:
+            return 0, 0
+        r = known = 0
+        for bit in range(32):
+            outs = set()
+            for x in ((a >> bit & 1,) if ma >> bit & 1 else (0, 1)):
+                for y in ((b >> bit & 1,) if mb >> bit & 1 else (0, 1)):
+                    for z in ((c >> bit & 1,) if mc >> bit & 1 else (0, 1)):
+                        outs.add(lut >> (x << 2 | y << 1 | z) & 1)
+            if len(outs) == 1:
+                known |= 1 << bit
+                r |= outs.pop() << bit
+        return r, known
+
+    def _set_bits(self, name: str, value: int, mask: int) -> None:
+        if mask == M32:
+            self.set(name, value)
+        else:
+            self.set(name, None)
+            if mask and re.fullmatch(r"U?R\d+", name.replace(".reuse", "")):
+                self.part[name.replace(".reuse", "")] = (value & mask, mask)
+
     # -- execution of one instruction's integer effect
     def execute(self, insn: Insn) -> None:
         if insn.pred:
@@ -431,6 +473,13 @@ class Machine:
             if g is False:
                 return
             if g is None:
+                ops = _split_args(insn.args)
+                if insn.op.startswith(("LOP3", "ULOP3")) and not _PRED.match(ops[0]):
+                    # executed or not: the bits both outcomes agree on stay known
+                    old, mold = self.bits(ops[0])
+                    new, mnew = self._lop3_bits(ops)
+                    self._set_bits(ops[0], old, mold & mnew & ~(old ^ new) & M32)
+                    return
                 self.clobber(insn)
                 return
         try:
@@ -538,16 +587,10 @@ class Machine:
                 self.set(ops[0], lo << (s & 31))
         elif base in ("LOP3", "ULOP3"):
             pdest = ops.pop(0) if _PRED.match(ops[0]) else None  # LOP3.LUT P0, R1, ...: P0 = (result != 0)
-            a, b, c, lut = V(ops[1]), V(ops[2]), V(ops[3]), V(ops[4])
-            r = None
-            if None not in (a, b, c, lut):
-                r = 0
-                for bit in range(32):
-                    idx = ((a >> bit) & 1) << 2 | ((b >> bit) & 1) << 1 | ((c >> bit) & 1)
-                    r |= ((lut >> idx) & 1) << bit
-            self.set(ops[0], r)
-            if pdest is not None:
-                self.set(pdest, None if r is None else int(r != 0))
+            r, known = self._lop3_bits(ops)
+            self._set_bits(ops[0], r, known)
+            if pdest is not None:  # known when a known bit is set, or every bit is known
+                self.set(pdest, 1 if r & known else 0 if known == M32 else None)
         elif op == "P2R":  # P2R d, PR, a, mask: the predicates P<b> of the mask's bits into d, a elsewhere
             a, mask = V(ops[2]), V(ops[3])
             bits = None if mask is None else [self.p.get(f"P{b}") for b in range(7) if mask >> b & 1]

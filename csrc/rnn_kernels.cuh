@@ -336,15 +336,17 @@ struct RecProduct {
   }
 
   // One lane's cp.async copy of its pieces of block b (16 bytes per n-tile, zero-filled past K and
-  // past the pass's rows) into ring slot `slot`. Without 16-byte alignment (K or the row stride not a
-  // multiple of EPP) the pieces are loaded element by element instead.
+  // past the pass's rows; the address of a zero-filled piece is the lane's block 0, never read) into
+  // ring slot `slot`. Without 16-byte alignment (K or the row stride not a multiple of EPP) the
+  // pieces are loaded element by element instead. VEC: the caller knows src.vec_ok is true.
+  template <bool VEC = false>
   __device__ static void issue(const Lane& l, const Source& src, int b, int slot, const Plan& P) {
     uint4* dst = l.slot0 + slot * (NT * 32);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       const bool in = b < l.live[nt];
-      if (src.vec_ok) {
-        cp_async_16(dst + nt * 32, in ? l.piece[nt] + b * KSTRIDE : src.base, in);
+      if (VEC || src.vec_ok) {
+        cp_async_16(dst + nt * 32, in ? l.piece[nt] + b * KSTRIDE : l.piece[nt], in);
       } else {
         const int k0 = (int)((threadIdx.x >> 5) * KB + (threadIdx.x & 3) * EPP) + b * KSTRIDE;
         float v[EPP];
@@ -386,8 +388,8 @@ struct RecProduct {
   // with kStages - S empty ones, so that count is kStages - 1 for every block of every plan: one
   // wait with a constant count. Only a ring the plan shortened for shared memory (S < kStages and
   // refills) takes the switch on S.
-  template <bool FULL> __device__ static void wait_due(const Plan& P) {
-    if constexpr (FULL) {
+  template <bool FAST> __device__ static void wait_due(const Lane& l, const Plan& P) {
+    if (FAST || l.full) {
       cp_async_wait<kStages - 1>();
       return;
     }
@@ -406,12 +408,12 @@ struct RecProduct {
   // Block i in ring slot `slot` (i % S, kept by the caller without a division) once its copy has
   // landed: its product, then the slot takes block i + S (issued after the MMAs have read it: a lane
   // reuses only its own slots, so no barrier is needed).
-  template <bool FULL>
+  template <bool FAST>
   __device__ static void step_block(float (&acc)[MT][NT][4], const uint4 (&a)[MT][2], const Lane& l,
                                     const Source& src, int i, int slot, const Plan& P) {
-    wait_due<FULL>(P);
+    wait_due<FAST>(l, P);
     block_product(acc, a, l.slot0 + slot * (NT * 32));
-    if (i + P.stage_slots < P.blocks_per_warp) issue(l, src, i + P.stage_slots, slot, P);
+    if (i + P.stage_slots < P.blocks_per_warp) issue<FAST>(l, src, i + P.stage_slots, slot, P);
     cp_async_commit();
   }
 
@@ -425,7 +427,7 @@ struct RecProduct {
     if (src.vec_ok && l.full) {
 #pragma unroll
       for (int j = 0; j < kStages; ++j) {
-        if (j < S) issue(l, src, j, j, P);
+        if (j < S) issue<true>(l, src, j, j, P);
         cp_async_commit();  // padded to kStages groups (wait_due)
       }
     } else {
@@ -445,12 +447,14 @@ struct RecProduct {
   // rest from w_smem.
   __device__ void run(float (&acc)[MT][NT][4], const Lane& l, const Source& src, const uint4* w_smem,
                       const Plan& P) const {
-    if (l.full)
+    if (l.full && src.vec_ok)
       run_ring<true>(acc, l, src, w_smem, P);
     else
       run_ring<false>(acc, l, src, w_smem, P);
   }
-  template <bool FULL>
+  // FAST: a full ring of 16-byte copies (every bench plan): one constant wait count and no
+  // element-wise staging test in the block loop. Otherwise both are decided per block.
+  template <bool FAST>
   __device__ void run_ring(float (&acc)[MT][NT][4], const Lane& l, const Source& src, const uint4* w_smem,
                            const Plan& P) const {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -460,7 +464,7 @@ struct RecProduct {
     static_for<RB>([&](auto ic) {
       constexpr int i = decltype(ic)::value;
       if (i > 0 && i >= P.blocks_per_warp) return;  // every warp has block 0 (zero past K): its MMAs always run
-      step_block<FULL>(acc, w[i], l, src, i, slot, P);
+      step_block<FAST>(acc, w[i], l, src, i, slot, P);
       next_slot();
     });
     // A of block i in shared memory: w_smem[((warp * smem_blocks + i - RB) * MT + mt) * 2 + half][lane]
@@ -471,7 +475,7 @@ struct RecProduct {
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int half = 0; half < 2; ++half) a[mt][half] = wa[((i - RB) * MT + mt) * 2 * 32 + half * 32];
-      step_block<FULL>(acc, a, l, src, i, slot, P);
+      step_block<FAST>(acc, a, l, src, i, slot, P);
       next_slot();
     };
     if constexpr (RB == 0) {  // every warp has block 0: at least one iteration, so its MMAs always run

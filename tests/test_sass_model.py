@@ -73,6 +73,27 @@ def test_integer_state_follows_64_bit_pointers_and_carries():
     assert (m.r["R6"], m.r["R7"], m.r["R9"]) == (0x10000000, 0x7F00, 7)
 
 
+def test_integer_state_keeps_the_known_bits_of_a_packed_predicate_register():
+    """nvcc packs predicates into one register's bits, some the plan decides and some it does not
+    (loaded data), and tests one bit later: the tested bit is known when its own predicate is, even
+    though the register as a whole is not (a guarded OR by an unknown predicate leaves the bits both
+    outcomes agree on)."""
+    m = sass.Machine({0x260: 3})
+    for pred, text in (("", "LDC R168, c[0x0][0x260]"), ("", "ISETP.GE.AND P1, PT, R168, 0x2, PT"),
+                       ("", "LDS R9, [R3]"), ("", "ISETP.NE.AND P3, PT, R9, RZ, PT"),
+                       ("", "LOP3.LUT R189, R189, 0xfffffffd, RZ, 0xc0, !PT"),  # bit 1: clear, then P1
+                       ("@P1", "LOP3.LUT R189, R189, 0x2, RZ, 0xfc, !PT"),
+                       ("", "LOP3.LUT R189, R189, 0xfffffffe, RZ, 0xc0, !PT"),  # bit 0: clear, then P3
+                       ("@P3", "LOP3.LUT R189, R189, 0x1, RZ, 0xfc, !PT"),
+                       ("", "LOP3.LUT P2, RZ, R189, 0x2, RZ, 0xc0, !PT"),
+                       ("", "LOP3.LUT P4, RZ, R189, 0x1, RZ, 0xc0, !PT")):
+        op, args = text.split(" ", 1)
+        m.execute(sass.Insn(0, pred, op, args))
+    assert m.pred("P3") is None and m.r["R189"] is None  # the register as a whole is unknown
+    assert m.pred("P2") is True  # its bit 1 is P1's: known
+    assert m.pred("P4") is None  # its bit 0 is P3's: unknown
+
+
 def test_issue_waits_for_scoreboards_and_cp_async_groups():
     """A four-instruction loop: the copy's group completes one L2 trip after issue; DEPBAR waits for it;
     the HMMA after it. The issue time exceeds the stall sum by about the L2 trip."""
