@@ -127,18 +127,23 @@ def parse_sass(text: str) -> dict[tuple[str, str], list[Insn]]:
     return out
 
 
-def step_loop_range(insns: list[Insn]) -> tuple[int, int] | None:
-    """(first, last) index of the innermost loop (a backward branch's range) holding both the
-    tensor-core MMAs and the grid barrier's atomic: the kernel's step loop."""
+def loops(insns: list[Insn]):
+    """Every loop of the function: (first, last) index of each backward branch's range, in the order
+    of the branches."""
     index = {insn.addr: n for n, insn in enumerate(insns)}
+    for end, br in enumerate(insns):
+        target = br.branch_target()
+        if target is not None and target < br.addr and target in index:
+            yield index[target], end
+
+
+def step_loop_range(insns: list[Insn]) -> tuple[int, int] | None:
+    """(first, last) index of the innermost loop holding both the tensor-core MMAs and the grid
+    barrier's atomic: the kernel's step loop."""
     hmma = [n for n, i in enumerate(insns) if i.op.startswith("HMMA")]
     atom = [n for n, i in enumerate(insns) if i.op.startswith(("ATOM", "RED"))]
     best = None
-    for end, br in enumerate(insns):
-        target = br.branch_target()
-        if target is None or target >= br.addr or target not in index:
-            continue
-        start = index[target]
+    for start, end in loops(insns):
         if best is not None and end - start >= best[1] - best[0]:
             continue
         if any(start <= n <= end for n in hmma) and any(start <= n <= end for n in atom):

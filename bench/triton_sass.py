@@ -263,15 +263,10 @@ def time_loop_range(insns: list) -> tuple[int, int] | None:
     """(first, last) index of the Triton kernel's time-step loop: the outermost loop (a backward
     branch's range) holding the recurrent product: its HMMAs, or for an FMA plan (exact fp32) its
     FFMAs. The unit-block loop, the K loop and the barrier's poll loop lie inside it."""
-    index = {insn.addr: n for n, insn in enumerate(insns)}
     product = [n for n, i in enumerate(insns) if i.op.startswith("HMMA")] or \
         [n for n, i in enumerate(insns) if i.op.startswith("FFMA")]
     best = None
-    for end, br in enumerate(insns):
-        target = br.branch_target()
-        if target is None or target >= br.addr or target not in index:
-            continue
-        start = index[target]
+    for start, end in sass.loops(insns):
         if best is not None and end - start <= best[1] - best[0]:
             continue
         if any(start <= n <= end for n in product):
