@@ -359,14 +359,21 @@ struct RecProduct {
   }
 
   // acc += one block's product: B for each n-tile from its ring slot, then A of each m-tile
-  // against them.
-  __device__ static void block_product(float (&acc)[MT][NT][4], const uint4 (&a)[MT][2], const uint4* slot) {
+  // against them. `slot_read` runs once every B piece of the slot is in registers and an MMA has
+  // consumed the last one (so the loads have completed: the slot may be refilled), between the
+  // MMAs: the refill's copy and address math issue in the tensor pipe's gaps.
+  template <typename F>
+  __device__ static void block_product(float (&acc)[MT][NT][4], const uint4 (&a)[MT][2], const uint4* slot,
+                                       F&& slot_read) {
     if constexpr (MODE == kTf32x3) {  // one n-tile's B (hi + lo) live at a time: fewer registers
 #pragma unroll
       for (int nt = 0; nt < NT; ++nt) {
         const BFrag b = b_frag(slot[nt * 32]);
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) mma(acc[mt][nt], a_frag(a[mt]), b);
+        for (int mt = 0; mt < MT; ++mt) {
+          mma(acc[mt][nt], a_frag(a[mt]), b);
+          if (nt == NT - 1 && mt == 0) slot_read();
+        }
       }
     } else {
       BFrag b[NT];
@@ -377,6 +384,7 @@ struct RecProduct {
         const AFrag af = a_frag(a[mt]);
 #pragma unroll
         for (int nt = 0; nt < NT; ++nt) mma(acc[mt][nt], af, b[nt]);
+        if (mt == 0) slot_read();
       }
     }
   }
@@ -406,15 +414,16 @@ struct RecProduct {
   }
 
   // Block i in ring slot `slot` (i % S, kept by the caller without a division) once its copy has
-  // landed: its product, then the slot takes block i + S (issued after the MMAs have read it: a lane
-  // reuses only its own slots, so no barrier is needed).
+  // landed: its product, and the slot takes block i + S once the MMAs have read it (among the
+  // block's MMAs, see block_product; a lane reuses only its own slots, so no barrier is needed).
   template <bool FAST>
   __device__ static void step_block(float (&acc)[MT][NT][4], const uint4 (&a)[MT][2], const Lane& l,
                                     const Source& src, int i, int slot, const Plan& P) {
     wait_due<FAST>(l, P);
-    block_product(acc, a, l.slot0 + slot * (NT * 32));
-    if (i + P.stage_slots < P.blocks_per_warp) issue<FAST>(l, src, i + P.stage_slots, slot, P);
-    cp_async_commit();
+    block_product(acc, a, l.slot0 + slot * (NT * 32), [&] {
+      if (i + P.stage_slots < P.blocks_per_warp) issue<FAST>(l, src, i + P.stage_slots, slot, P);
+      cp_async_commit();
+    });
   }
 
   // The ring's prologue of one pass: blocks 0 .. S-1 (S = stage_slots, 1 <= S <= kStages), one group
