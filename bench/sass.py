@@ -464,12 +464,13 @@ class Machine:
         return r, known
 
     def _set_bits(self, name: str, value: int, mask: int) -> None:
+        name = name.replace(".reuse", "")
         if mask == M32:
             self.set(name, value)
         else:
             self.set(name, None)
-            if mask and re.fullmatch(r"U?R\d+", name.replace(".reuse", "")):
-                self.part[name.replace(".reuse", "")] = (value & mask, mask)
+            if mask and re.fullmatch(r"U?R\d+", name):
+                self.part[name] = (value & mask, mask)
 
     # -- execution of one instruction's integer effect
     def execute(self, insn: Insn) -> None:

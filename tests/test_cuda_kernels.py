@@ -733,14 +733,15 @@ def test_case_table_covers_every_plan_shape(emu):
             if not p["fits"]:
                 continue
             K = backends.CELLS[cell] * H if bwd else H
+            elementwise = bool(K % (16 // (4 if dtype == "float32" else 2)))
             seen |= {("batch groups",) if p["batch_groups"] > 1 else (), ("passes",) if p["passes"] > 1 else (),
                      ("ntiles", p["pass_ntiles"]), ("units", bwd, p["units"]),
                      ("smem blocks", bwd, p["mode"]) if p["smem_blocks"] > 0 else (),
                      ("ring wraps",) if p["blocks_per_warp"] > p["stage_slots"] else (),
-                     ("element-wise staging",) if K % (16 // (4 if dtype == "float32" else 2)) else (),
+                     ("element-wise staging",) if elementwise else (),
                      ("kernel", p["mode"], bwd, p["units"], p["pass_ntiles"]), ("ring slots", p["stage_slots"]),
                      ("cell kernel", cell, p["mode"], bwd, p["units"], p["pass_ntiles"]),
-                     ("ring", _ring_kind(p), bool(K % (16 // (4 if dtype == "float32" else 2))))}
+                     ("ring", _ring_kind(p), elementwise)}
     want = {("batch groups",), ("passes",), ("ntiles", 1), ("ntiles", 2), ("units", False, 16), ("units", True, 16),
             ("units", True, 32), ("ring wraps",), ("element-wise staging",)}
     want |= {("smem blocks", bwd, mode) for bwd in (False, True) for mode in ("half", "tf32", "tf32x3")}
