@@ -19,17 +19,22 @@ from .plan import Device, INTERPRETER_DEVICE, Plan
 # ------------------------------------------------------------------------------------------------
 
 
+LOG2E = tl.constexpr(1.4426950408889634)  # exp(x) = exp2(x * log2(e))
+
+
 @triton.jit
 def sigmoid(x):
-    # exp overflows to inf for very negative x and 1/(1+inf) = 0: saturates correctly.
-    return 1.0 / (1.0 + tl.exp(-x))
+    # exp overflows to inf for very negative x and 1/(1+inf) = 0: saturates correctly. exp2 of the
+    # scaled argument, not tl.exp: the same multiply and MUFU.EX2, without tl.exp's denormal
+    # fix-up (a compare and two dependent multiplies) on fp32; a denormal exp only ever meets 1.0 + .
+    return 1.0 / (1.0 + tl.exp2(x * -LOG2E))
 
 
 @triton.jit
 def tanh(x):
     # tl.extra's libdevice tanh does not run in the interpreter; 2*sigmoid(2x)-1 does, and it is
     # accurate to ~1 ulp of 1 (absolute), which is what the tests' fp32 tolerance allows.
-    return 2.0 / (1.0 + tl.exp(-2.0 * x)) - 1.0
+    return 2.0 / (1.0 + tl.exp2(x * (-2.0 * LOG2E))) - 1.0
 
 
 @triton.jit

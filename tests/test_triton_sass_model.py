@@ -74,6 +74,26 @@ def test_modelled_triton_compute_phase_is_not_below_the_stall_sum(case, dtype):
     assert "compute phase from the sm_90 SASS (MODEL)" in est.notes
 
 
+def exp_fixups(insns: list) -> list:
+    """The step loop's denormal range checks of an exponential: tl.exp on fp32 compiles to
+    ``FSETP.GEU Px, Rx, -126`` / ``@!Px FMUL Rx, Rx, 0.5`` / ``MUFU.EX2`` / ``@!Px FMUL`` (the result
+    squared), two dependent multiplies on every gate's path; exp2 (kernels/common.py) is the bare MUFU."""
+    loop = triton_sass.time_loop_range(insns)
+    assert loop is not None
+    return [i for i in insns[loop[0]:loop[1] + 1] if i.op.startswith("FSETP") and i.args.split(",")[-2].strip() == "-126"]
+
+
+@needs_sass
+@pytest.mark.parametrize("case, dtype", CASES, ids=lambda x: getattr(x, "id", x))
+def test_the_step_loop_runs_every_exponential_without_the_denormal_fixup(case, dtype):
+    for direction, save in KINDS:
+        p = model_triton._plan(case.cell, direction, case, dtype, H100)
+        plain = dataclasses.replace(case, zoneout=0.0)
+        compiled = triton_sass.kernel_sass(triton_sass.specialization(p, plain, direction, dtype, save))
+        assert compiled is not None, (case.id, direction, save)
+        assert exp_fixups(compiled.insns) == [], (case.id, direction, save)
+
+
 def test_the_check_fires_on_a_compute_phase_below_the_stalls():
     s = model_triton.SassCompute(walk_us=2.0, stall_us=1.5, floor_us=0.5, analytic_us=1.0, executed=10, hmma=1,
                                  hmma_live=1, copies=0, guessed=(), kernel="k")
