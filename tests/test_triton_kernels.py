@@ -316,3 +316,66 @@ def test_plan_override_is_applied():
     assert not p.resident and p.BLOCK_K == 16 and p.num_stages == 2
     base = rnn.make_plan("gru", "fwd", x, w, "persistent")
     assert dataclasses.replace(base, resident=False, BLOCK_K=16, num_stages=2) == p
+
+
+# ------------------------------------------------------------------------------------------------
+# The gate nonlinearities (kernels/common.py) against the fp64 oracle
+# ------------------------------------------------------------------------------------------------
+
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+
+@triton.jit
+def _nonlinearities(x_ptr, sig_ptr, tanh_ptr, n, BLOCK: tl.constexpr):
+    o = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + o, mask=o < n)
+    tl.store(sig_ptr + o, common.sigmoid(x), mask=o < n)
+    tl.store(tanh_ptr + o, common.tanh(x), mask=o < n)
+
+
+def _gate_inputs(dtype, device):
+    """Every regime of the gates: both saturations (fp32's exponential overflows below x = -88.7
+    and is denormal above x = 87.3), around 0 (denormal and tiny arguments), and dense [-20, 20]."""
+    tiny = [0.0, -0.0, 1e-45, -1e-45, 1e-39, -1e-39, 1e-30, -1e-30, 1e-8, -1e-8]
+    edges = [v * s for v in (30.0, 44.0, 60.0, 87.0, 88.0, 89.0, 100.0, 1e4, 3.4e38) for s in (1.0, -1.0)]
+    grid = torch.linspace(-20, 20, 40001, dtype=torch.float64).tolist()
+    return torch.tensor(tiny + edges + grid, dtype=dtype, device=device)
+
+
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")  # numpy, under the interpreter
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.float64, 1e-14)], ids=str)
+def test_sigmoid_and_tanh_match_fp64(executor, dtype, tol):
+    """sigmoid(x) = 1/(1 + exp2(-x log2 e)), tanh(x) = 2 sigmoid(2x) - 1, as the kernels compute
+    them: within ``tol`` (absolute) of the fp64 values, exact at the saturations, never NaN."""
+    x = _gate_inputs(dtype, executor_device(executor))
+    sig, th = torch.empty_like(x), torch.empty_like(x)
+    _nonlinearities[(triton.cdiv(x.numel(), 1024),)](x, sig, th, x.numel(), BLOCK=1024)
+    x64 = x.double().cpu()
+    for got, want in ((sig, torch.sigmoid(x64)), (th, torch.tanh(x64))):
+        got = got.double().cpu()
+        assert not got.isnan().any()
+        assert (got - want).abs().max().item() <= tol
+    assert sig[x <= -1e4].eq(0).all() and sig[x >= 40].eq(1).all()
+    assert th[x <= -20].eq(-1).all() and th[x >= 20].eq(1).all()
+
+
+def test_sigmoid_and_tanh_within_tolerance_at_the_gpus_worst_case():
+    """On sm_80/sm_90 the fp32 forms compile to ``ex2.approx.ftz.f32`` (2 ulp) and ``div.full.f32``
+    (2 ulp) (docs/numerics.md). The same arithmetic in fp32, with each of those two results off by
+    its whole bound in either direction, stays within the fp32 tolerance the kernel tests use."""
+    x = _gate_inputs(torch.float32, "cpu")
+    log2e = 1.4426950408889634
+    worst = {"sigmoid": 0.0, "tanh": 0.0}
+    for e_err in (-(2.0 ** -21), 2.0 ** -21):
+        for d_err in (-(2.0 ** -22), 2.0 ** -22):
+            def sig(v):
+                e = torch.exp2(v * torch.tensor(-log2e, dtype=torch.float32)) * (1 + e_err)
+                return (1.0 / (1.0 + e)) * (1 + d_err)
+
+            for name, got, want in (("sigmoid", sig(x), torch.sigmoid(x.double())),
+                                    ("tanh", 2.0 * sig(2.0 * x) - 1.0, torch.tanh(x.double()))):
+                assert got.dtype == torch.float32 and not got.isnan().any()
+                worst[name] = max(worst[name], (got.double() - want).abs().max().item())
+    assert worst["sigmoid"] <= 1e-6 and worst["tanh"] <= 2e-6, worst
+    assert worst["sigmoid"] <= FP32_TOL, worst
