@@ -317,11 +317,11 @@ def zoneout_phase(p: Plan, case: Case, training: bool, m: Machine = H100) -> Pha
     """The zoneout term of one step of plan ``p`` (None without zoneout), MODEL: the ZO kernels
     (csrc/rnn_kernels.cuh, template parameter ZO) add to the cell math (forward) or phase A (backward)
     of each pass, per (row, unit) element a thread owns (the forward one, the backward one per m-tile),
-    the ops model_triton.zoneout_ops counts from the same source (Philox 4x32-10 of
-    fusedrnn/zoneout.py per zoned state, the counter, float map, compare and select; evaluation: the
-    blend p * old + (1 - p) * new), issued by the CTA's 256 threads at model_triton's 64 integer
-    ops/clk/SM (the blend at the FFMA rate), against one element's dependent Philox chain. Counted
-    from the source, not from the ZO kernels' SASS (the walk prices the plain kernels)."""
+    the ops model_triton.zoneout_ops counts (Philox 4x32-10 of fusedrnn/zoneout.py per zoned state,
+    its rounds as the ZO kernels' SASS runs them, the counter, float map, compare and select;
+    evaluation: the blend p * old + (1 - p) * new), issued by the CTA's 256 threads at model_triton's
+    64 integer ops/clk/SM (the blend at the FFMA rate), against one element's dependent Philox
+    chain. An op count, added to the walk of the plain kernels (the ZO kernels are not walked)."""
     if not getattr(case, "zoneout", 0.0):
         return None
     from . import model_triton as mt
@@ -471,7 +471,7 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
     zo_f, zo_t, zo_b = (zoneout_phase(pl, case, tr, m) for pl, tr in ((fwd_plan, False), (fwd_plan, True),
                                                                        (bwd_plan, True)))
     if zo_f is not None:
-        notes += (f"; zoneout p={case.zoneout:g} (MODEL, independent of p, counted from the source): "
+        notes += (f"; zoneout p={case.zoneout:g} (MODEL, independent of p, Philox ops per element from the SASS): "
                   f"+{zo_f.us:.2f} us per inference step, +{zo_t.us:.2f} per training forward step, "
                   f"+{zo_b.us:.2f} per backward step")
     if dtype_name == "fp32":

@@ -23,13 +23,15 @@ tests/test_triton_codegen.py keeps checking the parts the phases rely on):
   the coalesced stores (STS, bar.sync, LDS each): ``conversions`` below, counted in the SASS;
 - ``zoneout`` (a case with ``zoneout`` > 0 only; ``zoneout_phase`` below): per zoned state (GRU h;
   LSTM h and c) and element of the program's tile, in training the Philox 4x32-10 mask (tl.rand:
-  10 rounds of 2 umulhi, 2 mul, 4 xor, 2 key adds) plus its counter, float map, compare and
-  select, once in the forward and once more in the backward (the masks are regenerated, never
-  stored); in evaluation (the "forward" mode, inference) the blend p*old + (1-p)*new. Integer ops
-  at ``ALU_OPS_PER_CLK_SM``, the tile's replicas included (a K-split plan holds the gate tile in
-  every warp), against the dependent Philox chain of one element; on the critical path after the
-  gate math (the masks depend only on the seed and the step, but the step loop computes them
-  after the barrier). Independent of p's value; absent when p = 0;
+  10 rounds of 2 umulhi, 2 mul and 2 three-input xors, as the SASS runs them) plus its counter,
+  float map, compare and select, once in the forward and once more in the backward (the masks are
+  regenerated, never stored); in evaluation (the "forward" mode, inference) the blend
+  p*old + (1-p)*new. Integer ops at ``ALU_OPS_PER_CLK_SM``, the tile's replicas included (a
+  K-split plan holds the gate tile in every warp, and Triton 3.6 computes the masks there: 4 per
+  thread on zoneout-gru; 3.8 computes them once per element of the stores' layout), against the
+  dependent Philox chain of one element. Independent of p's value; absent when p = 0. Where the
+  step is walked in SASS (below) the walk is of the zoneout kernel itself and this term is not
+  added;
 - ``LN_*`` (a case with ``layernorm`` only; ``layernorm_phases`` below): LayerNorm fused into the
   step, priced for two designs, the shipped one (batch_tile) and persistent (see "LayerNorm" below);
 - streamed plans replace operand/stage/MMA by the K loop: a pipeline fill (one L2 trip) plus, per
@@ -104,11 +106,17 @@ FMA_PER_CLK_SM = {"fp32": 128, "fp64": 64}  # FFMA / DFMA issue rate per SM (H10
 # Layout conversions before the stores, per unit block and step (SASS, flashrnn shapes): forward
 # h/c state, exchange, y (+ 4 saved activations when training); backward dgates/exchange/carries.
 CONVERSIONS = {("fwd", False): 4, ("fwd", True): 8, ("bwd", True): 6}
-# Zoneout (kernels/cells.py zone / zone_grad; fusedrnn/zoneout.py). Counted from the source
-# (tl.rand's philox_impl and the code around it), not from SASS: ptxas fuses a 3-input xor into
-# one LOP3 and may keep the scalar key adds per warp, so the instruction count is likely lower.
+# Zoneout (kernels/cells.py zone / zone_grad; fusedrnn/zoneout.py). The Philox round as the sm_90
+# SASS runs it (zoneout-gru's step loops against the same kernels without zoneout, Triton 3.8:
+# +15 IMAD.HI.U32, +2 IMAD.WIDE.U32, +13 IMAD, +19 LOP3.LUT per zoned element, bf16 and fp32,
+# forward and backward; 3.6 the same per element): the two 32x32 products' high and low halves, and
+# each word's hi ^ counter ^ key in one three-input LOP3; the key schedule depends on the seed only:
+# the uniform datapath (UIADD3) or hoisted out of the loop. The CUDA ZO kernels (csrc/ptx.cuh,
+# gru bf16 against the plain instantiation) run the same rounds as +15 IMAD.WIDE.U32, +3 IMAD.HI.U32,
+# +19 LOP3.LUT and +15 VIADD (nvcc keeps the key adds per thread): 49 and 52 ops per element in all,
+# counted here as 6 per round (60).
 PHILOX_ROUNDS = 10  # tl.rand's default
-PHILOX_OPS_PER_ROUND = {"umulhi": 2, "mul": 2, "xor": 4, "key add": 2}  # per element
+PHILOX_OPS_PER_ROUND = {"umulhi": 2, "mul": 2, "xor (3-input LOP3)": 2}  # per element
 # per element around the Philox rounds: the 64-bit counter (t*B + b)*H + j (2 adds, 1 shift), the
 # uint32 -> [0, 1) map (compare + select, I2F, FMUL), the compare with p; then the select of the
 # forward, or the two selects and the add into dh_{t-1} (dc_{t-1}) of the backward
@@ -239,7 +247,11 @@ def zoneout_phase(p, case: Case, direction: str, save: bool, blocks: int, m: Mac
     """The zoneout term of one step of plan ``p`` (None without zoneout): a training step (the
     forward that saves activations, and every backward) generates the masks; the inference forward
     blends with p. max(issue of every replica's ops at ALU_OPS_PER_CLK_SM, one element's dependent
-    chain), per unit block the program walks."""
+    chain), per unit block the program walks. The replicas are what Triton 3.6 computes (zoneout-gru
+    bf16: +68 IMAD.HI.U32 in the training forward's loop, 4 elements per thread, the walk +0.59 us
+    against this term's +0.63); Triton 3.8 computes the masks once per element of the stores'
+    layout (+15, the walk +0.0 us): an upper bound there. The SASS walk, where there is one, replaces
+    this term."""
     if not getattr(case, "zoneout", 0.0):
         return None
     training = save or direction == "bwd"
@@ -254,6 +266,23 @@ def zoneout_phase(p, case: Case, direction: str, save: bool, blocks: int, m: Mac
     return Phase("zoneout", blocks * _clk(max(issue_clk, chain_clk), m),
                  f"{what}: {ops} ops x {lanes} elements ({p.BB}x{p.BH} tile x {replicas} warp replicas) at "
                  f"{rate}/clk/SM vs a {chain_clk}-clk dependent chain")
+
+
+def zoneout_cost_us(case: Case, dtype_name: str, m: Machine = H100) -> dict[str, float]:
+    """What zoneout adds to a step (inference forward, training forward, backward), MODEL: the
+    SASS-derived compute phase of the zoneout kernel less that of the same kernel without zoneout
+    where both are walked, else the analytic ``zoneout`` term."""
+    plain = dataclasses.replace(case, zoneout=0.0)
+    out = {}
+    for label, d, save in (("inference", "fwd", False), ("training fwd", "fwd", True), ("bwd", "bwd", True)):
+        zo, base = sass_compute(case, d, dtype_name, save, m), sass_compute(plain, d, dtype_name, save, m)
+        if zo is not None and base is not None:
+            out[label] = zo.us - base.us
+        else:
+            p = _plan(case.cell, d, case, dtype_name, m)
+            term = zoneout_phase(p, case, d, save, math.ceil(p.n_blk / p.nprog_h), m)
+            out[label] = term.us if term is not None else 0.0
+    return out
 
 
 def layernorm_norms(cell: str, direction: str) -> tuple[str, ...]:
@@ -476,10 +505,10 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
     else:
         notes += "; analytic compute phase (no SASS: Triton, cuobjdump or the cached dump missing)"
     if case.zoneout:
-        zo = {s_: next(ph.us for ph in st.phases if ph.name == "zoneout")
-              for s_, st in (("inference", fwd_inf), ("training fwd", fwd_train), ("bwd", bwd))}
-        notes += (f"; zoneout p={case.zoneout:g} (MODEL, independent of p): "
-                  + ", ".join(f"{k} +{v:.2f}" for k, v in zo.items()) + " us/step")
+        zo = zoneout_cost_us(case, dtype_name, m)
+        notes += (f"; zoneout p={case.zoneout:g} (MODEL, independent of p, "
+                  + ("the SASS walks with and without it" if all(x is not None for x in sassed) else "analytic")
+                  + "): " + ", ".join(f"{k} {v:+.2f}" for k, v in zo.items()) + " us/step")
     return Estimate("fusedrnn-triton", case.id, dtype_name, plan, fwd_inf, bwd, fwd_ms, fb_ms, notes=notes)
 
 
@@ -563,7 +592,8 @@ def sass_compute(case: Case, direction: str, dtype_name: str, save: bool, m: Mac
     """The compute phase of one step of the launcher's plan for ``case`` from the kernel's SASS, or
     None (no Triton / cuobjdump / cached dump, FUSEDRNN_MODEL_SASS=0, a LayerNorm case, a dtype the
     bench does not run, a walk that did not finish or left a loop's trip count to a rule). A
-    zoneout case walks the kernel without zoneout (its term stays the analytic ``zoneout`` phase)."""
+    zoneout case walks its own kernel (the ZO specialization: the masks' Philox rounds are on the
+    path), so its figure holds zoneout and no analytic ``zoneout`` term is added to it."""
     if os.environ.get(SASS_OFF, "1") == "0":
         return None
     return _sass_compute(case, direction, dtype_name, save, m)
@@ -575,34 +605,33 @@ def _sass_compute(case: Case, direction: str, dtype_name: str, save: bool, m: Ma
 
     if getattr(case, "layernorm", False) or dtype_name not in triton_sass.DTYPES:
         return None
-    plain = dataclasses.replace(case, zoneout=0.0) if getattr(case, "zoneout", 0) else case
     p = _plan(case.cell, direction, case, dtype_name, m)
-    spec = triton_sass.specialization(p, plain, direction, dtype_name, save)
+    spec = triton_sass.specialization(p, case, direction, dtype_name, save)
     try:
         compiled = triton_sass.kernel_sass(spec)
     except (RuntimeError, OSError, subprocess.SubprocessError):  # the compile failed: the analytic model
         return None
     if compiled is None:
         return None
-    w = triton_sass.walk_step(compiled, p, plain, save, sass_latencies(m), kernel=spec.kernel,
+    w = triton_sass.walk_step(compiled, p, case, save, sass_latencies(m), kernel=spec.kernel,
                               barrier_clk=round(m.barrier_us / m.clk_us) if p.grid_barrier else 0)
     if w.stopped and w.stopped != "exit":
         return None
     if any("backward branch" in g for g in w.guessed):  # a loop whose trip count the walk could not
         return None  # resolve: the path is not the plan's (seen: the exact-fp32 FMA backward)
-    _, analytic = step(case.cell, direction, plain, dtype_name, save, m)
+    _, analytic = step(case.cell, direction, case, dtype_name, save, m)
     analytic_us = sum(ph.us for ph in analytic.phases if ph.name not in BOUNDARY_PHASES)
     flags = ",".join(k for k, v in spec.constexprs if k in ("HAS_BIAS", "HAS_RES", "HAS_LEN", "SAVE_ACT", "HAS_DY")
                      and v) or "-"
-    return SassCompute(w.issue_clk * m.clk_us, w.stall_clk * m.clk_us, bandwidth_floor_us(p, plain, direction, m),
+    return SassCompute(w.issue_clk * m.clk_us, w.stall_clk * m.clk_us, bandwidth_floor_us(p, case, direction, m),
                        analytic_us, w.executed, w.hmma,
                        w.hmma_live, w.ldgsts_live, tuple(w.guessed), f"{spec.kernel} {dtype_name} flags={flags}")
 
 
 def sass_step(case: Case, direction: str, dtype_name: str, save: bool, m: Machine = H100):
     """(plan, Step) as ``step``, with the compute phase from the SASS where it is available: the
-    step's synchronisation phase kept, every other analytic phase replaced by ``compute (SASS)``
-    (zoneout's term kept beside it)."""
+    step's synchronisation phase kept, every other analytic phase (zoneout's term included: the
+    walk is of the zoneout kernel) replaced by ``compute (SASS)``."""
     p, st = step(case.cell, direction, case, dtype_name, save, m)
     s = sass_compute(case, direction, dtype_name, save, m)
     if s is None:
@@ -613,8 +642,7 @@ def sass_step(case: Case, direction: str, dtype_name: str, save: bool, m: Machin
                     f"({s.executed} instructions, {s.hmma} HMMAs), stall-count sum {s.stall_us:.2f} us, "
                     f"bandwidth floor {s.floor_us:.2f} us; "
                     f"the analytic model said {s.analytic_us:.2f} us")
-    zo = tuple(ph for ph in st.phases if ph.name == "zoneout")
-    return p, Step(keep + (compute,) + zo)
+    return p, Step(keep + (compute,))
 
 
 def sass_report(dtypes: tuple[str, ...] = ("bf16",), m: Machine = H100) -> str:

@@ -391,7 +391,10 @@ def test_zoneout_model_term():
     assert zo(lstm[1])[0] > 1.5 * train_fwd  # h and c
     est_on = model_triton.model(base, "bf16")
     est_off = model_triton.model(dataclasses.replace(base, zoneout=0.0), "bf16")
-    assert est_on.fb_ms > est_off.fb_ms and est_on.fwd_ms > est_off.fwd_ms and "zoneout p=0.1" in est_on.notes
+    # training pays for the masks; inference's blend is two FMAs per element (the SASS walks of the
+    # kernels with and without it may differ by a few instructions' scheduling either way)
+    assert est_on.fb_ms > est_off.fb_ms and est_on.fwd_ms == pytest.approx(est_off.fwd_ms, rel=0.05)
+    assert "zoneout p=0.1" in est_on.notes
     est = model_cuda.model(base, "bf16")
     off = model_cuda.model(dataclasses.replace(base, zoneout=0.0), "bf16")
     assert est.fb_ms > off.fb_ms and est.fwd_ms >= off.fwd_ms and "zoneout p=0.1" in est.notes
@@ -410,13 +413,16 @@ def test_cli_model_prints_the_zoneout_case():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
     assert "zoneout-gru    bf16  fusedrnn-triton" in out
-    # the backward step's phases end with the zoneout term (after the analytic epilogue, or after the
-    # compute phase from the SASS where Triton and cuobjdump are present: bench/triton_sass.py)
-    assert "+ epilogue 0.31 + zoneout " in out or re.search(r"bwd step: barrier [0-9.]+ \+ compute \(SASS\) [0-9.]+ "
-                                                            r"\+ zoneout [0-9.]+ = ", out), out
+    # the Triton backward step: the analytic phases end with the zoneout term; where Triton and
+    # cuobjdump are present (bench/triton_sass.py) the compute phase is the walk of the zoneout
+    # kernel itself, with no term beside it, and the note gives what zoneout adds to the walk
+    sassed = re.search(r"bwd step: barrier [0-9.]+ \+ compute \(SASS\) [0-9.]+ = ", out)
+    assert sassed or "+ epilogue 0.31 + zoneout " in out, out
     assert "zoneout-gru    bf16  fusedrnn-cuda  " in out and "not applicable" not in out  # the ZO kernels, priced
-    assert "zoneout p=0.1 (MODEL, independent of p, counted from the source)" in out  # the CUDA model's note
-    assert "zoneout p=0.1 (MODEL, independent of p)" in out
+    assert "zoneout p=0.1 (MODEL, independent of p, Philox ops per element from the SASS)" in out  # the CUDA model
+    how = "the SASS walks with and without it" if sassed else "analytic"
+    assert re.search(rf"zoneout p=0.1 \(MODEL, independent of p, {how}\): inference [-+][0-9.]+, training fwd "
+                     r"[-+][0-9.]+, bwd [-+][0-9.]+ us/step", out), out
 
 
 # --- LayerNorm ----------------------------------------------------------------------------------------
