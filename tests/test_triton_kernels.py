@@ -377,5 +377,4 @@ def test_sigmoid_and_tanh_within_tolerance_at_the_gpus_worst_case():
                                     ("tanh", 2.0 * sig(2.0 * x) - 1.0, torch.tanh(x.double()))):
                 assert got.dtype == torch.float32 and not got.isnan().any()
                 worst[name] = max(worst[name], (got.double() - want).abs().max().item())
-    assert worst["sigmoid"] <= 1e-6 and worst["tanh"] <= 2e-6, worst
-    assert worst["sigmoid"] <= FP32_TOL, worst
+    assert worst["sigmoid"] <= 1e-6 and worst["tanh"] <= 1e-6, worst  # the bound the executor test asserts
