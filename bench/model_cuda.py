@@ -44,6 +44,7 @@ Assumptions beyond perf_model.Machine (central values; a GPU session measures th
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -274,22 +275,26 @@ def _floor_us(p: Plan, m: Machine) -> float:
 
 
 @functools.lru_cache(maxsize=None)
-def sass_compute(p: Plan, case: Case, dtype_name: str, m: Machine = H100) -> SassCompute | None:
+def sass_compute(p: Plan, case: Case, dtype_name: str, m: Machine = H100, training: bool = True) -> SassCompute | None:
     """The compute phase of one step of `p` from the built extension's SASS, or None without the
-    extension, cuobjdump, or the kernel in it."""
+    extension, cuobjdump, or the kernel in it. A zoneout case walks the ZO kernel with its zoneout
+    parameters: in ``training`` (every backward; a forward that draws masks) the Philox masks, else
+    the evaluation blend; its figure holds zoneout's cost."""
     kernels = _kernels()
     if not kernels:
         return None
     from . import sass
 
-    name = sass.kernel_name(p.cell, p.backward, p.elem, p.mode, p.mtiles, dtype_name, p.pass_ntiles)
+    zoned = bool(getattr(case, "zoneout", 0.0))
+    name = sass.kernel_name(p.cell, p.backward, p.elem, p.mode, p.mtiles, dtype_name, p.pass_ntiles, zo=zoned)
     insns = kernels.get(name)
     if not insns:
         return None
     null = {"ready"} | (set() if case.residual else {"residual"}) | (set() if case.packed else {"lengths"})
     lat = sass.Latencies(clk_ghz=1.0 / (m.clk_us * 1e3), l2=round(m.l2_us / m.clk_us),
                          hbm=round(m.hbm_us / m.clk_us) if hasattr(m, "hbm_us") else sass.Latencies().hbm)
-    w = sass.walk(insns, p, sass.param_constants(p, case.T, null), lat, kernel=name)
+    zo = (case.zoneout, training or p.backward) if zoned else None
+    w = sass.walk(insns, p, sass.param_constants(p, case.T, null, zoneout=zo), lat, kernel=name)
     if w.stopped and w.stopped != "exit":
         return None
     analytic = _analytic_compute_us(p, case, m)
@@ -303,8 +308,8 @@ def _analytic_compute_us(p: Plan, case: Case, m: Machine) -> float:
     return sum(ph.us for ph in step.phases if ph.name not in ("grid.sync", "ready flags", "zoneout"))
 
 
-def _sass_phase(p: Plan, case: Case, m: Machine, dtype_name: str) -> Phase | None:
-    s = sass_compute(p, case, dtype_name, m)
+def _sass_phase(p: Plan, case: Case, m: Machine, dtype_name: str, training: bool = True) -> Phase | None:
+    s = sass_compute(p, case, dtype_name, m, training)
     if s is None:
         return None
     return Phase("compute (SASS)", s.us,
@@ -321,7 +326,8 @@ def zoneout_phase(p: Plan, case: Case, training: bool, m: Machine = H100) -> Pha
     its rounds as the ZO kernels' SASS runs them, the counter, float map, compare and select;
     evaluation: the blend p * old + (1 - p) * new), issued by the CTA's 256 threads at model_triton's
     64 integer ops/clk/SM (the blend at the FFMA rate), against one element's dependent Philox
-    chain. An op count, added to the walk of the plain kernels (the ZO kernels are not walked)."""
+    chain. An op count, used where the step is not walked (no built extension): the walk of the ZO
+    kernel holds zoneout's cost itself."""
     if not getattr(case, "zoneout", 0.0):
         return None
     from . import model_triton as mt
@@ -339,6 +345,23 @@ def zoneout_phase(p: Plan, case: Case, training: bool, m: Machine = H100) -> Pha
                  f"chain, x{p.passes} passes")
 
 
+def zoneout_cost_us(case: Case, dtype_name: str, fwd_plan: Plan, bwd_plan: Plan,
+                    m: Machine = H100) -> tuple[float, float, float]:
+    """What zoneout adds to an inference forward, a training forward and a backward step (MODEL):
+    the walk of the ZO kernel less the walk of the plain one where the extension is built, else the
+    analytic ``zoneout_phase``."""
+    plain = dataclasses.replace(case, zoneout=0.0)
+    out = []
+    for pl, training in ((fwd_plan, False), (fwd_plan, True), (bwd_plan, True)):
+        zo, base = sass_compute(pl, case, dtype_name, m, training), sass_compute(pl, plain, dtype_name, m, training)
+        if zo is not None and base is not None:
+            out.append(zo.us - base.us)
+        else:
+            ph = zoneout_phase(pl, case, training, m)
+            out.append(ph.us if ph is not None else 0.0)
+    return tuple(out)
+
+
 def _with_zoneout(step: Step, zo: Phase | None) -> Step:
     return step if zo is None else Step(step.phases + (zo,))
 
@@ -348,9 +371,9 @@ def forward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False, an
     """One forward step; ``training``: a zoneout case's forward draws masks (else evaluation: m = p)."""
     zo = zoneout_phase(p, case, training, m)
     if not analytic:
-        ph = _sass_phase(p, case, m, dtype_name)
-        if ph is not None:
-            return _with_zoneout(Step((ph, _boundary(m, flags))), zo)
+        ph = _sass_phase(p, case, m, dtype_name, training)
+        if ph is not None:  # the walk of the ZO kernel: zoneout included
+            return Step((ph, _boundary(m, flags)))
     phases = []
     for q in range(p.passes):
         label = f"pass {q} " if p.passes > 1 else ""
@@ -367,8 +390,8 @@ def backward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False, a
     zo = zoneout_phase(p, case, True, m)
     if not analytic:
         ph = _sass_phase(p, case, m, dtype_name)
-        if ph is not None:
-            return _with_zoneout(Step((_boundary(m, flags), ph)), zo)
+        if ph is not None:  # the walk of the ZO kernel: zoneout included
+            return Step((_boundary(m, flags), ph))
     phases = [_boundary(m, flags)]
     for q in range(p.passes):
         label = f"pass {q} " if p.passes > 1 else ""
@@ -460,7 +483,7 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
     old_f = forward_step(fwd_plan, case, m, flags=DEFAULT_FLAGS, analytic=True)
     old_b = backward_step(bwd_plan, case, m, flags=DEFAULT_FLAGS, analytic=True)
     old_ms = whole_call_ms(case, dtype_name, old_f, old_b, gemm_f + m.launch_us, gemm_b + m.launch_us, m)
-    sf, sb = sass_compute(fwd_plan, case, dtype_name, m), sass_compute(bwd_plan, case, dtype_name, m)
+    sf, sb = sass_compute(fwd_plan, case, dtype_name, m, False), sass_compute(bwd_plan, case, dtype_name, m)
     if sf is not None and sb is not None:
         notes += (f"; compute phase from the sm_90 SASS (MODEL): fwd {sf.us:.2f} / bwd {sb.us:.2f} us (stall-count "
                   f"sums {sf.stall_us:.2f} / {sb.stall_us:.2f}); the analytic model's step: {old_f.us:.2f} / "
@@ -468,12 +491,13 @@ def model(case: Case, dtype_name: str, m: Machine = H100) -> Estimate | str:
                   f"{old_ms[0]:.3f} / {old_ms[1]:.3f} ms fwd / fwd+bwd")
     else:
         notes += "; compute phase from the analytic model (no built extension or cuobjdump: no SASS to walk)"
-    zo_f, zo_t, zo_b = (zoneout_phase(pl, case, tr, m) for pl, tr in ((fwd_plan, False), (fwd_plan, True),
-                                                                       (bwd_plan, True)))
-    if zo_f is not None:
-        notes += (f"; zoneout p={case.zoneout:g} (MODEL, independent of p, Philox ops per element from the SASS): "
-                  f"+{zo_f.us:.2f} us per inference step, +{zo_t.us:.2f} per training forward step, "
-                  f"+{zo_b.us:.2f} per backward step")
+    if getattr(case, "zoneout", 0.0):
+        zo_f, zo_t, zo_b = zoneout_cost_us(case, dtype_name, fwd_plan, bwd_plan, m)
+        how = "the SASS walks of the ZO and plain kernels" if sf is not None and sb is not None else \
+            "Philox ops per element from the SASS"
+        notes += (f"; zoneout p={case.zoneout:g} (MODEL, independent of p, {how}): "
+                  f"{zo_f:+.2f} us per inference step, {zo_t:+.2f} per training forward step, "
+                  f"{zo_b:+.2f} per backward step")
     if dtype_name == "fp32":
         notes += ("; fp32 with TF32 off (torch's default) runs 3xTF32 MMAs (hi·lo + lo·hi + hi·hi: fp32 accuracy); "
                   f"{_tf32_note(case, m)}; the projection GEMMs are costed at TF32 rate by perf_model")

@@ -269,10 +269,12 @@ def _round_up(x: int, m: int) -> int:
     return -(-x // m) * m
 
 
-def param_constants(plan, steps: int, null: set[str]) -> dict[int, int]:
+def param_constants(plan, steps: int, null: set[str], zoneout: tuple[float, bool] | None = None) -> dict[int, int]:
     """c[0x0] words (byte offset -> 32-bit value) of FwdParams / BwdParams for `plan` (a
     bench.model_cuda.Plan): the Plan struct, T, reverse = false, pointers (fake, 256-byte aligned,
-    0 for the names in `null`); blockDim and gridDim at the bank's start."""
+    0 for the names in `null`); blockDim and gridDim at the bank's start. ``zoneout`` = (p,
+    training): the ZoneParams after the pointers (what the ZO kernels read; both states zoned with
+    p, q = 1 - p, the seeds a fake pointer in training and null in evaluation)."""
     ints = {"cell": CELL_INDEX[plan.cell], "backward": int(plan.backward),
             "mode": {"half": 0, "tf32": 1, "tf32x3": 2}[plan.mode], "n_ug": plan.unit_groups,
             "n_bg": plan.batch_groups}
@@ -295,6 +297,12 @@ def param_constants(plan, steps: int, null: set[str]) -> dict[int, int]:
         addr = 0 if name in null else 0x7F0000000000 + (n + 1) * 0x10000000
         words[off], words[off + 4] = addr & M32, addr >> 32
         off += 8
+    if zoneout is not None:  # ZoneParams {float p[2]; float q[2]; const int64_t* seeds;}
+        p, training = zoneout
+        for k, v in enumerate((p, p, 1.0 - p, 1.0 - p)):
+            words[off + 4 * k] = _bits(v)
+        seeds = 0x7F0000000000 + 0x100 * 0x10000000 if training else 0
+        words[off + 16], words[off + 20] = seeds & M32, seeds >> 32
     return words
 
 
@@ -981,7 +989,7 @@ def report(dtypes: tuple[str, ...] = ("bf16",)) -> str:
             for p, step in zip(model_cuda.plans(case, dtype), (est.fwd_step, est.bwd_step)):
                 body = model_cuda.backward_step if p.backward else model_cuda.forward_step
                 old = body(p, case, H100, analytic=True)
-                s = model_cuda.sass_compute(p, case, dtype, H100)
+                s = model_cuda.sass_compute(p, case, dtype, H100, training=p.backward)  # the forward: inference
                 if s is None:
                     cells += [f"{old.us:.2f} / -", "no SASS"]
                 else:
