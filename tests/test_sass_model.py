@@ -195,3 +195,19 @@ def test_zoneout_code_only_in_the_zo_kernels():
     for k in zo:
         text = " ".join(i.args.lower() for i in sass.step_loop(KERNELS[k]))
         assert all(c in text for c in _PHILOX_IMMEDIATES), k
+
+
+@needs_sass
+def test_the_zoneout_case_walks_the_zo_kernels():
+    """zoneout-gru's steps are walks of the ZO kernels with the launch's ZoneParams: the training
+    forward and the backward run the Philox masks, the inference forward only the blend; the plain
+    kernels neither."""
+    case = cases.BY_ID["zoneout-gru"]
+    plain = dataclasses.replace(case, zoneout=0.0)
+    fwd, bwd = model_cuda.plans(case, "bf16")
+    train, infer, base = (model_cuda.sass_compute(fwd, c, "bf16", H100, training=t)
+                          for c, t in ((case, True), (case, False), (plain, True)))
+    assert train.executed > infer.executed > base.executed, (train.executed, infer.executed, base.executed)
+    assert train.executed - base.executed >= 50  # one element's Philox 4x32-10 at least
+    zo, base = model_cuda.sass_compute(bwd, case, "bf16", H100), model_cuda.sass_compute(bwd, plain, "bf16", H100)
+    assert zo.executed - base.executed >= 50
