@@ -588,24 +588,27 @@ def sass_latencies(m: Machine = H100):
                           hbm=round(m.hbm_us / m.clk_us), hmma=m.hmma_clk)
 
 
-def sass_compute(case: Case, direction: str, dtype_name: str, save: bool, m: Machine = H100) -> SassCompute | None:
-    """The compute phase of one step of the launcher's plan for ``case`` from the kernel's SASS, or
+def sass_compute(case: Case, direction: str, dtype_name: str, save: bool, m: Machine = H100,
+                 strategy: str | None = None) -> SassCompute | None:
+    """The compute phase of one step of the launcher's plan for ``case`` (``strategy``: the plan
+    of that strategy instead, to compare) from the kernel's SASS, or
     None (no Triton / cuobjdump / cached dump, FUSEDRNN_MODEL_SASS=0, a LayerNorm case, a dtype the
     bench does not run, a walk that did not finish or left a loop's trip count to a rule). A
     zoneout case walks its own kernel (the ZO specialization: the masks' Philox rounds are on the
     path), so its figure holds zoneout and no analytic ``zoneout`` term is added to it."""
     if os.environ.get(SASS_OFF, "1") == "0":
         return None
-    return _sass_compute(case, direction, dtype_name, save, m)
+    return _sass_compute(case, direction, dtype_name, save, m, strategy)
 
 
 @functools.lru_cache(maxsize=None)
-def _sass_compute(case: Case, direction: str, dtype_name: str, save: bool, m: Machine) -> SassCompute | None:
+def _sass_compute(case: Case, direction: str, dtype_name: str, save: bool, m: Machine,
+                  strategy: str | None) -> SassCompute | None:
     from . import triton_sass
 
     if getattr(case, "layernorm", False) or dtype_name not in triton_sass.DTYPES:
         return None
-    p = _plan(case.cell, direction, case, dtype_name, m)
+    p = _plan(case.cell, direction, case, dtype_name, m, strategy)
     spec = triton_sass.specialization(p, case, direction, dtype_name, save)
     try:
         compiled = triton_sass.kernel_sass(spec)
@@ -619,7 +622,7 @@ def _sass_compute(case: Case, direction: str, dtype_name: str, save: bool, m: Ma
         return None
     if any("backward branch" in g for g in w.guessed):  # a loop whose trip count the walk could not
         return None  # resolve: the path is not the plan's (seen: the exact-fp32 FMA backward)
-    _, analytic = step(case.cell, direction, case, dtype_name, save, m)
+    _, analytic = step(case.cell, direction, case, dtype_name, save, m, plan=p)
     analytic_us = sum(ph.us for ph in analytic.phases if ph.name not in BOUNDARY_PHASES)
     flags = ",".join(k for k, v in spec.constexprs if k in ("HAS_BIAS", "HAS_RES", "HAS_LEN", "SAVE_ACT", "HAS_DY")
                      and v) or "-"
@@ -628,12 +631,15 @@ def _sass_compute(case: Case, direction: str, dtype_name: str, save: bool, m: Ma
                        w.hmma_live, w.ldgsts_live, tuple(w.guessed), f"{spec.kernel} {dtype_name} flags={flags}")
 
 
-def sass_step(case: Case, direction: str, dtype_name: str, save: bool, m: Machine = H100):
+def sass_step(case: Case, direction: str, dtype_name: str, save: bool, m: Machine = H100,
+              strategy: str | None = None):
     """(plan, Step) as ``step``, with the compute phase from the SASS where it is available: the
     step's synchronisation phase kept, every other analytic phase (zoneout's term included: the
-    walk is of the zoneout kernel) replaced by ``compute (SASS)``."""
-    p, st = step(case.cell, direction, case, dtype_name, save, m)
-    s = sass_compute(case, direction, dtype_name, save, m)
+    walk is of the zoneout kernel) replaced by ``compute (SASS)``. ``strategy``: that strategy's
+    plan instead of the launcher's."""
+    plan = None if strategy is None else _plan(case.cell, direction, case, dtype_name, m, strategy)
+    p, st = step(case.cell, direction, case, dtype_name, save, m, plan=plan)
+    s = sass_compute(case, direction, dtype_name, save, m, strategy)
     if s is None:
         return p, st
     keep = tuple(ph for ph in st.phases if ph.name in BOUNDARY_PHASES)

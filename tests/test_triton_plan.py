@@ -190,15 +190,23 @@ def test_latency_model_of_the_shipped_plans_meets_the_flashrnn_target():
                                       ("gru", 1, 512), ("lstm", 16, 768)])
 def test_strategy_crossover_agrees_with_the_latency_model(cell, B, H):
     """choose_strategy picks the strategy whose forward step bench/model_triton.py models faster
-    (MODEL; bf16 on an H100): where all of W fits one program, no grid barrier wins."""
+    (MODEL; bf16 on an H100), both by the analytic step and, where Triton and cuobjdump are here, by
+    the step whose compute phase is walked in the sm_90 SASS of each strategy's kernel: where all
+    of W fits one program, no grid barrier wins."""
     from fusedrnn.bench import model_triton, perf_model
     from fusedrnn.bench.cases import Case
 
     case = Case("crossover", cell, B=B, H=H, T=100)
     device = plans.Device("H100", perf_model.H100.n_sm, perf_model.H100.smem_optin_bytes, 90)
-    steps = {}
+    analytic, sassed = {}, {}
     for strategy in plans.STRATEGIES:
         p = plans.make_plan(cell, "fwd", B, H, 2, device, strategy)
-        steps[strategy] = model_triton.step(cell, "fwd", case, "bf16", False, plan=p)[1].us
+        analytic[strategy] = model_triton.step(cell, "fwd", case, "bf16", False, plan=p)[1].us
+        q, st = model_triton.sass_step(case, "fwd", "bf16", False, strategy=strategy)
+        assert q == p
+        if model_triton.SASS_PHASE in [ph.name for ph in st.phases]:
+            sassed[strategy] = st.us
     chosen = plans.choose_strategy(cell, B, H, 2, device)
-    assert steps[chosen] <= min(steps.values()), (chosen, steps)
+    assert analytic[chosen] <= min(analytic.values()), (chosen, analytic)
+    if len(sassed) == len(plans.STRATEGIES):
+        assert sassed[chosen] <= min(sassed.values()), (chosen, sassed)
