@@ -180,3 +180,19 @@ def test_integer_state_orders_64_bit_values():
     assert run(5, 0, 3, 0, "GE") is True and run(3, 0, 5, 0, "GE") is False
     assert run(0, 1, 0xFFFFFFFF, 0, "GT") is True and run(0xFFFFFFFF, 0, 0, 1, "LT") is True
     assert run(7, 2, 7, 2, "LE") is True and run(8, 2, 7, 2, "LE") is False
+
+
+@needs_sass
+def test_the_zoneout_case_walks_its_own_kernel():
+    """zoneout-gru's compute phase is the walk of the zoneout specialization (the Philox masks on the
+    path in training, the blend in evaluation), and no analytic zoneout term is added beside it."""
+    case = next(c for c in cases.CASES if c.zoneout)
+    plain = dataclasses.replace(case, zoneout=0.0)
+    for direction, save in KINDS:
+        zo, base = (model_triton.sass_compute(c, direction, "bf16", save, H100) for c in (case, plain))
+        assert zo is not None and base is not None
+        assert zo.executed > base.executed, (direction, save, zo.executed, base.executed)
+        if save:  # training: at least one element's Philox 4x32-10 per thread
+            assert zo.executed - base.executed >= 50, (direction, zo.executed, base.executed)
+        _, st = model_triton.sass_step(case, direction, "bf16", save, H100)
+        assert [ph.name for ph in st.phases if ph.name == "zoneout"] == []
