@@ -639,6 +639,8 @@ class Machine:
             self.set(ops[0], (min if g else max)(sa, sb))
         elif base in ("ISETP", "UISETP"):
             return self._isetp(op, ops)
+        elif base == "FSETP":
+            return self._fsetp(op, ops)
         elif base in ("PLOP3", "UPLOP3"):
             a, b, c = self.pred(ops[2]), self.pred(ops[3]), self.pred(ops[4])
             lut = V(ops[5])
@@ -711,6 +713,49 @@ class Machine:
             if not unsigned:
                 a, b = (a - (1 << 32) if a >> 31 else a), (b - (1 << 32) if b >> 31 else b)
             r = {"LT": a < b, "LE": a <= b, "GT": a > b, "GE": a >= b, "EQ": a == b, "NE": a != b}[cmp_]
+        return self._set_compare(ops, r, c, comb)
+
+    def _fsetp(self, op: str, ops: list[str]) -> bool:
+        """FSETP.<cmp>[U].<comb> P, Q, a, b, c: a float32 compare (the U forms also true when either
+        is NaN), known when both operands are (a zoneout kernel's p against 0.0 from the constant bank)."""
+        parts = op.split(".")
+        cmp_ = next((p for p in parts if p.rstrip("U") in ("LT", "LE", "GT", "GE", "EQ", "NE")), None)
+        if cmp_ is None:
+            return False
+        comb = next((p for p in parts if p in ("AND", "OR", "XOR")), "AND")
+        x, y = self._fval(ops[2]), self._fval(ops[3])
+        c = self.pred(ops[4]) if len(ops) > 4 else True
+        r = None
+        if None not in (x, y):
+            if x != x or y != y:
+                r = cmp_.endswith("U")  # unordered: only the U forms hold
+            else:
+                r = {"LT": x < y, "LE": x <= y, "GT": x > y, "GE": x >= y, "EQ": x == y, "NE": x != y}[cmp_.rstrip("U")]
+        return self._set_compare(ops, r, c, comb)
+
+    def _fval(self, text: str) -> float | None:
+        """A float operand: a register or constant-bank word as float32 (with - and |..| as float
+        negation and absolute value), or an immediate (0.5, -1e-05, +INF, QNAN)."""
+        t = text.strip().replace(".reuse", "")
+        neg = t.startswith("-")
+        t = t.lstrip("-+") if re.fullmatch(r"[-+]?(INF|QNAN)", t) is None else t
+        if t.startswith("|") and t.endswith("|"):
+            v = self._fval(t[1:-1])
+            return None if v is None else abs(v) * (-1.0 if neg else 1.0)
+        m = re.fullmatch(r"([-+]?)(INF|QNAN)", t)
+        if m:
+            return float("nan") if m.group(2) == "QNAN" else float("-inf" if m.group(1) == "-" else "inf")
+        if re.fullmatch(r"\d+\.\d*(e[-+]?\d+)?|\d+e[-+]?\d+", t):
+            v = float(t)
+        else:
+            w = self.val(t)
+            if w is None:
+                return None
+            v = _f32(w)
+        return -v if neg else v
+
+    def _set_compare(self, ops: list[str], r: bool | None, c: bool | None, comb: str) -> bool:
+        """A compare's result ``r`` combined with the predicate ``c``, into ops[0] (ops[1]: unknown)."""
         if comb == "AND":
             out = False if (r is False or c is False) else (None if None in (r, c) else True)
         elif comb == "OR":

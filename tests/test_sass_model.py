@@ -73,6 +73,19 @@ def test_integer_state_follows_64_bit_pointers_and_carries():
     assert (m.r["R6"], m.r["R7"], m.r["R9"]) == (0x10000000, 0x7F00, 7)
 
 
+def test_float_compare_of_constants_decides_a_branch():
+    """FSETP on two known float32 words (a ZO kernel's p from the constant bank against 0.0)
+    decides its predicate; the unordered forms hold for a NaN, the ordered ones do not; an unknown
+    operand leaves it unknown."""
+    m = sass.Machine({0x300: 0x3DCCCCCD, 0x304: 0x7FC00000})  # 0.1f, NaN
+    for text in ("LDC R2, c[0x0][0x300]", "FSETP.NEU.AND P0, PT, R2, RZ, PT", "FSETP.GT.AND P1, PT, R2, 0.5, PT",
+                 "LDC R3, c[0x0][0x304]", "FSETP.NEU.AND P2, PT, R3, RZ, PT", "FSETP.NE.AND P3, PT, R3, RZ, PT",
+                 "LDS R4, [R1]", "FSETP.GEU.AND P4, PT, R4, RZ, PT"):
+        op, args = text.split(" ", 1)
+        m.execute(sass.Insn(0, "", op, args))
+    assert (m.pred("P0"), m.pred("P1"), m.pred("P2"), m.pred("P3"), m.pred("P4")) == (True, False, True, False, None)
+
+
 def test_integer_state_keeps_the_known_bits_of_a_packed_predicate_register():
     """nvcc packs predicates into one register's bits, some the plan decides and some it does not
     (loaded data), and tests one bit later: the tested bit is known when its own predicate is, even
