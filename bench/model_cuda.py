@@ -369,11 +369,11 @@ def _with_zoneout(step: Step, zo: Phase | None) -> Step:
 def forward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False, analytic: bool = False,
                  dtype_name: str = "bf16", training: bool = False) -> Step:
     """One forward step; ``training``: a zoneout case's forward draws masks (else evaluation: m = p)."""
-    zo = zoneout_phase(p, case, training, m)
     if not analytic:
         ph = _sass_phase(p, case, m, dtype_name, training)
         if ph is not None:  # the walk of the ZO kernel: zoneout included
             return Step((ph, _boundary(m, flags)))
+    zo = zoneout_phase(p, case, training, m)
     phases = []
     for q in range(p.passes):
         label = f"pass {q} " if p.passes > 1 else ""
@@ -387,11 +387,11 @@ def forward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False, an
 
 def backward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False, analytic: bool = False,
                   dtype_name: str = "bf16") -> Step:
-    zo = zoneout_phase(p, case, True, m)
     if not analytic:
         ph = _sass_phase(p, case, m, dtype_name)
         if ph is not None:  # the walk of the ZO kernel: zoneout included
             return Step((_boundary(m, flags), ph))
+    zo = zoneout_phase(p, case, True, m)
     phases = [_boundary(m, flags)]
     for q in range(p.passes):
         label = f"pass {q} " if p.passes > 1 else ""

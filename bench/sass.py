@@ -737,22 +737,18 @@ class Machine:
         """A float operand: a register or constant-bank word as float32 (with - and |..| as float
         negation and absolute value), or an immediate (0.5, -1e-05, +INF, QNAN)."""
         t = text.strip().replace(".reuse", "")
-        neg = t.startswith("-")
-        t = t.lstrip("-+") if re.fullmatch(r"[-+]?(INF|QNAN)", t) is None else t
+        neg, t = t.startswith("-"), t.lstrip("-+")
         if t.startswith("|") and t.endswith("|"):
             v = self._fval(t[1:-1])
-            return None if v is None else abs(v) * (-1.0 if neg else 1.0)
-        m = re.fullmatch(r"([-+]?)(INF|QNAN)", t)
-        if m:
-            return float("nan") if m.group(2) == "QNAN" else float("-inf" if m.group(1) == "-" else "inf")
-        if re.fullmatch(r"\d+\.\d*(e[-+]?\d+)?|\d+e[-+]?\d+", t):
+            v = None if v is None else abs(v)
+        elif t in ("INF", "QNAN"):
+            v = float("inf") if t == "INF" else float("nan")
+        elif re.fullmatch(r"\d+\.\d*(e[-+]?\d+)?|\d+e[-+]?\d+", t):
             v = float(t)
         else:
             w = self.val(t)
-            if w is None:
-                return None
-            v = _f32(w)
-        return -v if neg else v
+            v = None if w is None else _f32(w)
+        return None if v is None else -v if neg else v
 
     def _set_compare(self, ops: list[str], r: bool | None, c: bool | None, comb: str) -> bool:
         """A compare's result ``r`` combined with the predicate ``c``, into ops[0] (ops[1]: unknown)."""
