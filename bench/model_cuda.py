@@ -274,12 +274,14 @@ def _floor_us(p: Plan, m: Machine) -> float:
     return p.passes * (m.l2_us + max(pull_sm, pull_l2, smem))
 
 
-@functools.lru_cache(maxsize=None)
-def sass_compute(p: Plan, case: Case, dtype_name: str, m: Machine = H100, training: bool = True) -> SassCompute | None:
-    """The compute phase of one step of `p` from the built extension's SASS, or None without the
-    extension, cuobjdump, or the kernel in it. A zoneout case walks the ZO kernel with its zoneout
+def sass_walk(p: Plan, case: Case, dtype_name: str, m: Machine = H100, training: bool = True,
+              flags: bool = DEFAULT_FLAGS, trace: list | None = None):
+    """The walk (bench/sass.py ``Walk``) of one step of `p` in the built extension's SASS, or None
+    without the extension, cuobjdump, or the kernel in it. The step boundary is the one the model
+    prices: with ``flags`` the ready-flag path (the ``ready`` pointer set; the forward's second step,
+    the first to wait), else the grid barrier's. A zoneout case walks the ZO kernel with its zoneout
     parameters: in ``training`` (every backward; a forward that draws masks) the Philox masks, else
-    the evaluation blend; its figure holds zoneout's cost."""
+    the evaluation blend. ``trace``: see ``sass.walk``."""
     kernels = _kernels()
     if not kernels:
         return None
@@ -290,12 +292,24 @@ def sass_compute(p: Plan, case: Case, dtype_name: str, m: Machine = H100, traini
     insns = kernels.get(name)
     if not insns:
         return None
-    null = {"ready"} | (set() if case.residual else {"residual"}) | (set() if case.packed else {"lengths"})
+    null = (set() if flags else {"ready"}) | (set() if case.residual else {"residual"}) | \
+        (set() if case.packed else {"lengths"})
     lat = sass.Latencies(clk_ghz=1.0 / (m.clk_us * 1e3), l2=round(m.l2_us / m.clk_us),
                          hbm=round(m.hbm_us / m.clk_us) if hasattr(m, "hbm_us") else sass.Latencies().hbm)
     zo = (case.zoneout, training or p.backward) if zoned else None
-    w = sass.walk(insns, p, sass.param_constants(p, case.T, null, zoneout=zo), lat, kernel=name)
-    if w.stopped and w.stopped != "exit":
+    # With ready flags the forward's first step has no wait (nothing to wait for): its second is walked.
+    skip = 1 if flags and not p.backward and case.T > 1 else 0
+    return sass.walk(insns, p, sass.param_constants(p, case.T, null, zoneout=zo), lat, kernel=name,
+                     skip_steps=skip, trace=trace)
+
+
+@functools.lru_cache(maxsize=None)
+def sass_compute(p: Plan, case: Case, dtype_name: str, m: Machine = H100, training: bool = True,
+                 flags: bool = DEFAULT_FLAGS) -> SassCompute | None:
+    """The compute phase of one step of `p` from the walk of its SASS (``sass_walk``), or None
+    without one; a zoneout case's figure holds zoneout's cost."""
+    w = sass_walk(p, case, dtype_name, m, training, flags)
+    if w is None or (w.stopped and w.stopped != "exit"):
         return None
     analytic = _analytic_compute_us(p, case, m)
     return SassCompute(w.issue_clk * m.clk_us, w.stall_clk * m.clk_us, _floor_us(p, m), analytic, w.hmma,
@@ -308,8 +322,9 @@ def _analytic_compute_us(p: Plan, case: Case, m: Machine) -> float:
     return sum(ph.us for ph in step.phases if ph.name not in ("grid.sync", "ready flags", "zoneout"))
 
 
-def _sass_phase(p: Plan, case: Case, m: Machine, dtype_name: str, training: bool = True) -> Phase | None:
-    s = sass_compute(p, case, dtype_name, m, training)
+def _sass_phase(p: Plan, case: Case, m: Machine, dtype_name: str, training: bool = True,
+                flags: bool = DEFAULT_FLAGS) -> Phase | None:
+    s = sass_compute(p, case, dtype_name, m, training, flags)
     if s is None:
         return None
     return Phase("compute (SASS)", s.us,
@@ -370,7 +385,7 @@ def forward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False, an
                  dtype_name: str = "bf16", training: bool = False) -> Step:
     """One forward step; ``training``: a zoneout case's forward draws masks (else evaluation: m = p)."""
     if not analytic:
-        ph = _sass_phase(p, case, m, dtype_name, training)
+        ph = _sass_phase(p, case, m, dtype_name, training, flags)
         if ph is not None:  # the walk of the ZO kernel: zoneout included
             return Step((ph, _boundary(m, flags)))
     zo = zoneout_phase(p, case, training, m)
@@ -388,7 +403,7 @@ def forward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False, an
 def backward_step(p: Plan, case: Case, m: Machine = H100, flags: bool = False, analytic: bool = False,
                   dtype_name: str = "bf16") -> Step:
     if not analytic:
-        ph = _sass_phase(p, case, m, dtype_name)
+        ph = _sass_phase(p, case, m, dtype_name, flags=flags)
         if ph is not None:  # the walk of the ZO kernel: zoneout included
             return Step((_boundary(m, flags), ph))
     zo = zoneout_phase(p, case, True, m)

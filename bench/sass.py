@@ -838,7 +838,7 @@ def _latency(insn: Insn, lat: Latencies, strong_loads_l2: bool = False) -> int:
 
 def _region_kind(region: list[Insn]) -> str:
     ops = [i.op for i in region]
-    if any(o.startswith("CCTL") for o in ops):
+    if any(o.startswith(("CCTL", "NANOSLEEP")) for o in ops):  # an acquire poll, or a relaxed one's backoff
         return "ready-flag poll"
     if any(o.startswith("STG") and "STRONG.GPU" in o for o in ops) and any(o.startswith("MEMBAR") for o in ops) \
             and not any(o.startswith(("ATOM", "RED")) for o in ops):
@@ -912,7 +912,7 @@ class _Walker:
 def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latencies(), kernel: str = "",
          budget: int = 400_000, trace: list | None = None, strong_loads_l2: bool = False,
          loop: tuple[int, int] | None = None, load_latency=None, wait_at: int | None = None,
-         wait_clk: int = 0) -> Walk:
+         wait_clk: int = 0, skip_steps: int = 0) -> Walk:
     """Run lane 0 of warp 0 of CTA 0 (integer state only) from the kernel's entry to its step loop,
     then one step of the loop issued with the control words (see bench/README.md).
     ``strong_loads_l2``: a strong LDG is an L2 round trip (the Triton kernels' .cg operand loads),
@@ -922,7 +922,9 @@ def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latenc
     the integer machine knows (the caller maps it to the buffer it reads). ``wait_at``: the address
     where the step waits at a barrier that the walked step skips (Triton's s = 0): the warp waits
     ``wait_clk`` there (loads issued before it complete meanwhile), and the wait is taken out of
-    the issue time again (the barrier is its own phase)."""
+    the issue time again (the barrier is its own phase). ``skip_steps``: steps run for their values
+    only before the one issued (the CUDA forward's first step skips the ready-flag wait that every
+    later step has: with ready flags its second step is the representative one)."""
     rng = loop if loop is not None else step_loop_range(insns)
     out = Walk(kernel)
     if rng is None:
@@ -931,7 +933,12 @@ def walk(insns: list[Insn], plan, const: dict[int, int], lat: Latencies = Latenc
     start, end = rng
     w = _Walker(insns, const, plan, lat)
     pc, spent = 0, 0
-    while pc is not None and pc != start and spent < budget:  # the prologue: values only
+    arrivals = 0
+    while pc is not None and spent < budget:  # the prologue (and skipped steps): values only
+        if pc == start:
+            if arrivals == skip_steps:
+                break
+            arrivals += 1
         w.m.execute(insns[pc])
         pc = w.next_pc(pc)
         spent += 1
