@@ -198,6 +198,7 @@ struct Zone {
 template <typename T, int MODE, int MT, int NT>
 struct RecProduct {
   static_assert(NT == 1 || NT == 2, "8-row n-tiles per pass: 1 or 2");
+  static_assert(MT >= 1 && MT <= 4, "m-tiles: the gates of 16 units (forward) or 16/32 units (backward)");
   static constexpr int RB = reg_block_capacity(MODE, MT);  // blocks per warp held in registers (may be 0)
   static constexpr int EPP = 16 / (int)sizeof(T);          // elements per 16-byte piece
   static constexpr int KB = 4 * EPP;                       // K elements per block (the plan's kblock)
@@ -515,38 +516,93 @@ struct RecProduct {
     __syncthreads();
   }
 
-  // Partial sums in fragment order: part[(warp, mt, nt)][lane][4 regs] (room for 2 n-tiles; with one,
-  // the threads of rows 8..15 reduce words nobody wrote and use nothing: those rows are past the CTA's).
+  // Partial sums, so that a thread gathers its D element's sums from a warp with the fewest loads.
+  // BY_GATE (2 or 4 m-tiles): part[warp][reg][n-tile][lane] holds the MT sums of one element (one
+  // per m-tile) as one 8- or 16-byte vector, stored per (reg, n-tile) as 32 consecutive vectors; a
+  // thread loads vector tid of each warp. Otherwise (1 or 3 m-tiles, which no vector load fits
+  // without padding the buffer): part[warp][m-tile][n-tile][lane] holds a lane's 4 accumulator
+  // registers as one float4; a thread loads word tid of each (warp, m-tile). cell_thread maps tid
+  // to that element; stores and loads are conflict-free either way. With one n-tile, the threads of
+  // rows 8..15 read words nobody wrote and use nothing: those rows are past the CTA's.
+  static constexpr bool BY_GATE = MT == 2 || MT == 4;
+  struct alignas(BY_GATE ? 4 * MT : 4) GateVec {  // used only when BY_GATE
+    float v[MT];
+  };
   __device__ static void store_partials(float* part, const float (&acc)[MT][NT][4]) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if constexpr (BY_GATE) {
+      GateVec* pv = reinterpret_cast<GateVec*>(part);
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt)
+      for (int e = 0; e < 4; ++e)
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt)
-        reinterpret_cast<float4*>(part)[((warp * MT + mt) * 2 + nt) * 32 + lane] =
-            make_float4(acc[mt][nt][0], acc[mt][nt][1], acc[mt][nt][2], acc[mt][nt][3]);
+        for (int nt = 0; nt < NT; ++nt) {
+          GateVec x;
+#pragma unroll
+          for (int m = 0; m < MT; ++m) x.v[m] = acc[m][nt][e];
+          pv[((warp * 4 + e) * 2 + nt) * 32 + lane] = x;
+        }
+    } else {
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt)
+          reinterpret_cast<float4*>(part)[((warp * MT + mt) * 2 + nt) * 32 + lane] =
+              make_float4(acc[mt][nt][0], acc[mt][nt][1], acc[mt][nt][2], acc[mt][nt][3]);
+    }
   }
 
-  // Σ over the 8 warps of the calling thread's D element of m-tile mt (see CellThread): thread tid
-  // reads word tid of each warp's (mt, n-tile) blocks, so a warp's reads are consecutive words.
-  __device__ static float reduce(const float* part, int mt) {
+  // Σ over the 8 warps of the calling thread's D element (cell_thread) of every m-tile. BY_GATE: one
+  // vector load per warp, then per m-tile the 8 terms added pairwise (3 dependent adds). Otherwise
+  // reduce_tile per m-tile.
+  __device__ static void reduce(const float* part, float (&out)[MT]) {
+    if constexpr (BY_GATE) {
+      float x[kWarps][MT];
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const GateVec v = reinterpret_cast<const GateVec*>(part)[w * kThreads + threadIdx.x];
+#pragma unroll
+        for (int m = 0; m < MT; ++m) x[w][m] = v.v[m];
+      }
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+#pragma unroll
+        for (int half = kWarps / 2; half > 0; half /= 2)
+#pragma unroll
+          for (int w = 0; w < half; ++w) x[w][m] += x[w + half][m];
+        out[m] = x[0][m];
+      }
+    } else {
+#pragma unroll
+      for (int m = 0; m < MT; ++m) out[m] = reduce_tile(part, m);
+    }
+  }
+
+  // Σ over the 8 warps of m-tile m's element when not BY_GATE: one load per warp, each added as it
+  // arrives (the loads issue back to back and the m-tiles' chains interleave).
+  __device__ static float reduce_tile(const float* part, int m) {
+    static_assert(!BY_GATE, "BY_GATE sums are reduced for every m-tile at once");
     float s = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) s += part[(w * MT + mt) * 2 * 128 + threadIdx.x];
+    for (int w = 0; w < kWarps; ++w) s += part[(w * MT + m) * kThreads + threadIdx.x];
     return s;
   }
-};
 
-// The (row of an m-tile, batch row of the pass) a thread owns in the elementwise phases: its element
-// of D in the MMA accumulator layout (tid = n-tile * 128 + lane * 4 + register), so that reduce()
-// reads conflict-free. r: 0..15 (a unit within a 16-unit group); n: 0..15 (a row of the pass).
-struct CellThread {
-  int r, n;
+  // The (row of an m-tile, batch row of the pass) a thread owns in the elementwise phases: the D
+  // element whose partial sums it reads, in mma m16n8's accumulator layout (regs 0-1 row lane/4, regs
+  // 2-3 row lane/4 + 8, column 2 * (lane % 4) + reg % 2): tid = reg * 64 + n-tile * 32 + lane when
+  // BY_GATE (a warp owns 8 units of 4 rows), else tid = n-tile * 128 + lane * 4 + reg.
+  // r: 0..15 (a unit within a 16-unit group); n: 0..15 (a row of the pass). With one n-tile the
+  // threads of n-tile 1 own rows 8..15 only: whole warps either way.
+  struct CellThread {
+    int r, n;
+  };
+  __device__ static CellThread cell_thread() {
+    const int tid = threadIdx.x;
+    const int reg = BY_GATE ? tid >> 6 : tid & 3, nt = BY_GATE ? (tid >> 5) & 1 : tid >> 7;
+    const int lane = BY_GATE ? tid & 31 : (tid >> 2) & 31;
+    return {(lane >> 2) + 8 * (reg >> 1), nt * 8 + 2 * (lane & 3) + (reg & 1)};
+  }
 };
-__device__ __forceinline__ CellThread cell_thread() {
-  const int tid = threadIdx.x, nt = tid >> 7, lane = (tid >> 2) & 31, reg = tid & 3;
-  return {(lane >> 2) + 8 * (reg >> 1), nt * 8 + 2 * (lane & 3) + (reg & 1)};
-}
 
 // The grid barrier between forward steps, with `between` (the next step's input loads) after this
 // CTA's arrival and before its wait, so the loads fly through the barrier. Not before the arrival:
@@ -595,7 +651,7 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const F
   const int H = P.H, B = P.B, G = NG * H, steps = p.T;
   const int ug = blockIdx.x / P.n_bg, bg = blockIdx.x % P.n_bg;
   const int j0 = ug * U, row0 = bg * P.rows, my_rows = min(P.rows, B - row0);
-  const CellThread ct = cell_thread();
+  const typename R::CellThread ct = R::cell_thread();
   const int j = j0 + ct.r;
   const bool unit_ok = j < H;
   const T* w_hh = static_cast<const T*>(p.w_hh);
@@ -660,8 +716,14 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const F
       if (unit_ok && r < my_rows) {
         const int b = row0 + r;
         float gh[NG];
+        if constexpr (R::BY_GATE) {
+          R::reduce(part, gh);
 #pragma unroll
-        for (int g = 0; g < NG; ++g) gh[g] = R::reduce(part, g) + bias[g];
+          for (int g = 0; g < NG; ++g) gh[g] += bias[g];
+        } else {  // each gate's sum and bias as the sum arrives (on sm_90 the GRU's step schedules shorter)
+#pragma unroll
+          for (int g = 0; g < NG; ++g) gh[g] = R::reduce_tile(part, g) + bias[g];
+        }
         const size_t row = (size_t)t * B + b;  // (t, b)
         const bool valid = t < len_s[r];
         const float h_prev = h_s[r * U + ct.r];
@@ -761,7 +823,7 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
   const int H = P.H, B = P.B, G = NG * H, steps = p.T;
   const int ug = blockIdx.x / P.n_bg, bg = blockIdx.x % P.n_bg;
   const int j0 = ug * U, row0 = bg * P.rows, my_rows = min(P.rows, B - row0);
-  const CellThread ct = cell_thread();
+  const typename R::CellThread ct = R::cell_thread();
   const T* w_hh = static_cast<const T*>(p.w_hh);
   const T* dy = static_cast<const T*>(p.dy);
   const T* hist = static_cast<const T*>(p.hist);
@@ -915,11 +977,13 @@ __global__ void __launch_bounds__(kThreads, 1) rnn_bwd_persistent_kernel(const B
         if (s > 0) load_inputs(t_prev, q, in);
       });
       const int r = rb + ct.n;
-      if (r < my_rows) {
+      if (r < my_rows && j0 + ct.r < H) {  // else none of the thread's units is inside H
+        float d[MT];
+        R::reduce(part, d);
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
           const int u = m * 16 + ct.r;
-          if (j0 + u < H) dh_s[r * U + u] += R::reduce(part, m);
+          if (j0 + u < H) dh_s[r * U + u] += d[m];
         }
       }
       if (s > 0) phase_a(t_prev, q, in);

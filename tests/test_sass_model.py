@@ -224,3 +224,48 @@ def test_the_zoneout_case_walks_the_zo_kernels():
     assert train.executed - base.executed >= 50  # one element's Philox 4x32-10 at least
     zo, base = model_cuda.sass_compute(bwd, case, "bf16", H100), model_cuda.sass_compute(bwd, plain, "bf16", H100)
     assert zo.executed - base.executed >= 50
+
+
+def _walk_ops(case, dtype, backward: bool, flags: bool) -> tuple[list[str], object]:
+    p = model_cuda.plans(case, dtype)[int(backward)]
+    trace: list = []
+    w = model_cuda.sass_walk(p, case, dtype, H100, training=backward, flags=flags, trace=trace)
+    assert w is not None and w.stopped in (None, "", "exit"), (case.id, backward, flags, w and w.stopped)
+    return [op for _, op, _, _ in trace], w
+
+
+@needs_sass
+@pytest.mark.parametrize("backward", [False, True], ids=["fwd", "bwd"])
+def test_the_walk_follows_the_step_boundary_the_model_prices(backward):
+    """With ready flags (the kernels' default) the walked step polls its flags (relaxed strong loads,
+    then one acquire fence) and releases its own (a strong store), with no grid-barrier arrival; with
+    the grid barrier, the arrival's atomic and no flag poll. The forward's first step waits for
+    nothing: the walk issues its second."""
+    case = cases.BY_ID["flashrnn"]
+    ops, w = _walk_ops(case, "bf16", backward, flags=True)
+    assert ops.count("LDG.E.STRONG.GPU") >= 1 and any(o.startswith("MEMBAR") for o in ops), ops
+    assert "STG.E.STRONG.GPU" in ops and not any(o.startswith(("ATOM", "RED")) for o in ops)
+    assert any("ready-flag poll" in g for g in w.guessed), w.guessed
+    ops, w = _walk_ops(case, "bf16", backward, flags=False)
+    assert any(o.startswith("ATOM") for o in ops) and "LDG.E.STRONG.GPU" not in ops, ops
+    assert not any("ready-flag poll" in g for g in w.guessed), w.guessed
+
+
+@needs_sass
+@pytest.mark.parametrize("case_id, backward", [
+    ("flashrnn", False), ("deepbench-lstm", False),  # the LSTM forward: 4 gates of 16 units, 1 and 4 passes
+    ("flashrnn", True), ("deepbench-gru", True),  # 32-unit backwards: 2 m-tiles
+])
+def test_partial_sums_of_every_m_tile_in_one_load_per_warp(case_id, backward):
+    """With 2 or 4 m-tiles a thread gathers a D element's partial sums of every m-tile from a warp
+    in one vector load (csrc/rnn_kernels.cuh RecProduct::reduce): 8 loads of MT words per pass, where
+    a word per (warp, m-tile) took 8 x MT scalar loads (the LSTM forward's whole step made more
+    scalar shared-memory loads than that: 52 per pass on flashrnn)."""
+    case = cases.BY_ID[case_id]
+    p = model_cuda.plans(case, "bf16")[int(backward)]
+    ops, _ = _walk_ops(case, "bf16", backward, flags=True)
+    if backward:  # no other 8-byte shared-memory load in the backward's step
+        assert p.mtiles == 2 and ops.count("LDS.64") == 8 * p.passes, (p.mtiles, ops.count("LDS.64"))
+    else:
+        assert p.mtiles == 4 and ops.count("LDS.128") >= 8 * p.passes, (p.mtiles, ops.count("LDS.128"))
+        assert ops.count("LDS") < 8 * p.mtiles * p.passes, ops.count("LDS")
