@@ -76,6 +76,19 @@ __device__ __forceinline__ void cp_async_16(void* smem_dst, const void* gmem_src
 #endif
 }
 
+// cp_async_16 when `go`, else nothing: a predicated copy (no branch around it).
+__device__ __forceinline__ void cp_async_16_if(bool go, void* smem_dst, const void* gmem_src, bool full) {
+#if defined(FUSEDRNN_EMULATE)
+  if (go) fusedrnn_emu::cp_async(smem_dst, gmem_src, full ? 16 : 0);
+#else
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem_dst));
+  asm volatile(
+      "{\n .reg .pred p;\n setp.ne.b32 p, %3, 0;\n @p cp.async.cg.shared.global [%0], [%1], 16, %2;\n}\n" ::"r"(dst),
+      "l"(gmem_src), "r"(full ? 16 : 0), "r"((int)go)
+      : "memory");
+#endif
+}
+
 __device__ __forceinline__ void cp_async_commit() {
 #if defined(FUSEDRNN_EMULATE)
   fusedrnn_emu::cp_async_commit();

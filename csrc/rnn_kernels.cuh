@@ -195,7 +195,9 @@ struct Zone {
 // HMMA, copy or partial-sum store for an n-tile that does not exist. The ring's slot of a block is
 // counted along (no division), the prologue commits only blocks that exist, and a lane's operand
 // addresses are its row pointers, made once per pass, plus a block offset.
-template <typename T, int MODE, int MT, int NT>
+// FWD: the forward's schedule of the block loop, else the backward's (see product and run_ring); each
+// direction takes the one whose walked step (bench/sass.py) is shorter on every bench case.
+template <typename T, int MODE, int MT, int NT, bool FWD = false>
 struct RecProduct {
   static_assert(NT == 1 || NT == 2, "8-row n-tiles per pass: 1 or 2");
   static_assert(MT >= 1 && MT <= 4, "m-tiles: the gates of 16 units (forward) or 16/32 units (backward)");
@@ -340,13 +342,17 @@ struct RecProduct {
   // past the pass's rows; the address of a zero-filled piece is the lane's block 0, never read) into
   // ring slot `slot`. Without 16-byte alignment (K or the row stride not a multiple of EPP) the
   // pieces are loaded element by element instead. VEC: the caller knows src.vec_ok is true.
+  // `go` false: nothing is copied (VEC: the copies are predicated off, no branch).
   template <bool VEC = false>
-  __device__ static void issue(const Lane& l, const Source& src, int b, int slot, const Plan& P) {
+  __device__ static void issue(const Lane& l, const Source& src, int b, int slot, const Plan& P, bool go = true) {
     uint4* dst = l.slot0 + slot * (NT * 32);
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) {
       const bool in = b < l.live[nt];
-      if (VEC || src.vec_ok) {
+      if (VEC) {
+        cp_async_16_if(go, dst + nt * 32, in ? l.piece[nt] + b * KSTRIDE : l.piece[nt], in);
+      } else if (!go) {
+      } else if (src.vec_ok) {
         cp_async_16(dst + nt * 32, in ? l.piece[nt] + b * KSTRIDE : l.piece[nt], in);
       } else {
         const int k0 = (int)((threadIdx.x >> 5) * KB + (threadIdx.x & 3) * EPP) + b * KSTRIDE;
@@ -377,9 +383,35 @@ struct RecProduct {
         }
       }
     } else {
-      BFrag b[NT];
+      uint4 bp[NT];
 #pragma unroll
-      for (int nt = 0; nt < NT; ++nt) b[nt] = b_frag(slot[nt * 32]);
+      for (int nt = 0; nt < NT; ++nt) bp[nt] = slot[nt * 32];
+      product(acc, a, bp, slot_read);
+    }
+  }
+  // acc += one block's product from B pieces already in registers (not kTf32x3); `slot_read` as above
+  // (the pieces' loads have completed once an MMA consumed one).
+  template <typename F>
+  __device__ static void product(float (&acc)[MT][NT][4], const uint4 (&a)[MT][2], const uint4 (&bp)[NT],
+                                 F&& slot_read) {
+    BFrag b[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; ++nt) b[nt] = b_frag(bp[nt]);
+    if constexpr (FWD) {  // k-step outer: an accumulator's two MMAs are MT * NT MMAs apart, not back to back
+      AFrag af[MT];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) af[mt] = a_frag(a[mt]);
+#pragma unroll
+      for (int s = 0; s < 2; ++s)
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+          for (int nt = 0; nt < NT; ++nt)
+            Mma<T>::run(acc[mt][nt], af[mt].hi[s][0], af[mt].hi[s][1], af[mt].hi[s][2], af[mt].hi[s][3],
+                        b[nt].hi[s][0], b[nt].hi[s][1]);
+          if (s == 0 && mt == 0) slot_read();
+        }
+    } else {
 #pragma unroll
       for (int mt = 0; mt < MT; ++mt) {
         const AFrag af = a_frag(a[mt]);
@@ -421,10 +453,18 @@ struct RecProduct {
   __device__ static void step_block(float (&acc)[MT][NT][4], const uint4 (&a)[MT][2], const Lane& l,
                                     const Source& src, int i, int slot, const Plan& P) {
     wait_due<FAST>(l, P);
-    block_product(acc, a, l.slot0 + slot * (NT * 32), [&] {
-      if (i + P.stage_slots < P.blocks_per_warp) issue<FAST>(l, src, i + P.stage_slots, slot, P);
-      cp_async_commit();
-    });
+    block_product(acc, a, l.slot0 + slot * (NT * 32), [&] { refill<FAST>(l, src, i, slot, P); });
+  }
+  // The slot of block i takes block i + S (if any), and the group is committed.
+  template <bool FAST>
+  __device__ static void refill(const Lane& l, const Source& src, int i, int slot, const Plan& P) {
+    const bool more = i + P.stage_slots < P.blocks_per_warp;
+    if constexpr (MODE == kTf32x3) {  // a branch: its block's many instructions schedule better around it
+      if (more) issue<FAST>(l, src, i + P.stage_slots, slot, P);
+    } else {
+      issue<FAST>(l, src, i + P.stage_slots, slot, P, more);  // predicated copies, no branch
+    }
+    cp_async_commit();
   }
 
   // The ring's prologue of one pass: blocks 0 .. S-1 (S = stage_slots, 1 <= S <= kStages), one group
@@ -435,8 +475,10 @@ struct RecProduct {
     const Lane l = lane_of(stage_smem, src, P);
     const int S = P.stage_slots;
     if (src.vec_ok && l.full) {
+      issue<true>(l, src, 0, 0, P);  // S >= 1: block 0 first, with no test before it
+      cp_async_commit();
 #pragma unroll
-      for (int j = 0; j < kStages; ++j) {
+      for (int j = 1; j < kStages; ++j) {
         if (j < S) issue<true>(l, src, j, j, P);
         cp_async_commit();  // padded to kStages groups (wait_due)
       }
@@ -471,11 +513,38 @@ struct RecProduct {
     const int S = P.stage_slots;
     int slot = 0;
     auto next_slot = [&] { slot = slot + 1 == S ? 0 : slot + 1; };
+    // PREFETCH (the backward's full ring of 16-byte copies, not kTf32x3): block i + 1's B pieces are loaded from
+    // their slot before block i's MMAs, so no shared-memory latency sits between two blocks' MMAs. In
+    // a full ring block b is copy group b, and slot i + 1 is not slot i (S > 1 whenever there is a
+    // block i + 1), so one wait with one less group in flight covers it. At the last block the load
+    // reads a slot no block uses (nothing uses the values).
+    constexpr bool PREFETCH = FAST && MODE != kTf32x3 && !FWD;
+    uint4 bn[NT];
+    auto load_b = [&](int s, uint4(&bp)[NT]) {
+#pragma unroll
+      for (int nt = 0; nt < NT; ++nt) bp[nt] = l.slot0[(s * NT + nt) * 32];
+    };
+    if constexpr (PREFETCH) {
+      cp_async_wait<kStages - 1>();
+      load_b(0, bn);
+    }
+    auto block = [&](const uint4(&a)[MT][2], int i) {
+      if constexpr (PREFETCH) {
+        uint4 bc[NT];
+#pragma unroll
+        for (int nt = 0; nt < NT; ++nt) bc[nt] = bn[nt];
+        cp_async_wait<kStages - 2>();
+        load_b(slot + 1 == S ? 0 : slot + 1, bn);
+        product(acc, a, bc, [&] { refill<FAST>(l, src, i, slot, P); });
+      } else {
+        step_block<FAST>(acc, a, l, src, i, slot, P);
+      }
+      next_slot();
+    };
     static_for<RB>([&](auto ic) {
       constexpr int i = decltype(ic)::value;
       if (i > 0 && i >= P.blocks_per_warp) return;  // every warp has block 0 (zero past K): its MMAs always run
-      step_block<FAST>(acc, w[i], l, src, i, slot, P);
-      next_slot();
+      block(w[i], i);
     });
     // A of block i in shared memory: w_smem[((warp * smem_blocks + i - RB) * MT + mt) * 2 + half][lane]
     const uint4* wa = w_smem + warp * P.smem_blocks * MT * 2 * 32 + lane;
@@ -485,8 +554,7 @@ struct RecProduct {
       for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
         for (int half = 0; half < 2; ++half) a[mt][half] = wa[((i - RB) * MT + mt) * 2 * 32 + half * 32];
-      step_block<FAST>(acc, a, l, src, i, slot, P);
-      next_slot();
+      block(a, i);
     };
     if constexpr (RB == 0) {  // every warp has block 0: at least one iteration, so its MMAs always run
       int i = 0;
@@ -637,7 +705,7 @@ template <int CELL, typename T, int MODE, int NT, bool ZO>
 __global__ void __launch_bounds__(kThreads, 1) rnn_fwd_persistent_kernel(const FwdParams p) {
 #if FUSEDRNN_KERNEL_BODY
   constexpr int NG = n_gates(CELL), NS = n_saved(CELL), MT = NG, U = kFwdUnits;
-  using R = RecProduct<T, MODE, MT, NT>;
+  using R = RecProduct<T, MODE, MT, NT, true>;
   const Plan& P = p.plan;
 
   FUSEDRNN_DYNAMIC_SMEM(smem);

@@ -269,3 +269,52 @@ def test_partial_sums_of_every_m_tile_in_one_load_per_warp(case_id, backward):
     else:
         assert p.mtiles == 4 and ops.count("LDS.128") >= 8 * p.passes, (p.mtiles, ops.count("LDS.128"))
         assert ops.count("LDS") < 8 * p.mtiles * p.passes, ops.count("LDS")
+
+
+def _walk_path(case, dtype, backward: bool) -> tuple[list, object]:
+    """The instructions lane 0 executes in the walked step (ready flags), in order, and the plan."""
+    p = model_cuda.plans(case, dtype)[int(backward)]
+    trace: list = []
+    w = model_cuda.sass_walk(p, case, dtype, H100, training=backward, trace=trace)
+    assert w is not None and w.stopped in (None, "", "exit"), (case.id, backward, w and w.stopped)
+    name = sass.kernel_name(p.cell, p.backward, p.elem, p.mode, p.mtiles, dtype, p.pass_ntiles)
+    by_addr = {i.addr: i for i in model_cuda._kernels()[name]}
+    return [by_addr[a] for a, _, _, _ in trace], p
+
+
+def _between_mmas(path: list) -> list:
+    """The path from the step's first HMMA to its last."""
+    at = [k for k, i in enumerate(path) if i.op.startswith("HMMA")]
+    return path[at[0]:at[-1] + 1]
+
+
+@needs_sass
+@pytest.mark.parametrize("case_id", ["flashrnn", "small-lstm", "deepbench-gru"])
+def test_forward_mmas_k_step_outer(case_id):
+    """The forward's block loop (csrc/rnn_kernels.cuh RecProduct::product, FWD) issues the first k-step
+    of every (m-tile, n-tile) before the second, so no HMMA accumulates onto the result of the HMMA
+    issued just before it (33 clk of latency each; the m-tile-outer order left one such pair per block
+    on flashrnn). The ring's refills are predicated copies: a block's MMAs have no branch among them
+    (flashrnn's 3 blocks: at most the 2 guards of register blocks 1 and 2, where the refill's branch
+    made 5)."""
+    path, p = _walk_path(cases.BY_ID[case_id], "bf16", backward=False)
+    prev = None
+    for insn in path:
+        if insn.op.startswith("HMMA"):
+            regs = [r.strip().split(".")[0] for r in insn.args.split(",")]
+            assert regs[3] != prev, f"{insn.addr:#x} {insn.op} {insn.args}: accumulates onto the previous HMMA"
+            prev = regs[0]
+    branches = sum(i.op.startswith("BRA") for i in _between_mmas(path))
+    assert branches <= max(0, p.blocks_per_warp - 1), branches
+
+
+@needs_sass
+@pytest.mark.parametrize("case_id", ["flashrnn", "deepbench-gru", "stream-gru"])
+def test_backward_prefetches_the_next_blocks_operand(case_id):
+    """The backward's block loop over a full ring (RecProduct::run_ring, PREFETCH) loads block i + 1's
+    B pieces before block i's MMAs: each block waits with one copy group fewer in flight
+    (cp.async.wait_group kStages - 2 = DEPBAR.LE SB0, 0x6; the unprefetched loop waits with 0x7)."""
+    path, p = _walk_path(cases.BY_ID[case_id], "bf16", backward=True)
+    assert p.stage_slots == 8 or p.blocks_per_warp <= p.stage_slots, p  # a full ring
+    waits = {i.args.replace(" ", "") for i in _between_mmas(path) if i.op.startswith("DEPBAR")}
+    assert waits == {"SB0,0x6"}, waits
