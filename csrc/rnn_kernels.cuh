@@ -195,8 +195,10 @@ struct Zone {
 // HMMA, copy or partial-sum store for an n-tile that does not exist. The ring's slot of a block is
 // counted along (no division), the prologue commits only blocks that exist, and a lane's operand
 // addresses are its row pointers, made once per pass, plus a block offset.
-// FWD: the forward's schedule of the block loop, else the backward's (see product and run_ring); each
-// direction takes the one whose walked step (bench/sass.py) is shorter on every bench case.
+// FWD: the forward's block loop, as before the backward's changes: no prefetch of the next block's B
+// pieces (run_ring; with few blocks the walked LSTM forward is longer with it), the refill a branch and
+// the prologue's block 0 guarded like the others (with the backward's forms the forward's half kernels
+// spilled 8-12 bytes on sm_80 and sm_90: they hold W_hh in registers).
 template <typename T, int MODE, int MT, int NT, bool FWD = false>
 struct RecProduct {
   static_assert(NT == 1 || NT == 2, "8-row n-tiles per pass: 1 or 2");
@@ -397,28 +399,12 @@ struct RecProduct {
     BFrag b[NT];
 #pragma unroll
     for (int nt = 0; nt < NT; ++nt) b[nt] = b_frag(bp[nt]);
-    if constexpr (FWD) {  // k-step outer: an accumulator's two MMAs are MT * NT MMAs apart, not back to back
-      AFrag af[MT];
 #pragma unroll
-      for (int mt = 0; mt < MT; ++mt) af[mt] = a_frag(a[mt]);
+    for (int mt = 0; mt < MT; ++mt) {
+      const AFrag af = a_frag(a[mt]);
 #pragma unroll
-      for (int s = 0; s < 2; ++s)
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-#pragma unroll
-          for (int nt = 0; nt < NT; ++nt)
-            Mma<T>::run(acc[mt][nt], af[mt].hi[s][0], af[mt].hi[s][1], af[mt].hi[s][2], af[mt].hi[s][3],
-                        b[nt].hi[s][0], b[nt].hi[s][1]);
-          if (s == 0 && mt == 0) slot_read();
-        }
-    } else {
-#pragma unroll
-      for (int mt = 0; mt < MT; ++mt) {
-        const AFrag af = a_frag(a[mt]);
-#pragma unroll
-        for (int nt = 0; nt < NT; ++nt) mma(acc[mt][nt], af, b[nt]);
-        if (mt == 0) slot_read();
-      }
+      for (int nt = 0; nt < NT; ++nt) mma(acc[mt][nt], af, b[nt]);
+      if (mt == 0) slot_read();
     }
   }
 
@@ -459,7 +445,7 @@ struct RecProduct {
   template <bool FAST>
   __device__ static void refill(const Lane& l, const Source& src, int i, int slot, const Plan& P) {
     const bool more = i + P.stage_slots < P.blocks_per_warp;
-    if constexpr (MODE == kTf32x3) {  // a branch: its block's many instructions schedule better around it
+    if constexpr (MODE == kTf32x3 || FWD) {  // a branch (see FWD; 3xTF32's long blocks schedule better)
       if (more) issue<FAST>(l, src, i + P.stage_slots, slot, P);
     } else {
       issue<FAST>(l, src, i + P.stage_slots, slot, P, more);  // predicated copies, no branch
@@ -475,10 +461,12 @@ struct RecProduct {
     const Lane l = lane_of(stage_smem, src, P);
     const int S = P.stage_slots;
     if (src.vec_ok && l.full) {
-      issue<true>(l, src, 0, 0, P);  // S >= 1: block 0 first, with no test before it
-      cp_async_commit();
+      if constexpr (!FWD) {  // S >= 1: block 0 first, with no test before it
+        issue<true>(l, src, 0, 0, P);
+        cp_async_commit();
+      }
 #pragma unroll
-      for (int j = 1; j < kStages; ++j) {
+      for (int j = FWD ? 0 : 1; j < kStages; ++j) {
         if (j < S) issue<true>(l, src, j, j, P);
         cp_async_commit();  // padded to kStages groups (wait_due)
       }

@@ -289,26 +289,6 @@ def _between_mmas(path: list) -> list:
 
 
 @needs_sass
-@pytest.mark.parametrize("case_id", ["flashrnn", "small-lstm", "deepbench-gru"])
-def test_forward_mmas_k_step_outer(case_id):
-    """The forward's block loop (csrc/rnn_kernels.cuh RecProduct::product, FWD) issues the first k-step
-    of every (m-tile, n-tile) before the second, so no HMMA accumulates onto the result of the HMMA
-    issued just before it (33 clk of latency each; the m-tile-outer order left one such pair per block
-    on flashrnn). The ring's refills are predicated copies: a block's MMAs have no branch among them
-    (flashrnn's 3 blocks: at most the 2 guards of register blocks 1 and 2, where the refill's branch
-    made 5)."""
-    path, p = _walk_path(cases.BY_ID[case_id], "bf16", backward=False)
-    prev = None
-    for insn in path:
-        if insn.op.startswith("HMMA"):
-            regs = [r.strip().split(".")[0] for r in insn.args.split(",")]
-            assert regs[3] != prev, f"{insn.addr:#x} {insn.op} {insn.args}: accumulates onto the previous HMMA"
-            prev = regs[0]
-    branches = sum(i.op.startswith("BRA") for i in _between_mmas(path))
-    assert branches <= max(0, p.blocks_per_warp - 1), branches
-
-
-@needs_sass
 @pytest.mark.parametrize("case_id", ["flashrnn", "deepbench-gru", "stream-gru"])
 def test_backward_prefetches_the_next_blocks_operand(case_id):
     """The backward's block loop over a full ring (RecProduct::run_ring, PREFETCH) loads block i + 1's
