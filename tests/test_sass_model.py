@@ -226,11 +226,17 @@ def test_the_zoneout_case_walks_the_zo_kernels():
     assert zo.executed - base.executed >= 50
 
 
-def _walk_ops(case, dtype, backward: bool, flags: bool) -> tuple[list[str], object]:
+def _walk(case, dtype, backward: bool, flags: bool = model_cuda.DEFAULT_FLAGS) -> tuple[list, object, object]:
+    """The walked step's trace (sass.walk), the walk and the plan."""
     p = model_cuda.plans(case, dtype)[int(backward)]
     trace: list = []
     w = model_cuda.sass_walk(p, case, dtype, H100, training=backward, flags=flags, trace=trace)
     assert w is not None and w.stopped in (None, "", "exit"), (case.id, backward, flags, w and w.stopped)
+    return trace, w, p
+
+
+def _walk_ops(case, dtype, backward: bool, flags: bool) -> tuple[list[str], object]:
+    trace, w, _ = _walk(case, dtype, backward, flags)
     return [op for _, op, _, _ in trace], w
 
 
@@ -273,10 +279,7 @@ def test_partial_sums_of_every_m_tile_in_one_load_per_warp(case_id, backward):
 
 def _walk_path(case, dtype, backward: bool) -> tuple[list, object]:
     """The instructions lane 0 executes in the walked step (ready flags), in order, and the plan."""
-    p = model_cuda.plans(case, dtype)[int(backward)]
-    trace: list = []
-    w = model_cuda.sass_walk(p, case, dtype, H100, training=backward, trace=trace)
-    assert w is not None and w.stopped in (None, "", "exit"), (case.id, backward, w and w.stopped)
+    trace, _, p = _walk(case, dtype, backward)
     name = sass.kernel_name(p.cell, p.backward, p.elem, p.mode, p.mtiles, dtype, p.pass_ntiles)
     by_addr = {i.addr: i for i in model_cuda._kernels()[name]}
     return [by_addr[a] for a, _, _, _ in trace], p
